@@ -1,0 +1,328 @@
+"""The DDAP linear problem in PyTorch: Gaussian basis, Blöchl weight, A and b, the solvers.
+
+Everything is batched over a leading dimension B (one entry per starting point of the optimiser)
+and differentiable with respect to the radii and g_c. A and b are accumulated over chunks of G so
+that memory stays bounded (B·2·chunk·M numbers per chunk) for cells of 10⁴ atoms.
+
+Index convention: coefficient i = α·K + k (atom-major), radius σ_k = σ_start·f^k, k = 0..K−1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .density import Density
+from .gspace import GSet, box_gset, fourier_norm, prepare, sphere_gset
+
+SOLVERS = ("pinv", "lagrange", "scale", "shift", "kkt")
+#: Pseudo-inverse relative eigenvalue cutoff (spec "Decisions").
+DEFAULT_RTOL = 1e-10
+#: Elements of scratch memory per chunk (float64): 2²⁴ ≈ 128 MiB.
+CHUNK_ELEMENTS = 1 << 24
+#: Phase tables (cos and sin of G·R) are cached when they fit in this many bytes.
+PHASE_CACHE_BYTES = 1 << 31
+
+
+class SingularMatrixError(ArithmeticError):
+    """The explicit-inverse (``lagrange``) solver met a singular or numerically singular A."""
+
+
+@dataclass(frozen=True)
+class Parameters:
+    """The DDAP model parameters: σ_start (Å), f (–), K, g_c (Å⁻¹)."""
+
+    sigma_start: float = 0.5
+    factor: float = 1.5
+    n_gauss: int = 3
+    gcut: float = 4.628858184036647
+
+    def radii(self) -> np.ndarray:
+        """σ_k = σ_start·f^k, Å (Blöchl radius: the Gaussian is ∝ exp(−r²/σ²))."""
+        return self.sigma_start * self.factor ** np.arange(self.n_gauss)
+
+    def as_dict(self) -> dict:
+        return {"sigma_start": self.sigma_start, "factor": self.factor, "n_gauss": self.n_gauss, "gcut": self.gcut}
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → CUDA when visible, else CPU; ``cuda`` without a GPU raises RuntimeError."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("CUDA requested but no CUDA device is visible")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}: use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def radii_from(sigma_start: torch.Tensor, factor: torch.Tensor, n_gauss: int) -> torch.Tensor:
+    """(B, K) radii σ_start·f^k from (B,) tensors."""
+    powers = torch.arange(n_gauss, dtype=sigma_start.dtype, device=sigma_start.device)
+    return sigma_start[:, None] * factor[:, None] ** powers
+
+
+def gaussian_form_factor(g2: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
+    """ĝ_k(G) = exp(−G²σ_k²/4) of a unit-normalised Gaussian; (n,) × (B, K) → (n, B, K)."""
+    return torch.exp(-0.25 * g2[:, None, None] * radii[None] ** 2)
+
+
+def bloechl_weight(g2: torch.Tensor, gcut: torch.Tensor) -> torch.Tensor:
+    """W(G) = 4π(G² − g_c²)²/(G² g_c²) for |G| < g_c, else 0; (n,) × (B,) → (n, B), Å.
+
+    G = 0 is never in ``g2``, so the masked branch is finite and gradients stay NaN-free
+    (pytorch #52248). The double zero at g_c makes A(g_c), b(g_c) C¹ across G shells.
+    """
+    gc2 = gcut[None, :] ** 2
+    w = 4.0 * math.pi * (g2[:, None] - gc2) ** 2 / (g2[:, None] * gc2)
+    return torch.where(g2[:, None] < gc2, w, torch.zeros_like(w))
+
+
+class TorchGSet:
+    """A :class:`GSet` on a device, with phase tables cos/sin(G·R_α) (cached or made per chunk)."""
+
+    def __init__(self, gset: GSet, fractional: np.ndarray, device: torch.device, cache: bool | None = None):
+        self.n = len(gset)
+        self.n_atoms = len(fractional)
+        opts = {"dtype": torch.float64, "device": device}
+        self.g2 = torch.as_tensor(gset.g2, **opts)
+        self.weight = torch.as_tensor(gset.weight, **opts)
+        self.c_re = torch.as_tensor(gset.c.real.copy(), **opts)
+        self.c_im = torch.as_tensor(gset.c.imag.copy(), **opts)
+        self._m = torch.as_tensor(gset.m, **opts)
+        self._frac = torch.as_tensor(fractional, **opts)
+        if cache is None:
+            cache = 2 * 8 * self.n * self.n_atoms <= PHASE_CACHE_BYTES
+        self._cos = self._sin = None
+        if cache:
+            self._cos, self._sin = self._compute_phases(0, self.n)
+
+    def subset(self, mask: torch.Tensor) -> TorchGSet:
+        """The stored G selected by a boolean mask (order kept, so still sorted by |G|)."""
+        sub = object.__new__(TorchGSet)
+        sub.n, sub.n_atoms = int(mask.sum()), self.n_atoms
+        for name in ("g2", "weight", "c_re", "c_im", "_m"):
+            setattr(sub, name, getattr(self, name)[mask])
+        sub._frac = self._frac
+        sub._cos = None if self._cos is None else self._cos[mask]
+        sub._sin = None if self._sin is None else self._sin[mask]
+        return sub
+
+    @property
+    def miller(self) -> torch.Tensor:
+        """(n, 3) Miller indices (float64)."""
+        return self._m
+
+    def count_below(self, gmax: float) -> int:
+        """Number of stored G with |G| < gmax (a prefix: the set is sorted by |G|)."""
+        return int(torch.searchsorted(self.g2, torch.tensor(gmax * gmax, dtype=self.g2.dtype, device=self.g2.device)))
+
+    def _compute_phases(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # Reduce G·R/2π = m·s modulo 1 before multiplying by 2π: keeps the angle small and exact.
+        turns = torch.remainder(self._m[start:stop] @ self._frac.T, 1.0)
+        angle = (2.0 * math.pi) * turns
+        return torch.cos(angle), torch.sin(angle)
+
+    def phases(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(c, n_atoms) cos(G·R_α), sin(G·R_α) for stored G in [start, stop)."""
+        if self._cos is not None:
+            return self._cos[start:stop], self._sin[start:stop]
+        return self._compute_phases(start, stop)
+
+    def chunks(self, stop: int, per_g: int, chunk_size: int | None = None):
+        """(start, stop) ranges over [0, stop) with about CHUNK_ELEMENTS/per_g G each."""
+        size = chunk_size or max(64, CHUNK_ELEMENTS // max(per_g, 1))
+        for start in range(0, stop, size):
+            yield start, min(start + size, stop)
+
+
+@dataclass
+class Problem:
+    """The θ-independent part of a DDAP fit of one density, on one device."""
+
+    density: Density
+    n_electrons: float
+    fit: TorchGSet
+    loss_set: TorchGSet | None
+    loss_norm_density: float
+    device: torch.device
+    chunk_size: int | None = None
+
+    @classmethod
+    def build(
+        cls,
+        density: Density,
+        gcut_max: float,
+        *,
+        device: torch.device,
+        with_loss_set: bool = True,
+        chunk_size: int | None = None,
+    ) -> Problem:
+        coefficients, n_electrons = prepare(density)
+        frac = density.fractional_positions
+        fit = TorchGSet(sphere_gset(density.cell, coefficients, gcut_max), frac, device)
+        loss_set = TorchGSet(box_gset(density.cell, coefficients), frac, device) if with_loss_set else None
+        return cls(
+            density=density,
+            n_electrons=n_electrons,
+            fit=fit,
+            loss_set=loss_set,
+            loss_norm_density=fourier_norm(coefficients),
+            device=device,
+            chunk_size=chunk_size,
+        )
+
+    @property
+    def n_atoms(self) -> int:
+        return self.density.n_atoms
+
+
+def normal_equations(
+    problem: Problem, radii: torch.Tensor, gcut: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A (B, M, M), b (B, M) and Σ_S W|C_G|² (B,) of Blöchl's misfit (spec §5.1), full-sphere sums.
+
+    A_ij = Σ_S W Re(f_i* f_j), b_i = Σ_S W Re(f_i* C_G), f_(α,k)(G) = ĝ_k(G) e^{−iG·R_α}.
+    """
+    gs = problem.fit
+    n_batch, n_gauss = radii.shape
+    m = problem.n_atoms * n_gauss
+    stop = gs.count_below(float(gcut.detach().max()))
+    a = radii.new_zeros(n_batch, m, m)
+    b = radii.new_zeros(n_batch, m)
+    norm = radii.new_zeros(n_batch)
+    for start, end in gs.chunks(stop, 2 * n_batch * m, problem.chunk_size):
+        cos, sin = gs.phases(start, end)
+        g2 = gs.g2[start:end]
+        ghat = gaussian_form_factor(g2, radii)  # (c, B, K)
+        w = bloechl_weight(g2, gcut) * gs.weight[start:end, None]  # (c, B)
+        # F = [ĝ cos; ĝ sin]: (B, 2c, M) with column α·K + k; C̃ = [Re C; −Im C].
+        f_cos = (cos[:, None, :, None] * ghat[:, :, None, :]).reshape(end - start, n_batch, m)
+        f_sin = (sin[:, None, :, None] * ghat[:, :, None, :]).reshape(end - start, n_batch, m)
+        f = torch.cat([f_cos, f_sin], dim=0).transpose(0, 1)  # (B, 2c, M)
+        w2 = torch.cat([w, w], dim=0).T  # (B, 2c)
+        target = torch.cat([gs.c_re[start:end], -gs.c_im[start:end]])  # (2c,)
+        a = a + f.transpose(1, 2) @ (f * w2[..., None])
+        b = b + torch.einsum("bgm,bg->bm", f, w2 * target)
+        norm = norm + (w2 * target**2).sum(dim=1)
+    return a, b, norm
+
+
+def _bordered(a: torch.Tensor) -> torch.Tensor:
+    n_batch, m, _ = a.shape
+    ones = a.new_ones(n_batch, m, 1)
+    top = torch.cat([a, ones], dim=2)
+    bottom = torch.cat([ones.transpose(1, 2), a.new_zeros(n_batch, 1, 1)], dim=2)
+    return torch.cat([top, bottom], dim=1)
+
+
+def solve(
+    a: torch.Tensor, b: torch.Tensor, n_electrons: float, solver: str = "pinv", rtol: float = DEFAULT_RTOL
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coefficients q (B, M) with 1ᵀq = N, and the unconstrained total 1ᵀA⁺b (B,) (spec §5.2, §6.1).
+
+    ``pinv``: the Lagrange formula with the Moore–Penrose pseudo-inverse (PWDFT), then the round-off
+    drift of Σq removed by a uniform shift. ``lagrange``: CP2K's explicit inverse; raises
+    :class:`SingularMatrixError` when A is numerically singular under ``rtol``. ``scale``: A⁺b
+    rescaled to N. ``shift``: A⁺b plus the minimum-norm uniform correction. ``kkt``: the
+    pseudo-inverse of the bordered system, then the drift shift.
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}: use one of {', '.join(SOLVERS)}")
+    m = a.shape[-1]
+    ones = a.new_ones(m)
+    if solver == "lagrange":
+        eigenvalues = torch.linalg.eigvalsh(a.detach())
+        if bool((eigenvalues[:, 0] <= rtol * eigenvalues[:, -1]).any()):
+            kappa = (eigenvalues[:, -1] / eigenvalues[:, 0].clamp_min(0)).max().item()
+            raise SingularMatrixError(
+                f"A is singular (condition number {kappa:.3g} beyond 1/rtol = {1 / rtol:.3g}); "
+                "the explicit-inverse lagrange solver cannot be used, use --solver pinv"
+            )
+        inverse = torch.linalg.inv(a)
+    elif solver == "kkt":
+        rhs = torch.cat([b, b.new_full((b.shape[0], 1), n_electrons)], dim=1)
+        solution = (torch.linalg.pinv(_bordered(a), hermitian=True, rtol=rtol) @ rhs[..., None])[..., 0]
+        inverse = torch.linalg.pinv(a, hermitian=True, rtol=rtol)
+        q = solution[:, :m]
+        q = q + (n_electrons - q.sum(dim=1, keepdim=True)) / m
+        return q, (inverse @ b[..., None])[..., 0].sum(dim=1)
+    else:
+        inverse = torch.linalg.pinv(a, hermitian=True, rtol=rtol)
+    q_u = (inverse @ b[..., None])[..., 0]
+    total_u = q_u.sum(dim=1)
+    if solver == "scale":
+        if bool((total_u.detach().abs() < 1e-8 * max(1.0, abs(n_electrons))).any()):
+            raise SingularMatrixError(
+                "the unconstrained total 1ᵀA⁺b is zero, so the scale renormalisation is undefined "
+                "(difference or spin density with ΔN ≈ 0); use --solver pinv or shift"
+            )
+        return q_u * (n_electrons / total_u)[:, None], total_u
+    if solver == "shift":
+        return q_u + ((n_electrons - total_u) / m)[:, None], total_u
+    a_ones = inverse @ ones
+    lam = (total_u - n_electrons) / a_ones.sum(dim=1)
+    q = q_u - lam[:, None] * a_ones
+    q = q + (n_electrons - q.sum(dim=1, keepdim=True)) / m
+    return q, total_u
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """Diagnostics of A: κ = λ_max/λ_min (inf if λ_min ≤ 0), rank under rtol, 3 smallest eigenvalues."""
+
+    condition_number: np.ndarray
+    rank: np.ndarray
+    smallest: np.ndarray
+
+
+def spectrum(a: torch.Tensor, rtol: float = DEFAULT_RTOL) -> Spectrum:
+    eigenvalues = torch.linalg.eigvalsh(a.detach()).cpu().numpy()
+    lo, hi = eigenvalues[:, 0], eigenvalues[:, -1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kappa = np.where(lo > 0, hi / np.where(lo > 0, lo, 1.0), np.inf)
+    rank = (eigenvalues > rtol * hi[:, None]).sum(axis=1)
+    return Spectrum(condition_number=kappa, rank=rank, smallest=eigenvalues[:, :3])
+
+
+def misfit(a: torch.Tensor, b: torch.Tensor, norm: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Blöchl's F(q)/Σ_S W|C|² = (Σ W|C|² − 2bᵀq + qᵀAq)/Σ W|C|² (B,), relative."""
+    quad = torch.einsum("bi,bij,bj->b", q, a, q)
+    return (norm - 2.0 * (b * q).sum(dim=1) + quad) / norm
+
+
+def problem_for(density: Density, parameters: Parameters, *, device: str = "cpu", **kwargs) -> Problem:
+    """A :class:`Problem` for a fixed-parameter fit (no loss set unless asked)."""
+    kwargs.setdefault("with_loss_set", False)
+    return Problem.build(density, parameters.gcut, device=resolve_device(device), **kwargs)
+
+
+def fit_coefficients(
+    problem: Problem, parameters: Parameters, solver: str = "pinv", rtol: float = DEFAULT_RTOL
+) -> dict:
+    """One DDAP fit at fixed parameters; numpy results (spec §11 steps 4–7)."""
+    opts = {"dtype": torch.float64, "device": problem.device}
+    radii = torch.as_tensor(parameters.radii(), **opts)[None]
+    gcut = torch.tensor([parameters.gcut], **opts)
+    with torch.no_grad():
+        a, b, norm = normal_equations(problem, radii, gcut)
+        q, total_u = solve(a, b, problem.n_electrons, solver, rtol)
+        residual = misfit(a, b, norm, q)
+        spec = spectrum(a, rtol)
+    coefficients = q[0].cpu().numpy().reshape(problem.n_atoms, parameters.n_gauss)
+    return {
+        "coefficients": coefficients,
+        "populations": coefficients.sum(axis=1),
+        "radii": parameters.radii(),
+        "condition_number": float(spec.condition_number[0]),
+        "rank": int(spec.rank[0]),
+        "n_coefficients": int(a.shape[-1]),
+        "smallest_eigenvalues": spec.smallest[0].tolist(),
+        "unconstrained_total": float(total_u[0]),
+        "renormalisation": problem.n_electrons - float(total_u[0]),
+        "n_gvectors": 2 * problem.fit.count_below(parameters.gcut),
+        "fit_residual": float(residual[0]),
+    }

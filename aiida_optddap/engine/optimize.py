@@ -1,0 +1,193 @@
+"""opt-DDAP: Adam over (σ_start, f, g_c) from several starting points at once (spec §8).
+
+Each parameter is a bounded map of an unconstrained variable, x = lo + (hi − lo)·sigmoid(u), so the
+optimiser can never leave the valid region (f → 1 makes A singular; g_c must stay inside the FFT
+box and hold enough G vectors). All starts run as one batch. A start stops when its loss changed
+by less than ``tolerance`` (relative) over ``patience`` steps, when the rank of A changes (the
+pseudo-inverse is not differentiable there: the step is rejected), or on a non-finite loss.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .ddap import DEFAULT_RTOL, Parameters, Problem, normal_equations, radii_from, solve, spectrum
+from .gspace import DEFAULT_GCUT, box_gmax
+from .losses import LossTerms
+
+#: Ranges the random starting points are drawn from (clipped to the bounds).
+START_RANGES = {"sigma_start": (0.3, 1.0), "factor": (1.2, 2.2), "gcut": (3.0, 6.5)}
+NAMES = ("sigma_start", "factor", "gcut")
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Lower and upper limits of σ_start (Å), f and g_c (Å⁻¹)."""
+
+    sigma_start: tuple[float, float]
+    factor: tuple[float, float]
+    gcut: tuple[float, float]
+
+    def tensors(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        lo = torch.tensor([getattr(self, n)[0] for n in NAMES], dtype=torch.float64, device=device)
+        hi = torch.tensor([getattr(self, n)[1] for n in NAMES], dtype=torch.float64, device=device)
+        return lo, hi
+
+    def as_dict(self) -> dict:
+        return {n: list(getattr(self, n)) for n in NAMES}
+
+
+def default_bounds(cell: np.ndarray, shape, n_coefficients: int, fit_g2: np.ndarray) -> Bounds:
+    """Bounds for a density: σ_start ≥ max(0.2 Å, 2 grid spacings) (no aliasing, spec §8.3),
+    1.1 ≤ f ≤ 3, g_c below the FFT box and 2× CP2K's default, and above the |G| that the
+    M-th G vector reaches (fewer G than coefficients make A rank-deficient, spec §4.3)."""
+    spacing = float(np.max(np.linalg.norm(cell, axis=1) / np.asarray(shape)))
+    g_hi = min(2.0 * DEFAULT_GCUT, 0.98 * box_gmax(cell, shape))
+    index = min(len(fit_g2) - 1, math.ceil(n_coefficients / 2))  # half-space count
+    g_lo = max(2.0, math.sqrt(float(fit_g2[index])) * 1.01) if len(fit_g2) else 2.0
+    return Bounds(sigma_start=(max(0.2, 2.0 * spacing), 1.5), factor=(1.1, 3.0), gcut=(min(g_lo, 0.5 * g_hi), g_hi))
+
+
+@dataclass
+class StartResult:
+    """One starting point's outcome: the best parameters it reached and its trajectory."""
+
+    initial: Parameters
+    final: Parameters
+    loss: float
+    populations: np.ndarray
+    steps: int
+    stop_reason: str
+    history: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "initial_parameters": self.initial.as_dict(),
+            "parameters": self.final.as_dict(),
+            "loss": self.loss,
+            "populations": self.populations.tolist(),
+            "steps": self.steps,
+            "stop_reason": self.stop_reason,
+        }
+
+
+def starting_points(first: Parameters, bounds: Bounds, n_starts: int, seed: int) -> np.ndarray:
+    """(n_starts, 3) starting (σ_start, f, g_c): the given parameters, then seeded random draws."""
+    rng = np.random.default_rng(seed)
+    points = [[first.sigma_start, first.factor, first.gcut]]
+    for _ in range(n_starts - 1):
+        points.append([rng.uniform(*START_RANGES[n]) for n in NAMES])
+    points = np.asarray(points, dtype=np.float64)
+    for j, name in enumerate(NAMES):
+        lo, hi = getattr(bounds, name)
+        margin = 1e-3 * (hi - lo)
+        points[:, j] = np.clip(points[:, j], lo + margin, hi - margin)
+    return points
+
+
+def optimize(
+    problem: Problem,
+    start: Parameters,
+    *,
+    bounds: Bounds,
+    loss: str = "density",
+    solver: str = "pinv",
+    rtol: float = DEFAULT_RTOL,
+    steps: int = 300,
+    starts: int = 4,
+    lr: float = 0.02,
+    tolerance: float = 1e-7,
+    patience: int = 10,
+    seed: int = 0,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> list[StartResult]:
+    """Run Adam from ``starts`` starting points in one batch; returns one result per start."""
+    device = problem.device
+    n_gauss = start.n_gauss
+    loss_terms = LossTerms(problem, loss)
+    lo, hi = bounds.tensors(device)
+    points = torch.as_tensor(starting_points(start, bounds, starts, seed), device=device)
+    unconstrained = torch.logit((points - lo) / (hi - lo)).clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([unconstrained], lr=lr)
+
+    def parameters_of(u: torch.Tensor) -> torch.Tensor:
+        return lo + (hi - lo) * torch.sigmoid(u)
+
+    active = np.ones(starts, dtype=bool)
+    reasons = ["max_steps"] * starts
+    histories: list[list[dict]] = [[] for _ in range(starts)]
+    best = [(math.inf, None, None) for _ in range(starts)]  # (loss, θ, populations)
+    initial_rank = None
+    previous_u = unconstrained.detach().clone()
+    for step in range(steps):
+        optimizer.zero_grad()
+        theta = parameters_of(unconstrained)
+        radii = radii_from(theta[:, 0], theta[:, 1], n_gauss)
+        a, b, _ = normal_equations(problem, radii, theta[:, 2])
+        q, total_u = solve(a, b, problem.n_electrons, solver, rtol)
+        values = loss_terms(problem, q, radii)
+        diag = spectrum(a, rtol)
+        if initial_rank is None:
+            initial_rank = diag.rank.copy()
+        finite = torch.isfinite(values).cpu().numpy()
+        theta_np = theta.detach().cpu().numpy()
+        values_np = values.detach().cpu().numpy()
+        populations = q.detach().reshape(starts, problem.n_atoms, n_gauss).sum(-1).cpu().numpy()
+        for i in np.flatnonzero(active):
+            if not finite[i] or diag.rank[i] != initial_rank[i]:
+                # Reject the step that led here: restore the previous parameters and stop.
+                with torch.no_grad():
+                    unconstrained[i] = previous_u[i]
+                active[i] = False
+                reasons[i] = "non_finite" if not finite[i] else "rank_change"
+                continue
+            histories[i].append(
+                {
+                    "step": step,
+                    **{n: float(theta_np[i, j]) for j, n in enumerate(NAMES)},
+                    "loss": float(values_np[i]),
+                    "condition_number": float(diag.condition_number[i]),
+                    "rank": int(diag.rank[i]),
+                    "unconstrained_total": float(total_u[i].detach()),
+                }
+            )
+            if values_np[i] < best[i][0]:
+                best[i] = (float(values_np[i]), theta_np[i].copy(), populations[i].copy())
+            if len(histories[i]) > patience:
+                old = histories[i][-1 - patience]["loss"]
+                if abs(old - values_np[i]) <= tolerance * abs(values_np[i]):
+                    active[i] = False
+                    reasons[i] = "converged"
+        if progress is not None:
+            progress(step + 1, steps, min(b[0] for b in best))
+        if not active.any():
+            break
+        mask = torch.as_tensor(active, device=device)
+        (values * mask).sum().backward()
+        previous_u = unconstrained.detach().clone()
+        optimizer.step()
+        with torch.no_grad():
+            unconstrained[~mask] = previous_u[~mask]
+
+    results = []
+    for i in range(starts):
+        loss_i, theta_i, pops_i = best[i]
+        if theta_i is None:
+            raise ArithmeticError(f"start {i}: the loss is not finite at the starting parameters {points[i].tolist()}")
+        results.append(
+            StartResult(
+                initial=Parameters(*points[i, :2].tolist(), n_gauss, float(points[i, 2])),
+                final=Parameters(float(theta_i[0]), float(theta_i[1]), n_gauss, float(theta_i[2])),
+                loss=loss_i,
+                populations=pops_i,
+                steps=len(histories[i]),
+                stop_reason=reasons[i],
+                history=histories[i],
+            )
+        )
+    return results
