@@ -1,0 +1,224 @@
+"""``optddap``: the engine's command line (runs standalone on a compute node).
+
+Exit status: 0 success; 1 bad input (one line ``Error: <file>: <problem>`` on stderr); 2 usage
+error; 3 CUDA requested but none visible; 4 GPU out of memory; 5 numerical failure (singular A).
+No results file is written unless the run succeeds.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .density import DensityError
+from .gspace import DEFAULT_GCUT
+
+EXIT_INPUT, EXIT_NO_CUDA, EXIT_GPU_MEMORY, EXIT_NUMERICAL = 1, 3, 4, 5
+
+
+def fit_options(command):
+    """The options shared by ``fit`` and ``diff``."""
+    options = [
+        click.option("--format", "file_format", type=click.Choice(["auto", "chgcar", "cube"]), default="auto",
+                     show_default=True, help="Density file format."),
+        click.option("--species", default=None, help="Comma-separated species for VASP 4 headers, e.g. Na,Cl."),
+        click.option("--solver", type=click.Choice(["pinv", "lagrange", "scale", "shift", "kkt"]), default="pinv",
+                     show_default=True, help="Charge-conserving solve (spec §6)."),
+        click.option("--sigma-start", type=float, default=0.5, show_default=True,
+                     help="Smallest Gaussian radius σ_start, Å (exp(−r²/σ²))."),
+        click.option("--factor", type=float, default=1.5, show_default=True, help="Radius ratio f (> 1)."),
+        click.option("--n-gauss", type=click.IntRange(1, 12), default=3, show_default=True,
+                     help="Gaussians per atom K."),
+        click.option("--gcut", type=float, default=round(DEFAULT_GCUT, 4), show_default=True,
+                     help="Reciprocal cutoff g_c, Å⁻¹ (CP2K: √6 bohr⁻¹)."),
+        click.option("--optimize/--no-optimize", default=True, show_default=True,
+                     help="Optimise σ_start, f and g_c with Adam."),
+        click.option("--loss", type=click.Choice(["density", "coulomb", "planar"]), default="density",
+                     show_default=True, help="Outer loss of the optimisation."),
+        click.option("--steps", type=click.IntRange(1), default=300, show_default=True, help="Adam steps at most."),
+        click.option("--starts", type=click.IntRange(1), default=4, show_default=True, help="Starting points."),
+        click.option("--lr", type=float, default=0.05, show_default=True, help="Adam learning rate."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random starting points."),
+        click.option("--rtol", type=float, default=1e-10, show_default=True, help="Pseudo-inverse cutoff."),
+        click.option("--chunk-size", type=click.IntRange(1), default=None, help="G vectors per chunk (memory)."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        click.option("--zval", "zval_text", default=None, help="Valence charges, e.g. Na=7,Cl=7 (overrides files)."),
+        click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("results.json"),
+                     show_default=True, help="Results file (JSON, docs/results-schema.md)."),
+        click.option("--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Write planar_averages.png and trajectory.png here."),
+        click.option("--quiet", is_flag=True, help="No progress bar or summary table."),
+    ]
+    return functools.reduce(lambda cmd, opt: opt(cmd), reversed(options), command)
+
+
+def _fail(message: str, code: int):
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def _options_from(kwargs):
+    from .fit import FitOptions
+
+    keys = ("solver", "sigma_start", "factor", "n_gauss", "gcut", "optimize", "loss", "steps", "starts", "lr",
+            "seed", "rtol", "device", "chunk_size")
+    return FitOptions(**{k: kwargs[k] for k in keys})
+
+
+def _read(path: Path, kwargs):
+    from .io import read_density
+
+    species = kwargs["species"].split(",") if kwargs["species"] else None
+    return read_density(path, format=kwargs["file_format"], species=species)
+
+
+def _run(kwargs, densities: list[Path], difference: bool) -> None:
+    """Read, fit, write; maps every expected failure to a one-line message and an exit status."""
+    try:
+        options = _options_from(kwargs)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    try:
+        import torch
+
+        from .fit import run_difference_fit, run_fit, write_results
+        from .io import detect_format
+        from .zval import parse_zval_option, resolve_zval
+
+        user_zval = parse_zval_option(kwargs["zval_text"]) if kwargs["zval_text"] else None
+        clock = time.perf_counter()
+        loaded = [_read(path, kwargs) for path in densities]
+        timings = {"read": time.perf_counter() - clock}
+        zval = None if difference else resolve_zval(loaded[0], path=densities[0], user=user_zval)
+        file_format = detect_format(densities[0]) if kwargs["file_format"] == "auto" else kwargs["file_format"]
+        with _progress(kwargs["quiet"] or not options.optimize) as progress:
+            common = {"progress": progress, "timings": timings, "source_format": file_format}
+            if difference:
+                results = run_difference_fit(loaded[0], loaded[1], options, **common)
+            else:
+                results = run_fit(loaded[0], options, zval=zval, **common)
+    except DensityError as exc:
+        _fail(str(exc), EXIT_INPUT)
+    except torch.cuda.OutOfMemoryError as exc:
+        _fail(f"CUDA out of memory ({exc}); retry with a smaller --chunk-size or --device cpu", EXIT_GPU_MEMORY)
+    except ArithmeticError as exc:
+        _fail(f"{densities[0]}: {exc}", EXIT_NUMERICAL)
+    except ValueError as exc:
+        _fail(f"{densities[0]}: {exc}", EXIT_INPUT)
+    except RuntimeError as exc:
+        if "CUDA requested" in str(exc):
+            _fail(str(exc), EXIT_NO_CUDA)
+        raise
+    if kwargs["plot_dir"] is not None:
+        from .plots import write_figures
+
+        write_figures(results, kwargs["plot_dir"])
+    write_results(results, kwargs["output"])
+    if not kwargs["quiet"]:
+        _summary(results, kwargs["output"])
+
+
+class _progress:
+    """A rich progress bar for the Adam steps (a no-op when quiet)."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+
+    def __enter__(self):
+        if self.quiet:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(TextColumn("opt-DDAP"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                             TextColumn("best loss {task.fields[loss]:.4e}"), transient=True,
+                             console=_console(stderr=True))
+        self._bar.__enter__()
+        self._task = None
+
+        def update(step: int, steps: int, loss: float) -> None:
+            if self._task is None:
+                self._task = self._bar.add_task("adam", total=steps, loss=loss)
+            self._bar.update(self._task, completed=step, loss=loss)
+
+        return update
+
+    def __exit__(self, *exc):
+        if not self.quiet:
+            self._bar.__exit__(*exc)
+        return False
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def _summary(results: dict, output: Path) -> None:
+    from rich.table import Table
+
+    console = _console()
+    table = Table(title=f"opt-DDAP {results['mode']} fit of {results['source']['density']}")
+    table.add_column("#", justify="right")
+    table.add_column("atom")
+    table.add_column("population (e)", justify="right")
+    net = results["net_charges"]
+    if net is not None:
+        table.add_column("net charge (e)", justify="right")
+    for i, (symbol, population) in enumerate(zip(results["symbols"], results["populations"])):
+        row = [str(i + 1), symbol, f"{population:.6f}"]
+        if net is not None:
+            row.append(f"{net[i]:+.6f}")
+        table.add_row(*row)
+    console.print(table)
+    p = results["parameters"]
+    kappa = results["condition_number"]
+    lines = [
+        f"σ_start {p['sigma_start']:.4f} Å   f {p['factor']:.4f}   g_c {p['gcut']:.4f} Å⁻¹   K {p['n_gauss']}",
+        f"N {results['n_electrons']:.6f} e   Σ populations {sum(results['populations']):.6f} e   solver {results['solver']}",
+        f"κ(A) {'inf' if kappa is None else f'{kappa:.4g}'}   rank {results['rank']}/{results['n_coefficients']}   "
+        f"1ᵀq_u {results['unconstrained_total']:.6f} e   fit residual {results['fit_residual']:.3e}",
+        f"{results['loss_kind']} loss {results['loss']:.4e}   device {results['device']}   "
+        f"time {results['timings']['total']:.2f} s",
+    ]
+    if results["zval"]:
+        sources = ", ".join(f"{el}={results['zval']['values'][el]:g} ({src})" for el, src in results["zval"]["source"].items())
+        lines.append(f"Z_val: {sources}")
+    if results["start_spread"]:
+        lines.append(f"spread of populations over {len(results['starts'])} starts: {results['start_spread']['max_abs']:.4f} e")
+    for line in lines:
+        console.print(line)
+    for warning in results["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    console.print(f"results written to {output}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="aiida-optddap")
+def main():
+    """opt-DDAP: optimised density-derived atomic point charges from DFT densities."""
+
+
+@main.command()
+@click.argument("density", type=click.Path(path_type=Path))
+@fit_options
+def fit(density, **kwargs):
+    """Fit (and optimise) the DDAP charges of DENSITY (CHGCAR/CHG/AECCAR/PARCHG or cube)."""
+    _run(kwargs, [density], difference=False)
+
+
+@main.command()
+@click.argument("defect", type=click.Path(path_type=Path))
+@click.argument("host", type=click.Path(path_type=Path))
+@fit_options
+def diff(defect, host, **kwargs):
+    """Fit the difference density DEFECT − HOST at the host sites (vacancy included)."""
+    _run(kwargs, [defect, host], difference=True)
+
+
+if __name__ == "__main__":
+    main()

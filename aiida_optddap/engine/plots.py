@@ -1,0 +1,76 @@
+"""Matplotlib figures from a results dictionary (so the CLI, AiiDA and notebooks share them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_planar_averages(results: dict, path) -> Path:
+    """DFT and model line densities (e/Å) along the three lattice axes; returns the file written."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(3, 1, figsize=(7, 8), sharex=True)
+    label = "Δρ" if results.get("mode") == "difference" else "ρ"
+    for ax, name in zip(axes, ("a1", "a2", "a3")):
+        profile = results["planar_averages"][name]
+        ax.plot(profile["s"], profile["dft"], label=f"DFT {label}", lw=2)
+        ax.plot(profile["s"], profile["model"], "--", label=f"opt-DDAP model {label}", lw=1.5)
+        ax.set_ylabel(f"along {name} (e/Å)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="best")
+    axes[-1].set_xlabel("fractional coordinate")
+    params = results["parameters"]
+    fig.suptitle(
+        f"Planar averages — σ_start {params['sigma_start']:.3f} Å, f {params['factor']:.3f}, "
+        f"g_c {params['gcut']:.3f} Å⁻¹"
+    )
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_trajectory(results: dict, path) -> Path | None:
+    """σ_start, f, g_c and the loss per Adam step of the winning start; None without optimisation."""
+    history = results.get("history") or []
+    if not history:
+        return None
+    plt = _pyplot()
+    steps = [row["step"] for row in history]
+    fig, axes = plt.subplots(4, 1, figsize=(7, 9), sharex=True)
+    for ax, key, label in zip(
+        axes,
+        ("sigma_start", "factor", "gcut", "loss"),
+        ("σ_start (Å)", "f", "g_c (Å⁻¹)", f"{results['loss_kind']} loss (relative)"),
+    ):
+        ax.plot(steps, [row[key] for row in history])
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[-1].set_yscale("log")
+    axes[-1].set_xlabel("Adam step")
+    fig.suptitle("opt-DDAP optimisation trajectory")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_figures(results: dict, directory) -> list[Path]:
+    """Write ``planar_averages.png`` and ``trajectory.png`` (when optimised) into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = [plot_planar_averages(results, directory / "planar_averages.png")]
+    trajectory = plot_trajectory(results, directory / "trajectory.png")
+    if trajectory is not None:
+        written.append(trajectory)
+    return written
