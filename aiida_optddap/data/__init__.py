@@ -1,0 +1,5 @@
+"""AiiDA data types of aiida-optddap."""
+
+from .charges import ChargesData
+
+__all__ = ("ChargesData",)
