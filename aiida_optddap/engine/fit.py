@@ -103,9 +103,10 @@ def run_fit(
     import torch
 
     from .ddap import Problem, fit_coefficients, resolve_device
-    from .losses import LossTerms
+    from .gspace import fourier_coefficients
+    from .losses import loss_on_grid
     from .optimize import default_bounds, optimize
-    from .reconstruct import dipoles, model_grid, planar_averages
+    from .reconstruct import dipoles, model_coefficients, planar_averages
 
     timings = dict(timings or {})
     clock = time.perf_counter()
@@ -126,7 +127,9 @@ def run_fit(
         from .gspace import box_gmax
 
         gcut_max = max(start.gcut, min(2.0 * DEFAULT_GCUT, 0.98 * box_gmax(density.cell, density.grid.shape)))
-    problem = Problem.build(density, gcut_max, device=device, chunk_size=options.chunk_size)
+    problem = Problem.build(
+        density, gcut_max, device=device, with_loss_set=options.optimize, chunk_size=options.chunk_size
+    )
     lap("setup")
 
     start_results = []
@@ -155,13 +158,11 @@ def run_fit(
         lap("optimize")
 
     fit = fit_coefficients(problem, final, options.solver, options.rtol)
-    radii_t = torch.as_tensor(fit["radii"], dtype=torch.float64, device=device)[None]
-    q_t = torch.as_tensor(fit["coefficients"].reshape(1, -1), dtype=torch.float64, device=device)
-    with torch.no_grad():
-        loss_value = float(LossTerms(problem, options.loss)(problem, q_t, radii_t)[0])
     lap("fit")
 
-    model = model_grid(density.cell, density.positions, fit["coefficients"], fit["radii"], density.grid.shape)
+    model_g = model_coefficients(density.cell, density.positions, fit["coefficients"], fit["radii"], density.grid.shape)
+    loss_value = loss_on_grid(model_g, fourier_coefficients(density.grid), density.cell, options.loss)
+    model = np.fft.ifftn(model_g).real * model_g.size
     profiles = planar_averages(density.grid, model, density.cell)
     dipole = dipoles(density.grid, density.cell, density.positions, fit["populations"])
     lap("reconstruct")

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .ddap import Problem, gaussian_form_factor
+from .gspace import reciprocal_cell
 
 LOSSES = ("density", "coulomb", "planar")
 #: The model's form factor is dropped where exp(−G²σ²/4) < 1e-16 for the smallest radius.
@@ -64,3 +66,31 @@ class LossTerms:
             residual = (m_re - gs.c_re[start:end, None]) ** 2 + (m_im - gs.c_im[start:end, None]) ** 2
             total = total + (kernel[:, None] * residual).sum(0)
         return (total + self.tail[stop]) / self.norm
+
+
+def loss_on_grid(model: np.ndarray, density: np.ndarray, cell: np.ndarray, kind: str) -> float:
+    """The same loss from full-box coefficient arrays M_G and C_G (numpy, no truncation).
+
+    Used for the reported value at the final parameters; :class:`LossTerms` (torch, half-space,
+    form-factor floor) is what the optimiser differentiates, and the two agree to round-off.
+    """
+    if kind not in LOSSES:
+        raise ValueError(f"unknown loss {kind!r}: use one of {', '.join(LOSSES)}")
+    shape = density.shape
+    m = np.meshgrid(*[np.fft.fftfreq(n, 1.0 / n) for n in shape], indexing="ij")
+    keep = np.ones(shape, dtype=bool)
+    keep.flat[0] = False
+    for d, n in enumerate(shape):
+        if n % 2 == 0:
+            keep &= m[d] != -(n // 2)
+    if kind == "planar":
+        keep &= sum((md != 0).astype(int) for md in m) == 1
+    kernel = keep.astype(np.float64)
+    if kind == "coulomb":
+        g = np.stack(m, axis=-1) @ reciprocal_cell(cell)
+        g2 = np.einsum("...i,...i->...", g, g)
+        kernel[keep] = 4.0 * math.pi / g2[keep]
+    norm = float(np.sum(kernel * np.abs(density) ** 2))
+    if norm <= 0:
+        raise ValueError(f"the {kind} loss is undefined: the density has no G ≠ 0 component")
+    return float(np.sum(kernel * np.abs(model - density) ** 2)) / norm

@@ -10,29 +10,40 @@ import numpy as np
 
 from .gspace import reciprocal_cell
 
-#: Grid points per chunk when summing structure factors (bounds memory at ~n_atoms·this·16 B).
-CHUNK_POINTS = 1 << 16
+#: Complex numbers of scratch per chunk (≈ 64 MiB) when summing structure factors.
+CHUNK_ELEMENTS = 1 << 22
 
 
 def model_coefficients(
     cell: np.ndarray, positions: np.ndarray, coefficients: np.ndarray, radii: np.ndarray, shape
 ) -> np.ndarray:
-    """M_G (complex, full FFT box) of atom-centred unit Gaussians with weights q_αk (electrons)."""
+    """M_G (complex, full FFT box) of atom-centred unit Gaussians with weights q_αk (electrons).
+
+    The phase e^{−2πi m·s} factorises over the three axes, so each Gaussian width's structure
+    factor is one complex matrix product per slab of m₁ (8·n_atoms·N_g flops per width) instead of
+    a complex exponential per atom and grid point.
+    """
     shape = tuple(int(n) for n in shape)
     frac = np.linalg.solve(np.asarray(cell).T, np.asarray(positions).T).T
-    axes = [np.fft.fftfreq(n, 1.0 / n) for n in shape]
-    m = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
-    g = m @ reciprocal_cell(cell)
-    g2 = np.einsum("ij,ij->i", g, g)
-    out = np.empty(len(m), dtype=np.complex128)
+    recip = reciprocal_cell(cell)
     radii = np.asarray(radii, dtype=np.float64)
     q = np.asarray(coefficients, dtype=np.float64).reshape(len(frac), len(radii))
-    for start in range(0, len(m), CHUNK_POINTS):
-        stop = start + CHUNK_POINTS
-        phase = np.exp(-2j * np.pi * np.remainder(m[start:stop] @ frac.T, 1.0))  # (c, atoms)
-        form = np.exp(-0.25 * g2[start:stop, None] * radii[None] ** 2)  # (c, K)
-        out[start:stop] = np.einsum("ca,ak,ck->c", phase, q, form)
-    return out.reshape(shape)
+    m = [np.fft.fftfreq(n, 1.0 / n) for n in shape]
+    phase = [np.exp(-2j * np.pi * np.remainder(np.outer(frac[:, d], m[d]), 1.0)) for d in range(3)]
+    n1, n2, n3 = shape
+    rows = max(1, CHUNK_ELEMENTS // (len(frac) * n2))
+    out = np.zeros(shape, dtype=np.complex128)
+    g23 = m[1][:, None, None] * recip[1] + m[2][None, :, None] * recip[2]  # (N2, N3, 3)
+    for start in range(0, n1, rows):
+        stop = min(start + rows, n1)
+        g = m[0][start:stop, None, None, None] * recip[0] + g23[None]
+        g2 = np.einsum("abcd,abcd->abc", g, g)
+        slab = phase[0][:, start:stop, None] * phase[1][:, None, :]  # (atoms, c, N2)
+        for k, radius in enumerate(radii):
+            weighted = (slab * q[:, k, None, None]).reshape(len(frac), -1)
+            structure = (weighted.T @ phase[2]).reshape(stop - start, n2, n3)
+            out[start:stop] += np.exp(-0.25 * radius**2 * g2) * structure
+    return out
 
 
 def model_grid(cell, positions, coefficients, radii, shape) -> np.ndarray:
