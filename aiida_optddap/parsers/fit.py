@@ -1,0 +1,127 @@
+"""``optddap.fit`` parser: results.json → ChargesData, StructureData, Dict, ArrayData; stderr → exit codes."""
+
+from __future__ import annotations
+
+from aiida.parsers import Parser
+
+from .results import (
+    CHARGE_TOLERANCE,
+    build_outputs,
+    charge_error,
+    compare_structure,
+    condition_check,
+    load_results,
+)
+
+__all__ = ("OptDdapParser", "classify_stderr")
+
+#: Markers the engine CLI writes to stderr (its exit status in brackets).
+NO_GPU_MARKER = "CUDA requested but no CUDA device is visible"  # exit 3
+OOM_MARKER = "CUDA out of memory"  # exit 4
+SINGULAR_MARKER = "singular"  # exit 5
+
+
+def _first_line(text: str, marker: str) -> str:
+    for line in text.splitlines():
+        if marker.lower() in line.lower():
+            return line.strip()
+    return marker
+
+
+def _tail(text: str, lines: int = 5) -> str:
+    tail = [line for line in text.strip().splitlines() if line.strip()][-lines:]
+    return " | ".join(tail) if tail else "(stderr is empty)"
+
+
+def classify_stderr(stderr: str) -> tuple[str, str] | None:
+    """``(exit-code label, details)`` for a failure the engine reported on stderr, or None.
+
+    Follows the CLI's contract: exit 1 ``Error: <file>: <problem>``; exit 2 click usage error; exit 3
+    no CUDA device; exit 4 CUDA out of memory; exit 5 numerical failure (``singular`` for a singular
+    matrix).
+    """
+    if not stderr:
+        return None
+    if NO_GPU_MARKER.lower() in stderr.lower():
+        return "ERROR_NO_GPU", _first_line(stderr, NO_GPU_MARKER)
+    if OOM_MARKER.lower() in stderr.lower():
+        return "ERROR_GPU_OUT_OF_MEMORY", _first_line(stderr, OOM_MARKER)
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    if any(line.startswith("Usage:") for line in lines) and any("Error:" in line for line in lines):
+        return "ERROR_INVALID_COMMAND_LINE", _first_line(stderr, "Error:")
+    if SINGULAR_MARKER in stderr.lower():
+        return "ERROR_ILL_CONDITIONED", _first_line(stderr, SINGULAR_MARKER)
+    errors = [line for line in lines if line.startswith("Error:")]
+    if errors:
+        text = errors[-1]
+        lowered = text.lower()
+        if any(word in lowered for word in ("non-finite", "nan", "numerical", "diverge")):
+            return "ERROR_NUMERICAL_FAILURE", text
+        return "ERROR_DENSITY_UNREADABLE", text
+    return None
+
+
+class OptDdapParser(Parser):
+    """Parse the retrieved folder of an ``optddap.fit`` calculation.
+
+    Order of checks: without results.json, the failure the engine reported on stderr (440, 430, 305, 410,
+    304, 302) or else 300; then results.json readability (301); then — with all outputs attached — structure
+    (303), charge conservation (420), conditioning (410), non-finite optimisation (304) and convergence
+    (400).
+    """
+
+    def parse(self, **kwargs):
+        from ..calculations.fit import OptDdapCalculation as Calc
+
+        retrieved = self.retrieved
+        names = retrieved.base.repository.list_object_names()
+        stderr = retrieved.base.repository.get_object_content(Calc._STDERR) if Calc._STDERR in names else ""
+
+        # results.json is written atomically on success only: without it, stderr says what went wrong.
+        if Calc._OUTPUT_FILE not in names:
+            failure = classify_stderr(stderr)
+            if failure:
+                label, details = failure
+                self.logger.error(details)
+                return self.exit_codes[label].format(details=details)
+            return self.exit_codes.ERROR_MISSING_OUTPUT_FILES.format(details=_tail(stderr))
+
+        try:
+            results = load_results(retrieved.base.repository.get_object_content(Calc._OUTPUT_FILE))
+            outputs = build_outputs(results)
+        except (ValueError, KeyError, TypeError) as exc:
+            return self.exit_codes.ERROR_READING_OUTPUT_FILE.format(details=str(exc))
+
+        for name, node in outputs.items():
+            self.out(name, node)
+        for warning in results.get("warnings") or []:
+            self.logger.warning(f"engine: {warning}")
+
+        parameters = self.node.inputs.parameters.get_dict() if "parameters" in self.node.inputs else {}
+
+        if "structure" in self.node.inputs:
+            mismatch = compare_structure(self.node.inputs.structure, results)
+            if mismatch:
+                return self.exit_codes.ERROR_STRUCTURE_MISMATCH.format(details=mismatch)
+
+        error = charge_error(results)
+        if not abs(error) <= CHARGE_TOLERANCE:
+            return self.exit_codes.ERROR_CHARGE_NOT_CONSERVED.format(
+                details=f"Σ populations − n_electrons = {error:.3g} e (tolerance {CHARGE_TOLERANCE:g} e)"
+            )
+
+        conditioning = condition_check(results, parameters)
+        if conditioning:
+            return self.exit_codes.ERROR_ILL_CONDITIONED.format(details=conditioning)
+
+        if results.get("stop_reason") == "non_finite":
+            return self.exit_codes.ERROR_NUMERICAL_FAILURE.format(
+                details="the optimisation stopped on a non-finite loss or gradient"
+            )
+
+        if results.get("optimized") and results.get("converged") is False:
+            steps = len(results.get("history") or [])
+            return self.exit_codes.ERROR_NOT_CONVERGED.format(
+                details=f"stop_reason {results.get('stop_reason')!r} after {steps} steps"
+            )
+        return None

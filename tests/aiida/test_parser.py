@@ -1,0 +1,180 @@
+"""The ``optddap.fit`` parser on recorded retrieved folders, one test per exit code it can return."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from aiida import orm
+
+from aiida_optddap.parsers.fit import OptDdapParser, classify_stderr
+
+RECORDED = pathlib.Path(__file__).parent / "recorded"
+
+
+def _parse(generate_calc_job_node, files, inputs=None):
+    node = generate_calc_job_node(inputs=inputs, files=files)
+    results, calcfunction = OptDdapParser.parse_from_node(node, store_provenance=False)
+    return results, calcfunction
+
+
+def test_success(generate_calc_job_node, results_factory):
+    results, calc = _parse(generate_calc_job_node, {"results.json": results_factory(), "optddap.err": ""})
+    assert calc.is_finished_ok, calc.exit_message
+    assert set(results) == {"charges", "structure", "output_parameters", "trajectory", "planar_averages"}
+    out = results["output_parameters"].get_dict()
+    for key in ("sigma_start", "factor", "gcut", "n_gauss", "condition_number", "rank", "loss", "loss_kind",
+                "fit_residual", "unconstrained_total", "n_electrons", "converged", "stop_reason", "device",
+                "engine_version", "timings_total", "timings_read"):
+        assert key in out, key
+    assert out["singular"] is False
+    assert out["charge_error"] == pytest.approx(0.0)
+    np.testing.assert_allclose(results["trajectory"].get_array("sigma_start"), [0.5, 0.51, 0.52, 0.53])
+    assert set(results["trajectory"].get_arraynames()) >= {
+        "step", "sigma_start", "factor", "gcut", "loss", "condition_number", "rank"}
+    assert set(results["planar_averages"].get_arraynames()) == {
+        f"{a}_{k}" for a in ("a1", "a2", "a3") for k in ("s", "dft", "model")}
+    assert results["structure"].get_formula() == "ClNa"
+
+
+def test_recorded_engine_output(generate_calc_job_node):
+    """A results.json written by the real engine CLI (recorded into tests/aiida/recorded/)."""
+    path = RECORDED / "nacl_results.json"
+    if not path.exists():
+        pytest.skip("no recorded engine output")
+    text = path.read_text()
+    results, calc = _parse(generate_calc_job_node, {"results.json": text, "optddap.err": ""})
+    assert calc.is_finished_ok, calc.exit_message
+    recorded = json.loads(text)
+    np.testing.assert_allclose(results["charges"].populations, recorded["populations"])
+
+
+def test_300_missing_output(generate_calc_job_node):
+    _, calc = _parse(generate_calc_job_node, {"optddap.err": "Killed\n"})
+    assert calc.exit_status == 300
+    assert "Killed" in calc.exit_message
+
+
+def test_301_unreadable_output(generate_calc_job_node, results_factory):
+    _, calc = _parse(generate_calc_job_node, {"results.json": "{not json", "optddap.err": ""})
+    assert calc.exit_status == 301
+    results = results_factory()
+    results["schema_version"] = 2
+    _, calc = _parse(generate_calc_job_node, {"results.json": results})
+    assert calc.exit_status == 301
+    assert "schema_version 2" in calc.exit_message
+
+
+def test_302_density_unreadable(generate_calc_job_node):
+    stderr = "Error: CHGCAR: the density data end after 120 of 13824 values (truncated file?)\n"
+    _, calc = _parse(generate_calc_job_node, {"optddap.err": stderr})
+    assert calc.exit_status == 302
+    assert "truncated" in calc.exit_message
+
+
+def test_303_structure_mismatch(generate_calc_job_node, results_factory):
+    def structure(shift=0.0, symbols=("Na", "Cl"), cell_scale=1.0):
+        s = orm.StructureData(cell=(np.eye(3) * 5.0 * cell_scale).tolist())
+        s.append_atom(position=(0.0 + 5.0 + shift, 0.0, -5.0), symbols=symbols[0])  # shifted by lattice vectors
+        s.append_atom(position=(2.5, 2.5, 2.5), symbols=symbols[1])
+        return s
+
+    files = {"results.json": results_factory()}
+    _, calc = _parse(generate_calc_job_node, files, inputs={"structure": structure()})
+    assert calc.is_finished_ok, calc.exit_message  # equal modulo lattice vectors
+    _, calc = _parse(generate_calc_job_node, files, inputs={"structure": structure(shift=5e-4)})
+    assert calc.is_finished_ok  # within 1e-3 Å
+    _, calc = _parse(generate_calc_job_node, files, inputs={"structure": structure(shift=2e-3)})
+    assert calc.exit_status == 303 and "position of atom 0" in calc.exit_message
+    _, calc = _parse(generate_calc_job_node, files, inputs={"structure": structure(symbols=("Cl", "Na"))})
+    assert calc.exit_status == 303 and "species differ" in calc.exit_message
+    _, calc = _parse(generate_calc_job_node, files, inputs={"structure": structure(cell_scale=1.0001)})
+    assert calc.exit_status == 303 and "cell vectors differ" in calc.exit_message
+    one_atom = orm.StructureData(cell=(np.eye(3) * 5.0).tolist())
+    one_atom.append_atom(position=(0, 0, 0), symbols="Na")
+    results, calc = _parse(generate_calc_job_node, files, inputs={"structure": one_atom})
+    assert calc.exit_status == 303 and "1 sites" in calc.exit_message
+    assert "charges" in results  # outputs still attached
+
+
+def test_304_numerical_failure(generate_calc_job_node, results_factory):
+    files = {"results.json": results_factory(converged=False, stop_reason="non_finite")}
+    _, calc = _parse(generate_calc_job_node, files)
+    assert calc.exit_status == 304
+    _, calc = _parse(generate_calc_job_node, {"optddap.err": "Error: CHGCAR: non-finite loss at step 3\n"})
+    assert calc.exit_status == 304
+
+
+def test_305_usage_error(generate_calc_job_node):
+    stderr = "Usage: optddap fit [OPTIONS] DENSITY\nTry 'optddap fit --help' for help.\n\nError: No such option: --bogus\n"
+    _, calc = _parse(generate_calc_job_node, {"optddap.err": stderr})
+    assert calc.exit_status == 305
+
+
+def test_400_not_converged_outputs_attached(generate_calc_job_node, results_factory):
+    files = {"results.json": results_factory(converged=False, stop_reason="max_steps")}
+    results, calc = _parse(generate_calc_job_node, files)
+    assert calc.exit_status == 400
+    assert "max_steps" in calc.exit_message
+    assert {"charges", "output_parameters", "structure"} <= set(results)
+    # without optimisation `converged` is null: not a failure
+    _, calc = _parse(generate_calc_job_node, {"results.json": results_factory(optimized=False)})
+    assert calc.is_finished_ok
+
+
+def test_410_ill_conditioned(generate_calc_job_node, results_factory):
+    # lagrange: default threshold 1e12
+    files = {"results.json": results_factory(solver="lagrange", rtol=1e-14, condition_number=5e12)}
+    _, calc = _parse(generate_calc_job_node, files)
+    assert calc.exit_status == 410 and "1e+12" in calc.exit_message
+    # pinv: no default threshold, even when singular
+    _, calc = _parse(generate_calc_job_node, {"results.json": results_factory(singular=True)})
+    assert calc.is_finished_ok
+    # a user threshold applies to every solver; for pinv the effective κ min(κ, 1/rtol) is compared
+    params = orm.Dict({"max_condition_number": 1e6})
+    _, calc = _parse(generate_calc_job_node, {"results.json": results_factory(condition_number=1e9)},
+                     inputs={"parameters": params})
+    assert calc.exit_status == 410 and "effective" in calc.exit_message
+    _, calc = _parse(generate_calc_job_node, {"results.json": results_factory(condition_number=1e9, rtol=1e-4)},
+                     inputs={"parameters": orm.Dict({"max_condition_number": 1e6})})
+    assert calc.is_finished_ok
+    _, calc = _parse(generate_calc_job_node, {"results.json": results_factory(solver="kkt", condition_number=1e7)},
+                     inputs={"parameters": orm.Dict({"max_condition_number": 1e6})})
+    assert calc.exit_status == 410
+    # the CLI's exit 5 on a singular matrix (no results.json)
+    stderr = "Error: CHGCAR: A is singular (condition number inf beyond 1/rtol = 1e+10); use --solver pinv\n"
+    _, calc = _parse(generate_calc_job_node, {"optddap.err": stderr})
+    assert calc.exit_status == 410 and "singular" in calc.exit_message
+
+
+def test_420_charge_not_conserved(generate_calc_job_node, results_factory):
+    files = {"results.json": results_factory(populations=(0.2, 7.8), n_electrons=8.00001)}
+    results, calc = _parse(generate_calc_job_node, files)
+    assert calc.exit_status == 420
+    assert "1e-05" in calc.exit_message
+    assert results["output_parameters"]["charge_error"] == pytest.approx(-1e-5)
+    files = {"results.json": results_factory(populations=(0.2, 7.8), n_electrons=8.0000005)}
+    _, calc = _parse(generate_calc_job_node, files)
+    assert calc.is_finished_ok
+
+
+def test_430_gpu_out_of_memory(generate_calc_job_node):
+    stderr = ("Error: CHGCAR: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.7 GiB total capacity); "
+              "lower --chunk-size or use --device cpu\n")
+    _, calc = _parse(generate_calc_job_node, {"optddap.err": stderr, "optddap.out": ""})
+    assert calc.exit_status == 430
+    assert "CUDA out of memory" in calc.exit_message
+
+
+def test_440_no_gpu(generate_calc_job_node):
+    stderr = "Error: CUDA requested but no CUDA device is visible\n"
+    _, calc = _parse(generate_calc_job_node, {"optddap.err": stderr})
+    assert calc.exit_status == 440
+
+
+def test_classify_stderr():
+    assert classify_stderr("") is None
+    assert classify_stderr("some warning\n") is None
+    assert classify_stderr("Error: x: bad header\n")[0] == "ERROR_DENSITY_UNREADABLE"
