@@ -1,0 +1,560 @@
+"""Reading densities: synthetic VASP and cube files (spec T1), the real shared set, and bad inputs."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import lzma
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aiida_optddap.engine.density import DensityError
+from aiida_optddap.engine.io import detect_format, read_density, read_outcar_header
+
+DATA = Path(__file__).parent / "data"
+SHARED = Path(__file__).parents[1].parent / "shared" / "data"
+CHGCAR_SET = SHARED / "chgcar"
+CP2K = SHARED / "cp2k" / "nacl_cl_vacancy"
+
+needs_chgcar_set = pytest.mark.skipif(
+    not CHGCAR_SET.is_dir(), reason=f"shared VASP test set not found at {CHGCAR_SET}"
+)
+needs_cp2k = pytest.mark.skipif(not CP2K.is_dir(), reason=f"shared CP2K cube files not found at {CP2K}")
+
+# a triclinic cell (Å) with 6-decimal entries, so the header reproduces it exactly
+CELL = np.array([[4.1, 0.0, 0.0], [0.9, 4.4, 0.0], [-0.6, 0.8, 5.3]])
+FRAC = np.array([[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0.125, 0.5, 0.75]])
+SPECIES_LINE, COUNTS = "Na Mg F", (1, 1, 3)
+SYMBOLS = ("Na", "Mg", "F", "F", "F")
+SHAPE = (10, 12, 14)
+N_E = 17.0
+
+
+def field(n_e=N_E, shape=SHAPE, phase=0.0):
+    """n·V on the grid: a different Fourier content along x, y and z; its mean is exactly n_e."""
+    x, y, z = np.meshgrid(*(np.arange(n) / n for n in shape), indexing="ij")
+    wave = (
+        0.4 * np.sin(2 * np.pi * x + phase)
+        + 0.2 * np.cos(4 * np.pi * y)
+        + 0.15 * np.sin(6 * np.pi * z)
+        + 0.1 * np.sin(2 * np.pi * (x + 2 * y - z))
+    )
+    return n_e * (1 + wave)
+
+
+def formatted(block, chg=False):
+    """The numbers as VASP prints them (x fastest) and the values they stand for."""
+    fmt = "{:#11.5G}" if chg else "{:18.11E}"
+    strings = [fmt.format(v) for v in block.ravel(order="F")]
+    return strings, np.array([float(s) for s in strings]).reshape(block.shape, order="F")
+
+
+def vasp_text(
+    blocks,
+    *,
+    species=SPECIES_LINE,
+    counts=COUNTS,
+    cell=CELL,
+    frac=FRAC,
+    scale="1.00000000000000",
+    chg=False,
+    coord_indent="  ",
+    separator=" ",
+    per_line=None,
+):
+    """A CHGCAR (or CHG with ``chg=True``) holding ``blocks``; spin blocks are preceded by moment lines."""
+    lines = ["synthetic", f"   {scale}"]
+    lines += ["".join(f"{v:12.6f}" for v in row) for row in np.asarray(cell)]
+    if species is not None:
+        lines.append("   " + "   ".join(species.split()))
+    lines.append("".join(f"{n:6d}" for n in counts))
+    lines.append("Direct")
+    lines += [coord_indent + "  ".join(f"{v:.6f}" for v in row) for row in frac]
+    n_atoms = sum(counts)
+    per_line = per_line or (10 if chg else 5)
+    for index, block in enumerate(blocks):
+        if index == 0 or chg:
+            lines.append(separator)
+        else:
+            lines.append("".join(f" {0.25 * i:.12E}" for i in range(n_atoms)))  # per-atom moments
+        lines.append("".join(f"{n:5d}" for n in block.shape))
+        strings = formatted(block, chg)[0]
+        lines += [" ".join(strings[i : i + per_line]) for i in range(0, len(strings), per_line)]
+        if not chg:
+            for atom in range(1, n_atoms + 1):
+                lines.append(f"augmentation occupancies{atom:4d}{4:4d}")
+                lines.append(" 0.1000000E+00 -0.2000000E-01  0.3000000E-02  0.4000000E-03")
+    return "\n".join(lines) + "\n"
+
+
+COMPRESSORS = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}
+
+
+def write(tmp_path, name, text, compress=None):
+    """Write ``text`` to tmp_path/name, compressed with ``compress`` ('.gz', '.bz2', '.xz') if given."""
+    path = tmp_path / name
+    data = text.encode()
+    path.write_bytes(COMPRESSORS[compress](data) if compress else data)
+    return path
+
+
+def assert_synthetic(density, path, grid):
+    assert density.source == str(path)
+    np.testing.assert_array_equal(density.grid, grid)
+    np.testing.assert_array_equal(density.cell, CELL)
+    np.testing.assert_allclose(density.positions, FRAC @ CELL, atol=1e-12)
+    assert density.symbols == SYMBOLS
+    assert abs(density.grid.mean() - N_E) < 1e-8
+
+
+# ------------------------------------------------------------------------------ T1: synthetic VASP files
+
+
+def test_t1_round_trip_triclinic(tmp_path):
+    block = field()
+    path = write(tmp_path, "CHGCAR", vasp_text([block]))
+    density = read_density(path)
+    assert_synthetic(density, path, formatted(block)[1])
+    np.testing.assert_allclose(density.grid, block, rtol=1e-10)
+    # index [ix, iy, iz] holds the value at (ix/N1) a + (iy/N2) b + (iz/N3) c: x runs fastest in the file
+    assert density.grid[3, 5, 7] == pytest.approx(field()[3, 5, 7], rel=1e-10)
+    assert density.potcar_labels is None and density.nelect is None
+    assert density.metadata == {"format": "chgcar", "title": "synthetic", "n_blocks": 1}
+    assert detect_format(path) == "chgcar"
+
+
+@pytest.mark.parametrize("compress", [".gz", ".bz2", ".xz"])
+def test_t1_compressed(tmp_path, compress):
+    block = field()
+    path = write(tmp_path, f"CHGCAR{compress}", vasp_text([block]), compress)
+    assert_synthetic(read_density(path), path, formatted(block)[1])
+
+
+@pytest.mark.parametrize(
+    ("name", "compress"), [("CHGCAR", ".gz"), ("CHGCAR.gz", None), ("CHGCAR.xz", ".bz2")]
+)
+def test_compression_found_from_magic_bytes(tmp_path, name, compress):
+    block = field()
+    path = write(tmp_path, name, vasp_text([block]), compress)
+    assert detect_format(path) == "chgcar"
+    assert_synthetic(read_density(path), path, formatted(block)[1])
+
+
+def test_t1_spin_uses_block_one(tmp_path):
+    total, magnetisation = field(), field(n_e=1.5, phase=1.0) - 1.5
+    path = write(tmp_path, "CHGCAR", vasp_text([total, magnetisation]))
+    density = read_density(path)
+    assert_synthetic(density, path, formatted(total)[1])
+    assert density.metadata["n_blocks"] == 2
+
+
+def test_t1_noncollinear_uses_block_one(tmp_path):
+    blocks = [field(), *(field(n_e=0.3 * k, phase=k) - 0.3 * k for k in (1, 2, 3))]
+    path = write(tmp_path, "CHGCAR", vasp_text(blocks))
+    density = read_density(path)
+    assert_synthetic(density, path, formatted(blocks[0])[1])
+    assert density.metadata["n_blocks"] == 4
+
+
+def test_t1_vasp_642_species_names(tmp_path):
+    block = field()
+    path = write(tmp_path, "CHGCAR", vasp_text([block], species="Na_pv/abc123 Mg/ F/0a1b2c3d"))
+    density = read_density(path)
+    assert_synthetic(density, path, formatted(block)[1])
+    assert density.potcar_labels == ("Na_pv", "Mg", "F", "F", "F")
+
+
+def test_t1_vasp_651_whitespace(tmp_path):
+    """VASP 6.5.1 indents the coordinates differently; values only need to be whitespace separated."""
+    block = field()
+    text = vasp_text([block], coord_indent="   ", separator="", per_line=7).replace(" -", "\t-")
+    path = write(tmp_path, "CHGCAR", text)
+    assert_synthetic(read_density(path), path, formatted(block)[1])
+
+
+def test_t1_chg_format(tmp_path):
+    block = field()
+    path = write(tmp_path, "CHG", vasp_text([block, field(n_e=1.0) - 1.0], chg=True))
+    density = read_density(path)
+    grid = formatted(block, chg=True)[1]
+    np.testing.assert_array_equal(density.grid, grid)
+    assert density.grid.mean() == pytest.approx(N_E, abs=1e-4)
+    assert density.metadata["n_blocks"] == 2
+
+
+@pytest.mark.parametrize("species", [["Na", "Mg", "F"], list(SYMBOLS), "Na Mg F"])
+def test_t1_vasp4_header_with_species(tmp_path, species):
+    block = field()
+    path = write(tmp_path, "CHGCAR", vasp_text([block], species=None))
+    assert_synthetic(read_density(path, species=species), path, formatted(block)[1])
+
+
+def test_vasp4_header_species_from_potcar(tmp_path):
+    path = write(tmp_path, "CHGCAR", vasp_text([field()], species=None))
+    write(tmp_path, "POTCAR", fake_potcar([("Na_pv", "Na", 7.0), ("Mg", "Mg", 2.0), ("F", "F", 7.0)]))
+    density = read_density(path)
+    assert density.symbols == SYMBOLS
+    assert density.potcar_labels == ("Na_pv", "Mg", "F", "F", "F")
+
+
+def test_potcar_label_as_species_argument(tmp_path):
+    path = write(tmp_path, "CHGCAR", vasp_text([field()], species=None))
+    density = read_density(path, species=["Na_pv", "Mg", "F"])
+    assert density.symbols == SYMBOLS
+    assert density.potcar_labels == ("Na_pv", "Mg", "F", "F", "F")
+
+
+@pytest.mark.parametrize(
+    ("scale", "factor"),
+    [("2.00000000000000", 2.0), (f"{-abs(np.linalg.det(CELL)):.10f}", 2.0)],
+    ids=["scale", "volume"],
+)
+def test_scale_factor(tmp_path, scale, factor):
+    block = field()
+    path = write(tmp_path, "CHGCAR", vasp_text([block], cell=CELL / factor, scale=scale))
+    density = read_density(path)
+    np.testing.assert_allclose(density.cell, CELL, atol=1e-9)
+    np.testing.assert_allclose(density.positions, FRAC @ CELL, atol=1e-9)
+    np.testing.assert_array_equal(density.grid, formatted(block)[1])
+
+
+def test_outcar_beside_gives_nelect(tmp_path):
+    path = write(tmp_path, "CHGCAR", vasp_text([field()]))
+    write(
+        tmp_path,
+        "OUTCAR.gz",
+        "   TITEL  = PAW_PBE Na_pv 05Jan2001\n   NELECT =      17.0000    total\n",
+        ".gz",
+    )
+    assert read_density(path).nelect == 17.0
+
+
+def test_read_outcar_header(tmp_path):
+    text = (
+        " POTCAR:    PAW_PBE Li_sv 10Sep2004\n   TITEL  = PAW_PBE Li_sv 10Sep2004\n"
+        "   POMASS =    7.010; ZVAL   =    3.000    mass and valenz\n"
+        "   TITEL  = PAW_PBE H 15Jun2001\n   POMASS =    1.000; ZVAL   =    1.000    mass and valenz\n"
+        "   ZVAL   =   3.00  1.00\n   NELECT =       4.0000    total number of electrons\n"
+        "   TITEL  = after NELECT, not read\n"
+    )
+    header = read_outcar_header(write(tmp_path, "OUTCAR", text))
+    assert header.labels == ("Li_sv", "H")
+    assert header.zvals == (3.0, 1.0)
+    assert header.nelect == 4.0
+
+
+# --------------------------------------------------------------------------------------- real VASP files
+
+
+@pytest.mark.parametrize(
+    ("name", "n_e", "n_atoms", "shape"),
+    [
+        ("H2_CHGCAR.gz", 2.000002410444886, 2, (20, 20, 36)),
+        ("si_aiidavasp_CHGCAR.gz", 8.000000110208678, 2, (32, 32, 32)),
+    ],
+)
+def test_fixtures(name, n_e, n_atoms, shape):
+    density = read_density(DATA / name)
+    assert density.grid.shape == shape
+    assert density.n_atoms == n_atoms
+    assert density.grid.mean() == pytest.approx(n_e, abs=1e-9)
+
+
+# MANIFEST.md: every density (not LOCPOT) with its N_e as printed, atom count and grid
+MANIFEST = [
+    ("si_atomate/CHGCAR.gz", "8.0000", 2, (60, 60, 60), 2),
+    ("si_atomate/AECCAR0.gz", "23.2536", 2, (60, 60, 60), 1),
+    ("si_atomate/AECCAR1.gz", "8.0175", 2, (60, 60, 60), 1),
+    ("si_atomate/AECCAR2.gz", "8.0131", 2, (60, 60, 60), 1),
+    ("al_atomate/CHGCAR.gz", "3.0000", 1, (48, 48, 48), 2),
+    ("lih_atomate_pbesol/CHGCAR", "4.0000", 2, (48, 48, 48), 2),
+    ("namgf3_pydefect/NaMgF3_CHG", "95.9999", 20, (40, 56, 40), 1),
+    ("namgf3_pydefect/NaMgF3_AECCAR0", "193.68", 20, (40, 56, 40), 1),
+    ("namgf3_pydefect/NaMgF3_AECCAR2", "96.901", 20, (40, 56, 40), 1),
+    ("h2_pydefect/H2_CHGCAR", "2.0000", 2, (20, 20, 36), 1),
+    ("graphene_sisl/CHGCAR", "8.0000", 2, (24, 24, 100), 1),
+    ("graphene_sisl/CHG", "8.0000", 2, (24, 24, 100), 1),
+    ("no_molecule_sisl/polarized/CHGCAR", "11.0000", 2, (32, 48, 64), 2),
+    ("no_molecule_sisl/unpolarized/CHGCAR", "11.0000", 2, (32, 48, 64), 1),
+    ("ni_baderrs/CHGCAR_no_spin", "10.0000", 1, (32, 32, 32), 1),
+    ("ni_baderrs/CHGCAR_spin", "10.0000", 1, (32, 32, 32), 2),
+    ("ni_baderrs/CHGCAR_ncl", "10.0000", 1, (32, 32, 32), 4),
+    ("ni_baderrs/CHG_no_spin", "9.99999", 1, (32, 32, 32), 1),
+    ("ni_baderrs/CHG_spin", "9.99999", 1, (32, 32, 32), 2),
+    ("ni_baderrs/CHG_ncl", "9.99999", 1, (32, 32, 32), 4),
+    ("li_vaspchgrs/CHGCAR.nospin.gz", "1.0000", 1, (32, 32, 32), 1),
+    ("li_vaspchgrs/CHGCAR.spin.gz", "1.0000", 1, (48, 48, 48), 2),
+    ("fe_pyiron/CHGCAR_spin", "8.0000", 1, (28, 28, 28), 2),
+    ("fe_pyiron/CHGCAR_no_spin", "8.0000", 1, (28, 28, 28), 1),
+    ("fe_pyiron/Fe2_cubic_CHGCAR", "16.0000", 2, (28, 28, 28), 1),
+    ("si_aiidavasp/CHGCAR", "8.0000", 2, (32, 32, 32), 1),
+    ("si_aiidavasp/CHG", "8.0000", 2, (32, 32, 32), 1),
+]
+
+
+@needs_chgcar_set
+@pytest.mark.parametrize(
+    ("name", "n_e", "n_atoms", "shape", "n_blocks"), MANIFEST, ids=[m[0] for m in MANIFEST]
+)
+def test_shared_densities(name, n_e, n_atoms, shape, n_blocks):
+    density = read_density(CHGCAR_SET / name)
+    decimals = len(n_e.split(".")[1])
+    assert abs(density.grid.mean() - float(n_e)) <= max(1e-4, 0.5 * 10.0**-decimals)
+    assert density.n_atoms == n_atoms
+    assert density.grid.shape == shape
+    assert density.metadata["n_blocks"] == n_blocks
+
+
+@needs_chgcar_set
+def test_shared_means_match_manifest_json():
+    import json
+
+    entries = {e["dest"]: e for e in json.loads((CHGCAR_SET / "manifest.json").read_text())}
+    for name, *_ in MANIFEST:
+        assert read_density(CHGCAR_SET / name).grid.mean() == pytest.approx(
+            entries[name]["block_means"][0], abs=1e-9
+        ), name
+
+
+@needs_chgcar_set
+def test_shared_details():
+    ni = read_density(CHGCAR_SET / "ni_baderrs" / "CHGCAR_ncl")  # scale factor 3.53 on the header
+    assert ni.grid[0, 0, 0] == 0.15229118148e03 and ni.grid[-1, -1, -1] == 0.13021559741e03
+    np.testing.assert_allclose(ni.cell, 3.53 * np.array([[0.5, 0.5, 0], [0, 0.5, 0.5], [0.5, 0, 0.5]]))
+    assert read_density(CHGCAR_SET / "lih_atomate_pbesol" / "CHGCAR").nelect == 4.0
+    assert read_density(CHGCAR_SET / "al_atomate" / "CHGCAR.gz").nelect == 3.0  # OUTCAR.gz beside
+    assert read_density(CHGCAR_SET / "fe_pyiron" / "CHGCAR_spin").nelect is None
+
+
+# ---------------------------------------------------------------------------------------------- cubes
+
+
+def cube_text(n_bohr, step_bohr, atoms, origin_bohr=(0.0, 0.0, 0.0), counts=None, n_atoms=None):
+    """A Gaussian cube (bohr, e/bohr³; z fastest) with a diagonal voxel of ``step_bohr``."""
+    counts = counts or n_bohr.shape
+    lines = ["synthetic cube", "OUTER LOOP: X, MIDDLE LOOP: Y, INNER LOOP: Z"]
+    lines.append(
+        f"{len(atoms) if n_atoms is None else n_atoms:5d}" + "".join(f"{v:12.6f}" for v in origin_bohr)
+    )
+    for axis in range(3):
+        vector = np.zeros(3)
+        vector[axis] = step_bohr[axis]
+        lines.append(f"{counts[axis]:5d}" + "".join(f"{v:12.6f}" for v in vector))
+    lines += [f"{z:5d}{0.0:12.6f}" + "".join(f"{v:12.6f}" for v in xyz) for z, xyz in atoms]
+    for row in n_bohr.reshape(-1, n_bohr.shape[2]):
+        lines += [" ".join(f"{v:13.5E}" for v in row[i : i + 6]) for i in range(0, len(row), 6)]
+    return "\n".join(lines) + "\n"
+
+
+CUBE_ATOMS = [(11, (1.0, 2.0, 3.0)), (17, (5.0, 2.0, 7.5))]
+CUBE_STEP = (0.5, 0.6, 0.7)
+
+
+def test_cube_units_and_origin(tmp_path):
+    from ase.units import Bohr
+
+    # ASE converts lengths with its own (CODATA 2014) bohr; the raw grid does not depend on the constant
+    assert Bohr == pytest.approx(0.529177210903, rel=1e-9)
+    n_bohr = np.abs(field(n_e=0.05, shape=(8, 9, 10)))
+    origin = (0.25, -0.5, 1.0)
+    path = write(tmp_path, "density.cube", cube_text(n_bohr, CUBE_STEP, CUBE_ATOMS, origin))
+    density = read_density(path)
+    values = np.array([float(f"{v:13.5E}") for v in n_bohr.ravel()]).reshape(n_bohr.shape)
+    volume_bohr = np.prod(np.array(CUBE_STEP) * n_bohr.shape)
+    np.testing.assert_allclose(density.grid, values * volume_bohr, rtol=1e-13)
+    assert density.n_electrons == pytest.approx(values.sum() * np.prod(CUBE_STEP), rel=1e-13)
+    np.testing.assert_allclose(np.diag(density.cell), np.array(CUBE_STEP) * n_bohr.shape * Bohr, rtol=1e-14)
+    expected = (np.array([xyz for _, xyz in CUBE_ATOMS]) - origin) * Bohr
+    np.testing.assert_allclose(density.positions, expected, atol=1e-12)
+    assert density.symbols == ("Na", "Cl")
+    assert density.metadata == {"format": "cube", "origin": pytest.approx(tuple(np.array(origin) * Bohr))}
+    assert detect_format(path) == "cube"
+
+
+@needs_cp2k
+@pytest.mark.parametrize(
+    ("name", "n_e", "tolerance"),
+    # measured: 56.998168 and 0.999997. CP2K's own DDAP FULL total (+0.001614) shows that its grid
+    # density holds 57 − 0.0016 electrons, so the 1.8e-3 deficit is in the file, not in the reader.
+    [("electron_density.cube.gz", 57.0, 2e-3), ("spin_density.cube.gz", 1.0, 1e-5)],
+)
+def test_cp2k_cubes(name, n_e, tolerance):
+    density = read_density(CP2K / name)
+    assert abs(density.n_electrons - n_e) < tolerance
+    assert density.n_atoms == 7
+    assert density.symbols == ("Na",) * 4 + ("Cl",) * 3
+    assert density.grid.shape == (60, 60, 60)
+    np.testing.assert_allclose(density.cell, 5.64 * np.eye(3), atol=1e-4)
+    np.testing.assert_allclose(density.positions[1], [0, 2.82, 2.82], atol=1e-4)
+
+
+@needs_cp2k
+def test_cp2k_electron_count_matches_cp2k_total():
+    """CP2K's FULL DDAP total of 0.001614 e means 56.998386 electrons on its grid; the cube spacing is
+    printed to 6 decimals (a = 5.639992 Å instead of 5.64 Å), which accounts for the remaining 2e-4."""
+    density = read_density(CP2K / "electron_density.cube.gz")
+    rescaled = density.n_electrons * (5.64 / density.cell[0, 0]) ** 3
+    assert rescaled == pytest.approx(57 - 0.001614, abs=5e-5)
+
+
+# ---------------------------------------------------------------------------------------- bad inputs
+
+
+def replace_line(text, index, new):
+    lines = text.split("\n")
+    lines[index] = new
+    return "\n".join(lines)
+
+
+def vasp_good():
+    return vasp_text([field()])
+
+
+GRID_LINE = 14  # line index of "   10   12   14" in vasp_good()
+DATA_LINE = GRID_LINE + 1
+
+BAD_VASP = {
+    "truncated": (lambda: "\n".join(vasp_good().split("\n")[: DATA_LINE + 50]) + "\n", "truncated"),
+    "truncated in augmentation": (lambda: vasp_good()[:-40], "truncated"),
+    "overflow": (
+        lambda: replace_line(vasp_good(), DATA_LINE, " 0.1E+01 ****************** 0.1E+01"),
+        "overflow",
+    ),
+    "nan": (lambda: replace_line(vasp_good(), DATA_LINE, " 0.1E+01 NaN 0.1E+01 0.1E+01 0.1E+01"), "NaN"),
+    "inf": (
+        lambda: replace_line(vasp_good(), DATA_LINE, " 0.1E+01 Infinity 0.1E+01 0.1E+01 0.1E+01"),
+        "infinite",
+    ),
+    "more positions than counts": (lambda: replace_line(vasp_good(), 6, "     1     1     2"), "positions"),
+    "fewer positions than counts": (lambda: replace_line(vasp_good(), 6, "     1     1     4"), "positions"),
+    "species and counts differ": (lambda: replace_line(vasp_good(), 5, "   Na   Mg"), "atom counts"),
+    "zero atoms": (lambda: replace_line(vasp_good(), 6, "     1     0     4"), "positive"),
+    "grid zero": (lambda: replace_line(vasp_good(), GRID_LINE, "   10   12    0"), "grid dimensions"),
+    "grid negative": (lambda: replace_line(vasp_good(), GRID_LINE, "   10   12  -14"), "grid dimensions"),
+    "grid float": (lambda: replace_line(vasp_good(), GRID_LINE, "   10   12 14.5"), "grid dimensions"),
+    "grid two numbers": (lambda: replace_line(vasp_good(), GRID_LINE, "   10   12"), "grid dimensions"),
+    "bad scale": (lambda: replace_line(vasp_good(), 1, "   1.0 abc"), "scale factor"),
+    "bad lattice": (lambda: replace_line(vasp_good(), 3, "  0.9  4.4"), "lattice vector"),
+    "bad counts": (lambda: replace_line(vasp_good(), 6, "     1     x     3"), "atom counts"),
+    "bad species": (lambda: replace_line(vasp_good(), 5, "   Qq   Mg   F"), "element symbol"),
+    "no coordinate mode": (lambda: replace_line(vasp_good(), 7, "Fractional"), "Direct"),
+    "header only": (lambda: "\n".join(vasp_good().split("\n")[:9]) + "\n", "ends in the header"),
+    "text named CHGCAR": (lambda: "hello\nthis is not a density\n", "scale factor"),
+    "binary named CHGCAR": (lambda: "\x00\x01\x02" * 100, "ends in the header"),
+    "empty": (lambda: "", "empty"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_VASP))
+def test_bad_vasp_files(tmp_path, case):
+    make, keyword = BAD_VASP[case]
+    path = write(tmp_path, "CHGCAR", make())
+    with pytest.raises(DensityError) as info:
+        read_density(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+    assert keyword in message
+
+
+def assert_density_error(path, keyword, **kwargs):
+    with pytest.raises(DensityError) as info:
+        read_density(path, **kwargs)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+    assert keyword in message
+    return message
+
+
+@pytest.mark.parametrize("content", ["hello\nthis is not a density\n", "\x00\x01\x02" * 100])
+def test_unknown_format(tmp_path, content):
+    path = write(tmp_path, "density.dat", content)
+    assert_density_error(path, "unknown format")
+    with pytest.raises(DensityError, match="unknown format"):
+        detect_format(path)
+
+
+def test_missing_and_unreadable(tmp_path):
+    assert_density_error(tmp_path / "CHGCAR", "not found")
+    assert_density_error(tmp_path, "directory")
+    with pytest.raises(DensityError, match="not found"):
+        detect_format(tmp_path / "nothing.cube")
+
+
+def test_corrupt_gzip_stream(tmp_path):
+    data = gzip.compress(vasp_good().encode())
+    path = tmp_path / "CHGCAR.gz"
+    path.write_bytes(data[: len(data) // 2])
+    assert_density_error(path, "truncated")
+
+
+def test_locpot_rejected(tmp_path):
+    assert_density_error(write(tmp_path, "LOCPOT", vasp_good()), "not a charge density")
+
+
+def test_bad_format_argument(tmp_path):
+    assert_density_error(write(tmp_path, "CHGCAR", vasp_good()), "unknown format", format="xsf")
+
+
+def test_species_argument_errors(tmp_path):
+    vasp4 = write(tmp_path, "CHGCAR", vasp_text([field()], species=None))
+    assert_density_error(vasp4, "without a species line")
+    assert_density_error(vasp4, "2 species given", species=["Na", "Mg"])
+    assert_density_error(vasp4, "species groups", species=["Na", "Mg", "F", "Mg", "F"])
+    vasp5 = write(tmp_path, "CHG", vasp_good())
+    assert_density_error(vasp5, "differ from the file's", species=["Na", "Al", "F"])
+
+
+def test_vasp4_potcar_species_count_mismatch(tmp_path):
+    path = write(tmp_path, "CHGCAR", vasp_text([field()], species=None))
+    write(tmp_path, "POTCAR", fake_potcar([("Na_pv", "Na", 7.0), ("F", "F", 7.0)]))
+    assert_density_error(path, "lists 2 species")
+
+
+def cube_good(**kwargs):
+    return cube_text(np.full((4, 5, 6), 0.01), CUBE_STEP, CUBE_ATOMS, **kwargs)
+
+
+BAD_CUBE = {
+    "negative voxel count": (lambda: cube_good(counts=(4, -5, 6)), "negative voxel count"),
+    "zero voxel count": (lambda: cube_good(counts=(4, 0, 6)), "positive integers"),
+    "truncated": (lambda: cube_good()[:-200], "truncated"),
+    "too many atoms announced": (lambda: cube_good(n_atoms=3), "announces 3 atoms"),
+    "too few atoms announced": (lambda: cube_good(n_atoms=1), "values for a grid of"),
+    "overflow": (lambda: cube_good().replace("1.00000E-02", "***********", 1), "overflow"),
+    "nan": (lambda: cube_good().replace("1.00000E-02", "nan", 1), "NaN"),
+    "bad header": (lambda: replace_line(cube_good(), 4, "    5    0.000000    0.600000"), "line 5"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CUBE))
+def test_bad_cube_files(tmp_path, case):
+    make, keyword = BAD_CUBE[case]
+    assert_density_error(write(tmp_path, "density.cube", make()), keyword)
+
+
+def test_cube_header_errors_with_explicit_format(tmp_path):
+    path = write(tmp_path, "density.dat", replace_line(cube_good(), 4, "    5    0.000000    0.600000"))
+    assert_density_error(path, "unknown format")
+    assert_density_error(path, "line 5", format="cube")
+
+
+def test_cube_species_must_match(tmp_path):
+    path = write(tmp_path, "density.cube", cube_good())
+    assert read_density(path, species=["Na", "Cl"]).symbols == ("Na", "Cl")
+    assert_density_error(path, "differ from the file's", species=["Na", "Na"])
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def fake_potcar(entries):
+    """A POTCAR with just the header keywords pymatgen needs; entries are (label, element, ZVAL)."""
+    return "".join(
+        f"  PAW_PBE {label} 01Jan2000\n {zval:.10f}\n parameters from PSCTR are:\n"
+        f"   VRHFIN ={element}: fake\n   LEXCH  = PE\n   TITEL  = PAW_PBE {label} 01Jan2000\n"
+        f"   POMASS =   10.000; ZVAL   = {zval:8.3f}    mass and valenz\n"
+        " END of PSCTR-controll parameters\n local part\n  1.0 2.0 3.0\n End of Dataset\n"
+        for label, element, zval in entries
+    )
