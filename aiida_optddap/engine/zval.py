@@ -1,0 +1,209 @@
+"""Valence charges Z_val per element, so that net charges Q = Z_val − p can be reported (spec §6.4).
+
+Precedence, per element: the user's mapping > a POTCAR beside the density file > an OUTCAR beside it >
+pymatgen's bundled POTCAR summary (VASP densities only; keyed by the POTCAR label the file names, such as
+``Na_pv``, else by the element's standard POTCAR). Cube files (CP2K, Quantum ESPRESSO, ...) use other
+pseudopotentials, so for them only the user's mapping counts.
+"""
+
+from __future__ import annotations
+
+import bz2
+import functools
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from ase.data import atomic_numbers
+
+from .density import Density
+from .io import find_beside, read_outcar_header, read_potcar, split_species_label
+
+# newest PBE sets first: the summary disagrees between sets only for a few GW potentials
+_FUNCTIONAL_ORDER = ("PBE_64", "PBE_54", "PBE_52", "PBE")
+
+
+@dataclass(frozen=True)
+class ZvalInfo:
+    """Valence charge per element and where each value came from.
+
+    Attributes:
+        values: element symbol → Z_val (electrons).
+        source: element symbol → "user", "POTCAR", "OUTCAR" or "pymatgen POTCAR summary (<label>)".
+    """
+
+    values: dict[str, float]
+    source: dict[str, str]
+
+    def per_atom(self, symbols) -> np.ndarray:
+        """Z_val (electrons) for each atom of ``symbols``; ValueError naming an element without one."""
+        missing = [symbol for symbol in dict.fromkeys(symbols) if symbol not in self.values]
+        if missing:
+            raise ValueError(f"no Z_val known for {', '.join(missing)}")
+        return np.array([self.values[symbol] for symbol in symbols], dtype=np.float64)
+
+
+def _element(symbol: str) -> str:
+    """The element symbol with standard capitalisation, or ValueError."""
+    name = symbol.strip().capitalize()
+    if name not in atomic_numbers or name == "X":
+        raise ValueError(f"unknown element {symbol.strip()!r} for --zval")
+    return name
+
+
+def _positive(element: str, value) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"Z_val for {element} must be a positive number, got {value!r}")
+    return number
+
+
+def parse_zval_option(text: str) -> dict[str, float]:
+    """Parse ``"Na=7,Cl=7"`` (commas, semicolons or spaces between entries) into ``{"Na": 7.0, "Cl": 7.0}``.
+
+    Raises:
+        ValueError: empty text, an entry that is not SYMBOL=VALUE, an unknown element, a value that is
+            not a positive number, or an element given twice.
+    """
+    entries = [entry for entry in re.split(r"[,;\s]+", re.sub(r"\s*=\s*", "=", text.strip())) if entry]
+    if not entries:
+        raise ValueError("empty --zval option: expected SYMBOL=VALUE pairs such as 'Na=7,Cl=7'")
+    values: dict[str, float] = {}
+    for entry in entries:
+        symbol, equals, value = entry.partition("=")
+        if not equals or not symbol or not value or "=" in value:
+            raise ValueError(f"bad --zval entry {entry!r}: expected SYMBOL=VALUE pairs such as 'Na=7,Cl=7'")
+        element = _element(symbol)
+        if element in values:
+            raise ValueError(f"--zval gives {element} twice")
+        values[element] = _positive(element, value)
+    return values
+
+
+@functools.cache
+def _summary_zvals() -> dict[str, float]:
+    """POTCAR label → ZVAL from pymatgen's potcar-summary-stats.json.bz2 (first set in _FUNCTIONAL_ORDER)."""
+    from pymatgen.io.vasp.inputs import POTCAR_STATS_PATH
+
+    with bz2.open(POTCAR_STATS_PATH, "rt", encoding="utf-8") as handle:
+        stats = json.load(handle)
+    order = [*_FUNCTIONAL_ORDER, *(name for name in stats if name not in _FUNCTIONAL_ORDER)]
+    zvals: dict[str, float] = {}
+    for functional in order:
+        for variants in stats.get(functional, {}).values():
+            for variant in variants:
+                zvals.setdefault(variant["symbol"], float(variant["ZVAL"]))
+    return zvals
+
+
+def _per_element(entries, elements: list[str], origin, kind: str) -> dict[str, tuple[float, str]]:
+    """Map (label, element, ZVAL) per species onto the density's elements, checking they agree."""
+    found: dict[str, tuple[float, str]] = {}
+    for label, element, zval in entries:
+        if element in found and found[element][0] != zval:
+            raise ValueError(
+                f"{origin}: {element} appears with Z_val {found[element][0]:g} and {zval:g} ({label}); "
+                "give one with --zval"
+            )
+        found[element] = (zval, kind)
+    if set(found) != set(elements):
+        raise ValueError(
+            f"{origin}: {kind} species ({', '.join(found)}) do not match "
+            f"the density's ({', '.join(elements)})"
+        )
+    return found
+
+
+def _from_files(path, elements: list[str]) -> dict[str, tuple[float, str]] | None:
+    """Z_val from a POTCAR, else an OUTCAR, beside ``path``; None when neither is there."""
+    potcar = find_beside(path, "POTCAR")
+    if potcar is not None:
+        return _per_element(read_potcar(potcar), elements, potcar, "POTCAR")
+    outcar = find_beside(path, "OUTCAR")
+    if outcar is None:
+        return None
+    header = read_outcar_header(outcar)
+    if not header.zvals:
+        return None
+    if len(header.labels) != len(header.zvals):
+        raise ValueError(f"{outcar}: {len(header.labels)} TITEL lines but {len(header.zvals)} ZVAL values")
+    entries = [
+        (label, split_species_label(label)[0], zval)
+        for label, zval in zip(header.labels, header.zvals, strict=True)
+    ]
+    return _per_element(entries, elements, outcar, "OUTCAR")
+
+
+def _from_summary(density: Density, elements: list[str]) -> dict[str, tuple[float, str]]:
+    """Z_val from pymatgen's POTCAR summary, by the file's POTCAR label or the bare element symbol."""
+    labels = density.potcar_labels or density.symbols
+    zvals = _summary_zvals()
+    found: dict[str, tuple[float, str]] = {}
+    for element in elements:
+        wanted = sorted(
+            {label for symbol, label in zip(density.symbols, labels, strict=True) if symbol == element}
+        )
+        known = {label: zvals[label] for label in wanted if label in zvals}
+        if len(known) != len(wanted):
+            continue
+        if len(set(known.values())) > 1:
+            raise ValueError(
+                f"{density.source}: POTCARs {', '.join(known)} of {element} have different Z_val; "
+                "give one with --zval"
+            )
+        found[element] = (known[wanted[0]], f"pymatgen POTCAR summary ({', '.join(wanted)})")
+    return found
+
+
+def resolve_zval(
+    density: Density, *, path=None, user: Mapping[str, float] | str | None = None
+) -> ZvalInfo | None:
+    """Valence charges for the elements of ``density``, by the precedence in the module docstring.
+
+    Args:
+        density: the density whose elements need Z_val; cube densities (``metadata["format"] == "cube"``)
+            take only ``user`` values.
+        path: the density file; a POTCAR or OUTCAR (plain or compressed) in its folder is used.
+        user: element → Z_val (electrons), or a string such as ``"Na=7,Cl=7"``; may cover some elements
+            only, the others then come from the next source.
+
+    Returns:
+        A :class:`ZvalInfo` covering every element, or None when nothing at all is known.
+
+    Raises:
+        ValueError: an element in ``user`` that the structure lacks ("unknown species for --zval: Xx"),
+            a bad ``user`` value, an element no source knows while others are known, or a POTCAR/OUTCAR
+            that does not match the structure.
+    """
+    elements = list(dict.fromkeys(density.symbols))
+    given = parse_zval_option(user) if isinstance(user, str) else dict(user or {})
+    values: dict[str, float] = {}
+    source: dict[str, str] = {}
+    for symbol, value in given.items():
+        if symbol not in elements:
+            raise ValueError(
+                f"unknown species for --zval: {symbol} (the structure has {', '.join(elements)})"
+            )
+        values[symbol] = _positive(symbol, value)
+        source[symbol] = "user"
+    missing = [element for element in elements if element not in values]
+    if missing and density.metadata.get("format") != "cube":
+        found = (_from_files(path, elements) if path is not None else None) or _from_summary(density, missing)
+        for element in missing:
+            if element in found:
+                values[element], source[element] = found[element]
+    if not values:
+        return None
+    unknown = [element for element in elements if element not in values]
+    if unknown:
+        raise ValueError(
+            f"no Z_val known for {', '.join(unknown)}: "
+            f"give it with --zval, e.g. --zval {unknown[0]}=<electrons>"
+        )
+    return ZvalInfo(values={e: values[e] for e in elements}, source={e: source[e] for e in elements})
