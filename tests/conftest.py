@@ -47,15 +47,12 @@ def engine_cli_available() -> bool:
     return True
 
 
-requires_engine = pytest.mark.skipif(not engine_cli_available(), reason="the optddap engine CLI is not installed")
-
-
 @pytest.fixture
 def optddap_code(aiida_code_installed):
     """The real ``optddap`` CLI as an InstalledCode on the ``localhost`` computer (core.local + core.direct)."""
     path = optddap_executable_path()
-    if path is None:
-        pytest.skip("optddap CLI not found")
+    if path is None or not engine_cli_available():
+        pytest.skip("the optddap engine CLI is not installed")
     return aiida_code_installed(
         label="optddap",
         default_calc_job_plugin="optddap.fit",
@@ -123,6 +120,12 @@ def make_chgcar(path, system=NACL, shape=(24, 24, 24)) -> pathlib.Path:
     atoms = list(zip(system["positions"], system["gaussians"]))
     grid = gaussian_density(system["cell"], shape, atoms)
     return write_chgcar(path, system["cell"], system["symbols"], system["positions"], grid)
+
+
+@pytest.fixture(scope="session")
+def nacl_system():
+    """The synthetic NaCl system (cell, symbols, fractional positions, Gaussians, zval)."""
+    return NACL
 
 
 @pytest.fixture(scope="session")

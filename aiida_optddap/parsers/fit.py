@@ -19,6 +19,8 @@ __all__ = ("OptDdapParser", "classify_stderr")
 NO_GPU_MARKER = "CUDA requested but no CUDA device is visible"  # exit 3
 OOM_MARKER = "CUDA out of memory"  # exit 4
 SINGULAR_MARKER = "singular"  # exit 5
+#: Words of the other exit-5 (numerical) messages; any other ``Error:`` line is bad input (exit 1).
+NUMERICAL_WORDS = ("non-finite", "nan ", "numerical", "diverge", "undefined", "overflow")
 
 
 def _first_line(text: str, marker: str) -> str:
@@ -49,13 +51,13 @@ def classify_stderr(stderr: str) -> tuple[str, str] | None:
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     if any(line.startswith("Usage:") for line in lines) and any("Error:" in line for line in lines):
         return "ERROR_INVALID_COMMAND_LINE", _first_line(stderr, "Error:")
-    if SINGULAR_MARKER in stderr.lower():
-        return "ERROR_ILL_CONDITIONED", _first_line(stderr, SINGULAR_MARKER)
     errors = [line for line in lines if line.startswith("Error:")]
+    if any(SINGULAR_MARKER in line.lower() for line in errors):
+        return "ERROR_ILL_CONDITIONED", next(line for line in errors if SINGULAR_MARKER in line.lower())
     if errors:
         text = errors[-1]
         lowered = text.lower()
-        if any(word in lowered for word in ("non-finite", "nan", "numerical", "diverge")):
+        if any(word in lowered for word in NUMERICAL_WORDS):
             return "ERROR_NUMERICAL_FAILURE", text
         return "ERROR_DENSITY_UNREADABLE", text
     return None
