@@ -1,0 +1,154 @@
+"""``optddap.base``: ``optddap.fit`` with automatic restarts on the recoverable exit codes.
+
+=====  ===========================  ===========================================================================
+code   label                        handler
+=====  ===========================  ===========================================================================
+440    ERROR_NO_GPU                 ``device`` → ``cpu``
+430    ERROR_GPU_OUT_OF_MEMORY      halve ``chunk_size`` (from 1024 when unset); after two halvings → ``cpu``
+410    ERROR_ILL_CONDITIONED        ``lagrange`` (or scale/shift/kkt) → ``pinv``; ``pinv``: ``rtol`` × 1e3
+400    ERROR_NOT_CONVERGED          ``steps`` × 2, restart from the last optimised (σ_start, f, g_c), 1 start
+=====  ===========================  ===========================================================================
+"""
+
+from __future__ import annotations
+
+from aiida import orm
+from aiida.common import AttributeDict
+from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, process_handler, while_
+
+from ..calculations.fit import OptDdapCalculation
+
+__all__ = ("OptDdapBaseWorkChain",)
+
+
+class OptDdapBaseWorkChain(BaseRestartWorkChain):
+    """Run ``optddap.fit`` and restart it with adjusted parameters when it fails recoverably."""
+
+    _process_class = OptDdapCalculation
+
+    #: chunk size (G vectors per chunk) assumed when the user set none and the GPU ran out of memory; it is
+    #: halved before use. The engine's own default is about 2²⁴/(2·starts·atoms·K) G vectors, unknown here.
+    DEFAULT_CHUNK_SIZE = 1024
+    #: halvings of ``chunk_size`` before falling back to the CPU.
+    MAX_CHUNK_HALVINGS = 2
+    #: steps assumed when neither the parameters nor the failed run say how many were taken.
+    DEFAULT_STEPS = 100
+    #: rtol assumed for ``pinv`` when neither the parameters nor the failed run say which was used.
+    DEFAULT_RTOL = 1e-10
+    #: ``rtol`` is not raised beyond this (the handler gives up instead).
+    MAX_RTOL = 1e-1
+
+    @classmethod
+    def define(cls, spec):
+        super().define(spec)
+        spec.expose_inputs(OptDdapCalculation, namespace="fit")
+        spec.expose_outputs(OptDdapCalculation)
+        spec.outline(
+            cls.setup,
+            while_(cls.should_run_process)(
+                cls.run_process,
+                cls.inspect_process,
+            ),
+            cls.results,
+        )
+        spec.exit_code(
+            410,
+            "ERROR_ILL_CONDITIONED_UNRECOVERABLE",
+            message="The fit stayed ill-conditioned with the pseudo-inverse at rtol = {rtol:g}.",
+        )
+
+    def setup(self):
+        super().setup()
+        self.ctx.inputs = AttributeDict(self.exposed_inputs(OptDdapCalculation, "fit"))
+        self.ctx.gpu_oom_halvings = 0
+
+    # ------------------------------------------------------------------ helpers
+    def _parameters(self) -> dict:
+        parameters = self.ctx.inputs.get("parameters")
+        return parameters.get_dict() if parameters is not None else {}
+
+    def _set_parameters(self, parameters: dict) -> None:
+        self.ctx.inputs.parameters = orm.Dict(parameters)
+
+    @staticmethod
+    def _output_parameters(node) -> dict:
+        try:
+            return node.outputs.output_parameters.get_dict()
+        except AttributeError:
+            return {}
+
+    # ------------------------------------------------------------------ handlers
+    @process_handler(priority=600, exit_codes=[OptDdapCalculation.exit_codes.ERROR_NO_GPU])
+    def handle_no_gpu(self, node):
+        """No CUDA device visible: run on the CPU."""
+        parameters = self._parameters()
+        parameters["device"] = "cpu"
+        self._set_parameters(parameters)
+        self.report(f"{self.ctx.process_name}<{node.pk}>: no CUDA device visible, switching to device=cpu")
+        return ProcessHandlerReport(do_break=True)
+
+    @process_handler(priority=500, exit_codes=[OptDdapCalculation.exit_codes.ERROR_GPU_OUT_OF_MEMORY])
+    def handle_gpu_out_of_memory(self, node):
+        """GPU out of memory: halve ``chunk_size`` (twice at most), then fall back to the CPU."""
+        parameters = self._parameters()
+        if self.ctx.gpu_oom_halvings < self.MAX_CHUNK_HALVINGS:
+            current = int(parameters.get("chunk_size", self.DEFAULT_CHUNK_SIZE))
+            parameters["chunk_size"] = max(1, current // 2)
+            self.ctx.gpu_oom_halvings += 1
+            self.report(
+                f"{self.ctx.process_name}<{node.pk}>: GPU out of memory, halving chunk_size to "
+                f"{parameters['chunk_size']} (halving {self.ctx.gpu_oom_halvings}/{self.MAX_CHUNK_HALVINGS})"
+            )
+        else:
+            parameters["device"] = "cpu"
+            self.report(
+                f"{self.ctx.process_name}<{node.pk}>: GPU out of memory after {self.MAX_CHUNK_HALVINGS} halvings "
+                "of chunk_size, switching to device=cpu"
+            )
+        self._set_parameters(parameters)
+        return ProcessHandlerReport(do_break=True)
+
+    @process_handler(priority=400, exit_codes=[OptDdapCalculation.exit_codes.ERROR_ILL_CONDITIONED])
+    def handle_ill_conditioned(self, node):
+        """κ too large (or a singular matrix): ``lagrange`` → ``pinv``; ``pinv``: raise ``rtol`` × 1e3."""
+        parameters = self._parameters()
+        previous = self._output_parameters(node)
+        solver = parameters.get("solver") or previous.get("solver") or "pinv"
+        if solver != "pinv":
+            parameters["solver"] = "pinv"
+            self.report(f"{self.ctx.process_name}<{node.pk}>: ill-conditioned with solver={solver}, switching to pinv")
+        else:
+            rtol = float(parameters.get("rtol") or previous.get("rtol") or self.DEFAULT_RTOL)
+            if rtol >= self.MAX_RTOL:
+                self.report(f"{self.ctx.process_name}<{node.pk}>: still ill-conditioned at rtol={rtol:g}, giving up")
+                return ProcessHandlerReport(
+                    do_break=True, exit_code=self.exit_codes.ERROR_ILL_CONDITIONED_UNRECOVERABLE.format(rtol=rtol)
+                )
+            parameters["rtol"] = min(rtol * 1e3, self.MAX_RTOL)
+            self.report(
+                f"{self.ctx.process_name}<{node.pk}>: ill-conditioned with pinv, raising rtol {rtol:g} → "
+                f"{parameters['rtol']:g}"
+            )
+        self._set_parameters(parameters)
+        return ProcessHandlerReport(do_break=True)
+
+    @process_handler(priority=300, exit_codes=[OptDdapCalculation.exit_codes.ERROR_NOT_CONVERGED])
+    def handle_not_converged(self, node):
+        """Not converged: double ``steps`` and restart from the last optimised (σ_start, f, g_c)."""
+        parameters = self._parameters()
+        previous = self._output_parameters(node)
+        steps = int(parameters.get("steps") or previous.get("n_steps") or self.DEFAULT_STEPS)
+        parameters["steps"] = 2 * steps
+        restarted = []
+        for key in ("sigma_start", "factor", "gcut"):
+            value = previous.get(key)
+            if value is not None:
+                parameters[key] = float(value)
+                restarted.append(f"{key}={value:.6g}")
+        parameters["starts"] = 1
+        self._set_parameters(parameters)
+        self.report(
+            f"{self.ctx.process_name}<{node.pk}>: not converged, restarting with steps={parameters['steps']} "
+            f"from {', '.join(restarted) or 'the previous start values'}"
+        )
+        return ProcessHandlerReport(do_break=True)
