@@ -1,0 +1,1 @@
+"""Command line of the AiiDA layer: ``verdi data optddap`` and the ``aiida-optddap`` console script."""
