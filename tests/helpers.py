@@ -96,8 +96,17 @@ def periodic_gaussian(cell, centre, radius, shape, images: int = 2) -> np.ndarra
     return norm * total * abs(np.linalg.det(cell))
 
 
+def vasp_rounded(cell, positions):
+    """Cell and Cartesian positions rounded as a CHGCAR header stores them (6 decimals: cell in Å,
+    positions as fractions), so that a density built on them survives the file round trip exactly."""
+    cell = np.round(np.asarray(cell, dtype=float), 6)
+    frac = np.round(np.linalg.solve(cell.T, np.asarray(positions, dtype=float).T).T, 6)
+    return cell, frac @ cell
+
+
 def write_chgcar(path, cell, symbols, positions, raw) -> Path:
-    """Write a VASP 5 CHGCAR with pymatgen (11 significant digits, x fastest)."""
+    """Write a VASP 5 CHGCAR with pymatgen (11 significant digits, x fastest; the header has 6
+    decimals, see :func:`vasp_rounded`)."""
     from pymatgen.core import Lattice, Structure
     from pymatgen.io.vasp.inputs import Poscar
     from pymatgen.io.vasp.outputs import Chgcar
