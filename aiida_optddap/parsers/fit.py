@@ -35,6 +35,10 @@ def _tail(text: str, lines: int = 5) -> str:
     return " | ".join(tail) if tail else "(stderr is empty)"
 
 
+def _strip_error(line: str) -> str:
+    return line[len("Error:"):].strip() if line.startswith("Error:") else line
+
+
 def classify_stderr(stderr: str) -> tuple[str, str] | None:
     """``(exit-code label, details)`` for a failure the engine reported on stderr, or None.
 
@@ -42,6 +46,11 @@ def classify_stderr(stderr: str) -> tuple[str, str] | None:
     no CUDA device; exit 4 CUDA out of memory; exit 5 numerical failure (``singular`` for a singular
     matrix).
     """
+    failure = _classify(stderr)
+    return None if failure is None else (failure[0], _strip_error(failure[1]))
+
+
+def _classify(stderr: str) -> tuple[str, str] | None:
     if not stderr:
         return None
     if NO_GPU_MARKER.lower() in stderr.lower():
