@@ -134,12 +134,21 @@ def synthetic_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("chgcars")
     make_chgcar(directory / "NaCl_CHGCAR", NACL)
     make_chgcar(directory / "LiH_CHGCAR", LIH)
+    defect = copy.deepcopy(NACL)
+    defect["gaussians"] = [[(0.25, 0.6)], [(4.0, 0.7), (3.8, 1.0)]]  # 0.05 e more on Na
+    make_chgcar(directory / "NaCl_defect_CHGCAR", defect)
     return directory
 
 
 @pytest.fixture
 def nacl_chgcar(synthetic_dir) -> pathlib.Path:
     return synthetic_dir / "NaCl_CHGCAR"
+
+
+@pytest.fixture
+def nacl_defect_chgcar(synthetic_dir) -> pathlib.Path:
+    """NaCl with 0.05 e added on Na: Δρ against ``nacl_chgcar`` is a small Gaussian on the Na site."""
+    return synthetic_dir / "NaCl_defect_CHGCAR"
 
 
 @pytest.fixture

@@ -188,6 +188,24 @@ def test_run_410_lagrange_on_perfect_crystal(optddap_code, lih_chgcar, singlefil
     assert node.outputs.charges.base.attributes.get("rank") < 6
 
 
+def test_run_difference_density(optddap_code, nacl_defect_chgcar, nacl_chgcar, singlefile):
+    """A host density switches to `optddap diff`: populations of Δρ, no net charges."""
+    node = _run(optddap_code, singlefile(nacl_defect_chgcar), host_charge_density=singlefile(nacl_chgcar))
+    assert node.is_finished_ok, node.exit_message
+    charges = node.outputs.charges
+    assert charges.base.attributes.get("mode") == "difference"
+    assert charges.net_charges is None and charges.base.attributes.get("summary_of") == "populations"
+    np.testing.assert_allclose(charges.populations, [0.05, 0.0], atol=1e-3)
+    assert abs(charges.populations.sum() - 0.05) < 1e-6
+
+
+def test_run_304_numerical_failure(optddap_code, nacl_chgcar, singlefile):
+    """`scale` on Δρ = 0: the renormalisation is undefined (the CLI's exit 5 without `singular`)."""
+    density = singlefile(nacl_chgcar)
+    node = _run(optddap_code, density, {"optimize": False, "solver": "scale"}, host_charge_density=density)
+    assert node.exit_status == 304, node.exit_message
+
+
 def test_run_303_structure_mismatch(optddap_code, nacl_chgcar, nacl_system, singlefile):
     node = _run(optddap_code, singlefile(nacl_chgcar), structure=_structure(nacl_system, shift=(0.01, 0.0, 0.0)))
     assert node.exit_status == 303, node.exit_message

@@ -153,3 +153,16 @@ def test_launch_fit_daemon_wait(runner, aiida_profile, optddap_code, nacl_chgcar
     result = runner.invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "submitted OptDdapBaseWorkChain<" in result.output and "[0]" in result.output
+
+
+def test_launch_fit_with_host(runner, aiida_profile, optddap_code, nacl_defect_chgcar, nacl_chgcar):
+    runner.invoke(main, ["-p", aiida_profile.name, "setup"], catch_exceptions=False)
+    args = ["-p", aiida_profile.name, "launch", "fit", str(nacl_defect_chgcar), "--host", str(nacl_chgcar),
+            "--param", "optimize=false", "--run"]
+    result = runner.invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    pk = int(result.output.split("OptDdapBaseWorkChain<")[1].split(">")[0])
+    node = orm.load_node(pk)
+    assert node.inputs.fit.host_charge_density.filename == nacl_chgcar.name
+    assert node.outputs.charges.base.attributes.get("mode") == "difference"
+    assert "n/a" in result.output  # no net charges for Δρ

@@ -109,8 +109,8 @@ def test_304_numerical_failure(generate_calc_job_node, results_factory):
     files = {"results.json": results_factory(converged=False, stop_reason="non_finite")}
     _, calc = _parse(generate_calc_job_node, files)
     assert calc.exit_status == 304
-    _, calc = _parse(generate_calc_job_node, {"optddap.err": "Error: CHGCAR: non-finite loss at step 3\n"})
-    assert calc.exit_status == 304
+    _, calc = _parse(generate_calc_job_node, {"optddap.err": _recorded("scale_zero_total.err")})
+    assert calc.exit_status == 304 and "renormalisation is undefined" in calc.exit_message
 
 
 def test_305_usage_error(generate_calc_job_node):
