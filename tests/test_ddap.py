@@ -193,17 +193,12 @@ def test_t16_rank_deficient_pinv_matches_reference():
     np.testing.assert_allclose(result["coefficients"], q_ref, atol=1e-9)
 
 
-KKT_BORDER_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="engine bug (ddap._bordered/solve 'kkt'): the border of the KKT matrix is not scaled with A, "
-    "so when A is large the constraint's singular value falls below rtol·σ_max and pinv drops it",
-)
 
 
 @pytest.mark.parametrize(
     ("solver", "factor"),
     [(s, f) for s in SOLVERS[:4] for f in (0.5, 1e6)]
-    + [("kkt", 0.5), pytest.param("kkt", 1e6, marks=KKT_BORDER_BUG)],
+    + [("kkt", 0.5), ("kkt", 1e6)],
 )
 def test_t16_weight_scale_invariance(off_triclinic, solver, factor):
     """Scaling W (CP2K's half sphere without factor 2 is W/2) leaves every solver's charges unchanged."""
@@ -217,7 +212,7 @@ def test_t16_weight_scale_invariance(off_triclinic, solver, factor):
     assert float(t2[0]) == pytest.approx(float(t1[0]), abs=1e-9)
 
 
-@pytest.mark.parametrize("box", [10.0, pytest.param(20.0, marks=KKT_BORDER_BUG)])
+@pytest.mark.parametrize("box", [10.0, 20.0])
 def test_kkt_equals_lagrange_for_molecule_in_box(box):
     """Where the bordered matrix is regular, kkt = lagrange (spec §6.1); a 20 Å box is realistic."""
     cell = np.diag([box, 1.1 * box, 1.2 * box])

@@ -118,11 +118,6 @@ def test_box_gset_covers_box_without_nyquist():
     assert norm == pytest.approx(float((np.abs(c) ** 2).sum() - abs(c.flat[0]) ** 2), rel=1e-14)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug (ddap.Parameters.gcut default 4.628858184036647 is √6/0.52917796, not "
-    "√6 bohr⁻¹ = 4.62886475894023 = gspace.DEFAULT_GCUT)",
-)
 def test_default_gcut_is_sqrt6_per_bohr():
     """CP2K's GCUT default √6 bohr⁻¹ (spec §4.3), and the same value wherever a default g_c lives."""
     from aiida_optddap.engine.ddap import Parameters

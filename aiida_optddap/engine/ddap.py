@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .density import Density
-from .gspace import GSet, box_gset, fourier_norm, prepare, sphere_gset
+from .gspace import DEFAULT_GCUT, GSet, box_gset, fourier_norm, prepare, sphere_gset
 
 SOLVERS = ("pinv", "lagrange", "scale", "shift", "kkt")
 #: Pseudo-inverse relative eigenvalue cutoff (spec "Decisions").
@@ -39,7 +39,7 @@ class Parameters:
     sigma_start: float = 0.5
     factor: float = 1.5
     n_gauss: int = 3
-    gcut: float = 4.628858184036647
+    gcut: float = DEFAULT_GCUT
 
     def radii(self) -> np.ndarray:
         """σ_k = σ_start·f^k, Å (Blöchl radius: the Gaussian is ∝ exp(−r²/σ²))."""
@@ -146,6 +146,7 @@ class Problem:
 
     density: Density
     n_electrons: float
+    gcut_max: float
     fit: TorchGSet
     loss_set: TorchGSet | None
     loss_norm_density: float
@@ -169,6 +170,7 @@ class Problem:
         return cls(
             density=density,
             n_electrons=n_electrons,
+            gcut_max=gcut_max,
             fit=fit,
             loss_set=loss_set,
             loss_norm_density=fourier_norm(coefficients),
@@ -191,7 +193,10 @@ def normal_equations(
     gs = problem.fit
     n_batch, n_gauss = radii.shape
     m = problem.n_atoms * n_gauss
-    stop = gs.count_below(float(gcut.detach().max()))
+    largest = float(gcut.detach().max())
+    if largest > problem.gcut_max * (1 + 1e-12):
+        raise ValueError(f"g_c = {largest:.6g} Å⁻¹ exceeds the G set of this problem (built to {problem.gcut_max:.6g} Å⁻¹)")
+    stop = gs.count_below(largest)
     a = radii.new_zeros(n_batch, m, m)
     b = radii.new_zeros(n_batch, m)
     norm = radii.new_zeros(n_batch)
@@ -212,16 +217,23 @@ def normal_equations(
     return a, b, norm
 
 
-def _bordered(a: torch.Tensor) -> torch.Tensor:
+def _bordered(a: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """[[A, s·1], [s·1ᵀ, 0]]: the border is scaled with A (s = mean diagonal) so that the
+    constraint's singular value is not dropped by the relative cutoff of the pseudo-inverse."""
     n_batch, m, _ = a.shape
-    ones = a.new_ones(n_batch, m, 1)
-    top = torch.cat([a, ones], dim=2)
-    bottom = torch.cat([ones.transpose(1, 2), a.new_zeros(n_batch, 1, 1)], dim=2)
+    border = scale[:, None, None] * a.new_ones(n_batch, m, 1)
+    top = torch.cat([a, border], dim=2)
+    bottom = torch.cat([border.transpose(1, 2), a.new_zeros(n_batch, 1, 1)], dim=2)
     return torch.cat([top, bottom], dim=1)
 
 
 def solve(
-    a: torch.Tensor, b: torch.Tensor, n_electrons: float, solver: str = "pinv", rtol: float = DEFAULT_RTOL
+    a: torch.Tensor,
+    b: torch.Tensor,
+    n_electrons: float,
+    solver: str = "pinv",
+    rtol: float = DEFAULT_RTOL,
+    spec: Spectrum | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Coefficients q (B, M) with 1ᵀq = N, and the unconstrained total 1ᵀA⁺b (B,) (spec §5.2, §6.1).
 
@@ -230,31 +242,32 @@ def solve(
     :class:`SingularMatrixError` when A is numerically singular under ``rtol``. ``scale``: A⁺b
     rescaled to N. ``shift``: A⁺b plus the minimum-norm uniform correction. ``kkt``: the
     pseudo-inverse of the bordered system, then the drift shift.
+
+    Where every A of the batch has full rank under ``rtol``, A⁺ = A⁻¹ is formed by ``inv``: the
+    same values, and a backward pass that stays accurate for ill-conditioned A (torch's pinv
+    backward loses about 1e-4 relative at κ ≈ 1e5). ``spec`` (from :func:`spectrum`) avoids a
+    second eigendecomposition when the caller has one.
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}: use one of {', '.join(SOLVERS)}")
+    spec = spec if spec is not None else spectrum(a, rtol)
     m = a.shape[-1]
-    ones = a.new_ones(m)
-    if solver == "lagrange":
-        eigenvalues = torch.linalg.eigvalsh(a.detach())
-        if bool((eigenvalues[:, 0] <= rtol * eigenvalues[:, -1]).any()):
-            kappa = (eigenvalues[:, -1] / eigenvalues[:, 0].clamp_min(0)).max().item()
-            raise SingularMatrixError(
-                f"A is singular (condition number {kappa:.3g} beyond 1/rtol = {1 / rtol:.3g}); "
-                "the explicit-inverse lagrange solver cannot be used, use --solver pinv"
-            )
-        inverse = torch.linalg.inv(a)
-    elif solver == "kkt":
-        rhs = torch.cat([b, b.new_full((b.shape[0], 1), n_electrons)], dim=1)
-        solution = (torch.linalg.pinv(_bordered(a), hermitian=True, rtol=rtol) @ rhs[..., None])[..., 0]
-        inverse = torch.linalg.pinv(a, hermitian=True, rtol=rtol)
-        q = solution[:, :m]
-        q = q + (n_electrons - q.sum(dim=1, keepdim=True)) / m
-        return q, (inverse @ b[..., None])[..., 0].sum(dim=1)
-    else:
-        inverse = torch.linalg.pinv(a, hermitian=True, rtol=rtol)
+    full_rank = bool((spec.rank == m).all())
+    if solver == "lagrange" and not full_rank:
+        kappa = float(np.max(spec.condition_number))
+        raise SingularMatrixError(
+            f"A is singular (condition number {kappa:.3g} beyond 1/rtol = {1 / rtol:.3g}); "
+            "the explicit-inverse lagrange solver cannot be used, use --solver pinv"
+        )
+    inverse = torch.linalg.inv(a) if full_rank else torch.linalg.pinv(a, hermitian=True, rtol=rtol)
     q_u = (inverse @ b[..., None])[..., 0]
     total_u = q_u.sum(dim=1)
+    if solver == "kkt":
+        scale = torch.diagonal(a, dim1=1, dim2=2).mean(dim=1)
+        rhs = torch.cat([b, (scale * n_electrons)[:, None]], dim=1)
+        solution = (torch.linalg.pinv(_bordered(a, scale), hermitian=True, rtol=rtol) @ rhs[..., None])[..., 0]
+        q = solution[:, :m]
+        return q + (n_electrons - q.sum(dim=1, keepdim=True)) / m, total_u
     if solver == "scale":
         if bool((total_u.detach().abs() < 1e-8 * max(1.0, abs(n_electrons))).any()):
             raise SingularMatrixError(
@@ -264,11 +277,10 @@ def solve(
         return q_u * (n_electrons / total_u)[:, None], total_u
     if solver == "shift":
         return q_u + ((n_electrons - total_u) / m)[:, None], total_u
-    a_ones = inverse @ ones
+    a_ones = inverse @ a.new_ones(m)
     lam = (total_u - n_electrons) / a_ones.sum(dim=1)
     q = q_u - lam[:, None] * a_ones
-    q = q + (n_electrons - q.sum(dim=1, keepdim=True)) / m
-    return q, total_u
+    return q + (n_electrons - q.sum(dim=1, keepdim=True)) / m, total_u
 
 
 @dataclass(frozen=True)
@@ -310,9 +322,9 @@ def fit_coefficients(
     gcut = torch.tensor([parameters.gcut], **opts)
     with torch.no_grad():
         a, b, norm = normal_equations(problem, radii, gcut)
-        q, total_u = solve(a, b, problem.n_electrons, solver, rtol)
-        residual = misfit(a, b, norm, q)
         spec = spectrum(a, rtol)
+        q, total_u = solve(a, b, problem.n_electrons, solver, rtol, spec)
+        residual = misfit(a, b, norm, q)
     coefficients = q[0].cpu().numpy().reshape(problem.n_atoms, parameters.n_gauss)
     return {
         "coefficients": coefficients,

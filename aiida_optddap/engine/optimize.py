@@ -129,9 +129,9 @@ def optimize(
         theta = parameters_of(unconstrained)
         radii = radii_from(theta[:, 0], theta[:, 1], n_gauss)
         a, b, _ = normal_equations(problem, radii, theta[:, 2])
-        q, total_u = solve(a, b, problem.n_electrons, solver, rtol)
-        values = loss_terms(problem, q, radii)
         diag = spectrum(a, rtol)
+        q, total_u = solve(a, b, problem.n_electrons, solver, rtol, diag)
+        values = loss_terms(problem, q, radii)
         if initial_rank is None:
             initial_rank = diag.rank.copy()
         finite = torch.isfinite(values).cpu().numpy()
