@@ -35,8 +35,8 @@ def test_inline_fit_provenance(nacl_chgcar, nacl_system, singlefile):
 def test_inline_matches_calcjob_recording(nacl_chgcar, singlefile):
     """Same numbers as the CLI run recorded in tests/aiida/recorded/nacl_results.json.
 
-    The CLI's default g_c is DEFAULT_GCUT rounded to 4 decimals (4.6289), FitOptions' is unrounded, so the
-    recorded value is passed explicitly.
+    The recording was made when the CLI's default g_c was rounded to 4.6289 (now it is √6 bohr⁻¹ exactly,
+    like FitOptions'), so the recorded value is passed explicitly.
     """
     import json
     import pathlib
