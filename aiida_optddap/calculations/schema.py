@@ -74,6 +74,7 @@ PARAMETER_SCHEMA: dict[str, _Spec] = {
     "device": _Spec("str", "torch device", choices=DEVICES, cli="--device"),
     "rtol": _Spec("float", "relative eigenvalue cutoff of the pseudo-inverse", gt=0, lt=1, cli="--rtol"),
     "lr": _Spec("float", "Adam learning rate", gt=0, cli="--lr"),
+    "tolerance": _Spec("float", "relative loss change over 10 steps that stops a start", gt=0, cli="--tolerance"),
     "seed": _Spec("int", "random seed", ge=0, cli="--seed"),
     "chunk_size": _Spec("int", "chunk size of the G-vector sums (memory)", ge=1, cli="--chunk-size"),
     "species": _Spec("species", "species of a VASP4 CHGCAR header, in order", cli="--species"),

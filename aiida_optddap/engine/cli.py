@@ -42,6 +42,8 @@ def fit_options(command):
         click.option("--steps", type=click.IntRange(1), default=300, show_default=True, help="Adam steps at most."),
         click.option("--starts", type=click.IntRange(1), default=4, show_default=True, help="Starting points."),
         click.option("--lr", type=float, default=0.05, show_default=True, help="Adam learning rate."),
+        click.option("--tolerance", type=float, default=1e-6, show_default=True,
+                     help="Stop a start when its loss changed less than this (relative) over 10 steps."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random starting points."),
         click.option("--rtol", type=float, default=1e-10, show_default=True, help="Pseudo-inverse cutoff."),
         click.option("--chunk-size", type=click.IntRange(1), default=None, help="G vectors per chunk (memory)."),
@@ -65,7 +67,7 @@ def _options_from(kwargs):
     from .fit import FitOptions
 
     keys = ("solver", "sigma_start", "factor", "n_gauss", "gcut", "optimize", "loss", "steps", "starts", "lr",
-            "seed", "rtol", "device", "chunk_size")
+            "tolerance", "seed", "rtol", "device", "chunk_size")
     return FitOptions(**{k: kwargs[k] for k in keys})
 
 

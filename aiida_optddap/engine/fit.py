@@ -41,7 +41,7 @@ class FitOptions:
     steps: int = 300
     starts: int = 4
     lr: float = 0.05
-    tolerance: float = 1e-7
+    tolerance: float = 1e-6
     seed: int = 0
     rtol: float = 1e-10
     device: str = "auto"

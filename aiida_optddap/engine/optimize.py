@@ -4,7 +4,8 @@ Each parameter is a bounded map of an unconstrained variable, x = lo + (hi − l
 optimiser can never leave the valid region (f → 1 makes A singular; g_c must stay inside the FFT
 box and hold enough G vectors). All starts run as one batch. A start stops when its loss changed
 by less than ``tolerance`` (relative) over ``patience`` steps, when the rank of A changes (the
-pseudo-inverse is not differentiable there: the step is rejected), or on a non-finite loss.
+pseudo-inverse is not differentiable there: the step is rejected), or on a non-finite loss. The
+learning rate decays along a cosine from ``lr`` to ``lr``/1000 over ``steps``.
 """
 
 from __future__ import annotations
@@ -114,6 +115,9 @@ def optimize(
     points = torch.as_tensor(starting_points(start, bounds, starts, seed), device=device)
     unconstrained = torch.logit((points - lo) / (hi - lo)).clone().requires_grad_(True)
     optimizer = torch.optim.Adam([unconstrained], lr=lr)
+    # Cosine decay to lr/1000 over the step budget: Adam at a constant rate keeps oscillating about a
+    # minimum, so the stopping rule could never be met; decaying steps let each start settle.
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=lr / 1000)
 
     def parameters_of(u: torch.Tensor) -> torch.Tensor:
         return lo + (hi - lo) * torch.sigmoid(u)
@@ -171,6 +175,7 @@ def optimize(
         (values * mask).sum().backward()
         previous_u = unconstrained.detach().clone()
         optimizer.step()
+        schedule.step()
         with torch.no_grad():
             unconstrained[~mask] = previous_u[~mask]
 
