@@ -13,4 +13,4 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install -q "torch==2.13.0"
 fi
-.venv/bin/pip install -q -e ".[tests,docs]" "${@}"
+.venv/bin/pip install -q -e ".[tests,docs,mace]" "${@}"
