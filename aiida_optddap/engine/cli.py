@@ -222,5 +222,8 @@ def diff(defect, host, **kwargs):
     _run(kwargs, [defect, host], difference=True)
 
 
+main.add_command(__import__("aiida_optddap.engine.cli_export", fromlist=["export"]).export)
+
+
 if __name__ == "__main__":
     main()
