@@ -1,0 +1,237 @@
+"""``optddap.vasp``: aiida-vasp's ``VaspWorkChain``, then ``optddap.base`` on the CHGCAR it returns.
+
+The VASP inputs are exposed under ``vasp`` (everything of ``vasp.vasp``), the fit under ``optddap``
+(everything of ``optddap.base`` except ``fit.charge_density``, ``fit.host_charge_density`` and
+``fit.structure``, which the chain supplies). What the chain forces on the VASP run so that a CHGCAR comes
+back as the ``chgcar`` output (aiida-vasp 5.1 returns none by default):
+
+* ``parameters.incar.lcharg = True`` (the default aiida-vasp presets write ``lcharg: false``);
+* ``settings.ADDITIONAL_RETRIEVE_LIST`` += ``["CHGCAR"]`` (not in aiida-vasp's always-retrieved list);
+* ``settings.parser_settings.include_node`` += ``["chgcar"]`` (``chgcar`` is a default-excluded node) and
+  ``chgcar`` is dropped from ``exclude_node``; ``energy_type`` gains ``energy_free`` (force-consistent)
+  beside the default ``energy_extrapolated``.
+
+The fit gets the VASP output structure (relaxations) or the input structure (static runs) as ``structure``,
+so the parser checks that the CHGCAR holds those atoms (exit 303 otherwise), and the ZVAL of every POTCAR
+from the run's OUTCAR as ``zval`` (unless ``optddap.fit.zval`` is given), so net charges use the valence of
+the potentials actually used (``Fe_pv`` → 14, not the standard 8).
+
+Exit codes: 401 the VASP work chain failed; 402 the fit failed; 450 VASP returned no CHGCAR; 451 the OUTCAR
+gives two ZVALs for one element (pass ``optddap.fit.zval``).
+"""
+
+from __future__ import annotations
+
+import re
+
+from aiida import orm
+from aiida.common import AttributeDict
+from aiida.engine import ToContext, WorkChain, calcfunction
+from aiida.plugins import WorkflowFactory
+
+from .base import OptDdapBaseWorkChain
+
+__all__ = (
+    "VaspOptDdapWorkChain",
+    "FIT_EXCLUDE",
+    "chgcar_parameters",
+    "chgcar_settings",
+    "zval_from_outcar_text",
+    "zval_from_retrieved",
+    "vasp_outputs",
+)
+
+VaspWorkChain = WorkflowFactory("vasp.vasp")
+
+#: Inputs of ``optddap.base`` that the composite work chains supply themselves.
+FIT_EXCLUDE = ("fit.charge_density", "fit.host_charge_density", "fit.structure")
+
+_TITEL = re.compile(r"^\s*TITEL\s*=\s*(.*)$")
+_ZVAL = re.compile(r"POMASS\s*=\s*[-+.\dEe]+\s*;\s*ZVAL\s*=\s*([-+.\dEe]+)")
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def chgcar_parameters(parameters: dict) -> tuple[dict, bool]:
+    """``parameters`` (VaspWorkChain layout, INCAR tags under ``incar``) with ``lcharg = True``.
+
+    Returns ``(parameters, changed)``.
+    """
+    parameters = {key: (dict(value) if isinstance(value, dict) else value) for key, value in parameters.items()}
+    incar = parameters.setdefault("incar", {})
+    changed = incar.get("lcharg") is not True
+    incar.pop("LCHARG", None)
+    incar["lcharg"] = True
+    return parameters, changed
+
+
+def chgcar_settings(settings: dict | None) -> dict:
+    """``settings`` with CHGCAR retrieved and parsed into the ``chgcar`` output node (aiida-vasp 5.x keys)."""
+    settings = dict(settings or {})
+    retrieve = list(settings.get("ADDITIONAL_RETRIEVE_LIST", []))
+    if "CHGCAR" not in retrieve:
+        retrieve.append("CHGCAR")
+    settings["ADDITIONAL_RETRIEVE_LIST"] = retrieve
+    parser = dict(settings.get("parser_settings", {}))
+    include = list(parser.get("include_node", []))
+    if "chgcar" not in include:
+        include.append("chgcar")
+    parser["include_node"] = include
+    if "exclude_node" in parser:
+        parser["exclude_node"] = [name for name in parser["exclude_node"] if name != "chgcar"]
+    energy_types = list(parser.get("energy_type", ["energy_extrapolated"]))
+    for name in ("energy_extrapolated", "energy_free"):
+        if name not in energy_types:
+            energy_types.append(name)
+    parser["energy_type"] = energy_types
+    settings["parser_settings"] = parser
+    return settings
+
+
+def zval_from_outcar_text(text: str) -> dict[str, float]:
+    """``{element: ZVAL}`` from the POTCAR headers an OUTCAR repeats (``TITEL`` and ``POMASS …; ZVAL``).
+
+    Raises:
+        ValueError: no ZVAL found, or one element with two different ZVALs (e.g. ``Fe`` and ``Fe_pv`` on
+            different sites), which a per-element ``zval`` cannot express.
+    """
+    labels, zvals = [], []
+    for line in text.splitlines():
+        if match := _TITEL.match(line):
+            words = match[1].split()
+            labels.append(words[1] if len(words) > 1 else words[0])
+        elif match := _ZVAL.search(line):
+            zvals.append(float(match[1]))
+        elif "NELECT" in line and zvals:
+            break
+    if not zvals or len(labels) != len(zvals):
+        raise ValueError(f"found {len(labels)} TITEL and {len(zvals)} ZVAL lines in the OUTCAR")
+    result: dict[str, float] = {}
+    for label, zval in zip(labels, zvals):
+        element = re.split(r"[_.]", label)[0]
+        if element in result and abs(result[element] - zval) > 1e-6:
+            raise ValueError(f"two POTCARs for {element} with ZVAL {result[element]:g} and {zval:g}")
+        result[element] = zval
+    return result
+
+
+@calcfunction
+def zval_from_retrieved(retrieved: orm.FolderData) -> orm.Dict:
+    """``{element: ZVAL}`` from the OUTCAR of a retrieved VASP folder (provenance: OUTCAR → zval)."""
+    return orm.Dict(zval_from_outcar_text(retrieved.base.repository.get_object_content("OUTCAR")))
+
+
+def vasp_outputs(node) -> AttributeDict:
+    """``chgcar``, ``misc``, ``structure`` (output, else input) and ``retrieved`` of a finished VASP work chain.
+
+    Works for ``vasp.vasp`` and for chains that expose its outputs (``vasp.relax``) or nest them under
+    ``vasp`` (``optddap.vasp``). Missing items are None.
+    """
+    outputs = node.outputs
+    if "vasp" in outputs and hasattr(outputs.vasp, "__contains__") and "misc" in outputs.vasp:
+        outputs = outputs.vasp
+
+    def get(name):
+        return outputs[name] if name in outputs else None
+
+    structure = get("structure")
+    if structure is None:
+        structure = node.inputs.structure if "structure" in node.inputs else None
+        if structure is None and "vasp" in node.inputs and "structure" in node.inputs.vasp:
+            structure = node.inputs.vasp.structure
+    return AttributeDict({"chgcar": get("chgcar"), "misc": get("misc"), "structure": structure,
+                          "retrieved": get("retrieved")})
+
+
+# ----------------------------------------------------------------------------------------------- work chain
+class VaspOptDdapWorkChain(WorkChain):
+    """VASP (aiida-vasp ``VaspWorkChain``, CHGCAR forced on) → opt-DDAP charges (``optddap.base``)."""
+
+    @classmethod
+    def define(cls, spec):
+        super().define(spec)
+        spec.expose_inputs(VaspWorkChain, namespace="vasp")
+        spec.expose_inputs(OptDdapBaseWorkChain, namespace="optddap", exclude=FIT_EXCLUDE)
+        spec.input(
+            "zval_from_outcar",
+            valid_type=orm.Bool,
+            default=lambda: orm.Bool(True),
+            serializer=orm.to_aiida_type,
+            help="Take Z_val of each element from the VASP OUTCAR (ZVAL of the POTCARs used) unless "
+            "`optddap.fit.zval` is given.",
+        )
+        spec.input(
+            "check_structure",
+            valid_type=orm.Bool,
+            default=lambda: orm.Bool(True),
+            serializer=orm.to_aiida_type,
+            help="Pass the VASP structure to the fit, whose parser checks the CHGCAR atoms against it (303).",
+        )
+        spec.outline(cls.run_vasp, cls.inspect_vasp, cls.run_fit, cls.inspect_fit)
+        spec.expose_outputs(OptDdapBaseWorkChain)
+        spec.expose_outputs(VaspWorkChain, namespace="vasp")
+        spec.output("zval", valid_type=orm.Dict, required=False, help="Z_val per element used for net charges.")
+        spec.exit_code(401, "ERROR_VASP_FAILED",
+                       message="The VASP work chain<{pk}> failed with exit status {status}: {message}")
+        spec.exit_code(402, "ERROR_FIT_FAILED",
+                       message="The optddap.base work chain<{pk}> failed with exit status {status}: {message}")
+        spec.exit_code(450, "ERROR_NO_CHGCAR_FROM_VASP",
+                       message="The VASP work chain<{pk}> finished without a `chgcar` output: no CHGCAR was "
+                       "retrieved (did VASP write one? see its retrieved folder: {files})")
+        spec.exit_code(451, "ERROR_AMBIGUOUS_ZVAL",
+                       message="Z_val cannot be taken from the OUTCAR ({details}); give `optddap.fit.zval`")
+
+    def run_vasp(self):
+        inputs = AttributeDict(self.exposed_inputs(VaspWorkChain, "vasp"))
+        parameters, changed = chgcar_parameters(inputs.parameters.get_dict())
+        if changed:
+            self.report("setting LCHARG = .TRUE. so that VASP writes the CHGCAR")
+            inputs.parameters = orm.Dict(parameters)
+        settings = inputs.settings.get_dict() if "settings" in inputs else None
+        inputs.settings = orm.Dict(chgcar_settings(settings))
+        node = self.submit(VaspWorkChain, **inputs)
+        self.report(f"launched VaspWorkChain<{node.pk}>")
+        return ToContext(vasp=node)
+
+    def inspect_vasp(self):
+        node = self.ctx.vasp
+        if not node.is_finished_ok:
+            return self.exit_codes.ERROR_VASP_FAILED.format(pk=node.pk, status=node.exit_status,
+                                                            message=node.exit_message or "excepted or killed")
+        self.out_many(self.exposed_outputs(node, VaspWorkChain, namespace="vasp"))
+        found = vasp_outputs(node)
+        if found.chgcar is None:
+            files = sorted(found.retrieved.base.repository.list_object_names()) if found.retrieved else []
+            return self.exit_codes.ERROR_NO_CHGCAR_FROM_VASP.format(pk=node.pk, files=", ".join(files))
+        self.ctx.found = found
+        return None
+
+    def run_fit(self):
+        inputs = AttributeDict(self.exposed_inputs(OptDdapBaseWorkChain, "optddap"))
+        inputs.fit = AttributeDict(inputs.fit)
+        found = self.ctx.found
+        inputs.fit.charge_density = found.chgcar
+        if self.inputs.check_structure.value and found.structure is not None:
+            inputs.fit.structure = found.structure
+        if "zval" not in inputs.fit and self.inputs.zval_from_outcar.value:
+            if found.retrieved is None or "OUTCAR" not in found.retrieved.base.repository.list_object_names():
+                self.report("no OUTCAR retrieved: Z_val is left to the engine (POTCAR summary of pymatgen)")
+            else:
+                try:
+                    zval_from_outcar_text(found.retrieved.base.repository.get_object_content("OUTCAR"))
+                except ValueError as exc:
+                    return self.exit_codes.ERROR_AMBIGUOUS_ZVAL.format(details=str(exc))
+                zval = zval_from_retrieved(found.retrieved)
+                inputs.fit.zval = zval
+                self.out("zval", zval)
+                self.report(f"Z_val from the OUTCAR: {zval.get_dict()}")
+        node = self.submit(OptDdapBaseWorkChain, **inputs)
+        self.report(f"launched OptDdapBaseWorkChain<{node.pk}> on CHGCAR<{found.chgcar.pk}>")
+        return ToContext(fit=node)
+
+    def inspect_fit(self):
+        node = self.ctx.fit
+        self.out_many(self.exposed_outputs(node, OptDdapBaseWorkChain))
+        if not node.is_finished_ok:
+            return self.exit_codes.ERROR_FIT_FAILED.format(pk=node.pk, status=node.exit_status,
+                                                           message=node.exit_message or "excepted or killed")
+        return None
