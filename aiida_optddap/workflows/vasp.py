@@ -34,11 +34,14 @@ from .base import OptDdapBaseWorkChain
 __all__ = (
     "VaspOptDdapWorkChain",
     "FIT_EXCLUDE",
+    "vasp_inputs_for_chgcar",
     "chgcar_parameters",
     "chgcar_settings",
     "zval_from_outcar_text",
     "zval_from_retrieved",
+    "outcar_zval",
     "vasp_outputs",
+    "failure_message",
 )
 
 VaspWorkChain = WorkflowFactory("vasp.vasp")
@@ -114,6 +117,28 @@ def zval_from_outcar_text(text: str) -> dict[str, float]:
     return result
 
 
+def vasp_inputs_for_chgcar(inputs: AttributeDict, report=None) -> AttributeDict:
+    """``VaspWorkChain`` inputs with LCHARG forced and the CHGCAR retrieved and parsed (see module docs)."""
+    inputs = AttributeDict(inputs)
+    parameters, changed = chgcar_parameters(inputs.parameters.get_dict())
+    if changed:
+        if report is not None:
+            report("setting LCHARG = .TRUE. so that VASP writes the CHGCAR")
+        inputs.parameters = orm.Dict(parameters)
+    settings = inputs.settings.get_dict() if "settings" in inputs else None
+    inputs.settings = orm.Dict(chgcar_settings(settings))
+    return inputs
+
+
+def outcar_zval(retrieved) -> tuple[orm.Dict | None, str | None]:
+    """``(zval Dict via the calcfunction, None)``, ``(None, reason)`` when there is no OUTCAR, or raises
+    ValueError for an ambiguous OUTCAR."""
+    if retrieved is None or "OUTCAR" not in retrieved.base.repository.list_object_names():
+        return None, "no OUTCAR retrieved"
+    zval_from_outcar_text(retrieved.base.repository.get_object_content("OUTCAR"))  # raises when ambiguous
+    return zval_from_retrieved(retrieved), None
+
+
 @calcfunction
 def zval_from_retrieved(retrieved: orm.FolderData) -> orm.Dict:
     """``{element: ZVAL}`` from the OUTCAR of a retrieved VASP folder (provenance: OUTCAR → zval)."""
@@ -140,6 +165,17 @@ def vasp_outputs(node) -> AttributeDict:
             structure = node.inputs.vasp.structure
     return AttributeDict({"chgcar": get("chgcar"), "misc": get("misc"), "structure": structure,
                           "retrieved": get("retrieved")})
+
+
+def failure_message(node) -> str:
+    """The exit message of a failed process, with that of its last failed calculation when it has one."""
+    message = node.exit_message or ("excepted or killed" if not node.is_finished else "no message")
+    calcs = [n for n in node.called_descendants if isinstance(n, orm.CalcJobNode) and n.is_finished
+             and not n.is_finished_ok]
+    if calcs:
+        last = max(calcs, key=lambda n: n.ctime)
+        message += f" (last: {last.process_label}<{last.pk}> [{last.exit_status}] {last.exit_message or ''})".rstrip()
+    return message
 
 
 # ----------------------------------------------------------------------------------------------- work chain
@@ -181,13 +217,7 @@ class VaspOptDdapWorkChain(WorkChain):
                        message="Z_val cannot be taken from the OUTCAR ({details}); give `optddap.fit.zval`")
 
     def run_vasp(self):
-        inputs = AttributeDict(self.exposed_inputs(VaspWorkChain, "vasp"))
-        parameters, changed = chgcar_parameters(inputs.parameters.get_dict())
-        if changed:
-            self.report("setting LCHARG = .TRUE. so that VASP writes the CHGCAR")
-            inputs.parameters = orm.Dict(parameters)
-        settings = inputs.settings.get_dict() if "settings" in inputs else None
-        inputs.settings = orm.Dict(chgcar_settings(settings))
+        inputs = vasp_inputs_for_chgcar(self.exposed_inputs(VaspWorkChain, "vasp"), self.report)
         node = self.submit(VaspWorkChain, **inputs)
         self.report(f"launched VaspWorkChain<{node.pk}>")
         return ToContext(vasp=node)
@@ -196,7 +226,7 @@ class VaspOptDdapWorkChain(WorkChain):
         node = self.ctx.vasp
         if not node.is_finished_ok:
             return self.exit_codes.ERROR_VASP_FAILED.format(pk=node.pk, status=node.exit_status,
-                                                            message=node.exit_message or "excepted or killed")
+                                                            message=failure_message(node))
         self.out_many(self.exposed_outputs(node, VaspWorkChain, namespace="vasp"))
         found = vasp_outputs(node)
         if found.chgcar is None:
@@ -213,14 +243,13 @@ class VaspOptDdapWorkChain(WorkChain):
         if self.inputs.check_structure.value and found.structure is not None:
             inputs.fit.structure = found.structure
         if "zval" not in inputs.fit and self.inputs.zval_from_outcar.value:
-            if found.retrieved is None or "OUTCAR" not in found.retrieved.base.repository.list_object_names():
-                self.report("no OUTCAR retrieved: Z_val is left to the engine (POTCAR summary of pymatgen)")
+            try:
+                zval, reason = outcar_zval(found.retrieved)
+            except ValueError as exc:
+                return self.exit_codes.ERROR_AMBIGUOUS_ZVAL.format(details=str(exc))
+            if zval is None:
+                self.report(f"{reason}: Z_val is left to the engine (pymatgen's POTCAR summary)")
             else:
-                try:
-                    zval_from_outcar_text(found.retrieved.base.repository.get_object_content("OUTCAR"))
-                except ValueError as exc:
-                    return self.exit_codes.ERROR_AMBIGUOUS_ZVAL.format(details=str(exc))
-                zval = zval_from_retrieved(found.retrieved)
                 inputs.fit.zval = zval
                 self.out("zval", zval)
                 self.report(f"Z_val from the OUTCAR: {zval.get_dict()}")
@@ -233,5 +262,5 @@ class VaspOptDdapWorkChain(WorkChain):
         self.out_many(self.exposed_outputs(node, OptDdapBaseWorkChain))
         if not node.is_finished_ok:
             return self.exit_codes.ERROR_FIT_FAILED.format(pk=node.pk, status=node.exit_status,
-                                                           message=node.exit_message or "excepted or killed")
+                                                           message=failure_message(node))
         return None
