@@ -244,5 +244,8 @@ def show(ctx, pk):
     _show(orm.load_node(pk))
 
 
+main.add_command(__import__("aiida_optddap.cli.dataset", fromlist=["dataset"]).dataset)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

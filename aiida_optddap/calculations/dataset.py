@@ -1,0 +1,140 @@
+"""``optddap.build_dataset``: assemble opt-DDAP charges (and DFT energies/forces/stress) into an extxyz dataset.
+
+A calcfunction, so the dataset node is linked to every ChargesData (and VASP ``misc``) it was built from.
+Inputs are flat, numbered by frame::
+
+    build_dataset(parameters=Dict({...}),
+                  charges_0000=ChargesData, misc_0000=Dict,          # a VASP frame: aiida-vasp's misc output
+                  charges_0001=ChargesData,                           # a density file: charges only
+                  charges_0002=ChargesData, properties_0002=Dict)     # labels from elsewhere, ASE units
+
+``misc_XXXX`` is aiida-vasp's ``misc`` output: ``total_energies[energy_type]`` (eV), ``forces`` (eV/Å) and
+``stress`` (kBar, VASP's sign: positive is compressive), converted to ASE's convention (eV/Å³, positive is
+tensile: σ_ASE = −0.1 GPa·σ_VASP) as MACE expects. ``properties_XXXX`` holds ``energy`` (eV), ``forces``
+(eV/Å) and ``stress`` (eV/Å³, ASE convention, 3×3 or Voigt 6) directly.
+
+``parameters`` (all optional): ``split`` (three fractions, default 0.8/0.1/0.1), ``seed`` (0), ``energy_type``
+(``energy_extrapolated``, the σ→0 energy aiida-vasp parses by default; ``energy_free`` is force-consistent
+when the VASP parser was asked for it), ``labels`` (``{"0000": "label", ...}``), ``source`` (a free string).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from aiida import orm
+from aiida.engine import calcfunction
+
+from ..data.charges import ChargesData
+from ..data.dataset import DEFAULT_SPLIT, ChargeDatasetData, parse_split
+
+__all__ = ("build_dataset", "frame_from_charges", "vasp_misc_properties", "DEFAULT_ENERGY_TYPE")
+
+DEFAULT_ENERGY_TYPE = "energy_extrapolated"
+_FRAME_KEY = re.compile(r"^(charges|misc|properties)_(\w+)$")
+
+
+def vasp_misc_properties(misc: dict, n_atoms: int, energy_type: str = DEFAULT_ENERGY_TYPE) -> dict:
+    """``{"energy", "forces", "stress"}`` in ASE units from aiida-vasp's ``misc`` dictionary (keys absent from
+    ``misc`` are left out)."""
+    from ase.units import GPa
+
+    properties: dict = {}
+    energies = misc.get("total_energies") or {}
+    if energies:
+        if energy_type not in energies:
+            available = sorted(k for k in energies if not k.endswith("_electronic"))
+            raise ValueError(f"misc has no total_energies[{energy_type!r}]; available: {available}")
+        properties["energy"] = float(energies[energy_type])
+        properties["energy_type"] = energy_type
+    forces = misc.get("forces")
+    if forces is not None:
+        forces = np.asarray(forces, dtype=float)
+        if forces.shape != (n_atoms, 3):
+            raise ValueError(f"misc forces have shape {forces.shape}, expected ({n_atoms}, 3)")
+        properties["forces"] = forces
+    stress = misc.get("stress")
+    if stress is not None:
+        stress = np.asarray(stress, dtype=float).reshape(3, 3)
+        properties["stress"] = -0.1 * GPa * stress
+    return properties
+
+
+def _voigt_to_full(stress) -> np.ndarray:
+    stress = np.asarray(stress, dtype=float)
+    if stress.shape == (6,):
+        xx, yy, zz, yz, xz, xy = stress
+        return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+    return stress.reshape(3, 3)
+
+
+def frame_from_charges(charges: ChargesData, properties: dict | None = None, label: str | None = None):
+    """One dataset frame (ase.Atoms) from a ChargesData node and optional ASE-unit properties."""
+    if charges.base.attributes.get("mode") == "difference":
+        raise ValueError(f"ChargesData<{charges.pk}> holds populations of a difference density, not charges")
+    if charges.net_charges is None:
+        raise ValueError(
+            f"ChargesData<{charges.pk}> has no net charges (Z_val unknown): give the fit a `zval` input"
+        )
+    atoms = charges.to_ase()
+    atoms.calc = None
+    atoms.info["label"] = label or charges.label or f"charges_{charges.pk}"
+    atoms.info["source_uuid"] = charges.uuid
+    coefficients, radii = charges.coefficients, charges.radii
+    if coefficients is not None and radii is not None:
+        atoms.arrays["optddap_coefficients"] = np.asarray(coefficients, dtype=float).reshape(len(atoms), -1)
+        atoms.info["optddap_radii"] = np.asarray(radii, dtype=float).ravel()
+    for key, value in (properties or {}).items():
+        if key == "energy":
+            atoms.info["REF_energy"] = float(value)
+        elif key == "energy_type":
+            atoms.info["energy_type"] = str(value)
+        elif key == "forces":
+            forces = np.asarray(value, dtype=float)
+            if forces.shape != (len(atoms), 3):
+                raise ValueError(f"forces of shape {forces.shape} for {len(atoms)} atoms")
+            atoms.arrays["REF_forces"] = forces
+        elif key == "stress":
+            atoms.info["REF_stress"] = _voigt_to_full(value).ravel()
+        else:
+            raise ValueError(f"unknown frame property {key!r} (energy, forces, stress)")
+    return atoms
+
+
+@calcfunction
+def build_dataset(parameters: orm.Dict | None = None, **frames) -> ChargeDatasetData:
+    """Build an ``optddap.dataset`` node (extxyz) from numbered ``charges_*`` / ``misc_*`` / ``properties_*``."""
+    params = parameters.get_dict() if parameters is not None else {}
+    unknown = set(params) - {"split", "seed", "energy_type", "labels", "source"}
+    if unknown:
+        raise ValueError(f"unknown parameters: {', '.join(sorted(unknown))}")
+    fractions = parse_split(params.get("split", DEFAULT_SPLIT))
+    seed = int(params.get("seed", 0))
+    energy_type = params.get("energy_type", DEFAULT_ENERGY_TYPE)
+    labels = params.get("labels") or {}
+
+    grouped: dict[str, dict] = {}
+    for key, node in frames.items():
+        match = _FRAME_KEY.match(key)
+        if not match:
+            raise ValueError(f"input {key!r}: expected charges_<id>, misc_<id> or properties_<id>")
+        grouped.setdefault(match[2], {})[match[1]] = node
+    if not grouped:
+        raise ValueError("no frames given")
+
+    atoms_list = []
+    for frame_id in sorted(grouped):
+        entry = grouped[frame_id]
+        charges = entry.get("charges")
+        if not isinstance(charges, ChargesData):
+            raise ValueError(f"frame {frame_id}: a ChargesData input charges_{frame_id} is required")
+        properties = {}
+        if "misc" in entry:
+            properties.update(vasp_misc_properties(entry["misc"].get_dict(), charges.n_atoms, energy_type))
+        if "properties" in entry:
+            properties.update(entry["properties"].get_dict())
+        atoms_list.append(frame_from_charges(charges, properties, labels.get(frame_id)))
+
+    return ChargeDatasetData.from_frames(atoms_list, fractions=fractions, seed=seed,
+                                         source=params.get("source"))

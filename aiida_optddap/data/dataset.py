@@ -1,0 +1,273 @@
+"""``optddap.dataset``: an extxyz training set with per-atom opt-DDAP charges, for MLIP training.
+
+The node is a ``SinglefileData`` holding one extended-XYZ file (ase's ``extxyz``). Each frame carries
+
+* per atom (``atoms.arrays``): ``REF_charges`` (net charges Z_val − p, e — MACE's default ``charges_key``),
+  ``REF_populations`` (electrons), ``REF_forces`` (eV/Å, when the source calculation has forces),
+  ``optddap_coefficients`` (atoms × K, electrons in each Gaussian);
+* per frame (``atoms.info``): ``REF_energy`` (eV), ``REF_stress`` (eV/Å³, ASE sign convention — positive is
+  tensile —, the full 3×3 tensor as 9 numbers), ``optddap_radii`` (K Gaussian radii σ_k, Å), ``label``,
+  ``source_uuid`` (the ChargesData node), ``charges_kind`` and ``energy_type`` where relevant.
+
+Attributes (queryable): ``n_frames``, ``n_atoms_total``, ``species``, ``per_atom_keys``, ``per_config_keys``,
+``charges_key``, ``energy_key``, ``forces_key``, ``stress_key`` (None when no frame has them), ``splits``
+(``{"fractions": [...], "seed": s, "train": [i...], "valid": [...], "test": [...]}``) and ``source``.
+
+``REF_*`` are MACE's default keys (mace/tools/default_keys.py), so ``mace_run_train`` (and janus-core, which
+passes its YAML to MACE) reads the exported files with no key options at all; the YAML written by
+:meth:`ChargeDatasetData.write_mace_config` names them anyway.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+from aiida.orm import SinglefileData
+
+__all__ = (
+    "ChargeDatasetData",
+    "DEFAULT_SPLIT",
+    "DEFAULT_MACE_OPTIONS",
+    "SPLIT_NAMES",
+    "split_indices",
+    "parse_split",
+    "frames_to_extxyz",
+)
+
+SPLIT_NAMES = ("train", "valid", "test")
+DEFAULT_SPLIT = (0.8, 0.1, 0.1)
+#: Keys MACE reads (mace.tools.default_keys.DefaultKeys).
+CHARGES_KEY, ENERGY_KEY, FORCES_KEY, STRESS_KEY = "REF_charges", "REF_energy", "REF_forces", "REF_stress"
+
+#: A small MACE: a starting point for a few hundred frames on one GPU, every value overridable.
+DEFAULT_MACE_OPTIONS = {
+    "model": "MACE",
+    "num_channels": 32,
+    "max_L": 1,
+    "correlation": 3,
+    "num_interactions": 2,
+    "r_max": 5.0,
+    "max_num_epochs": 200,
+    "batch_size": 4,
+    "valid_batch_size": 4,
+    "E0s": "average",
+    "default_dtype": "float64",
+    "device": "cpu",
+    "seed": 123,
+}
+
+
+def parse_split(value) -> tuple[float, float, float]:
+    """``"0.8,0.1,0.1"`` or a sequence → three non-negative fractions adding up to 1 (train, valid, test)."""
+    if isinstance(value, str):
+        parts = [p for p in value.replace(" ", "").split(",") if p]
+        try:
+            numbers = [float(p) for p in parts]
+        except ValueError as exc:
+            raise ValueError(f"split {value!r}: expected three numbers such as 0.8,0.1,0.1") from exc
+    else:
+        numbers = [float(v) for v in value]
+    if len(numbers) == 2:
+        numbers.append(0.0)
+    if len(numbers) != 3:
+        raise ValueError(f"split {value!r}: expected three fractions (train, valid, test)")
+    if any(not math.isfinite(n) or n < 0 for n in numbers):
+        raise ValueError(f"split {value!r}: fractions must be finite and non-negative")
+    total = sum(numbers)
+    if abs(total - 1.0) > 1e-6:
+        raise ValueError(f"split {value!r}: fractions add up to {total:g}, not 1")
+    if numbers[0] <= 0:
+        raise ValueError(f"split {value!r}: the training fraction must be positive")
+    return tuple(numbers)
+
+
+def split_indices(n_frames: int, fractions=DEFAULT_SPLIT, seed: int = 0) -> dict[str, list[int]]:
+    """Deterministic random train/valid/test indices (sorted) for ``n_frames`` frames.
+
+    Sizes are the fractions times ``n_frames`` rounded by largest remainder; every set with a positive
+    fraction gets at least one frame when there are enough frames (training first), so a 10-frame
+    dataset at 0.8/0.1/0.1 gives 8/1/1 and a 3-frame one 1/1/1.
+    """
+    fractions = parse_split(fractions)
+    exact = [f * n_frames for f in fractions]
+    sizes = [int(math.floor(x)) for x in exact]
+    remainder = n_frames - sum(sizes)
+    for i in sorted(range(3), key=lambda k: exact[k] - sizes[k], reverse=True)[:remainder]:
+        sizes[i] += 1
+    for i in range(3):
+        if fractions[i] > 0 and sizes[i] == 0:
+            donor = max(range(3), key=lambda k: sizes[k])
+            if sizes[donor] > 1:
+                sizes[donor] -= 1
+                sizes[i] += 1
+    order = np.random.default_rng(seed).permutation(n_frames).tolist()
+    out, start = {}, 0
+    for name, size in zip(SPLIT_NAMES, sizes):
+        out[name] = sorted(order[start:start + size])
+        start += size
+    return out
+
+
+def frames_to_extxyz(frames) -> str:
+    """The frames as extxyz text (ase), without calculator results."""
+    from ase.io import write
+
+    buffer = io.StringIO()
+    write(buffer, list(frames), format="extxyz", write_results=False)
+    return buffer.getvalue()
+
+
+def _keys(frames) -> tuple[list[str], list[str]]:
+    skip_arrays = {"numbers", "positions"}
+    per_atom, per_config = set(), set()
+    for atoms in frames:
+        per_atom.update(k for k in atoms.arrays if k not in skip_arrays)
+        per_config.update(k for k in atoms.info if k.startswith("REF_"))
+    return sorted(per_atom), sorted(per_config)
+
+
+class ChargeDatasetData(SinglefileData):
+    """An extxyz dataset of structures with per-atom ``REF_charges`` (and energies/forces/stress when known)."""
+
+    DEFAULT_FILENAME = "dataset.extxyz"
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_frames(cls, frames, *, fractions=DEFAULT_SPLIT, seed: int = 0, filename: str = DEFAULT_FILENAME,
+                    source: str | None = None, **kwargs) -> ChargeDatasetData:
+        """Build an (unstored) node from ase.Atoms frames; the splits are drawn with ``fractions`` and ``seed``."""
+        frames = list(frames)
+        if not frames:
+            raise ValueError("a dataset needs at least one frame")
+        for i, atoms in enumerate(frames):
+            if CHARGES_KEY not in atoms.arrays:
+                raise ValueError(f"frame {i} has no per-atom {CHARGES_KEY!r} array")
+        text = frames_to_extxyz(frames)
+        node = cls(file=io.BytesIO(text.encode()), filename=filename, **kwargs)
+        per_atom, per_config = _keys(frames)
+        splits = split_indices(len(frames), fractions, seed)
+        species = sorted({s for atoms in frames for s in atoms.get_chemical_symbols()})
+        attributes = {
+            "n_frames": len(frames),
+            "n_atoms_total": int(sum(len(a) for a in frames)),
+            "species": species,
+            "per_atom_keys": per_atom,
+            "per_config_keys": per_config,
+            "charges_key": CHARGES_KEY,
+            "energy_key": ENERGY_KEY if ENERGY_KEY in per_config else None,
+            "forces_key": FORCES_KEY if FORCES_KEY in per_atom else None,
+            "stress_key": STRESS_KEY if STRESS_KEY in per_config else None,
+            "splits": {"fractions": list(parse_split(fractions)), "seed": int(seed), **splits},
+            "source": source,
+        }
+        for key, value in attributes.items():
+            node.base.attributes.set(key, value)
+        return node
+
+    # ------------------------------------------------------------------ accessors
+    @property
+    def n_frames(self) -> int:
+        return int(self.base.attributes.get("n_frames"))
+
+    @property
+    def species(self) -> list[str]:
+        return list(self.base.attributes.get("species"))
+
+    @property
+    def per_atom_keys(self) -> list[str]:
+        return list(self.base.attributes.get("per_atom_keys"))
+
+    @property
+    def per_config_keys(self) -> list[str]:
+        return list(self.base.attributes.get("per_config_keys"))
+
+    @property
+    def charges_key(self) -> str:
+        return self.base.attributes.get("charges_key")
+
+    @property
+    def splits(self) -> dict:
+        return dict(self.base.attributes.get("splits"))
+
+    def read(self, index=":"):
+        """The frames as ase.Atoms (a list for a slice, one Atoms for an integer)."""
+        from ase.io import read
+
+        return read(io.StringIO(self.get_content()), index=index, format="extxyz")
+
+    def export(self, path) -> Path:
+        """Write the extxyz file to ``path``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.get_content())
+        return path
+
+    # ------------------------------------------------------------------ splits and MLIP hand-off
+    def split(self, fractions=None, seed=None) -> dict[str, list]:
+        """``{"train": [Atoms...], "valid": [...], "test": [...]}``: the stored splits, or new ones drawn with
+        ``fractions``/``seed`` when either is given."""
+        if fractions is None and seed is None:
+            indices = {name: self.splits[name] for name in SPLIT_NAMES}
+        else:
+            stored = self.splits
+            indices = split_indices(self.n_frames, fractions if fractions is not None else stored["fractions"],
+                                    seed if seed is not None else stored["seed"])
+        frames = self.read(":")
+        return {name: [frames[i] for i in indices[name]] for name in SPLIT_NAMES}
+
+    def write_splits(self, directory, fractions=None, seed=None, prefix: str = "") -> dict[str, Path]:
+        """Write ``train.xyz``, ``valid.xyz`` and ``test.xyz`` (with ``prefix``) to ``directory``; an empty set
+        is not written. Returns ``{name: path}`` for the files written."""
+        from ase.io import write
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = {}
+        for name, frames in self.split(fractions, seed).items():
+            if not frames:
+                continue
+            path = directory / f"{prefix}{name}.xyz"
+            write(path, frames, format="extxyz", write_results=False)
+            paths[name] = path
+        return paths
+
+    def mace_config(self, files: dict, name: str = "optddap_mace", **overrides) -> dict:
+        """A MACE / janus-core training configuration naming the files and this dataset's keys.
+
+        ``files`` maps ``train``/``valid``/``test`` to paths; ``overrides`` replace or add MACE options
+        (``DEFAULT_MACE_OPTIONS`` are the defaults). Stress is trained (``loss: stress``, ``compute_stress``)
+        only when the dataset has it.
+        """
+        attributes = self.base.attributes
+        config = {"name": name}
+        for split in SPLIT_NAMES:
+            if split in files:
+                config[f"{split}_file"] = str(files[split])
+        config["energy_key"] = attributes.get("energy_key") or ENERGY_KEY
+        config["forces_key"] = attributes.get("forces_key") or FORCES_KEY
+        config["stress_key"] = attributes.get("stress_key") or STRESS_KEY
+        config["charges_key"] = attributes.get("charges_key") or CHARGES_KEY
+        config.update(DEFAULT_MACE_OPTIONS)
+        if attributes.get("stress_key"):
+            config["loss"] = "stress"  # MACE's energy + forces + stress loss (the default `weighted` has no stress)
+            config["compute_stress"] = True
+            config["stress_weight"] = 1.0
+        if "valid" not in files:
+            config["valid_fraction"] = 0.1
+        config.update(overrides)
+        return config
+
+    def write_mace_config(self, path, files: dict, **kwargs) -> Path:
+        """Write :meth:`mace_config` as YAML (what ``mace_run_train --config`` and ``janus train`` read)."""
+        import yaml
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(self.mace_config(files, **kwargs), sort_keys=False))
+        return path
+
+    def __str__(self) -> str:  # pragma: no cover - convenience
+        return f"{super().__str__()} [{self.base.attributes.get('n_frames', '?')} frames]"

@@ -1,0 +1,250 @@
+"""``optddap.dataset``: opt-DDAP charges for many densities, collected into an MLIP training set.
+
+Sources, in any mix (``densities`` namespace, ``sources`` list of PKs/UUIDs, ``group`` label):
+
+* a density file (``SinglefileData``: CHGCAR/CHG/cube…) → fitted; the frame has ``REF_charges`` only;
+* a finished VASP work chain (``vasp.vasp``, ``vasp.relax``, … anything with ``chgcar`` and ``misc`` outputs)
+  → its CHGCAR is fitted (structure checked, Z_val from its OUTCAR) and its ``misc`` gives ``REF_energy``,
+  ``REF_forces`` and ``REF_stress``;
+* a finished ``optddap.vasp`` work chain or a ``ChargesData`` → reused as is (no new fit).
+
+The fits (``optddap.base``, inputs under ``optddap``) run in batches of at most ``max_concurrent`` children:
+the outline loops ``submit_batch`` → ``collect_batch`` until no source is left. Failed fits are skipped
+(``skip_failed``, default) and listed in the work chain's extras (``summary``) and report; the others go into
+``optddap.build_dataset``. Every ChargesData and the dataset are added to the Group ``output_group``
+(default ``optddap/dataset/<uuid of this work chain>``).
+
+Outputs: ``dataset`` (``optddap.dataset``, extxyz), ``charges.<frame>`` (the ChargesData of every frame).
+Exit codes: 300 no usable source; 301 the group does not exist; 410 every fit failed; 411 some fits failed
+and ``skip_failed`` is False.
+"""
+
+from __future__ import annotations
+
+import re
+
+from aiida import orm
+from aiida.common import AttributeDict
+from aiida.common.exceptions import NotExistent
+from aiida.engine import ToContext, WorkChain, while_
+
+from ..calculations.dataset import build_dataset
+from ..data.charges import ChargesData
+from ..data.dataset import ChargeDatasetData
+from .base import OptDdapBaseWorkChain
+from .vasp import FIT_EXCLUDE, failure_message, outcar_zval, vasp_outputs
+
+__all__ = ("ChargeDatasetWorkChain", "classify_source")
+
+
+def _validate_max_concurrent(value, _ctx):
+    if value is not None and value.value < 1:
+        return "max_concurrent must be at least 1"
+    return None
+
+
+def _validate_inputs(inputs, _ctx):
+    if not (inputs.get("densities") or "sources" in inputs or "group" in inputs):
+        return "give at least one of `densities`, `sources` or `group`"
+    return None
+
+
+def classify_source(node) -> dict:
+    """What a node contributes: ``{"kind": "density"|"vasp"|"charges"|"skip", ...}`` with PKs of the parts."""
+    if isinstance(node, ChargesData):
+        if node.base.attributes.get("mode") == "difference":
+            return {"kind": "skip", "reason": "ChargesData of a difference density (no charges)"}
+        return {"kind": "charges", "charges": node.pk}
+    if isinstance(node, orm.SinglefileData):
+        return {"kind": "density", "density": node.pk}
+    if isinstance(node, orm.WorkflowNode):
+        if not node.is_finished_ok:
+            return {"kind": "skip", "reason": f"{node.process_label}<{node.pk}> did not finish ok"}
+        found = vasp_outputs(node)
+        if "charges" in node.outputs and isinstance(node.outputs.charges, ChargesData):
+            return {"kind": "charges", "charges": node.outputs.charges.pk,
+                    "misc": found.misc.pk if found.misc is not None else None}
+        if found.chgcar is not None:
+            return {"kind": "vasp", "density": found.chgcar.pk,
+                    "misc": found.misc.pk if found.misc is not None else None,
+                    "structure": found.structure.pk if found.structure is not None else None,
+                    "retrieved": found.retrieved.pk if found.retrieved is not None else None}
+        return {"kind": "skip", "reason": f"{node.process_label}<{node.pk}> has no `chgcar` or `charges` output"}
+    return {"kind": "skip", "reason": f"{type(node).__name__}<{node.pk}> is not a density, VASP run or ChargesData"}
+
+
+class ChargeDatasetWorkChain(WorkChain):
+    """Fit many densities / VASP runs with bounded concurrency and build an ``optddap.dataset`` from them."""
+
+    @classmethod
+    def define(cls, spec):
+        super().define(spec)
+        spec.input_namespace("densities", valid_type=orm.SinglefileData, dynamic=True, required=False,
+                             help="Density files, by label.")
+        spec.input("sources", valid_type=orm.List, required=False, serializer=orm.to_aiida_type,
+                   help="PKs or UUIDs of density files, VASP work chains, optddap.vasp work chains or ChargesData.")
+        spec.input("group", valid_type=orm.Str, required=False, serializer=orm.to_aiida_type,
+                   help="Label of a Group holding such nodes.")
+        spec.expose_inputs(OptDdapBaseWorkChain, namespace="optddap", exclude=FIT_EXCLUDE)
+        spec.input("max_concurrent", valid_type=orm.Int, default=lambda: orm.Int(4), serializer=orm.to_aiida_type,
+                   validator=_validate_max_concurrent, help="Fits running at the same time, at most.")
+        spec.input("zval_from_outcar", valid_type=orm.Bool, default=lambda: orm.Bool(True),
+                   serializer=orm.to_aiida_type,
+                   help="For VASP sources, take Z_val from the OUTCAR unless `optddap.fit.zval` is given.")
+        spec.input("skip_failed", valid_type=orm.Bool, default=lambda: orm.Bool(True), serializer=orm.to_aiida_type,
+                   help="Build the dataset from the successful fits when some fail (else exit 411).")
+        spec.input("output_group", valid_type=orm.Str, required=False, serializer=orm.to_aiida_type,
+                   help="Group (created if missing) that collects the ChargesData and the dataset.")
+        spec.input("dataset_parameters", valid_type=orm.Dict, required=False, serializer=orm.to_aiida_type,
+                   help="`split` (three fractions), `seed`, `energy_type` for optddap.build_dataset.")
+        spec.inputs.validator = _validate_inputs
+        spec.outline(
+            cls.setup,
+            while_(cls.has_pending)(cls.submit_batch, cls.collect_batch),
+            cls.build,
+        )
+        spec.output("dataset", valid_type=ChargeDatasetData, help="The extxyz dataset.")
+        spec.output_namespace("charges", valid_type=ChargesData, dynamic=True, help="ChargesData of every frame.")
+        spec.exit_code(300, "ERROR_NO_SOURCES", message="No usable source: {details}")
+        spec.exit_code(301, "ERROR_GROUP_NOT_FOUND", message="There is no group with the label {label!r}")
+        spec.exit_code(410, "ERROR_ALL_FITS_FAILED", message="Every fit failed: {details}")
+        spec.exit_code(411, "ERROR_SOME_FITS_FAILED", message="{count} fit(s) failed: {details}")
+
+    # ------------------------------------------------------------------ sources
+    def setup(self):
+        nodes: list[tuple[str | None, orm.Node]] = []
+        for label, node in sorted((self.inputs.get("densities") or {}).items()):
+            nodes.append((label, node))
+        for identifier in self.inputs.sources.get_list() if "sources" in self.inputs else []:
+            nodes.append((None, orm.load_node(identifier)))
+        if "group" in self.inputs:
+            try:
+                group = orm.load_group(label=self.inputs.group.value)
+            except NotExistent:
+                return self.exit_codes.ERROR_GROUP_NOT_FOUND.format(label=self.inputs.group.value)
+            nodes.extend((None, node) for node in sorted(group.nodes, key=lambda n: n.pk))
+
+        items, skipped, seen, labels = [], [], set(), set()
+        for label, node in nodes:
+            if node.uuid in seen:
+                continue
+            seen.add(node.uuid)
+            entry = classify_source(node)
+            label = label or node.label or f"{entry['kind']}-{node.pk}"
+            label = re.sub(r"[^A-Za-z0-9_.-]", "_", label)
+            while label in labels:
+                label += "_"
+            labels.add(label)
+            if entry["kind"] == "skip":
+                skipped.append({"label": label, "pk": node.pk, "reason": entry["reason"]})
+                self.report(f"skipping {label}: {entry['reason']}")
+                continue
+            entry.update(label=label, source=node.pk, state="done" if entry["kind"] == "charges" else "pending")
+            items.append(entry)
+        if not items:
+            return self.exit_codes.ERROR_NO_SOURCES.format(
+                details="; ".join(f"{s['label']}: {s['reason']}" for s in skipped) or "nothing given")
+        self.ctx.sources = items
+        self.ctx.skipped = skipped
+        self.ctx.batches = []
+        n_fits = sum(1 for item in items if item["state"] == "pending")
+        self.report(f"{len(items)} frame(s): {n_fits} to fit (at most {self.inputs.max_concurrent.value} at a time), "
+                    f"{len(items) - n_fits} reused, {len(skipped)} skipped")
+        return None
+
+    def has_pending(self):
+        return any(item["state"] == "pending" for item in self.ctx.sources)
+
+    # ------------------------------------------------------------------ batches
+    def _fit_inputs(self, item) -> AttributeDict:
+        inputs = AttributeDict(self.exposed_inputs(OptDdapBaseWorkChain, "optddap"))
+        inputs.fit = AttributeDict(inputs.fit)
+        inputs.fit.charge_density = orm.load_node(item["density"])
+        if item.get("structure"):
+            inputs.fit.structure = orm.load_node(item["structure"])
+        if item["kind"] == "vasp" and "zval" not in inputs.fit and self.inputs.zval_from_outcar.value:
+            try:
+                zval, reason = outcar_zval(orm.load_node(item["retrieved"]) if item.get("retrieved") else None)
+            except ValueError as exc:
+                raise _SourceError(f"Z_val: {exc}") from exc
+            if zval is not None:
+                inputs.fit.zval = zval
+            else:
+                self.report(f"{item['label']}: {reason}, Z_val left to the engine")
+        inputs.metadata = {"label": item["label"], "call_link_label": re.sub(r"\W", "_", f"fit_{item['label']}")}
+        return inputs
+
+    def submit_batch(self):
+        batch, launched = [], {}
+        for index, item in enumerate(self.ctx.sources):
+            if item["state"] != "pending":
+                continue
+            if len(batch) >= self.inputs.max_concurrent.value:
+                break
+            try:
+                inputs = self._fit_inputs(item)
+            except _SourceError as exc:
+                item.update(state="failed", error=str(exc))
+                self.report(f"{item['label']}: {exc}")
+                continue
+            node = self.submit(OptDdapBaseWorkChain, **inputs)
+            item.update(state="running", fit=node.pk)
+            batch.append(item["label"])
+            launched[f"fit_{index}"] = node
+        self.ctx.batches.append(batch)
+        self.report(f"batch {len(self.ctx.batches)}: launched {len(batch)} fit(s): {', '.join(batch)}")
+        return ToContext(**launched)
+
+    def collect_batch(self):
+        for index, item in enumerate(self.ctx.sources):
+            if item["state"] != "running":
+                continue
+            node = self.ctx[f"fit_{index}"]
+            if node.is_finished_ok:
+                item.update(state="done", charges=node.outputs.charges.pk)
+            else:
+                item.update(state="failed", error=f"[{node.exit_status}] {failure_message(node)}")
+                self.report(f"{item['label']}: fit OptDdapBaseWorkChain<{node.pk}> failed: {item['error']}")
+
+    # ------------------------------------------------------------------ dataset
+    def build(self):
+        done = [item for item in self.ctx.sources if item["state"] == "done"]
+        failed = [item for item in self.ctx.sources if item["state"] == "failed"]
+        summary = {
+            "n_sources": len(self.ctx.sources) + len(self.ctx.skipped),
+            "n_frames": len(done),
+            "batches": self.ctx.batches,
+            "failed": [{"label": i["label"], "source": i["source"], "error": i.get("error")} for i in failed],
+            "skipped": self.ctx.skipped,
+        }
+        self.node.base.extras.set("summary", summary)
+        details = "; ".join(f"{i['label']}: {i.get('error')}" for i in failed)
+        if not done:
+            return self.exit_codes.ERROR_ALL_FITS_FAILED.format(details=details)
+        if failed and not self.inputs.skip_failed.value:
+            return self.exit_codes.ERROR_SOME_FITS_FAILED.format(count=len(failed), details=details)
+
+        kwargs, labels = {}, {}
+        for index, item in enumerate(done):
+            key = f"{index:04d}"
+            kwargs[f"charges_{key}"] = orm.load_node(item["charges"])
+            if item.get("misc"):
+                kwargs[f"misc_{key}"] = orm.load_node(item["misc"])
+            labels[key] = item["label"]
+        parameters = dict(self.inputs.dataset_parameters.get_dict()) if "dataset_parameters" in self.inputs else {}
+        parameters["labels"] = labels
+        parameters.setdefault("source", f"optddap.dataset<{self.node.uuid}>")
+        dataset = build_dataset(parameters=orm.Dict(parameters), **kwargs)
+        self.out("dataset", dataset)
+        self.out("charges", {f"frame_{index:04d}": kwargs[f"charges_{index:04d}"] for index in range(len(done))})
+
+        label = self.inputs.output_group.value if "output_group" in self.inputs else f"optddap/dataset/{self.node.uuid}"
+        group, _ = orm.Group.collection.get_or_create(label=label)
+        group.add_nodes([kwargs[k] for k in sorted(kwargs) if k.startswith("charges_")] + [dataset])
+        self.report(f"dataset {dataset.__class__.__name__}<{dataset.pk}>: {len(done)} frame(s), "
+                    f"{len(failed)} failed, {len(self.ctx.skipped)} skipped; collected in group {label!r}")
+        return None
+
+
+class _SourceError(Exception):
+    """A source that cannot be fitted (reported, the source is marked failed)."""
