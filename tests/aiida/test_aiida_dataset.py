@@ -205,7 +205,7 @@ def test_dataset_inputs_validation(optddap_code):
 # ----------------------------------------------------------------------------------------- VASP sources
 pytest.importorskip("aiida_vasp")
 
-from test_aiida_vasp import (  # noqa: E402,F401  (fixtures)
+from test_aiida_vasp import (  # noqa: E402,F401,F811  (fixtures)
     NO_FINAL,
     mock_vasp_code,
     mock_vasp_registry,
@@ -394,8 +394,8 @@ def test_mace_trains_on_exported_dataset(runner, aiida_profile, singlefile, tmp_
     # MACE's own reader takes the per-atom charges from the REF_charges column
     from mace.data.utils import KeySpecification, load_from_xyz
 
-    keys = KeySpecification(info_keys={"energy": "REF_energy", "stress": "REF_stress"},
-                            arrays_keys={"forces": "REF_forces", "charges": "REF_charges"})
+    keys = KeySpecification.from_defaults()  # MACE's default keys are the dataset's keys
+    assert keys.arrays_keys["charges"] == "REF_charges" and keys.info_keys["stress"] == "REF_stress"
     _, configs = load_from_xyz(str(out / "train.xyz"), key_specification=keys)
     frames = read(out / "train.xyz", index=":")
     assert len(configs) == 8

@@ -16,7 +16,7 @@ from aiida_optddap.workflows.difference import DifferenceWorkChain, match_sites
 
 pytest.importorskip("aiida_vasp")
 
-from test_aiida_vasp import (  # noqa: E402,F401  (fixtures)
+from test_aiida_vasp import (  # noqa: E402,F401,F811  (fixtures)
     CASE,
     VASP_MOCK,
     mock_vasp_code,
