@@ -16,7 +16,8 @@ the outline loops ``submit_batch`` → ``collect_batch`` until no source is left
 
 Outputs: ``dataset`` (``optddap.dataset``, extxyz), ``charges.<frame>`` (the ChargesData of every frame).
 Exit codes: 300 no usable source; 301 the group does not exist; 410 every fit failed; 411 some fits failed
-and ``skip_failed`` is False.
+and ``skip_failed`` is False; 412 ``optddap.build_dataset`` refused the frames (e.g. an ``energy_type`` the
+VASP runs do not have).
 """
 
 from __future__ import annotations
@@ -40,6 +41,25 @@ __all__ = ("ChargeDatasetWorkChain", "classify_source")
 def _validate_max_concurrent(value, _ctx):
     if value is not None and value.value < 1:
         return "max_concurrent must be at least 1"
+    return None
+
+
+def _validate_dataset_parameters(value, _ctx):
+    if value is None:
+        return None
+    from ..data.dataset import parse_split
+
+    params = value.get_dict()
+    unknown = set(params) - {"split", "seed", "energy_type", "source"}
+    if unknown:
+        return f"unknown dataset_parameters: {', '.join(sorted(unknown))} (split, seed, energy_type, source)"
+    if "split" in params:
+        try:
+            parse_split(params["split"])
+        except ValueError as exc:
+            return str(exc)
+    if "seed" in params and (not isinstance(params["seed"], int) or isinstance(params["seed"], bool)):
+        return "dataset_parameters.seed must be an integer"
     return None
 
 
@@ -96,6 +116,7 @@ class ChargeDatasetWorkChain(WorkChain):
         spec.input("output_group", valid_type=orm.Str, required=False, serializer=orm.to_aiida_type,
                    help="Group (created if missing) that collects the ChargesData and the dataset.")
         spec.input("dataset_parameters", valid_type=orm.Dict, required=False, serializer=orm.to_aiida_type,
+                   validator=_validate_dataset_parameters,
                    help="`split` (three fractions), `seed`, `energy_type` for optddap.build_dataset.")
         spec.inputs.validator = _validate_inputs
         spec.outline(
@@ -109,6 +130,7 @@ class ChargeDatasetWorkChain(WorkChain):
         spec.exit_code(301, "ERROR_GROUP_NOT_FOUND", message="There is no group with the label {label!r}")
         spec.exit_code(410, "ERROR_ALL_FITS_FAILED", message="Every fit failed: {details}")
         spec.exit_code(411, "ERROR_SOME_FITS_FAILED", message="{count} fit(s) failed: {details}")
+        spec.exit_code(412, "ERROR_DATASET_BUILD_FAILED", message="optddap.build_dataset failed: {details}")
 
     # ------------------------------------------------------------------ sources
     def setup(self):
@@ -234,7 +256,10 @@ class ChargeDatasetWorkChain(WorkChain):
         parameters = dict(self.inputs.dataset_parameters.get_dict()) if "dataset_parameters" in self.inputs else {}
         parameters["labels"] = labels
         parameters.setdefault("source", f"optddap.dataset<{self.node.uuid}>")
-        dataset = build_dataset(parameters=orm.Dict(parameters), **kwargs)
+        try:
+            dataset = build_dataset(parameters=orm.Dict(parameters), **kwargs)
+        except ValueError as exc:  # e.g. an energy_type the VASP runs did not parse
+            return self.exit_codes.ERROR_DATASET_BUILD_FAILED.format(details=str(exc))
         self.out("dataset", dataset)
         self.out("charges", {f"frame_{index:04d}": kwargs[f"charges_{index:04d}"] for index in range(len(done))})
 
