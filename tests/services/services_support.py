@@ -574,17 +574,18 @@ def submit_dataset(
     return run, check
 
 
-def report_throughput(route: str, files, parameters: dict, run: dict, check: dict, capsys) -> dict:
+def report_throughput(route: str, files, result: dict, capsys) -> dict:
     """Print the throughput (also under output capture); append it to $OPTDDAP_THROUGHPUT_JSON if set."""
+    run, check = result["run"], result["check"]
     report = {
-        "route": route,
+        "route": f"{route}, {result['route']}",
         "n_fits": len(files),
-        "parameters": parameters,
+        "parameters": result["parameters"],
         "wall_s": round(run["wall_s"], 1),
         "fits_per_minute": round(60.0 * len(files) / run["wall_s"], 2),
         "mean_engine_s": round(sum(check["timings_total"]) / len(files), 2),
         "cpus": os.cpu_count(),
-        "load_average": os.getloadavg(),
+        "load_average": [round(x, 1) for x in os.getloadavg()],
     }
     with capsys.disabled():
         print(f"\n[throughput] {json.dumps(report)}")
@@ -594,3 +595,189 @@ def report_throughput(route: str, files, parameters: dict, run: dict, check: dic
         previous = json.loads(path.read_text()) if path.exists() else []
         path.write_text(json.dumps(previous + [report], indent=1))
     return report
+
+
+#: Submit one ``optddap.dataset`` work chain over all files of a JSON config, wait for it, time it.
+SUBMIT_DATASET = """
+import json, pathlib, re, sys, time
+from aiida import orm
+from aiida.engine import submit
+from aiida.plugins import WorkflowFactory
+
+cfg = json.loads(pathlib.Path(sys.argv[1]).read_text())
+builder = WorkflowFactory('optddap.dataset').get_builder()
+densities = {}
+for f in cfg['files']:
+    path = pathlib.Path(f).resolve()
+    label = re.sub(r'\\W', '_', path.name)
+    densities[label] = orm.SinglefileData(file=str(path), filename=path.name).store()
+builder.densities = densities
+builder.optddap.fit.code = orm.load_code(cfg['code'])
+builder.optddap.fit.parameters = orm.Dict(cfg['parameters'])
+for key, value in cfg.get('options', {}).items():
+    builder.optddap.fit.metadata.options[key] = value
+builder.max_concurrent = cfg['max_concurrent']
+builder.output_group = cfg['group']
+start = time.time()
+node = submit(builder)
+while not node.is_terminated and time.time() - start < cfg['timeout']:
+    time.sleep(0.5)
+end = time.time()
+print(json.dumps({'pk': node.pk, 'wall_s': end - start, 'timed_out': not node.is_terminated,
+                  'state': f"{node.process_state.value if node.process_state else None}[{node.exit_status}]",
+                  'exit_message': node.exit_message,
+                  'density_pks': sorted(d.pk for d in densities.values())}))
+"""
+
+#: In a fresh process: the dataset work chain, its fits and its charges, with the provenance of each frame.
+CHECK_DATASET = """
+import json, sys
+from aiida import orm
+from aiida.plugins import DataFactory
+
+ChargesData = DataFactory('optddap.charges')
+wc = orm.load_node(int(sys.argv[1]))
+density_pks = set(json.loads(sys.argv[2]))
+problems, timings, jobs, computers = [], [], [], set()
+summary = wc.base.extras.get('summary', {})
+if not wc.is_finished_ok:
+    problems.append(f'dataset work chain {wc.process_state} [{wc.exit_status}] {wc.exit_message}')
+fits = [n for n in wc.called if isinstance(n, orm.WorkChainNode)]
+fitted = set()
+for fit in fits:
+    if not fit.is_finished_ok:
+        problems.append(f'fit {fit.pk}: [{fit.exit_status}] {fit.exit_message}')
+        continue
+    density = fit.inputs.fit.charge_density
+    fitted.add(density.pk)
+    calcs = [c for c in fit.called if isinstance(c, orm.CalcJobNode)]
+    if len(calcs) != 1 or not calcs[0].is_finished_ok:
+        problems.append(f'fit {fit.pk}: calculations {[(c.pk, c.exit_status) for c in calcs]}')
+        continue
+    charges = fit.outputs.charges
+    if charges.creator.pk != calcs[0].pk or calcs[0].inputs.charge_density.pk != density.pk:
+        problems.append(f'fit {fit.pk}: charges<{charges.pk}> not from density<{density.pk}>')
+    timings.append(fit.outputs.output_parameters.get_dict().get('timings_total'))
+    jobs.append(calcs[0].get_job_id())
+    computers.add(calcs[0].computer.label)
+frames = dict(wc.outputs.charges.items()) if 'charges' in wc.outputs else {}
+dataset = wc.outputs.dataset if 'dataset' in wc.outputs else None
+per_frame = {}
+for name, charges in frames.items():
+    qb = orm.QueryBuilder().append(orm.SinglefileData, filters={'id': {'in': sorted(density_pks)}},
+                                   tag='density', project='id')
+    qb.append(ChargesData, with_ancestors='density', filters={'id': charges.pk})
+    per_frame[name] = sorted({row[0] for row in qb.all()})
+    if len(per_frame[name]) != 1:
+        problems.append(f'frame {name}: density ancestors {per_frame[name]}')
+if dataset is not None:
+    qb = orm.QueryBuilder().append(orm.SinglefileData, filters={'id': {'in': sorted(density_pks)}},
+                                   tag='density', project='id')
+    qb.append(orm.Data, with_ancestors='density', filters={'id': dataset.pk})
+    dataset_ancestors = {row[0] for row in qb.all()}
+else:
+    dataset_ancestors = set()
+qb = orm.QueryBuilder().append(orm.SinglefileData, filters={'id': {'in': sorted(density_pks)}}, tag='density')
+qb.append(ChargesData, with_ancestors='density', project='id')
+n_charges = len({row[0] for row in qb.all()})
+active = orm.QueryBuilder().append(orm.ProcessNode, filters={
+    'attributes.process_state': {'in': ['created', 'waiting', 'running']}}).count()
+group = orm.load_group(wc.inputs.output_group.value)
+print(json.dumps({
+    'n_fits': len(fits), 'n_fitted_densities': len(fitted), 'fitted_all': fitted == density_pks,
+    'n_frames_output': len(frames), 'n_frames_dataset': dataset.n_frames if dataset is not None else None,
+    'frames_from_distinct_densities': len({tuple(v) for v in per_frame.values()}),
+    'dataset_has_all_densities_as_ancestors': dataset_ancestors == density_pks,
+    'n_charges': n_charges, 'n_group': group.count(), 'n_active': active,
+    'summary_failed': summary.get('failed'), 'summary_skipped': summary.get('skipped'),
+    'n_batches': len(summary.get('batches', [])),
+    'problems': problems, 'timings_total': timings, 'job_ids': jobs, 'computers': sorted(computers)}))
+"""
+
+
+def submit_dataset_workchain(
+    profile: ServiceProfile,
+    files,
+    code: str,
+    group: str,
+    parameters: dict,
+    max_concurrent: int,
+    options=None,
+    timeout: float = 600,
+) -> tuple[dict, dict]:
+    """One ``optddap.dataset`` over all files through the daemon; wait; check it in a new process."""
+    config = profile.root / f"{group.replace('/', '_')}.json"
+    config.write_text(
+        json.dumps(
+            {
+                "files": [str(f) for f in files],
+                "code": code,
+                "group": group,
+                "parameters": parameters,
+                "options": options or {},
+                "timeout": timeout,
+                "max_concurrent": max_concurrent,
+            }
+        )
+    )
+    run = profile.script(SUBMIT_DATASET, config, timeout=timeout + 120)
+    check = profile.script(CHECK_DATASET, run["pk"], json.dumps(run["density_pks"]), timeout=300)
+    return run, check
+
+
+def dataset_workflow_reason() -> str | None:
+    """Why ``optddap.dataset`` cannot be used (None when its entry point loads)."""
+    try:
+        from aiida.plugins import WorkflowFactory
+
+        WorkflowFactory("optddap.dataset")
+    except Exception as exc:  # noqa: BLE001 - any load failure means: not available
+        return f"the optddap.dataset work chain does not load ({type(exc).__name__}: {exc})"
+    return None
+
+
+def run_throughput(profile: ServiceProfile, files, code: str, label: str, options=None) -> dict:
+    """Push ``files`` through the daemon, preferably as one ``optddap.dataset`` work chain (else one
+    ``optddap.base`` per file), assert that everything finished with complete provenance and nothing was
+    lost, and return the measurement. Env: OPTDDAP_THROUGHPUT_PARAMS (JSON parameters, default
+    ``{"optimize": false}``), OPTDDAP_THROUGHPUT_TIMEOUT (s, 480), OPTDDAP_THROUGHPUT_MAX_CONCURRENT
+    (default: all files at once)."""
+    parameters = json.loads(os.environ.get("OPTDDAP_THROUGHPUT_PARAMS", '{"optimize": false}'))
+    timeout = float(os.environ.get("OPTDDAP_THROUGHPUT_TIMEOUT", "480"))
+    n = len(files)
+    why_not = dataset_workflow_reason()
+    if why_not is None:
+        max_concurrent = int(os.environ.get("OPTDDAP_THROUGHPUT_MAX_CONCURRENT", str(n)))
+        run, check = submit_dataset_workchain(
+            profile,
+            files,
+            code,
+            f"optddap/throughput/{label}",
+            parameters,
+            max_concurrent,
+            options=options,
+            timeout=timeout,
+        )
+        context = f"{run}\n{check}\n{profile.daemon_log_tail()}"
+        assert not run["timed_out"], context
+        assert run["state"] == "finished[0]", context
+        assert check["problems"] == [], context
+        assert check["summary_failed"] == [] and check["summary_skipped"] == [], context
+        assert check["n_fits"] == check["n_fitted_densities"] == n and check["fitted_all"], context
+        assert check["n_frames_output"] == check["n_frames_dataset"] == n, context
+        assert check["frames_from_distinct_densities"] == n, context
+        assert check["dataset_has_all_densities_as_ancestors"], context
+        assert check["n_charges"] == n and check["n_group"] == n + 1, context  # the charges and the dataset
+        route = f"optddap.dataset (max_concurrent={max_concurrent})"
+    else:
+        run, check = submit_dataset(
+            profile, files, code, f"throughput-{label}", parameters, options=options, timeout=timeout
+        )
+        context = f"{run}\n{check}\n{profile.daemon_log_tail()}"
+        assert not run["timed_out"], context
+        assert run["states"] == {"finished[0]": n}, context
+        assert check["problems"] == [], context
+        assert check["n_workchains"] == check["n_densities"] == check["n_charges"] == n, context
+        route = f"{n} optddap.base submitted directly ({why_not})"
+    assert check["n_active"] == 0, context
+    return {"route": route, "run": run, "check": check, "parameters": parameters}

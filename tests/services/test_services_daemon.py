@@ -6,15 +6,14 @@ Skipped when PostgreSQL or RabbitMQ is not running; ``.ci/run`` starts both (scr
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
 from services_support import (
     report_throughput,
     rocksalt_density,
+    run_throughput,
     service_profile,
-    submit_dataset,
     throughput_dataset,
 )
 
@@ -81,24 +80,10 @@ def test_submitted_fit_finishes(production, tmp_path):
 
 @pytest.mark.slow
 def test_throughput_dataset_through_daemon(production, tmp_path, capsys):
-    """≥ 20 densities submitted at once to 2 workers: all finish [0], full provenance, nothing lost."""
-    files = throughput_dataset(
-        tmp_path / "dataset", n_synthetic=int(os.environ.get("OPTDDAP_THROUGHPUT_N", "20"))
-    )
+    """≥ 20 densities at once through 2 workers (one ``optddap.dataset``): all finish [0], every frame's
+    charges descend from its density, one charges node per density, nothing left running."""
+    n_synthetic = int(os.environ.get("OPTDDAP_THROUGHPUT_N", "20"))
+    files = throughput_dataset(tmp_path / "dataset", n_synthetic=n_synthetic)
     assert len(files) >= 20
-    parameters = json.loads(os.environ.get("OPTDDAP_THROUGHPUT_PARAMS", '{"optimize": false}'))
-    run, check = submit_dataset(
-        production,
-        files,
-        "optddap@localhost",
-        "throughput-direct",
-        parameters,
-        timeout=float(os.environ.get("OPTDDAP_THROUGHPUT_TIMEOUT", "480")),
-    )
-    assert not run["timed_out"], f"{run}\n{production.daemon_log_tail()}"
-    assert run["states"] == {"finished[0]": len(files)}, f"{run}\n{production.daemon_log_tail()}"
-    assert check["problems"] == [], check["problems"]
-    assert check["n_workchains"] == check["n_densities"] == check["n_charges"] == len(files), check
-    assert check["n_active"] == 0, check
-    route = "daemon (2 workers) -> optddap@localhost (core.direct)"
-    report_throughput(route, files, parameters, run, check, capsys)
+    result = run_throughput(production, files, "optddap@localhost", "direct")
+    report_throughput("daemon (2 workers) -> optddap@localhost (core.direct)", files, result, capsys)
