@@ -116,6 +116,6 @@ def fit_charge_density(
         return ExitCode(410, conditioning, "ERROR_ILL_CONDITIONED")
     if results.get("stop_reason") == "non_finite":
         return ExitCode(304, "non-finite loss or gradient", "ERROR_NUMERICAL_FAILURE")
-    if results.get("optimized") and results.get("converged") is False:
+    if results.get("optimized") and results.get("stop_reason") == "max_steps":
         return ExitCode(400, f"not converged ({results.get('stop_reason')})", "ERROR_NOT_CONVERGED")
     return ExitCode(0)

@@ -195,6 +195,11 @@ def run_fit(
                 f"populations differ by up to {spread['max_abs']:.3f} e across the {len(start_results)} "
                 "starting points: the loss has several minima; the lowest-loss start is reported"
             )
+    if options.optimize and winner.stop_reason == "rank_change":
+        warnings.append(
+            "the winning start stopped where the rank of A would change (the pseudo-inverse is not "
+            "differentiable there); the best parameters before that point are reported"
+        )
     history = winner.history if options.optimize else []
     for row in history:
         row["condition_number"] = _finite_or_none(row["condition_number"])

@@ -130,7 +130,9 @@ class OptDdapParser(Parser):
                 details="the optimisation stopped on a non-finite loss or gradient"
             )
 
-        if results.get("optimized") and results.get("converged") is False:
+        # A rank-change stop is the optimiser's guard working as designed (the best parameters before
+        # the rank of A changed are reported); more steps cannot help, so only max_steps is an error.
+        if results.get("optimized") and results.get("stop_reason") == "max_steps":
             steps = len(results.get("history") or [])
             return self.exit_codes.ERROR_NOT_CONVERGED.format(
                 details=f"stop_reason {results.get('stop_reason')!r} after {steps} steps"

@@ -131,6 +131,14 @@ def test_400_not_converged_outputs_attached(generate_calc_job_node, results_fact
     assert calc.is_finished_ok
 
 
+def test_rank_change_stop_is_not_a_failure(generate_calc_job_node):
+    """The rank guard stopping the optimiser is by design: more steps cannot help, so no 400."""
+    results = json.loads(_recorded("nacl_not_converged.json"))
+    results["stop_reason"] = "rank_change"
+    _, calc = _parse(generate_calc_job_node, {"results.json": json.dumps(results)})
+    assert calc.is_finished_ok, calc.exit_message
+
+
 def test_410_ill_conditioned(generate_calc_job_node, results_factory):
     # lagrange: default threshold 1e12
     files = {"results.json": results_factory(solver="lagrange", rtol=1e-14, condition_number=5e12)}
