@@ -112,32 +112,40 @@ class AiidaBackend:
         orm = self.orm
         parameters = orm.Dict({**params, "device": self.device})
         if host is not None and self.has_difference:
-            workflow = WorkflowFactory("optddap.difference")
-            builder = workflow.get_builder()
-            builder.defect_charge_density = self._file(defect)
-            builder.host_charge_density = self._file(host)
-            builder.code = self.code
-            builder.parameters = parameters
+            builder = WorkflowFactory("optddap.difference").get_builder()
+            builder.defect_density = self._file(defect)
+            builder.host_density = self._file(host)
+            base = builder.optddap
         else:
             builder = WorkflowFactory("optddap.base").get_builder()
-            builder.fit.code = self.code
+            base = builder
             builder.fit.charge_density = self._file(defect)
-            builder.fit.parameters = parameters
-            builder.fit.metadata.options.max_wallclock_seconds = 6 * 3600
             if host is not None:
                 builder.fit.host_charge_density = self._file(host)
             else:
                 symbols = _cube_symbols(defect)
                 builder.fit.zval = orm.Dict({el: ZVAL[el] for el in dict.fromkeys(symbols)})
-            builder.max_iterations = orm.Int(2)
+        base.fit.code = self.code
+        base.fit.parameters = parameters
+        base.fit.metadata.options.max_wallclock_seconds = 6 * 3600
+        base.max_iterations = orm.Int(2)
         _, node = run_get_node(builder)
         if not node.is_finished_ok:
             raise RuntimeError(f"{node.process_label}<{node.pk}> failed: {node.exit_status} {node.exit_message}")
-        calcs = [n for n in node.called_descendants if n.process_type and "optddap.fit" in n.process_type]
-        last = max(calcs, key=lambda n: n.ctime)
-        results = json.loads(last.outputs.retrieved.base.repository.get_object_content("results.json"))
-        results["aiida"] = {"workchain": node.pk, "process_label": node.process_label, "calcjob": last.pk,
-                            "charges": node.outputs.charges.pk}
+        calcs = sorted((n for n in node.called_descendants if isinstance(n, orm.CalcJobNode)), key=lambda n: n.ctime)
+        runs = [json.loads(n.outputs.retrieved.base.repository.get_object_content("results.json")) for n in calcs]
+        results = runs[-1]
+        if len(runs) > 1 and runs[0]["starts"]:
+            # optddap.base restarted a winner that hit the step limit (exit 400: twice the steps, from the reached
+            # parameters, one start). The final fit is the restart's; the spread over the starts and the first
+            # part of the trajectory are the first calculation's.
+            results["starts"], results["start_spread"] = runs[0]["starts"], runs[0]["start_spread"]
+            offset = len(runs[0]["history"])
+            results["history"] = runs[0]["history"] + [{**h, "step": h["step"] + offset} for h in results["history"]]
+        results["aiida"] = {"workchain": node.pk, "process_label": node.process_label,
+                            "calcjobs": [n.pk for n in calcs], "charges": node.outputs.charges.pk}
+        if "summary" in node.outputs:
+            results["aiida"]["difference_summary"] = node.outputs.summary.get_dict()
         self.nodes.append({"defect": defect.name, "host": host.name if host else None, **results["aiida"]})
         return results
 

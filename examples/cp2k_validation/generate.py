@@ -246,22 +246,30 @@ def write_strided_cube(source: Path, target: Path, stride: int) -> dict:
     }
 
 
-def run(name: str, stride: int | None) -> dict:
+def run(name: str, stride: int | None, collect: bool = False) -> dict:
+    """Run CP2K for ``name`` in runs/<name>/ (or, with ``collect``, take the finished run found there) and
+    write the committed cube data/<name>.cube.gz and its record data/<name>.json."""
     exe = os.environ.get("CP2K", "cp2k.psmp")
     data_dir = os.environ.get("CP2K_DATA_DIR", "/usr/share/cp2k")
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), CP2K_DATA_DIR=data_dir)
     workdir = RUNS / name
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
-    shutil.copy(INPUTS / f"{name}.inp", workdir / "cp2k.inp")
-    start = time.time()
-    with open(workdir / "cp2k.out", "w") as out:
-        proc = subprocess.run([exe, "-i", "cp2k.inp"], cwd=workdir, stdout=out, stderr=subprocess.STDOUT, env=env)
-    wall = time.time() - start
+    wall = None
+    if not collect:
+        if workdir.exists():
+            shutil.rmtree(workdir)
+        workdir.mkdir(parents=True)
+        shutil.copy(INPUTS / f"{name}.inp", workdir / "cp2k.inp")
+        start = time.time()
+        with open(workdir / "cp2k.out", "w") as out:
+            proc = subprocess.run([exe, "-i", "cp2k.inp"], cwd=workdir, stdout=out, stderr=subprocess.STDOUT, env=env)
+        wall = time.time() - start
+        if proc.returncode != 0:
+            raise RuntimeError(f"{name}: CP2K failed (exit {proc.returncode}); see {workdir / 'cp2k.out'}")
     text = (workdir / "cp2k.out").read_text()
-    if proc.returncode != 0 or "PROGRAM ENDED" not in text:
-        raise RuntimeError(f"{name}: CP2K failed (exit {proc.returncode}); see {workdir / 'cp2k.out'}")
+    if "PROGRAM ENDED" not in text:
+        raise RuntimeError(f"{name}: CP2K did not finish; see {workdir / 'cp2k.out'}")
+    if wall is None:  # CP2K's own timing report: " CP2K   1  1.0  ...  <total wall s>"
+        wall = float(next(line for line in text.splitlines() if line.split()[:2] == ["CP2K", "1"]).split()[-1])
     cubes = sorted(workdir.glob(f"{name}-ELECTRON_DENSITY-1_0.cube"))
     if not cubes:
         raise RuntimeError(f"{name}: no ELECTRON_DENSITY cube in {workdir}")
@@ -294,6 +302,8 @@ def main(argv=None) -> int:
     parser.add_argument("systems", nargs="*", default=list(SYSTEMS), help=f"default: all of {list(SYSTEMS)}")
     parser.add_argument("--inputs-only", action="store_true", help="write inputs/*.inp and stop")
     parser.add_argument("--stride", type=int, default=None, help="subsampling of the committed cube")
+    parser.add_argument("--collect", action="store_true",
+                        help="do not run CP2K: collect the finished runs in runs/<name>/ into data/")
     args = parser.parse_args(argv)
     unknown = [s for s in args.systems if s not in SYSTEMS]
     if unknown:
@@ -303,7 +313,7 @@ def main(argv=None) -> int:
         return 0
     for name in args.systems:
         print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
-        info = run(name, args.stride)
+        info = run(name, args.stride, collect=args.collect)
         print(f"  {info['wall_seconds']} s, ∫ρ = {info['integral_full']:.5f} e (expected {info['n_valence_electrons']}), "
               f"{info['scf']}, committed {info['grid_committed']} ({info['cube_bytes'] / 1e6:.2f} MB)", flush=True)
     return 0
