@@ -63,10 +63,10 @@ html_title = f"aiida-optddap {release}"
 html_static_path = ["_static"]
 
 # -- Pages written by others ---------------------------------------------------------------------------------
-# docs/plugin.md (the AiiDA user guide), workflows.md, production.md and benchmarks.md are maintained
+# docs/plugin.md (the AiiDA user guide), workflows.md, production.md, validation.md and benchmarks.md are maintained
 # separately. Until they exist, their toctree entries and the links to them are dropped, so that `-W`
 # builds stay clean either way.
-OPTIONAL_DOCS = ("plugin", "workflows", "production", "benchmarks")
+OPTIONAL_DOCS = ("plugin", "workflows", "production", "validation", "benchmarks")
 MISSING_OPTIONAL = tuple(name for name in OPTIONAL_DOCS if not (HERE / f"{name}.md").exists())
 
 
