@@ -1,5 +1,9 @@
 """``optddap.difference``: Δρ = ρ_defect − ρ_host from files or VASP runs, grid/cell checks, vacancy sites,
-Δ-charges at the host sites and planar averages of Δρ (DFT and model), with the real ``optddap`` code."""
+Δ-charges at the host sites and planar averages of Δρ (DFT and model), with the real ``optddap`` code.
+
+The two-VASP-runs path replays two real recordings through aiida-vasp's VaspWorkChain and parser (only the
+VASP binary is mock-vasp): the NO molecule with ISPIN = 2 as the "defect" and with ISPIN = 1 as the "host",
+same cell and grid, so Δρ is the spin-polarisation density change (∫Δρ = 0, Δρ ≠ 0)."""
 
 from __future__ import annotations
 
@@ -8,7 +12,9 @@ import gzip
 import numpy as np
 import pytest
 from aiida import orm
+from aiida.common.links import LinkType
 from aiida.engine import run_get_node
+from aiida.tools.graph.graph_traversers import traverse_graph
 from helpers import CP2K_RADII, gaussian_density, rocksalt, vasp_rounded, write_chgcar
 
 from aiida_optddap.engine.io import read_density
@@ -18,6 +24,10 @@ pytest.importorskip("aiida_vasp")
 
 from test_aiida_vasp import (  # noqa: E402,F401,F811  (fixtures)
     CASE,
+    CASE_POLARIZED,
+    NO_FINAL,
+    NO_INCAR_POLARIZED,
+    NO_POLARIZED_FINAL,
     VASP_MOCK,
     mock_vasp_code,
     mock_vasp_registry,
@@ -167,9 +177,9 @@ def test_vacancy_with_the_host_from_vasp(optddap_code, mock_vasp_code, potcar_fa
     assert fit_calc.inputs.structure.uuid == results["host_vasp"]["structure"].uuid
 
 
-def test_two_vasp_runs(optddap_code, mock_vasp_code, potcar_family):
-    """Host and defect both from VASP (the same recorded run: Δρ = 0): both runs go at once, their CHGCARs pass
-    the grid/cell checks, and the fit of a zero Δρ fails cleanly with the engine's message (402)."""
+def test_two_vasp_runs_same_run_exits_402(optddap_code, mock_vasp_code, potcar_family):
+    """Host and defect both from VASP, but the same recorded run (Δρ = 0): both runs go at once, their CHGCARs
+    pass the grid/cell checks, and the fit of a zero Δρ fails cleanly with the engine's message (402)."""
     builder = DifferenceWorkChain.get_builder()
     populate_vasp_inputs(builder.host_vasp, mock_vasp_code, potcar_family)
     populate_vasp_inputs(builder.defect_vasp, mock_vasp_code, potcar_family)
@@ -184,3 +194,105 @@ def test_two_vasp_runs(optddap_code, mock_vasp_code, potcar_family):
     assert node.exit_status == 402, (node.exit_status, node.exit_message)
     assert "OptDdapCalculation" in node.exit_message and "[304]" in node.exit_message
     assert "no G ≠ 0 component" in node.exit_message
+
+
+def _provenance_ancestors(node) -> set[int]:
+    """PKs of every node ``node`` comes from: data provenance (CREATE, INPUT_CALC) plus the work chains that
+    returned a data node (RETURN), followed backwards to the end."""
+    found = traverse_graph([node.pk], links_backward=[LinkType.CREATE, LinkType.INPUT_CALC, LinkType.RETURN])
+    return set(found["nodes"]) - {node.pk}
+
+
+def test_two_vasp_runs_polarized_minus_unpolarized(optddap_code, mock_vasp_code, potcar_family):
+    """Two different real VASP runs (mock-vasp replays each from its own INCAR): defect = NO with ISPIN = 2,
+    host = NO with ISPIN = 1. Δρ integrates to 0 e but is not zero, so the fit succeeds: opposite
+    Δ-populations on N and O, the summary, the planar averages, and both VaspWorkChains in the provenance of
+    the charges."""
+    builder = DifferenceWorkChain.get_builder()
+    populate_vasp_inputs(builder.host_vasp, mock_vasp_code, potcar_family)
+    populate_vasp_inputs(builder.defect_vasp, mock_vasp_code, potcar_family, incar=NO_INCAR_POLARIZED)
+    builder.optddap.fit.code = optddap_code
+    builder.optddap.fit.parameters = orm.Dict(NO_FIT)
+    results, node = run_get_node(builder)
+    assert node.is_finished_ok and node.exit_status == 0, (node.exit_status, node.exit_message)
+
+    # the VASP side: two real VaspWorkChains, launched together, each replaying its own recording
+    vasp_runs = {n.pk: n for n in node.called if n.process_label == "VaspWorkChain"}
+    assert len(vasp_runs) == 2 and all(n.is_finished_ok for n in vasp_runs.values())
+    assert max(n.ctime for n in vasp_runs.values()) < min(n.mtime for n in vasp_runs.values())
+    recorded = {side: gzip.open(VASP_MOCK / case / "out" / "CHGCAR.gz", "rb").read()
+                for side, case in (("host", CASE), ("defect", CASE_POLARIZED))}
+    assert recorded["host"] != recorded["defect"]
+    for side, ispin, final in (("host", 1, NO_FINAL), ("defect", 2, NO_POLARIZED_FINAL)):
+        chgcar = results[f"{side}_vasp"]["chgcar"]
+        assert chgcar.get_content(mode="rb") == recorded[side]  # byte for byte the recorded CHGCAR
+        calc = chgcar.creator
+        assert calc.process_label == "VaspCalculation" and calc.caller.pk in vasp_runs
+        assert calc.inputs.parameters.get_dict()["ispin"] == ispin
+        misc = results[f"{side}_vasp"]["misc"].get_dict()
+        assert misc["total_energies"]["energy_extrapolated"] == pytest.approx(final["energy_extrapolated"])
+        np.testing.assert_allclose(misc["forces"], final["forces"], atol=1e-8)
+        np.testing.assert_allclose([s.position[2] for s in results[f"{side}_vasp"]["structure"].sites],
+                                   final["positions_z"], atol=1e-6)
+    assert read_density(VASP_MOCK / CASE_POLARIZED / "out" / "CHGCAR.gz").grid.shape == (32, 48, 64)
+
+    # the same two atoms, relaxed to within 3e-5 Å of each other: no vacancy, substitution or interstitial
+    sites = results["defect_sites"].get_dict()
+    assert sites["vacancies"] == [] and sites["substitutions"] == [] and sites["interstitials"] == []
+    assert sites["n_host_atoms"] == sites["n_defect_atoms"] == 2
+    assert sites["max_displacement"] < 1e-4
+
+    # the fit: Δρ at the host (ISPIN = 1) atoms
+    fit_calc = [n for n in node.called_descendants if n.process_label == "OptDdapCalculation"]
+    assert len(fit_calc) == 1 and fit_calc[0].is_finished_ok
+    fit_calc = fit_calc[0]
+    assert fit_calc.inputs.charge_density.uuid == results["defect_vasp"]["chgcar"].uuid
+    assert fit_calc.inputs.host_charge_density.uuid == results["host_vasp"]["chgcar"].uuid
+    assert fit_calc.inputs.structure.uuid == results["host_vasp"]["structure"].uuid
+
+    charges = results["charges"]
+    assert charges.base.attributes.get("mode") == "difference"
+    assert charges.symbols == ["N", "O"] and charges.n_atoms == 2
+    assert charges.net_charges is None  # Δ-populations only
+    dq = np.asarray(charges.populations)
+    assert np.all(np.isfinite(dq))
+    assert charges.base.attributes.get("n_electrons") == pytest.approx(0.0, abs=1e-6)  # ∫Δρ = 11 e − 11 e
+    assert dq.sum() == pytest.approx(0.0, abs=1e-6)
+    assert dq[0] == pytest.approx(-dq[1], abs=1e-6)  # N and O opposite
+    assert dq[0] < -1e-2  # not zero: the polarised run moves ~0.04 e from N to O
+    np.testing.assert_allclose(dq, [-0.041498, 0.041498], atol=5e-5)  # optddap diff, classic DDAP radii
+
+    summary = results["summary"].get_dict()
+    assert summary["delta_electrons"] == pytest.approx(0.0, abs=1e-6)
+    assert summary["vacancies"] == [] and summary["substitutions"] == [] and summary["interstitials"] == []
+    assert summary["vacancy_delta_population"] == 0.0
+    assert summary["other_sites_delta_population"] == pytest.approx(0.0, abs=1e-6)
+    assert summary["other_sites_max_abs"] == pytest.approx(np.abs(dq).max(), rel=1e-12)
+
+    # planar-averaged Δρ (e/Å) of DFT and model: zero mean along every axis, not zero along the bond (a3)
+    planar = results["planar_averages"]
+    for axis, n in (("a1", 32), ("a2", 48), ("a3", 64)):
+        s, dft, model = (planar.get_array(f"{axis}_{k}") for k in ("s", "dft", "model"))
+        assert s.shape == dft.shape == model.shape == (n,)
+        assert np.all(np.isfinite(dft)) and np.all(np.isfinite(model))
+        assert dft.mean() == pytest.approx(0.0, abs=1e-6) and model.mean() == pytest.approx(0.0, abs=1e-6)
+        # the 3-Gaussian-per-atom model follows the shape of the DFT Δρ (correlations 0.63, 0.94, 0.71)
+        assert np.corrcoef(dft, model)[0, 1] > 0.5, axis
+    # Δρ is not zero: up to 0.011 e/Å along the bond (a3), 0.008 e/Å for the model
+    assert np.abs(planar.get_array("a3_dft")).max() > 5e-3
+    assert np.abs(planar.get_array("a3_model")).max() > 2e-3
+
+    # provenance: both VaspWorkChains (and their calculations) are ancestors of the charges node
+    ancestors = _provenance_ancestors(charges)
+    for pk, chain in vasp_runs.items():
+        assert pk in ancestors, chain
+        assert {c.pk for c in chain.called if c.process_label == "VaspCalculation"} <= ancestors
+    assert fit_calc.pk in ancestors
+    # and the data-provenance ancestors (QueryBuilder: CREATE and INPUT_CALC links) hold both CHGCARs and both
+    # VaspCalculations (orm.Node: a SinglefileData filter would miss aiida-vasp's ChargedensityData node type)
+    qb = orm.QueryBuilder().append(orm.Node, filters={"id": charges.pk}, tag="charges")
+    qb.append(orm.Node, with_descendants="charges", project="uuid")
+    data_ancestors = set(qb.all(flat=True))
+    for side in ("host", "defect"):
+        chgcar = results[f"{side}_vasp"]["chgcar"]
+        assert chgcar.uuid in data_ancestors and chgcar.creator.uuid in data_ancestors

@@ -3,9 +3,10 @@
 VASP is licensed, so aiida-vasp's own ``mock-vasp`` executable stands in for it: it hashes the INCAR, POSCAR
 and KPOINTS that VaspCalculation wrote and copies the outputs recorded for those inputs from a registry
 (``MOCK_VASP_REG_BASE``). The registry is assembled here from tests/data/vasp_mock/: the real outputs
-(CHGCAR, OUTCAR, vasprun.xml, CONTCAR) of a VASP 6.4.3 relaxation of an NO molecule (see its README.md),
-keyed by the inputs aiida-vasp writes for that run. POTCARs are licensed too: the family holds metadata-only
-stubs (TITEL/ZVAL headers as the recorded OUTCAR repeats them).
+(CHGCAR, OUTCAR, vasprun.xml, CONTCAR) of two VASP 6.4.3 relaxations of an NO molecule in the same box and
+on the same grid, one with ISPIN = 1 and one with ISPIN = 2 (see its README.md), each keyed by the inputs
+aiida-vasp writes for that run. POTCARs are licensed too: the family holds metadata-only stubs (TITEL/ZVAL
+headers as the recorded OUTCARs repeat them).
 
 The fixtures are imported by test_aiida_difference.py and test_aiida_dataset.py.
 """
@@ -27,6 +28,7 @@ from aiida.engine import run_get_node  # noqa: E402
 
 VASP_MOCK = pathlib.Path(__file__).resolve().parents[1] / "data" / "vasp_mock"
 CASE = "nitric_oxide_unpolarized"
+CASE_POLARIZED = "nitric_oxide_polarized"
 POTCAR_FAMILY = "optddap-test-PBE-stubs"
 
 #: The recorded run's INCAR (tests/data/vasp_mock/nitric_oxide_unpolarized/INCAR), as VaspWorkChain parameters.
@@ -45,6 +47,17 @@ NO_FINAL = {
     "forces": [[0.0, 0.0, -0.00136709], [0.0, 0.0, 0.00136709]],  # eV/Å
     "stress_kbar": [497.69701739, 30.94990750, -218.88259441],  # diagonal, VASP sign
     "positions_z": [0.56647405 * 4.0, 0.25590249 * 4.0],  # Å
+}
+#: The spin-polarised run (tests/data/vasp_mock/nitric_oxide_polarized/INCAR): the same INCAR with ISPIN = 2,
+#: and the same initial structure and k-points.
+NO_INCAR_POLARIZED = dict(NO_INCAR, ispin=2)
+#: What its vasprun.xml says about the final ionic step (7 steps, 68 electronic steps).
+NO_POLARIZED_FINAL = {
+    "energy_extrapolated": -11.03608086,  # e_0_energy, eV: 0.45 eV below the ISPIN = 1 run
+    "energy_free": -11.03511454,  # e_fr_energy (TOTEN), eV
+    "forces": [[0.0, 0.0, -0.00207678], [0.0, 0.0, 0.00207678]],  # eV/Å
+    "stress_kbar": [500.66227732, 30.62898891, -225.07107909],  # diagonal, VASP sign
+    "positions_z": [0.56647988 * 4.0, 0.25589667 * 4.0],  # Å
 }
 
 
@@ -69,14 +82,15 @@ def _gunzip_into(source: pathlib.Path, folder: pathlib.Path, skip=()):
 def mock_vasp_registry(tmp_path_factory) -> pathlib.Path:
     """A mock-vasp registry: ``<case>/inp`` (what aiida-vasp writes) and ``<case>/out`` (recorded outputs).
 
-    ``nitric_oxide_unpolarized`` replays the full run; ``nitric_oxide_unpolarized_no_chgcar`` (same run with
-    ``SYSTEM = NO without CHGCAR`` in the INCAR) replays everything except the CHGCAR.
+    ``nitric_oxide_unpolarized`` and ``nitric_oxide_polarized`` replay the full ISPIN = 1 and ISPIN = 2 runs
+    (their INCARs differ by ISPIN only, so the inputs pick the run); ``nitric_oxide_unpolarized_no_chgcar``
+    (the ISPIN = 1 run with ``SYSTEM = NO without CHGCAR`` in the INCAR) replays everything except the CHGCAR.
     """
     registry = tmp_path_factory.mktemp("mock_vasp_registry")
+    for case in (CASE, CASE_POLARIZED):
+        shutil.copytree(VASP_MOCK / case / "inp", registry / case / "inp")
+        _gunzip_into(VASP_MOCK / case / "out", registry / case / "out")
     source = VASP_MOCK / CASE
-    full = registry / CASE
-    shutil.copytree(source / "inp", full / "inp")
-    _gunzip_into(source / "out", full / "out")
     partial = registry / f"{CASE}_no_chgcar"
     shutil.copytree(source / "inp_no_chgcar", partial / "inp")
     _gunzip_into(source / "out", partial / "out", skip={"CHGCAR"})
@@ -120,7 +134,8 @@ def no_kpoints() -> orm.KpointsData:
 
 
 def populate_vasp_inputs(namespace, code, family, *, incar=None, system=None):
-    """Fill a ``VaspWorkChain`` builder namespace with the recorded NO relaxation's inputs."""
+    """Fill a ``VaspWorkChain`` builder namespace with the recorded NO relaxations' inputs (``incar``:
+    ``NO_INCAR`` by default, ``NO_INCAR_POLARIZED`` for the spin-polarised run)."""
     incar = dict(NO_INCAR if incar is None else incar)
     if system:
         incar["system"] = system
