@@ -162,11 +162,12 @@ class Problem:
         device: torch.device,
         with_loss_set: bool = True,
         chunk_size: int | None = None,
+        cache_loss_phases: bool | None = None,
     ) -> Problem:
         coefficients, n_electrons = prepare(density)
         frac = density.fractional_positions
         fit = TorchGSet(sphere_gset(density.cell, coefficients, gcut_max), frac, device)
-        loss_set = TorchGSet(box_gset(density.cell, coefficients), frac, device) if with_loss_set else None
+        loss_set = TorchGSet(box_gset(density.cell, coefficients), frac, device, cache_loss_phases) if with_loss_set else None
         return cls(
             density=density,
             n_electrons=n_electrons,

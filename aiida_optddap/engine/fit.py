@@ -107,6 +107,7 @@ def run_fit(
     from .losses import loss_on_grid
     from .optimize import default_bounds, optimize
     from .reconstruct import dipoles, model_coefficients, planar_averages
+    from .shells import power_outside_box
 
     timings = dict(timings or {})
     clock = time.perf_counter()
@@ -128,7 +129,13 @@ def run_fit(
 
         gcut_max = max(start.gcut, min(2.0 * DEFAULT_GCUT, 0.98 * box_gmax(density.cell, density.grid.shape)))
     problem = Problem.build(
-        density, gcut_max, device=device, with_loss_set=options.optimize, chunk_size=options.chunk_size
+        density,
+        gcut_max,
+        device=device,
+        with_loss_set=options.optimize,
+        chunk_size=options.chunk_size,
+        # The density loss reads the loss set once (shell tables), so its phases need not be kept.
+        cache_loss_phases=False if options.loss == "density" else None,
     )
     lap("setup")
 
@@ -161,7 +168,11 @@ def run_fit(
     lap("fit")
 
     model_g = model_coefficients(density.cell, density.positions, fit["coefficients"], fit["radii"], density.grid.shape)
-    loss_value = loss_on_grid(model_g, fourier_coefficients(density.grid), density.cell, options.loss)
+    outside = 0.0
+    if options.loss == "density":
+        outside = power_outside_box(density.cell, density.positions, fit["coefficients"], fit["radii"],
+                                    density.grid.shape)
+    loss_value = loss_on_grid(model_g, fourier_coefficients(density.grid), density.cell, options.loss, outside)
     model = np.fft.ifftn(model_g).real * model_g.size
     profiles = planar_averages(density.grid, model, density.cell)
     dipole = dipoles(density.grid, density.cell, density.positions, fit["populations"])

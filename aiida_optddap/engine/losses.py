@@ -5,7 +5,8 @@ Each is a relative weighted residual over G ≠ 0 of the FFT box (Nyquist planes
 
     loss = Σ_G κ(G) |M_G − C_G|² / Σ_G κ(G) |C_G|²
 
-``density``: κ = 1 (Parseval: the real-space mean squared error of the reconstruction);
+``density``: κ = 1 (Parseval: the real-space mean squared error of the reconstruction; the
+optimiser's fast form in :mod:`.shells` also counts the model's G beyond the FFT box);
 ``coulomb``: κ = 4π/G² (the electrostatic self-energy of the residual density);
 ``planar``: κ = 1 on the three lines G ∥ b_i only (the mean squared error of the planar averages).
 """
@@ -68,11 +69,14 @@ class LossTerms:
         return (total + self.tail[stop]) / self.norm
 
 
-def loss_on_grid(model: np.ndarray, density: np.ndarray, cell: np.ndarray, kind: str) -> float:
+def loss_on_grid(model: np.ndarray, density: np.ndarray, cell: np.ndarray, kind: str,
+                 model_power_outside: float = 0.0) -> float:
     """The same loss from full-box coefficient arrays M_G and C_G (numpy, no truncation).
 
-    Used for the reported value at the final parameters; :class:`LossTerms` (torch, half-space,
-    form-factor floor) is what the optimiser differentiates, and the two agree to round-off.
+    Used for the reported value at the final parameters. ``model_power_outside`` (the model's
+    Σ|M_G|² beyond the box, :func:`.shells.power_outside_box`) is added to the ``density`` loss,
+    which the optimiser measures over every G (:class:`.shells.DensityLoss`); with it the two agree
+    to round-off, as do :class:`LossTerms` and this function for ``coulomb`` and ``planar``.
     """
     if kind not in LOSSES:
         raise ValueError(f"unknown loss {kind!r}: use one of {', '.join(LOSSES)}")
@@ -93,4 +97,5 @@ def loss_on_grid(model: np.ndarray, density: np.ndarray, cell: np.ndarray, kind:
     norm = float(np.sum(kernel * np.abs(density) ** 2))
     if norm <= 0:
         raise ValueError(f"the {kind} loss is undefined: the density has no G ≠ 0 component")
-    return float(np.sum(kernel * np.abs(model - density) ** 2)) / norm
+    outside = model_power_outside if kind == "density" else 0.0
+    return (float(np.sum(kernel * np.abs(model - density) ** 2)) + outside) / norm
