@@ -132,6 +132,43 @@ def test_default_bounds_respect_grid_and_box():
         assert np.all((points[:, j] > lo) & (points[:, j] < hi))
 
 
+def test_starting_points_redraw_rejected_draws():
+    bounds = Bounds(sigma_start=(0.2, 1.5), factor=(1.1, 3.0), gcut=(2.0, 9.0))
+    plain = starting_points(ddap.Parameters(), bounds, 6, seed=1)
+    seen = []
+
+    def accept(point):
+        seen.append(point.copy())
+        return point[2] > 5.0
+
+    screened = starting_points(ddap.Parameters(), bounds, 6, seed=1, accept=accept)
+    assert np.all(screened[1:, 2] > 5.0)
+    assert screened[0].tolist() == plain[0].tolist()  # the given parameters are never redrawn
+    assert len(seen) > 5  # some draws were rejected and drawn again
+    never = starting_points(ddap.Parameters(), bounds, 3, seed=1, accept=lambda p: False, tries=4)
+    assert len(never) == 3  # after ``tries`` rejections the last draw is kept
+
+
+def test_random_starts_begin_at_full_rank():
+    """On a perfect rock salt many random (σ_start, f, g_c) give a rank-deficient A; the optimiser
+    redraws those, so that no random start is stopped by the rank guard at its first step."""
+    from helpers import off_basis_density, rocksalt
+
+    cell, symbols, positions = rocksalt()
+    density = off_basis_density(cell, symbols, positions, [6.6 if s == "Na" else 7.5 for s in symbols], (36, 36, 36))
+    problem = ddap.Problem.build(density, 8.0, device=torch.device("cpu"))
+    bounds = default_bounds(density.cell, density.grid.shape, 24, problem.fit.g2.numpy())
+    drawn = starting_points(ddap.Parameters(), bounds, 8, seed=0)
+    ranks = []
+    for point in drawn[1:]:
+        theta = torch.as_tensor(point)[None]
+        a = ddap.normal_equations(problem, ddap.radii_from(theta[:, 0], theta[:, 1], 3), theta[:, 2])[0]
+        ranks.append(int(ddap.spectrum(a).rank[0]))
+    assert min(ranks) < 24  # the unscreened draws include rank-deficient points
+    runs = optimize(problem, ddap.Parameters(), bounds=bounds, steps=2, starts=8, tolerance=0.0)
+    assert all(r.history[0]["rank"] == 24 for r in runs[1:])
+
+
 # ------------------------------------------------------------------------------------ stop guards
 
 
@@ -151,7 +188,7 @@ def test_rank_change_guard(problem, monkeypatch):
 
     def patched(a, rtol):
         result = real(a, rtol)
-        calls["n"] += 1
+        calls["n"] += len(a) == 2  # the optimisation's batch, not the screening of starting points
         if calls["n"] > 4:
             rank = result.rank.copy()
             rank[0] -= 1

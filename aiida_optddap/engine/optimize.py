@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -78,18 +79,37 @@ class StartResult:
         }
 
 
-def starting_points(first: Parameters, bounds: Bounds, n_starts: int, seed: int) -> np.ndarray:
-    """(n_starts, 3) starting (σ_start, f, g_c): the given parameters, then seeded random draws."""
+def starting_points(
+    first: Parameters,
+    bounds: Bounds,
+    n_starts: int,
+    seed: int,
+    accept: Callable[[np.ndarray], bool] | None = None,
+    tries: int = 20,
+) -> np.ndarray:
+    """(n_starts, 3) starting (σ_start, f, g_c): the given parameters, then seeded random draws.
+
+    A random draw that ``accept`` rejects is drawn again (at most ``tries`` times; the last draw
+    is kept): :func:`optimize` rejects points where A is rank-deficient, which the rank guard would
+    stop at their first step.
+    """
     rng = np.random.default_rng(seed)
-    points = [[first.sigma_start, first.factor, first.gcut]]
+
+    def clip(point):
+        for j, name in enumerate(NAMES):
+            lo, hi = getattr(bounds, name)
+            margin = 1e-3 * (hi - lo)
+            point[j] = np.clip(point[j], lo + margin, hi - margin)
+        return point
+
+    points = [clip(np.array([first.sigma_start, first.factor, first.gcut], dtype=np.float64))]
     for _ in range(n_starts - 1):
-        points.append([rng.uniform(*START_RANGES[n]) for n in NAMES])
-    points = np.asarray(points, dtype=np.float64)
-    for j, name in enumerate(NAMES):
-        lo, hi = getattr(bounds, name)
-        margin = 1e-3 * (hi - lo)
-        points[:, j] = np.clip(points[:, j], lo + margin, hi - margin)
-    return points
+        for _ in range(tries):
+            point = clip(np.array([rng.uniform(*START_RANGES[n]) for n in NAMES]))
+            if accept is None or accept(point):
+                break
+        points.append(point)
+    return np.asarray(points, dtype=np.float64)
 
 
 def optimize(
@@ -115,9 +135,16 @@ def optimize(
     # chunked G sums at a fraction of the cost per step; the chunked sums remain for large cells.
     fast_loss = loss == "density" and DensityLoss.fits(problem, starts, n_gauss)
     loss_terms = DensityLoss(problem) if fast_loss else LossTerms(problem, loss)
-    fit_shells = FitShells(problem) if FitShells.fits(problem) else None
+    equations = FitShells(problem).normal_equations if FitShells.fits(problem) else partial(normal_equations, problem)
     lo, hi = bounds.tensors(device)
-    points = torch.as_tensor(starting_points(start, bounds, starts, seed), device=device)
+
+    def full_rank(point: np.ndarray) -> bool:
+        theta = torch.as_tensor(point, device=device)[None]
+        with torch.no_grad():
+            a = equations(radii_from(theta[:, 0], theta[:, 1], n_gauss), theta[:, 2])[0]
+        return int(spectrum(a, rtol).rank[0]) == a.shape[-1]
+
+    points = torch.as_tensor(starting_points(start, bounds, starts, seed, accept=full_rank), device=device)
     unconstrained = torch.logit((points - lo) / (hi - lo)).clone().requires_grad_(True)
     optimizer = torch.optim.Adam([unconstrained], lr=lr)
     # Cosine decay to lr/1000 over the step budget: Adam at a constant rate keeps oscillating about a
@@ -137,10 +164,7 @@ def optimize(
         optimizer.zero_grad()
         theta = parameters_of(unconstrained)
         radii = radii_from(theta[:, 0], theta[:, 1], n_gauss)
-        if fit_shells is not None:
-            a, b, _ = fit_shells.normal_equations(radii, theta[:, 2])
-        else:
-            a, b, _ = normal_equations(problem, radii, theta[:, 2])
+        a, b, _ = equations(radii, theta[:, 2])
         diag = spectrum(a, rtol)
         q, total_u = solve(a, b, problem.n_electrons, solver, rtol, diag)
         values = loss_terms(problem, q, radii)
