@@ -83,3 +83,31 @@ def test_vacancy_charges_equal_by_symmetry(vacancy):
     assert result["condition_number"] == pytest.approx(9.3e4, rel=0.05)  # spec T4 (same geometry): 9.293e4
     np.testing.assert_allclose(net[:3], net[0], atol=1e-3)  # Na at the face centres
     np.testing.assert_allclose(net[3:6], net[3], atol=1e-3)  # Cl next to the vacancy (a/2)
+
+
+def test_analysis_script_end_to_end(tmp_path):
+    """examples/cp2k_validation/analyse.py, the one command behind docs/validation.md, on the 1×1×1 pair
+    (2 starts, 20 steps, no cache): summary, tables and every figure are written, and Δρ holds −9 e."""
+    import importlib.util
+    import json
+
+    script = DATA.parent / "analyse.py"
+    spec = importlib.util.spec_from_file_location("cp2k_validation_analyse", script)
+    analyse = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(analyse)
+    figures = tmp_path / "figures"
+    code = analyse.main(["nacl_1x1x1", "--starts", "2", "--steps", "20", "--no-cache", "--no-loss-study",
+                         "--results", str(tmp_path / "results"), "--figures", str(figures)])
+    assert code == 0
+    summary = json.loads((tmp_path / "results" / "summary.json").read_text())
+    pair = summary["pairs"]["nacl_1x1x1"]
+    for key in ("vacancy_classic", "vacancy_opt", "host_classic", "host_opt", "difference_classic", "difference_opt"):
+        assert key in pair
+    assert pair["difference_opt"]["total"] == pytest.approx(-9.0, abs=1e-3)
+    assert pair["difference_opt"]["expected_total"] == -9.0
+    assert pair["vacancy_opt"]["loss"] < pair["vacancy_classic"]["loss"]
+    assert len(pair["vacancy_opt"]["starts"]) == 2
+    table = (tmp_path / "results" / "summary.md").read_text()
+    assert "| nacl_1x1x1 opt |" in table and "| Δρ fit |" in table
+    assert {p.name for p in figures.iterdir()} >= {"planar_absolute.png", "planar_difference.png", "trajectories.png",
+                                                   "start_spread.png", "delta_totals.png"}

@@ -93,6 +93,7 @@ class AiidaBackend:
         from aiida.plugins.entry_point import get_entry_point_names
 
         load_profile(profile)
+        self.profile = profile
         self.orm = orm
         self.device = device
         self.code = orm.load_code("optddap@localhost")
@@ -142,8 +143,10 @@ class AiidaBackend:
             results["starts"], results["start_spread"] = runs[0]["starts"], runs[0]["start_spread"]
             offset = len(runs[0]["history"])
             results["history"] = runs[0]["history"] + [{**h, "step": h["step"] + offset} for h in results["history"]]
-        results["aiida"] = {"workchain": node.pk, "process_label": node.process_label,
+        results["aiida"] = {"profile": self.profile, "workchain": node.pk, "process_label": node.process_label,
                             "calcjobs": [n.pk for n in calcs], "charges": node.outputs.charges.pk}
+        if len(runs) > 1 and runs[0]["starts"]:
+            results["aiida"]["restart_at_step"] = offset
         if "summary" in node.outputs:
             results["aiida"]["difference_summary"] = node.outputs.summary.get_dict()
         self.nodes.append({"defect": defect.name, "host": host.name if host else None, **results["aiida"]})
@@ -252,7 +255,7 @@ def fixed(params: dict) -> dict:
     return {"optimize": False, **{k: params[k] for k in ("sigma_start", "factor", "gcut")}}
 
 
-def run_pair(label: str, backend, opt: dict, log) -> dict:
+def run_pair(label: str, backend, opt: dict, log, host_opt=tuple(PAIRS)) -> dict:
     host_name, vac_name, removed, index, title = PAIRS[label]
     host, vac = DATA / f"{host_name}.cube.gz", DATA / f"{vac_name}.cube.gz"
     out: dict = {"title": title, "host": host_name, "vacancy": vac_name, "removed": removed,
@@ -268,6 +271,8 @@ def run_pair(label: str, backend, opt: dict, log) -> dict:
             log(f"  {label}: {key} skipped (missing cube)")
             continue
         for mode, params in (("classic", fixed(CLASSIC)), ("opt", opt)):
+            if key == "host" and mode == "opt" and label not in host_opt:
+                continue
             clock = time.time()
             results = backend.fit(path, hostpath, params)
             if key in ("host", "difference"):  # the host's atom ``index`` is the vacancy site
@@ -317,6 +322,50 @@ def grid_check(label: str, backend_device: str) -> dict | None:
             "kappa_fine": a["condition_number"], "kappa_coarse": b["condition_number"],
         }
     return out or None
+
+
+def bound_check(full: dict, device: str, log) -> dict:
+    """When an optimum sits on the σ_start lower bound (2 × the grid spacing of a subsampled committed cube),
+    continue the winner on the full CP2K grid (runs/, when present), where the bound is half as large."""
+    from aiida_optddap.engine.fit import FitOptions, run_fit
+    from aiida_optddap.engine.io import read_density
+
+    out = {}
+    for label, fits in full.items():
+        for key in ("vacancy_opt", "difference_opt"):
+            r = fits.get(key)
+            if not r or not r["bounds"]:
+                continue
+            lower = r["bounds"]["sigma_start"][0]
+            if r["parameters"]["sigma_start"] > lower * 1.01:
+                continue
+            host_name, vac_name = PAIRS[label][:2]
+            cubes = [RUNS / n / f"{n}-ELECTRON_DENSITY-1_0.cube" for n in (vac_name, host_name)]
+            if not all(c.is_file() for c in cubes[: 2 if key == "difference_opt" else 1]):
+                continue
+            p = r["parameters"]
+            options = FitOptions(device=device, starts=1, steps=150, sigma_start=p["sigma_start"],
+                                 factor=p["factor"], gcut=p["gcut"])
+            clock = time.time()
+            if key == "difference_opt":
+                from aiida_optddap.engine.fit import run_difference_fit
+
+                result = run_difference_fit(read_density(cubes[0]), read_density(cubes[1]), options)
+            else:
+                from aiida_optddap.engine.zval import resolve_zval
+
+                density = read_density(cubes[0])
+                zval = resolve_zval(density, user={el: ZVAL[el] for el in dict.fromkeys(density.symbols)})
+                result = run_fit(density, options, zval=zval)
+            host_site = np.array(fits["host_classic"]["positions"][PAIRS[label][3]])
+            out[f"{label}_{key}"] = {
+                "committed_grid": r["grid_shape"], "full_grid": result["grid_shape"],
+                "committed_bounds": r["bounds"]["sigma_start"], "full_bounds": result["bounds"]["sigma_start"],
+                "committed": summarise(r, host_site), "full_grid_continued": summarise(result, host_site),
+            }
+            log(f"  bound check {label} {key}: σ_start {p['sigma_start']:.3f} (bound {lower:.3f}) → "
+                f"{result['parameters']['sigma_start']:.3f} on the full grid, {time.time() - clock:.0f} s")
+    return out
 
 
 def transferability(full: dict, backend, log) -> dict:
@@ -415,9 +464,13 @@ def figures(summary: dict, full: dict, directory: Path) -> list[str]:
             if not r or not r["history"]:
                 continue
             steps = [h["step"] for h in r["history"]]
+            restart = (r.get("aiida") or {}).get("restart_at_step")
             for ax, k in zip(axes[:, col], ("sigma_start", "factor", "gcut", "loss")):
-                ax.plot(steps, [h[k] for h in r["history"]], label=label)
-        axes[0, col].set_title("absolute density (vacancy cell)" if key == "vacancy" else "difference density Δρ")
+                line, = ax.plot(steps, [h[k] for h in r["history"]], label=label)
+                if restart:
+                    ax.axvline(restart, color=line.get_color(), ls=":", lw=0.8)
+        axes[0, col].set_title(("absolute density (vacancy cell)" if key == "vacancy" else "difference density Δρ")
+                               + "\n(dotted: optddap.base restart after the step limit)", fontsize=8)
         axes[-1, col].set_xlabel("Adam step")
         axes[-1, col].set_yscale("log")
     for ax, name in zip(axes[:, 0], ("σ_start (Å)", "f", "g_c (Å⁻¹)", "loss (relative)")):
@@ -595,6 +648,18 @@ def markdown(summary: dict) -> str:
             shells_ = ", ".join(f"{n} {v[0]:+.3f}" for n, v in r["net_charges_by_shell"].items())
             lines.append(f"| {loss} | {p['sigma_start']:.3f} | {p['factor']:.3f} | {p['gcut']:.3f} | "
                          f"{fmt(r['condition_number'], '.3g')} | {r['loss']:.4g} | {shells_} | {fmt(r.get('start_spread_max'), '.3g')} |")
+    if summary.get("bound_check"):
+        lines += ["", "| σ_start on the grid bound | committed grid, σ_start bound (Å) | σ_start, f, g_c there | full grid, bound (Å) | continued on the full grid: σ_start, f, g_c | loss there | net charges by element (e), committed → full |",
+                  "|---|---|---|---|---|---|---|"]
+        for key, b in summary["bound_check"].items():
+            c, f_ = b["committed"], b["full_grid_continued"]
+            pc, pf = c["parameters"], f_["parameters"]
+            field = "net_charges_by_element" if c["net_charges_by_element"] else "populations_by_element"
+            charges = ", ".join(f"{el} {c[field][el][0]:+.3f} → {f_[field][el][0]:+.3f}" for el in c[field])
+            lines.append(f"| {key} | {'×'.join(map(str, b['committed_grid']))}, {b['committed_bounds'][0]:.3f} | "
+                         f"{pc['sigma_start']:.3f}, {pc['factor']:.3f}, {pc['gcut']:.3f} | "
+                         f"{'×'.join(map(str, b['full_grid']))}, {b['full_bounds'][0]:.3f} | "
+                         f"{pf['sigma_start']:.3f}, {pf['factor']:.3f}, {pf['gcut']:.3f} | {f_['loss']:.4g} | {charges} |")
     if summary.get("grid"):
         lines += ["", "| grid check (classic parameters) | fine grid | coarse grid | N fine | N coarse | max \\|Δp\\| (e) |",
                   "|---|---|---|---|---|---|"]
@@ -614,7 +679,11 @@ def main(argv=None) -> int:
     parser.add_argument("--loss", default="density", choices=["density", "coulomb", "planar"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--host-opt", nargs="*", default=list(PAIRS),
+                        help="pairs whose host is also optimised (default: all)")
     parser.add_argument("--no-cache", action="store_true", help="refit everything (default: reuse runs/cache/)")
+    parser.add_argument("--no-bound-check", action="store_true",
+                        help="skip continuing optima that sit on the σ_start grid bound on the full grid (runs/)")
     parser.add_argument("--no-loss-study", action="store_true", help="skip the coulomb/planar-loss runs")
     parser.add_argument("--aiida", action="store_true", help="run every fit through AiiDA (optddap.base)")
     parser.add_argument("--profile", default="optddap-validation")
@@ -638,9 +707,11 @@ def main(argv=None) -> int:
             log(f"{label}: no {vac}.cube.gz in data/ (run generate.py); skipped")
             continue
         log(f"{label} ...")
-        summary["pairs"][label], full[label] = run_pair(label, backend, opt, log)
+        summary["pairs"][label], full[label] = run_pair(label, backend, opt, log, args.host_opt)
         summary["grid"][label] = grid_check(label, args.device)
     summary["transferability"] = transferability(full, backend, log)
+    if not args.no_bound_check:
+        summary["bound_check"] = bound_check(full, args.device, log)
     if not args.no_loss_study:
         summary["loss_study"] = loss_study(full, backend, opt, log)
     if args.aiida:
