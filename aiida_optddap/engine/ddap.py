@@ -228,6 +228,19 @@ def _bordered(a: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return torch.cat([top, bottom], dim=1)
 
 
+def _apply_inverse(a: torch.Tensor, rhs: torch.Tensor, full_rank: bool, rtol: float) -> torch.Tensor:
+    """A⁻¹·rhs (B, M, R) by Cholesky when every A has full rank under ``rtol``, else A⁺·rhs.
+
+    Not ``torch.linalg.inv``: its batched LU in the MKL of torch 2.13's CPU wheel fails on some
+    finite, full-rank batches ("DLASWP parameter 6", then a pivot error) that Cholesky factorises.
+    """
+    if full_rank:
+        factor, info = torch.linalg.cholesky_ex(a)
+        if not bool(info.any()):
+            return torch.cholesky_solve(rhs, factor)
+    return torch.linalg.pinv(a, hermitian=True, rtol=rtol) @ rhs
+
+
 def solve(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -244,9 +257,9 @@ def solve(
     rescaled to N. ``shift``: A⁺b plus the minimum-norm uniform correction. ``kkt``: the
     pseudo-inverse of the bordered system, then the drift shift.
 
-    Where every A of the batch has full rank under ``rtol``, A⁺ = A⁻¹ is formed by ``inv``: the
-    same values, and a backward pass that stays accurate for ill-conditioned A (torch's pinv
-    backward loses about 1e-4 relative at κ ≈ 1e5). ``spec`` (from :func:`spectrum`) avoids a
+    Where every A of the batch has full rank under ``rtol``, A⁻¹b and A⁻¹1 come from a Cholesky
+    solve: the same values, and a backward pass that stays accurate for ill-conditioned A (torch's
+    pinv backward loses about 1e-4 relative at κ ≈ 1e5). ``spec`` (from :func:`spectrum`) avoids a
     second eigendecomposition when the caller has one.
     """
     if solver not in SOLVERS:
@@ -260,8 +273,8 @@ def solve(
             f"A is singular (condition number {kappa:.3g} beyond 1/rtol = {1 / rtol:.3g}); "
             "the explicit-inverse lagrange solver cannot be used, use --solver pinv"
         )
-    inverse = torch.linalg.inv(a) if full_rank else torch.linalg.pinv(a, hermitian=True, rtol=rtol)
-    q_u = (inverse @ b[..., None])[..., 0]
+    solution = _apply_inverse(a, torch.stack([b, torch.ones_like(b)], dim=-1), full_rank, rtol)
+    q_u, a_ones = solution[..., 0], solution[..., 1]
     total_u = q_u.sum(dim=1)
     if solver == "kkt":
         scale = torch.diagonal(a, dim1=1, dim2=2).mean(dim=1)
@@ -278,7 +291,6 @@ def solve(
         return q_u * (n_electrons / total_u)[:, None], total_u
     if solver == "shift":
         return q_u + ((n_electrons - total_u) / m)[:, None], total_u
-    a_ones = inverse @ a.new_ones(m)
     lam = (total_u - n_electrons) / a_ones.sum(dim=1)
     q = q_u - lam[:, None] * a_ones
     return q + (n_electrons - q.sum(dim=1, keepdim=True)) / m, total_u
