@@ -228,17 +228,25 @@ def _bordered(a: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return torch.cat([top, bottom], dim=1)
 
 
-def _apply_inverse(a: torch.Tensor, rhs: torch.Tensor, full_rank: bool, rtol: float) -> torch.Tensor:
-    """A⁻¹·rhs (B, M, R) by Cholesky when every A has full rank under ``rtol``, else A⁺·rhs.
+def _apply_inverse(a: torch.Tensor, rhs: torch.Tensor, full_rank: np.ndarray, rtol: float) -> torch.Tensor:
+    """A⁻¹·rhs (B, M, R), by Cholesky for each A of full rank under ``rtol``, A⁺·rhs for the others.
 
     Not ``torch.linalg.inv``: its batched LU in the MKL of torch 2.13's CPU wheel fails on some
     finite, full-rank batches ("DLASWP parameter 6", then a pivot error) that Cholesky factorises.
     """
-    if full_rank:
-        factor, info = torch.linalg.cholesky_ex(a)
-        if not bool(info.any()):
-            return torch.cholesky_solve(rhs, factor)
-    return torch.linalg.pinv(a, hermitian=True, rtol=rtol) @ rhs
+    info = torch.linalg.cholesky_ex(a.detach())[1].cpu().numpy()
+    cholesky = np.asarray(full_rank) & (info == 0)
+    if cholesky.all():
+        return torch.cholesky_solve(rhs, torch.linalg.cholesky(a))
+    if not cholesky.any():
+        return torch.linalg.pinv(a, hermitian=True, rtol=rtol) @ rhs
+    # Mixed batch: each A by its own route, so that no pseudo-inverse is paid for the full-rank ones.
+    rows = [
+        torch.cholesky_solve(rhs[i], torch.linalg.cholesky(a[i])) if cholesky[i]
+        else torch.linalg.pinv(a[i], hermitian=True, rtol=rtol) @ rhs[i]
+        for i in range(len(a))
+    ]
+    return torch.stack(rows)
 
 
 def solve(
@@ -266,8 +274,8 @@ def solve(
         raise ValueError(f"unknown solver {solver!r}: use one of {', '.join(SOLVERS)}")
     spec = spec if spec is not None else spectrum(a, rtol)
     m = a.shape[-1]
-    full_rank = bool((spec.rank == m).all())
-    if solver == "lagrange" and not full_rank:
+    full_rank = spec.rank == m
+    if solver == "lagrange" and not full_rank.all():
         kappa = float(np.max(spec.condition_number))
         raise SingularMatrixError(
             f"A is singular (condition number {kappa:.3g} beyond 1/rtol = {1 / rtol:.3g}); "

@@ -162,7 +162,8 @@ def optimize(
     previous_u = unconstrained.detach().clone()
     for step in range(steps):
         optimizer.zero_grad()
-        theta = parameters_of(unconstrained)
+        rows = np.flatnonzero(active)  # stopped starts leave the batch
+        theta = parameters_of(unconstrained[torch.as_tensor(rows, device=device)])
         radii = radii_from(theta[:, 0], theta[:, 1], n_gauss)
         a, b, _ = equations(radii, theta[:, 2])
         diag = spectrum(a, rtol)
@@ -173,43 +174,43 @@ def optimize(
         finite = torch.isfinite(values).cpu().numpy()
         theta_np = theta.detach().cpu().numpy()
         values_np = values.detach().cpu().numpy()
-        populations = q.detach().reshape(starts, problem.n_atoms, n_gauss).sum(-1).cpu().numpy()
-        for i in np.flatnonzero(active):
-            if not finite[i] or diag.rank[i] != initial_rank[i]:
+        populations = q.detach().reshape(len(rows), problem.n_atoms, n_gauss).sum(-1).cpu().numpy()
+        for r, i in enumerate(rows):
+            if not finite[r] or diag.rank[r] != initial_rank[i]:
                 # Reject the step that led here: restore the previous parameters and stop.
                 with torch.no_grad():
                     unconstrained[i] = previous_u[i]
                 active[i] = False
-                reasons[i] = "non_finite" if not finite[i] else "rank_change"
+                reasons[i] = "non_finite" if not finite[r] else "rank_change"
                 continue
             histories[i].append(
                 {
                     "step": step,
-                    **{n: float(theta_np[i, j]) for j, n in enumerate(NAMES)},
-                    "loss": float(values_np[i]),
-                    "condition_number": float(diag.condition_number[i]),
-                    "rank": int(diag.rank[i]),
-                    "unconstrained_total": float(total_u[i].detach()),
+                    **{n: float(theta_np[r, j]) for j, n in enumerate(NAMES)},
+                    "loss": float(values_np[r]),
+                    "condition_number": float(diag.condition_number[r]),
+                    "rank": int(diag.rank[r]),
+                    "unconstrained_total": float(total_u[r].detach()),
                 }
             )
-            if values_np[i] < best[i][0]:
-                best[i] = (float(values_np[i]), theta_np[i].copy(), populations[i].copy())
+            if values_np[r] < best[i][0]:
+                best[i] = (float(values_np[r]), theta_np[r].copy(), populations[r].copy())
             if len(histories[i]) > patience:
                 old = histories[i][-1 - patience]["loss"]
-                if abs(old - values_np[i]) <= tolerance * abs(values_np[i]):
+                if abs(old - values_np[r]) <= tolerance * abs(values_np[r]):
                     active[i] = False
                     reasons[i] = "converged"
         if progress is not None:
             progress(step + 1, steps, min(b[0] for b in best))
         if not active.any():
             break
-        mask = torch.as_tensor(active, device=device)
-        (values * mask).sum().backward()
+        (values * torch.as_tensor(active[rows], device=device)).sum().backward()
         previous_u = unconstrained.detach().clone()
         optimizer.step()
         schedule.step()
-        with torch.no_grad():
-            unconstrained[~mask] = previous_u[~mask]
+        with torch.no_grad():  # Adam's momentum would move the stopped starts
+            stopped = torch.as_tensor(~active, device=device)
+            unconstrained[stopped] = previous_u[stopped]
 
     results = []
     for i in range(starts):
