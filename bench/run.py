@@ -43,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -511,12 +512,16 @@ def solve_with(ddap, a, b, n_electrons, solver, rtol, spec):
     return ddap.solve(a, b, n_electrons, solver, rtol)
 
 
-def step_breakdown(density, device: str, n_steps: int) -> dict:
+def step_breakdown(density, device: str, n_steps: int, path: str = "shells") -> dict:
     """Times the pieces of one Adam step of optimize.optimize() at its default starting points:
-    A/b forward, spectrum, solve, outer loss, backward (medians over ``n_steps``; no parameter update)."""
+    A/b forward, spectrum, solve, outer loss, backward (medians over ``n_steps``; no parameter update).
+
+    ``path`` "shells": the optimiser's sums (engine.shells: shell tables for A, b, real-space overlaps for
+    the density loss); "chunked": the chunked sums over every G (ddap.normal_equations, losses.LossTerms),
+    which the optimiser used before and still uses where the shell tables would not fit in memory."""
     import torch
 
-    from aiida_optddap.engine import ddap, losses
+    from aiida_optddap.engine import ddap, losses, shells
     from aiida_optddap.engine import optimize as opt
     from aiida_optddap.engine.fit import FitOptions
     from aiida_optddap.engine.gspace import DEFAULT_GCUT, box_gmax
@@ -526,7 +531,12 @@ def step_breakdown(density, device: str, n_steps: int) -> dict:
     gcut_max = max(start.gcut, min(2.0 * DEFAULT_GCUT, 0.98 * box_gmax(density.cell, density.grid.shape)))
     dev = ddap.resolve_device(device)
     problem = ddap.Problem.build(density, gcut_max, device=dev)
-    terms = losses.LossTerms(problem, options.loss)
+    if path == "shells":
+        equations = shells.FitShells(problem).normal_equations
+        terms = shells.DensityLoss(problem)
+    else:
+        equations = partial(ddap.normal_equations, problem)
+        terms = losses.LossTerms(problem, options.loss)
     bounds = opt.default_bounds(
         density.cell, density.grid.shape, density.n_atoms * start.n_gauss, problem.fit.g2.cpu().numpy()
     )
@@ -544,7 +554,7 @@ def step_breakdown(density, device: str, n_steps: int) -> dict:
 
         mark()
         radii = ddap.radii_from(theta[:, 0], theta[:, 1], start.n_gauss)
-        a, b, _ = ddap.normal_equations(problem, radii, theta[:, 2])
+        a, b, _ = equations(radii, theta[:, 2])
         mark()
         diag = ddap.spectrum(a, options.rtol)
         mark()
@@ -563,8 +573,9 @@ def step_breakdown(density, device: str, n_steps: int) -> dict:
     m = density.n_atoms * start.n_gauss
     fit_g = problem.fit.count_below(float(points[:, 2].max()))
     smallest = float(points[:, 0].min())
-    loss_g = terms.gset.count_below(math.sqrt(-4.0 * math.log(losses.FORM_FACTOR_FLOOR)) / smallest)
+    loss_g = problem.loss_set.count_below(math.sqrt(-4.0 * math.log(losses.FORM_FACTOR_FLOOR)) / smallest)
     return {
+        "path": path,
         "median_s": {k: median(v) for k, v in parts.items()},
         "median_cpu_s": {k: median(v) for k, v in cpu_parts.items()},
         "steps_timed": n_steps,
@@ -573,7 +584,7 @@ def step_breakdown(density, device: str, n_steps: int) -> dict:
         "fit_gvectors_half_at_start": fit_g,
         "fit_gvectors_half_superset": problem.fit.n,
         "loss_gvectors_half": loss_g,
-        "loss_gvectors_half_box": terms.gset.n,
+        "loss_gvectors_half_box": problem.loss_set.n,
         "phase_tables_cached": {"fit": problem.fit._cos is not None, "loss": problem.loss_set._cos is not None},
         "flops_normal_equations_forward": 4.0 * options.starts * fit_g * m * m,
         "flops_loss_forward": 2.0 * 2.0 * loss_g * density.n_atoms * options.starts * start.n_gauss,
@@ -686,6 +697,7 @@ def run_optimize_part(args, device: str = "cpu") -> dict:
         n_break = 2 if args.quick else 5
         wait_for_quiet(con)
         breakdown = step_breakdown(density, device, n_break)
+        breakdown_chunked = step_breakdown(density, device, n_break, path="chunked")
         full_steps = defaults.steps
         estimate_full = None
         if steps != full_steps:
@@ -713,6 +725,8 @@ def run_optimize_part(args, device: str = "cpu") -> dict:
                 "target_s": TARGET_SECONDS,
                 "meets_target": (estimate_full or opt_total) < TARGET_SECONDS,
                 "step_breakdown": breakdown,
+                "step_breakdown_chunked": breakdown_chunked,
+                "ratio_step_chunked_to_shells": breakdown_chunked["median_s"]["step"] / breakdown["median_s"]["step"],
             }
         )
         save(args, "optimize", payload(), quiet=True)
@@ -746,22 +760,27 @@ def run_optimize_part(args, device: str = "cpu") -> dict:
     )
     rows = []
     for s in systems:
-        b = s["step_breakdown"]
-        med = b["median_s"]
-        rows.append(
-            [s["system"], fmt_s(med["normal_equations"]), fmt_s(med["spectrum"]), fmt_s(med["solve"]),
-             fmt_s(med["loss"]), fmt_s(med["backward"]), fmt_s(med["step"]),
-             fmt_s((b.get("median_cpu_s") or {}).get("step")), b["n_coefficients"],
-             b["fit_gvectors_half_at_start"], b["loss_gvectors_half"]]
-        )
+        for key in ("step_breakdown_chunked", "step_breakdown"):
+            b = s.get(key)
+            if not b:
+                continue
+            med = b["median_s"]
+            ratio = fmt_ratio(s["ratio_step_chunked_to_shells"]) if key == "step_breakdown" else "baseline"
+            rows.append(
+                [s["system"], b.get("path", "chunked"), fmt_s(med["normal_equations"]), fmt_s(med["spectrum"]),
+                 fmt_s(med["solve"]), fmt_s(med["loss"]), fmt_s(med["backward"]), fmt_s(med["step"]),
+                 fmt_s((b.get("median_cpu_s") or {}).get("step")), ratio, b["n_coefficients"],
+                 b["fit_gvectors_half_at_start"], b["loss_gvectors_half"]]
+            )
     con.print(
         table(
             "Part 2 — one Adam step taken apart (medians; batch of 4 starts at their initial parameters)",
-            ["system", "A,b fwd", "spectrum (eigvalsh)", "solve (inv/pinv)", "outer loss fwd", "backward", "step",
-             "step CPU time", "M", "fit G (half)", "loss G (half)"],
+            ["system", "sums", "A,b fwd", "spectrum (eigvalsh)", "solve", "outer loss fwd", "backward", "step",
+             "step CPU time", "chunked/shells", "M", "fit G (half)", "loss G (half)"],
             rows,
             caption=("Wall-time medians; the backward pass covers the A,b, solve and loss graphs together. Step CPU "
-                     "time = process CPU time of the step (all threads)."),
+                     "time = process CPU time of the step (all threads). sums: 'chunked' = every G of the fit sphere "
+                     "and of the FFT box each step (the baseline), 'shells' = engine.shells, what optimize() uses."),
         )
     )
     for s in systems:
