@@ -62,26 +62,6 @@ html_theme = "furo"
 html_title = f"aiida-optddap {release}"
 html_static_path = ["_static"]
 
-# -- Pages written by others ---------------------------------------------------------------------------------
-# docs/plugin.md (the AiiDA user guide), workflows.md, production.md, validation.md and benchmarks.md are maintained
-# separately. Until they exist, their toctree entries and the links to them are dropped, so that `-W`
-# builds stay clean either way.
-OPTIONAL_DOCS = ("plugin", "workflows", "production", "validation", "benchmarks")
-MISSING_OPTIONAL = tuple(name for name in OPTIONAL_DOCS if not (HERE / f"{name}.md").exists())
-
-
-def _drop_missing_optional(app, docname, source):
-    if not MISSING_OPTIONAL:
-        return
-    text = source[0]
-    for name in MISSING_OPTIONAL:
-        # a toctree line holding only the document name
-        text = re.sub(rf"(?m)^{re.escape(name)}(\.md)?[ \t]*\n", "", text)
-        # Markdown links [label](name.md) or [label](name.md#anchor) → the bare label
-        text = re.sub(rf"\[([^\]]+)\]\({re.escape(name)}\.md(#[^)]*)?\)", r"\1", text)
-    source[0] = text
-
-
 # -- Docstrings ----------------------------------------------------------------------------------------------
 # The code's docstrings write |G| for a modulus; in reStructuredText |...| is a substitution. Escape the bars
 # outside inline literals (``...``), where they are literal anyway.
@@ -286,13 +266,5 @@ def _generate(app, docname, source):
 
 def setup(app):
     app.add_directive("optddap-exit-codes", _exit_codes_directive())
-    app.connect("source-read", _drop_missing_optional)
     app.connect("source-read", _generate)
     app.connect("autodoc-process-docstring", _escape_bars)
-    if MISSING_OPTIONAL:
-        from sphinx.util import logging
-
-        logging.getLogger(__name__).info(
-            "aiida-optddap docs: optional page(s) not present yet, left out: %s",
-            ", ".join(f"{name}.md" for name in MISSING_OPTIONAL),
-        )

@@ -343,3 +343,19 @@ def test_cpu_and_cuda_agree():
     cpu = ddap.fit_coefficients(ddap.problem_for(perfect, params, device="cpu"), params, "pinv")
     gpu = ddap.fit_coefficients(ddap.problem_for(perfect, params, device="cuda"), params, "pinv")
     np.testing.assert_allclose(gpu["populations"], cpu["populations"], atol=1e-10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cpu_and_cuda_agree_in_the_optimisation():
+    """The optimiser's shell tables and overlap sums on CUDA follow the CPU trajectory."""
+    from helpers import TRICLINIC, TRICLINIC_FRAC, TRICLINIC_SYMBOLS
+
+    from aiida_optddap.engine.fit import FitOptions, run_fit
+
+    d = off_basis_density(TRICLINIC, TRICLINIC_SYMBOLS, TRICLINIC_FRAC @ TRICLINIC, [6.3, 1.1, 4.2], (40, 45, 48))
+    runs = {device: run_fit(d, FitOptions(device=device, steps=8, starts=2)) for device in ("cpu", "cuda")}
+    assert runs["cuda"]["device"].startswith("cuda")
+    for key in ("loss", "sigma_start", "factor", "gcut"):
+        np.testing.assert_allclose([h[key] for h in runs["cuda"]["history"]], [h[key] for h in runs["cpu"]["history"]],
+                                   rtol=1e-8)
+    np.testing.assert_allclose(runs["cuda"]["populations"], runs["cpu"]["populations"], atol=1e-8)

@@ -16,8 +16,9 @@ optimisation, turns the per-step sums over G into sums over shells:
   :func:`power_outside_box` gives the part of Σ|M_G|² beyond the box, so that the loss reported
   for the final parameters (:func:`.losses.loss_on_grid`) is the same quantity.
 
-Measured on 2 CPU cores, 4 starts (``bench/run.py optimize``): one Adam step on a 64-atom rock
-salt (96³ grid) went from 0.28 s to the value recorded in docs/benchmarks.md.
+Measured on 2 CPU cores, 4 starts (``bench/run.py optimize``, docs/benchmarks.md): one Adam step on
+a 64-atom rock salt (96³ grid) takes 29 ms instead of 271 ms with the chunked G sums (9.3×), on the
+orthorhombic 20-atom NaMgF₃ 7.1 ms instead of 19.4 ms (2.7×).
 """
 
 from __future__ import annotations
