@@ -72,22 +72,30 @@ def export():
     """Write files derived from a fit: residual or model density (CHGCAR), Gaussian-charge model (JSON)."""
 
 
+def _export_density(kind: str, results, density, host, file_format, species, output):
+    """Write the ``kind`` ("residual" or "model") density of RESULTS on the grid of DENSITY as a CHGCAR."""
+    from .density import DensityError
+    from .exports import model_density, residual_density, write_chgcar
+
+    data = _load_results(results)
+    rho = _density(data, density, host, file_format, species)
+    make, comment = {"residual": (residual_density, "opt-DDAP residual rho_DFT - rho_model"),
+                     "model": (model_density, "opt-DDAP model density")}[kind]
+    try:
+        out = make(data, rho)
+    except (DensityError, ValueError) as exc:
+        _fail(str(exc))
+    write_chgcar(out, output, comment=comment)
+    return out
+
+
 @export.command("residual")
 @_common
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("CHGCAR_residual"),
               show_default=True)
 def residual(results, density, host, file_format, species, output):
     """ρ_DFT − ρ_model of RESULTS on the grid of DENSITY, as a CHGCAR (target for Δ-learning density models)."""
-    from .density import DensityError
-    from .exports import residual_density, write_chgcar
-
-    data = _load_results(results)
-    rho = _density(data, density, host, file_format, species)
-    try:
-        res = residual_density(data, rho)
-    except (DensityError, ValueError) as exc:
-        _fail(str(exc))
-    write_chgcar(res, output, comment="opt-DDAP residual rho_DFT - rho_model")
+    res = _export_density("residual", results, density, host, file_format, species, output)
     rms = float((res.grid / res.volume).std())
     click.echo(f"residual written to {output}: grid {list(res.grid.shape)}, integral {res.n_electrons:.3e} e, "
                f"rms {rms:.3e} e/Å³")
@@ -99,16 +107,7 @@ def residual(results, density, host, file_format, species, output):
               show_default=True)
 def model(results, density, host, file_format, species, output):
     """The fitted Gaussian model density of RESULTS on the grid of DENSITY, as a CHGCAR."""
-    from .density import DensityError
-    from .exports import model_density, write_chgcar
-
-    data = _load_results(results)
-    rho = _density(data, density, host, file_format, species)
-    try:
-        mod = model_density(data, rho)
-    except (DensityError, ValueError) as exc:
-        _fail(str(exc))
-    write_chgcar(mod, output, comment="opt-DDAP model density")
+    mod = _export_density("model", results, density, host, file_format, species, output)
     click.echo(f"model density written to {output}: {mod.n_electrons:.6f} e")
 
 

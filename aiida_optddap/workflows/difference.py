@@ -33,7 +33,7 @@ from aiida.common import AttributeDict
 from aiida.engine import ToContext, WorkChain, calcfunction, if_
 
 from .base import OptDdapBaseWorkChain
-from .vasp import FIT_EXCLUDE, VaspWorkChain, failure_message, vasp_inputs_for_chgcar, vasp_outputs
+from .vasp import FIT_EXCLUDE, VaspWorkChain, failure_message, forward_fit, vasp_inputs_for_chgcar, vasp_outputs
 
 __all__ = ("DifferenceWorkChain", "density_header", "match_sites", "defect_sites", "difference_summary")
 
@@ -344,10 +344,8 @@ class DifferenceWorkChain(WorkChain):
         return ToContext(fit=node)
 
     def inspect_fit(self):
-        node = self.ctx.fit
-        self.out_many(self.exposed_outputs(node, OptDdapBaseWorkChain))
-        if not node.is_finished_ok:
-            return self.exit_codes.ERROR_FIT_FAILED.format(pk=node.pk, status=node.exit_status,
-                                                           message=failure_message(node))
-        self.out("summary", difference_summary(self.ctx.defect_sites, node.outputs.charges))
+        failed = forward_fit(self, self.ctx.fit)
+        if failed:
+            return failed
+        self.out("summary", difference_summary(self.ctx.defect_sites, self.ctx.fit.outputs.charges))
         return None

@@ -26,7 +26,7 @@ import re
 
 from aiida import orm
 from aiida.common import AttributeDict
-from aiida.engine import ToContext, WorkChain, calcfunction
+from aiida.engine import ExitCode, ToContext, WorkChain, calcfunction
 from aiida.plugins import WorkflowFactory
 
 from .base import OptDdapBaseWorkChain
@@ -42,6 +42,7 @@ __all__ = (
     "outcar_zval",
     "vasp_outputs",
     "failure_message",
+    "forward_fit",
 )
 
 VaspWorkChain = WorkflowFactory("vasp.vasp")
@@ -178,6 +179,16 @@ def failure_message(node) -> str:
     return message
 
 
+def forward_fit(workchain: WorkChain, node) -> ExitCode | None:
+    """Expose the outputs of ``node`` (an ``optddap.base`` run) on ``workchain``; its ``ERROR_FIT_FAILED``
+    when that run failed, else None."""
+    workchain.out_many(workchain.exposed_outputs(node, OptDdapBaseWorkChain))
+    if not node.is_finished_ok:
+        return workchain.exit_codes.ERROR_FIT_FAILED.format(pk=node.pk, status=node.exit_status,
+                                                            message=failure_message(node))
+    return None
+
+
 # ----------------------------------------------------------------------------------------------- work chain
 class VaspOptDdapWorkChain(WorkChain):
     """VASP (aiida-vasp ``VaspWorkChain``, CHGCAR forced on) → opt-DDAP charges (``optddap.base``)."""
@@ -258,9 +269,4 @@ class VaspOptDdapWorkChain(WorkChain):
         return ToContext(fit=node)
 
     def inspect_fit(self):
-        node = self.ctx.fit
-        self.out_many(self.exposed_outputs(node, OptDdapBaseWorkChain))
-        if not node.is_finished_ok:
-            return self.exit_codes.ERROR_FIT_FAILED.format(pk=node.pk, status=node.exit_status,
-                                                           message=failure_message(node))
-        return None
+        return forward_fit(self, self.ctx.fit)
