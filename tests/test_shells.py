@@ -47,7 +47,7 @@ def _theta(problem, sigma_in_spacings):
 
 
 def test_shells_group_equal_lengths(problem):
-    ids, g2 = shells.shells_of(problem.fit)
+    ids, g2 = problem.fit.shells()
     assert torch.all(torch.diff(g2) > 0)
     assert torch.allclose(problem.fit.g2, g2[ids], rtol=1e-12, atol=0)
     if problem.density.n_atoms == 8:  # the cubic cell's shells hold many G

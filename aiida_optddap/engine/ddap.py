@@ -26,6 +26,8 @@ DEFAULT_RTOL = 1e-10
 CHUNK_ELEMENTS = 1 << 22
 #: Phase tables (cos and sin of G·R) are cached when they fit in this many bytes.
 PHASE_CACHE_BYTES = 1 << 31
+#: Relative |G|² tolerance for two G to share a shell (values agree to ~1e-15 when equal by symmetry).
+SHELL_RTOL = 1e-10
 
 
 class SingularMatrixError(ArithmeticError):
@@ -98,6 +100,7 @@ class TorchGSet:
         if cache is None:
             cache = 2 * 8 * self.n * self.n_atoms <= PHASE_CACHE_BYTES
         self._cos = self._sin = None
+        self._shells = None
         if cache:
             self._cos, self._sin = self._compute_phases(0, self.n)
 
@@ -110,7 +113,22 @@ class TorchGSet:
         sub._frac = self._frac
         sub._cos = None if self._cos is None else self._cos[mask]
         sub._sin = None if self._sin is None else self._sin[mask]
+        sub._shells = None
         return sub
+
+    def shells(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(shell id of each stored G, mean |G|² of each shell), computed once: G whose |G|² agree to
+        :data:`SHELL_RTOL` share a shell (the set is sorted by |G|)."""
+        if self._shells is None:
+            g2 = self.g2
+            new = torch.ones_like(g2, dtype=torch.bool)
+            new[1:] = (g2[1:] - g2[:-1]) > SHELL_RTOL * g2[1:]
+            ids = torch.cumsum(new.long(), 0) - 1
+            n_shells = int(ids[-1]) + 1 if len(ids) else 0
+            total = g2.new_zeros(n_shells).index_add_(0, ids, g2)
+            count = g2.new_zeros(n_shells).index_add_(0, ids, torch.ones_like(g2))
+            self._shells = (ids, total / count)
+        return self._shells
 
     @property
     def miller(self) -> torch.Tensor:

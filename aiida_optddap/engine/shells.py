@@ -34,8 +34,6 @@ from .gspace import box_gmax
 
 #: Pair tables larger than this (bytes) are not built; the chunked G sums are used instead.
 SHELL_TABLE_BYTES = 1 << 28
-#: Relative |G|² tolerance for two G to share a shell (values agree to ~1e-15 when equal by symmetry).
-SHELL_RTOL = 1e-10
 #: Gaussian factors below exp(−EXP_CUT) (4e-18) are dropped from the overlap sums.
 EXP_CUT = 40.0
 #: Work of one real-space pair relative to one (G, atom) term of the reciprocal branch (measured:
@@ -43,22 +41,10 @@ EXP_CUT = 40.0
 PAIR_COST = 8.0
 
 
-def shells_of(gs: TorchGSet) -> tuple[torch.Tensor, torch.Tensor]:
-    """(shell id of each stored G, mean |G|² of each shell); ``gs`` is sorted by |G|²."""
-    g2 = gs.g2
-    new = torch.ones_like(g2, dtype=torch.bool)
-    new[1:] = (g2[1:] - g2[:-1]) > SHELL_RTOL * g2[1:]
-    ids = torch.cumsum(new.long(), 0) - 1
-    n_shells = int(ids[-1]) + 1 if len(ids) else 0
-    total = g2.new_zeros(n_shells).index_add_(0, ids, g2)
-    count = g2.new_zeros(n_shells).index_add_(0, ids, torch.ones_like(g2))
-    return ids, total / count
-
-
-def _atom_table(gs: TorchGSet, ids: torch.Tensor, n_shells: int, stop: int) -> torch.Tensor:
+def _atom_table(gs: TorchGSet, ids: torch.Tensor, n_shells: int) -> torch.Tensor:
     """U_s(α) = Σ_{G∈s} w_G (cos(G·R_α) Re C_G − sin(G·R_α) Im C_G), (n_shells, n_atoms)."""
     table = gs.g2.new_zeros(n_shells, gs.n_atoms)
-    for start, end in gs.chunks(stop, gs.n_atoms):
+    for start, end in gs.chunks(gs.n, gs.n_atoms):
         cos, sin = gs.phases(start, end)
         w = gs.weight[start:end, None]
         table.index_add_(0, ids[start:end], w * (cos * gs.c_re[start:end, None] - sin * gs.c_im[start:end, None]))
@@ -70,7 +56,7 @@ class FitShells:
 
     def __init__(self, problem: Problem):
         gs = problem.fit
-        ids, self.g2 = shells_of(gs)
+        ids, self.g2 = gs.shells()
         n_shells, n_atoms = len(self.g2), gs.n_atoms
         self.n_atoms = n_atoms
         self.pairs = gs.g2.new_zeros(n_shells, n_atoms * n_atoms)
@@ -80,13 +66,13 @@ class FitShells:
             w = gs.weight[start:end, None, None]
             outer = w * (cos[:, :, None] * cos[:, None, :] + sin[:, :, None] * sin[:, None, :])
             self.pairs.index_add_(0, ids[start:end], outer.reshape(end - start, -1))
-        self.atoms = _atom_table(gs, ids, n_shells, gs.n)
+        self.atoms = _atom_table(gs, ids, n_shells)
         self.norm = gs.g2.new_zeros(n_shells).index_add_(0, ids, gs.weight * (gs.c_re**2 + gs.c_im**2))
 
     @staticmethod
     def fits(problem: Problem) -> bool:
         """Whether the pair tables (shells × atoms²) stay under :data:`SHELL_TABLE_BYTES`."""
-        return 8 * len(shells_of(problem.fit)[1]) * problem.n_atoms**2 <= SHELL_TABLE_BYTES
+        return 8 * len(problem.fit.shells()[1]) * problem.n_atoms**2 <= SHELL_TABLE_BYTES
 
     def normal_equations(self, radii: torch.Tensor, gcut: torch.Tensor):
         """A (B, M, M), b (B, M), Σ_S W|C|² (B,) as :func:`.ddap.normal_equations`."""
@@ -118,15 +104,15 @@ class DensityLoss:
     def fits(problem: Problem, n_batch: int, n_gauss: int) -> bool:
         """Whether the cross-term table (shells × atoms) and the image-summed pair matrices
         (B·K²·atoms²) stay under :data:`SHELL_TABLE_BYTES`."""
-        shells = len(shells_of(problem.loss_set)[1])
+        shells = len(problem.loss_set.shells()[1])
         largest = max(shells * problem.n_atoms, n_batch * n_gauss**2 * problem.n_atoms**2)
         return 8 * largest <= SHELL_TABLE_BYTES
 
     def __init__(self, problem: Problem):
         gs = problem.loss_set
         density = problem.density
-        ids, self.g2 = shells_of(gs)
-        self.cross = _atom_table(gs, ids, len(self.g2), gs.n)  # (shells, atoms)
+        ids, self.g2 = gs.shells()
+        self.cross = _atom_table(gs, ids, len(self.g2))  # (shells, atoms)
         self.norm = float((gs.weight * (gs.c_re**2 + gs.c_im**2)).sum())
         if self.norm <= 0:
             raise ValueError("the density loss is undefined: the density has no G ≠ 0 component")
