@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import gaussian_density, write_chgcar
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DATA = REPO / "tests" / "data"
@@ -336,44 +337,6 @@ def setup_slurm_computer(profile: ServiceProfile, label: str = "slurm-local") ->
 
 
 # ----------------------------------------------------------------------------------------- densities
-def _gaussian_grid(cell, shape, atoms) -> np.ndarray:
-    """VASP raw grid (n·V, mean = electron count) of spherical Gaussians exp(−r²/σ²) over 27 images."""
-    cell = np.asarray(cell, dtype=float)
-    axes = [np.arange(n) / n for n in shape]
-    frac = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
-    grid = np.zeros(shape)
-    images = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=float)
-    n_points = float(np.prod(shape))
-    for position, gaussians in atoms:
-        delta = frac - np.asarray(position, dtype=float)
-        delta -= np.round(delta)
-        r2 = [np.einsum("...i,...i->...", (delta + image) @ cell, (delta + image) @ cell) for image in images]
-        for electrons, sigma in gaussians:
-            shape_fn = sum(np.exp(-x / sigma**2) for x in r2)
-            grid += electrons * shape_fn / (shape_fn.sum() / n_points)
-    return grid
-
-
-def write_chgcar(path, cell, symbols, frac_positions, grid, title="synthetic") -> pathlib.Path:
-    """A VASP 5 CHGCAR (x fastest, 5 values a line)."""
-    species = list(dict.fromkeys(symbols))
-    order = sorted(range(len(symbols)), key=lambda i: species.index(symbols[i]))
-    lines = [title, "   1.00000000000000"]
-    lines += ["  " + "  ".join(f"{x:12.6f}" for x in row) for row in np.asarray(cell, dtype=float)]
-    lines.append("   " + "   ".join(species))
-    lines.append("   " + "   ".join(str(symbols.count(s)) for s in species))
-    lines.append("Direct")
-    lines += ["  " + "  ".join(f"{x:10.6f}" for x in frac_positions[i]) for i in order]
-    lines.append("")
-    lines.append("   " + "   ".join(str(n) for n in grid.shape))
-    values = np.asarray(grid, dtype=float).ravel(order="F")
-    for start in range(0, values.size, 5):
-        lines.append(" " + " ".join(f"{v:.11E}" for v in values[start : start + 5]))
-    path = pathlib.Path(path)
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 #: (cation, anion, electrons on the cation, on the anion) of rock-salt compounds; the synthetic densities
 #: put these electron counts in Gaussians on the sites (anions: two Gaussians).
 ROCKSALTS = [
@@ -399,14 +362,13 @@ def rocksalt_density(path, cation, anion, q_cation, q_anion, a, conventional=Fal
         cell = np.array([[0.0, a / 2, a / 2], [a / 2, 0.0, a / 2], [a / 2, a / 2, 0.0]])
         cations, anions = [[0, 0, 0]], [[0.5, 0.5, 0.5]]
         shape = shape or (16, 16, 16)
-    cation_sigma = 0.45 + 0.05 * a / 4.0
-    anion_gaussians = [(0.55 * q_anion, 0.6), (0.45 * q_anion, 0.95)]
-    atoms = [(p, [(q_cation, cation_sigma)]) for p in cations] + [(p, anion_gaussians) for p in anions]
+    # Gaussian radii (Å): the cation's grows with a; the anion's electrons are split over two.
+    radii = [0.45 + 0.05 * a / 4.0, 0.6, 0.95]
+    coefficients = [[q_cation, 0.0, 0.0]] * len(cations) + [[0.0, 0.55 * q_anion, 0.45 * q_anion]] * len(anions)
     symbols = [cation] * len(cations) + [anion] * len(anions)
-    positions = np.asarray(cations + anions, dtype=float)
-    grid = _gaussian_grid(cell, shape, atoms)
-    kind = "conventional" if conventional else "primitive"
-    return write_chgcar(path, cell, symbols, positions, grid, title=f"{cation}{anion} rock salt {kind} a={a}")
+    positions = np.asarray(cations + anions, dtype=float) @ cell
+    density = gaussian_density(cell, symbols, positions, coefficients, radii, shape)
+    return write_chgcar(path, cell, symbols, positions, density.grid)
 
 
 def throughput_dataset(directory, n_synthetic: int = 20) -> list[pathlib.Path]:
@@ -546,6 +508,14 @@ print(json.dumps({'n_workchains': len(workchains), 'n_densities': len(density_pk
 """
 
 
+def _write_config(profile: ServiceProfile, files, code, group, parameters, options, timeout, **extra) -> pathlib.Path:
+    """The JSON configuration that the submit scripts read, in the profile's folder."""
+    config = profile.root / f"{group.replace('/', '_')}.json"
+    config.write_text(json.dumps({"files": [str(f) for f in files], "code": code, "group": group,
+                                  "parameters": parameters, "options": options or {}, "timeout": timeout, **extra}))
+    return config
+
+
 def submit_dataset(
     profile: ServiceProfile,
     files,
@@ -556,19 +526,7 @@ def submit_dataset(
     timeout: float = 600,
 ) -> tuple[dict, dict]:
     """One ``optddap.base`` per file through the daemon, wait, then check the group in a new process."""
-    config = profile.root / f"{group}.json"
-    config.write_text(
-        json.dumps(
-            {
-                "files": [str(f) for f in files],
-                "code": code,
-                "group": group,
-                "parameters": parameters,
-                "options": options or {},
-                "timeout": timeout,
-            }
-        )
-    )
+    config = _write_config(profile, files, code, group, parameters, options, timeout)
     run = profile.script(SUBMIT_AND_WAIT, config, timeout=timeout + 120)
     check = profile.script(CHECK_GROUP, group, timeout=300)
     return run, check
@@ -706,20 +664,7 @@ def submit_dataset_workchain(
     timeout: float = 600,
 ) -> tuple[dict, dict]:
     """One ``optddap.dataset`` over all files through the daemon; wait; check it in a new process."""
-    config = profile.root / f"{group.replace('/', '_')}.json"
-    config.write_text(
-        json.dumps(
-            {
-                "files": [str(f) for f in files],
-                "code": code,
-                "group": group,
-                "parameters": parameters,
-                "options": options or {},
-                "timeout": timeout,
-                "max_concurrent": max_concurrent,
-            }
-        )
-    )
+    config = _write_config(profile, files, code, group, parameters, options, timeout, max_concurrent=max_concurrent)
     run = profile.script(SUBMIT_DATASET, config, timeout=timeout + 120)
     check = profile.script(CHECK_DATASET, run["pk"], json.dumps(run["density_pks"]), timeout=300)
     return run, check
