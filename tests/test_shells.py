@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -128,19 +126,7 @@ def test_density_loss_branches_agree(problem):
     q, radii = _charges(problem, theta)
     values = []
     for s_switch in (1e-3, 100.0):
-        loss = shells.DensityLoss(problem)
-        loss.s_switch = s_switch
-        gs = problem.loss_set
-        loss.n_recip = gs.count_below(math.sqrt(shells.EXP_CUT / s_switch))
-        loss.recip_cos, loss.recip_sin = gs.phases(0, loss.n_recip)
-        loss.recip_g2, loss.recip_weight = gs.g2[: loss.n_recip], gs.weight[: loss.n_recip]
-        from ase.neighborlist import primitive_neighbor_list
-
-        i, j, d = primitive_neighbor_list("ijd", (True,) * 3, problem.density.cell, problem.density.positions,
-                                          math.sqrt(4 * s_switch * shells.EXP_CUT), self_interaction=True)
-        loss.pair_ij = torch.as_tensor(i * problem.n_atoms + j)
-        loss.pair_d2 = torch.as_tensor(d * d)
-        values.append(loss(problem, q, radii).detach().numpy())
+        values.append(shells.DensityLoss(problem, s_switch=s_switch)(problem, q, radii).detach().numpy())
     # all-reciprocal misses only the power beyond the box; the narrowest width of row 0 has a little
     np.testing.assert_allclose(values[0], values[1], rtol=1e-8)
 

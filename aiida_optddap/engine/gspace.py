@@ -96,6 +96,17 @@ def sphere_gset(cell: np.ndarray, coefficients: np.ndarray, gmax: float) -> GSet
     return _gset_from_indices(m, cell, coefficients)
 
 
+def inner_box_mask(shape) -> np.ndarray:
+    """Boolean array over the full FFT box (numpy order): True for G ≠ 0 off the Nyquist planes."""
+    m = np.meshgrid(*[np.fft.fftfreq(n, 1.0 / n) for n in shape], indexing="ij")
+    mask = np.ones(tuple(shape), dtype=bool)
+    mask.flat[0] = False
+    for d, n in enumerate(shape):
+        if n % 2 == 0:
+            mask &= m[d] != -(n // 2)
+    return mask
+
+
 def box_gset(cell: np.ndarray, coefficients: np.ndarray) -> GSet:
     """Every half-space G of the FFT box except G = 0 and the Nyquist planes (the loss set).
 

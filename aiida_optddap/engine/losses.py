@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .ddap import Problem, gaussian_form_factor
-from .gspace import reciprocal_cell
+from .gspace import inner_box_mask, reciprocal_cell
 
 LOSSES = ("density", "coulomb", "planar")
 #: The model's form factor is dropped where exp(−G²σ²/4) < 1e-16 for the smallest radius.
@@ -82,11 +82,7 @@ def loss_on_grid(model: np.ndarray, density: np.ndarray, cell: np.ndarray, kind:
         raise ValueError(f"unknown loss {kind!r}: use one of {', '.join(LOSSES)}")
     shape = density.shape
     m = np.meshgrid(*[np.fft.fftfreq(n, 1.0 / n) for n in shape], indexing="ij")
-    keep = np.ones(shape, dtype=bool)
-    keep.flat[0] = False
-    for d, n in enumerate(shape):
-        if n % 2 == 0:
-            keep &= m[d] != -(n // 2)
+    keep = inner_box_mask(shape)
     if kind == "planar":
         keep &= sum((md != 0).astype(int) for md in m) == 1
     kernel = keep.astype(np.float64)

@@ -30,7 +30,7 @@ import torch
 from ase.neighborlist import primitive_neighbor_list
 
 from .ddap import Problem, TorchGSet, bloechl_weight, gaussian_form_factor
-from .gspace import box_gmax
+from .gspace import box_gmax, inner_box_mask
 
 #: Pair tables larger than this (bytes) are not built; the chunked G sums are used instead.
 SHELL_TABLE_BYTES = 1 << 28
@@ -108,7 +108,8 @@ class DensityLoss:
         largest = max(shells * problem.n_atoms, n_batch * n_gauss**2 * problem.n_atoms**2)
         return 8 * largest <= SHELL_TABLE_BYTES
 
-    def __init__(self, problem: Problem):
+    def __init__(self, problem: Problem, s_switch: float | None = None):
+        """``s_switch`` (Å²) overrides the balanced choice between the real-space and G branches."""
         gs = problem.loss_set
         density = problem.density
         ids, self.g2 = gs.shells()
@@ -117,7 +118,7 @@ class DensityLoss:
         if self.norm <= 0:
             raise ValueError("the density loss is undefined: the density has no G ≠ 0 component")
         self.volume = density.volume
-        self.s_switch = self._balance(density.n_atoms, self.volume, box_gmax(density.cell, density.grid.shape))
+        self.s_switch = s_switch or self._balance(density.n_atoms, self.volume, box_gmax(density.cell, density.grid.shape))
         # Reciprocal branch: the first G of the (sorted) loss set, with their phases.
         self.n_recip = gs.count_below(math.sqrt(EXP_CUT / self.s_switch))
         self.recip_cos, self.recip_sin = (t.clone() for t in gs.phases(0, self.n_recip))
@@ -193,23 +194,16 @@ def power_outside_box(cell: np.ndarray, positions: np.ndarray, coefficients: np.
     narrow = [k for k in range(len(radii)) if 0.5 * radii[k] ** 2 * g_box**2 < EXP_CUT]
     if not narrow:
         return 0.0
-    inside = np.ones(tuple(shape), dtype=bool)
-    inside.flat[0] = False
-    for d, n in enumerate(shape):
-        if n % 2 == 0:
-            index = [slice(None)] * 3
-            index[d] = n // 2
-            inside[tuple(index)] = False
+    inside = inner_box_mask(shape)
     parts = {k: model_coefficients(cell, positions, q[:, [k]], radii[[k]], shape)[inside] for k in narrow}
     volume = abs(float(np.linalg.det(cell)))
+    widest = 0.5 * max(radii[k] ** 2 for k in narrow)
+    i, j, d = primitive_neighbor_list("ijd", (True, True, True), cell, positions, math.sqrt(4.0 * widest * EXP_CUT),
+                                      self_interaction=True)
     total = 0.0
     for k in narrow:
         for l in narrow:
             s = 0.25 * (radii[k] ** 2 + radii[l] ** 2)
-            if s * g_box**2 >= EXP_CUT:
-                continue
-            i, j, d = primitive_neighbor_list("ijd", (True, True, True), cell, positions,
-                                              math.sqrt(4.0 * s * EXP_CUT), self_interaction=True)
             every_g = volume * (4.0 * math.pi * s) ** -1.5 * float(np.sum(q[i, k] * q[j, l] * np.exp(-d * d / (4.0 * s))))
             in_box = float(np.real(np.vdot(parts[l], parts[k])))
             total += every_g - q[:, k].sum() * q[:, l].sum() - in_box
