@@ -252,10 +252,10 @@ def _apply_inverse(a: torch.Tensor, rhs: torch.Tensor, full_rank: np.ndarray, rt
     Not ``torch.linalg.inv``: its batched LU in the MKL of torch 2.13's CPU wheel fails on some
     finite, full-rank batches ("DLASWP parameter 6", then a pivot error) that Cholesky factorises.
     """
-    info = torch.linalg.cholesky_ex(a.detach())[1].cpu().numpy()
-    cholesky = np.asarray(full_rank) & (info == 0)
+    factor, info = torch.linalg.cholesky_ex(a)
+    cholesky = np.asarray(full_rank) & (info.cpu().numpy() == 0)
     if cholesky.all():
-        return torch.cholesky_solve(rhs, torch.linalg.cholesky(a))
+        return torch.cholesky_solve(rhs, factor)
     if not cholesky.any():
         return torch.linalg.pinv(a, hermitian=True, rtol=rtol) @ rhs
     # Mixed batch: each A by its own route, so that no pseudo-inverse is paid for the full-rank ones.
