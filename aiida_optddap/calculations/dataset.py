@@ -11,7 +11,8 @@ Inputs are flat, numbered by frame::
 ``misc_XXXX`` is aiida-vasp's ``misc`` output: ``total_energies[energy_type]`` (eV), ``forces`` (eV/Å) and
 ``stress`` (kBar, VASP's sign: positive is compressive), converted to ASE's convention (eV/Å³, positive is
 tensile: σ_ASE = −0.1 GPa·σ_VASP) as MACE expects. ``properties_XXXX`` holds ``energy`` (eV), ``forces``
-(eV/Å) and ``stress`` (eV/Å³, ASE convention, 3×3 or Voigt 6) directly.
+(eV/Å) and ``stress`` (eV/Å³, ASE convention, 3×3 or Voigt 6) directly, and optionally MACE's ``config_type``,
+``total_charge`` (e; default: the integer nearest to Σ net charges) and ``total_spin`` (2S+1; default 1).
 
 ``parameters`` (all optional): ``split`` (three fractions, default 0.8/0.1/0.1), ``seed`` (0), ``energy_type``
 (``energy_extrapolated``, the σ→0 energy aiida-vasp parses by default; ``energy_free`` is force-consistent
@@ -97,8 +98,13 @@ def frame_from_charges(charges: ChargesData, properties: dict | None = None, lab
             atoms.arrays["REF_forces"] = forces
         elif key == "stress":
             atoms.info["REF_stress"] = _voigt_to_full(value).ravel()
+        elif key == "config_type":
+            atoms.info["config_type"] = str(value)
+        elif key in ("total_charge", "total_spin"):
+            atoms.info[key] = float(value)
         else:
-            raise ValueError(f"unknown frame property {key!r} (energy, forces, stress)")
+            raise ValueError(f"unknown frame property {key!r} (energy, forces, stress, config_type, total_charge, "
+                             "total_spin)")
     return atoms
 
 

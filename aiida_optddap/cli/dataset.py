@@ -132,25 +132,39 @@ def show(ctx, identifier):
 @click.option("--name", default="optddap_mace", show_default=True, help="Model name in the MACE/janus config.")
 @click.option("--mace-option", "mace_options", multiple=True,
               help="Override a MACE option in the YAML, key=value (JSON values), e.g. max_num_epochs=50.")
+@click.option("--target", type=click.Choice(["reference", "short-range"]), default="reference", show_default=True,
+              help="Train on REF_* or on SR_* = REF − electrostatic baseline (optddap.electrostatic_baseline).")
+@click.option("--charges-only", is_flag=True,
+              help="Write the extxyz files without a training YAML (for a dataset with no energies/forces).")
 @click.pass_context
-def export(ctx, identifier, directory, split, seed, name, mace_options):
+def export(ctx, identifier, directory, split, seed, name, mace_options, target, charges_only):
     """Write train/valid/test extxyz files and a MACE (janus-compatible) training YAML naming their keys."""
     _profile(ctx)
-    from ..data.dataset import parse_split
+    from ..data.dataset import MissingLabelsError, parse_split
 
     try:
         fractions = parse_split(split) if split is not None else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--split") from exc
     node = resolve_dataset(identifier, fractions=fractions, seed=seed or 0)
+    target = target.replace("-", "_")
+    if not charges_only:
+        try:  # refuse before writing anything
+            node.training_keys(target)
+        except MissingLabelsError as exc:
+            raise click.ClickException(f"{exc} (--charges-only writes the extxyz files)") from exc
+    directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     node.export(directory / "dataset.extxyz")
     files = node.write_splits(directory, fractions, seed)
-    overrides = dict(_mace_option(option) for option in mace_options)
-    config = node.write_mace_config(directory / "mace_config.yml", files, name=name, **overrides)
     counts = {key: len(value) for key, value in node.split(fractions, seed).items()}
     for key, path in files.items():
         click.echo(f"{key}: {path} ({counts[key]} frames)")
+    if charges_only:
+        click.echo("charges only: no training YAML written")
+        return
+    overrides = dict(_mace_option(option) for option in mace_options)
+    config = node.write_mace_config(directory / "mace_config.yml", files, name=name, target=target, **overrides)
     click.echo(f"MACE/janus config: {config}")
     attrs = node.base.attributes
     click.echo(f"keys: charges {attrs.get('charges_key')}, energy {attrs.get('energy_key')}, "

@@ -7,7 +7,11 @@ The node is a ``SinglefileData`` holding one extended-XYZ file (ase's ``extxyz``
   ``optddap_coefficients`` (atoms × K, electrons in each Gaussian);
 * per frame (``atoms.info``): ``REF_energy`` (eV), ``REF_stress`` (eV/Å³, ASE sign convention — positive is
   tensile —, the full 3×3 tensor as 9 numbers), ``optddap_radii`` (K Gaussian radii σ_k, Å), ``label``,
-  ``source_uuid`` (the ChargesData node), ``charges_kind`` and ``energy_type`` where relevant.
+  ``source_uuid`` (the ChargesData node), ``charges_kind`` and ``energy_type`` where relevant, and MACE's
+  ``config_type`` (default ``Default``), ``total_charge`` (the integer nearest to Σ REF_charges) and
+  ``total_spin`` (multiplicity 2S+1, default 1);
+* after ``optddap.electrostatic_baseline``: ``E_elec``/``F_elec``/``S_elec`` (the Ewald energy, forces and
+  stress of the charges) and ``SR_energy``/``SR_forces``/``SR_stress`` (REF − elec, the short-range target).
 
 Attributes (queryable): ``n_frames``, ``n_atoms_total``, ``species``, ``per_atom_keys``, ``per_config_keys``,
 ``charges_key``, ``energy_key``, ``forces_key``, ``stress_key`` (None when no frame has them), ``splits``
@@ -35,12 +39,22 @@ __all__ = (
     "split_indices",
     "parse_split",
     "frames_to_extxyz",
+    "MissingLabelsError",
+    "training_keys",
 )
 
 SPLIT_NAMES = ("train", "valid", "test")
 DEFAULT_SPLIT = (0.8, 0.1, 0.1)
 #: Keys MACE reads (mace.tools.default_keys.DefaultKeys).
 CHARGES_KEY, ENERGY_KEY, FORCES_KEY, STRESS_KEY = "REF_charges", "REF_energy", "REF_forces", "REF_stress"
+#: The short-range residual REF − electrostatic baseline (written by ``optddap.electrostatic_baseline``).
+SR_ENERGY_KEY, SR_FORCES_KEY, SR_STRESS_KEY = "SR_energy", "SR_forces", "SR_stress"
+#: Per-frame charge state and type, with MACE's names and defaults (total_spin is the multiplicity 2S+1).
+DEFAULT_CONFIG_TYPE, DEFAULT_TOTAL_SPIN = "Default", 1.0
+
+
+class MissingLabelsError(ValueError):
+    """The dataset has no energies and no forces: nothing for an energy model to learn."""
 
 #: A small MACE: a starting point for a few hundred frames on one GPU, every value overridable.
 DEFAULT_MACE_OPTIONS = {
@@ -120,13 +134,57 @@ def frames_to_extxyz(frames) -> str:
     return buffer.getvalue()
 
 
+def _set_charge_state(atoms) -> None:
+    """``config_type``, ``total_charge`` and ``total_spin`` in ``atoms.info`` (MACE's keys) where missing.
+
+    ``total_charge`` is the integer nearest to Σ REF_charges (Σ Z_val − N: the system's charge; the fitted
+    charges add up to it to ~1e-6); ``total_spin`` is MACE's multiplicity 2S+1, 1 (closed shell) unless given.
+    """
+    info = atoms.info
+    info.setdefault("config_type", DEFAULT_CONFIG_TYPE)
+    if "total_charge" not in info:
+        info["total_charge"] = float(round(float(np.sum(atoms.arrays[CHARGES_KEY]))))
+    info.setdefault("total_spin", DEFAULT_TOTAL_SPIN)
+
+
 def _keys(frames) -> tuple[list[str], list[str]]:
     skip_arrays = {"numbers", "positions"}
     per_atom, per_config = set(), set()
     for atoms in frames:
         per_atom.update(k for k in atoms.arrays if k not in skip_arrays)
-        per_config.update(k for k in atoms.info if k.startswith("REF_"))
+        per_config.update(k for k in atoms.info if k.startswith(("REF_", "SR_")) or k in ("E_elec", "S_elec"))
     return sorted(per_atom), sorted(per_config)
+
+
+def training_keys(attributes: dict, target: str = "reference", name: str = "the dataset") -> dict:
+    """``{"energy_key", "forces_key", "stress_key", "charges_key"}`` for the labels a dataset (its attributes)
+    has; ``target`` ``"reference"`` (REF_*) or ``"short_range"`` (SR_* = REF − electrostatic baseline).
+
+    Raises :class:`MissingLabelsError` (one line, naming what is missing) when there is neither an energy nor a
+    force to train on.
+    """
+    if target not in ("reference", "short_range"):
+        raise ValueError(f"target {target!r}: 'reference' or 'short_range'")
+    per_atom = set(attributes.get("per_atom_keys") or [])
+    per_config = set(attributes.get("per_config_keys") or [])
+    if target == "short_range":
+        wanted = {"energy_key": (SR_ENERGY_KEY, per_config), "forces_key": (SR_FORCES_KEY, per_atom),
+                  "stress_key": (SR_STRESS_KEY, per_config)}
+    else:
+        wanted = {"energy_key": (attributes.get("energy_key") or ENERGY_KEY, per_config),
+                  "forces_key": (attributes.get("forces_key") or FORCES_KEY, per_atom),
+                  "stress_key": (attributes.get("stress_key") or STRESS_KEY, per_config)}
+    keys = {option: key for option, (key, present) in wanted.items() if key in present}
+    if "energy_key" not in keys and "forces_key" not in keys:
+        if target == "short_range" and {ENERGY_KEY, FORCES_KEY} & (per_config | per_atom):
+            raise MissingLabelsError(f"{name} has no {SR_ENERGY_KEY}/{SR_FORCES_KEY}: run "
+                                     "optddap.electrostatic_baseline on it first")
+        raise MissingLabelsError(
+            f"{name} cannot train an energy model: it has no {wanted['energy_key'][0]} and no "
+            f"{wanted['forces_key'][0]} (only {', '.join(sorted(per_atom | per_config)) or 'no labels'}); "
+            "build it from DFT runs with energies/forces or export the charges only")
+    keys["charges_key"] = attributes.get("charges_key") or CHARGES_KEY
+    return keys
 
 
 class ChargeDatasetData(SinglefileData):
@@ -145,6 +203,7 @@ class ChargeDatasetData(SinglefileData):
         for i, atoms in enumerate(frames):
             if CHARGES_KEY not in atoms.arrays:
                 raise ValueError(f"frame {i} has no per-atom {CHARGES_KEY!r} array")
+            _set_charge_state(atoms)
         text = frames_to_extxyz(frames)
         node = cls(file=io.BytesIO(text.encode()), filename=filename, **kwargs)
         per_atom, per_config = _keys(frames)
@@ -234,24 +293,30 @@ class ChargeDatasetData(SinglefileData):
             paths[name] = path
         return paths
 
-    def mace_config(self, files: dict, name: str = "optddap_mace", **overrides) -> dict:
+    def training_keys(self, target: str = "reference") -> dict:
+        """The MACE key options for what this dataset holds (see :func:`training_keys`)."""
+        return training_keys(self.base.attributes.all, target, name=f"{type(self).__name__}<{self.pk}>")
+
+    def mace_config(self, files: dict, name: str = "optddap_mace", target: str = "reference", **overrides) -> dict:
         """A MACE / janus-core training configuration naming the files and this dataset's keys.
 
-        ``files`` maps ``train``/``valid``/``test`` to paths; ``overrides`` replace or add MACE options
-        (``DEFAULT_MACE_OPTIONS`` are the defaults). Stress is trained (``loss: stress``, ``compute_stress``)
-        only when the dataset has it.
+        ``files`` maps ``train``/``valid``/``test`` to paths, written **absolute** (resolved against the current
+        directory; aiida-mlip requires it and ``mace_run_train`` then runs from anywhere); ``overrides``
+        replace or add MACE options (``DEFAULT_MACE_OPTIONS`` are the defaults). Only the keys the dataset has
+        are named; stress is trained (``loss: stress``, ``compute_stress``) only when it has stress.
+        ``target="short_range"`` trains on ``SR_*`` = REF − electrostatic baseline (needs
+        ``optddap.electrostatic_baseline`` first). Raises :class:`MissingLabelsError` when there are no
+        energies and no forces (a charges-only dataset: MACE would stop with "None of 'REF_energy',
+        'REF_forces', and 'dipole' found").
         """
-        attributes = self.base.attributes
+        keys = self.training_keys(target)
         config = {"name": name}
         for split in SPLIT_NAMES:
             if split in files:
-                config[f"{split}_file"] = str(files[split])
-        config["energy_key"] = attributes.get("energy_key") or ENERGY_KEY
-        config["forces_key"] = attributes.get("forces_key") or FORCES_KEY
-        config["stress_key"] = attributes.get("stress_key") or STRESS_KEY
-        config["charges_key"] = attributes.get("charges_key") or CHARGES_KEY
+                config[f"{split}_file"] = str(Path(files[split]).resolve())
+        config.update(keys)
         config.update(DEFAULT_MACE_OPTIONS)
-        if attributes.get("stress_key"):
+        if "stress_key" in keys:
             config["loss"] = "stress"  # MACE's energy + forces + stress loss (the default `weighted` has no stress)
             config["compute_stress"] = True
             config["stress_weight"] = 1.0

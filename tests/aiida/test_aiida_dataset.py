@@ -289,8 +289,14 @@ def test_cli_export_show_and_compare_latent(runner, aiida_profile, nacl_charges,
     group.add_nodes(nacl_charges)
     result = runner.invoke(main, ["-p", aiida_profile.name, "dataset", "export", group.label, "-o",
                                   str(tmp_path / "from_group")])
+    assert result.exit_code == 1  # no energies, no forces: refused for training, nothing written
+    assert "has no REF_energy and no REF_forces" in result.output and "--charges-only" in result.output
+    assert not (tmp_path / "from_group").exists()
+    result = runner.invoke(main, ["-p", aiida_profile.name, "dataset", "export", group.label, "-o",
+                                  str(tmp_path / "from_group"), "--charges-only"])
     assert result.exit_code == 0, result.output
-    assert not yaml.safe_load((tmp_path / "from_group" / "mace_config.yml").read_text()).get("compute_stress")
+    assert (tmp_path / "from_group" / "train.xyz").is_file()
+    assert not (tmp_path / "from_group" / "mace_config.yml").exists()
 
     # LES: latent charges predicted for the same frames (as MACE's eval_configs writes them)
     predictions = []
@@ -307,6 +313,42 @@ def test_cli_export_show_and_compare_latent(runner, aiida_profile, nacl_charges,
     assert stats["pearson"] == pytest.approx(1.0) and stats["n_atoms"] == 6
     both = read(merged, index=":")
     assert all({"REF_charges", "MACE_latent_charges"} <= set(f.arrays) for f in both)
+
+
+def test_export_names_only_the_keys_it_has(results_factory, tmp_path, monkeypatch):
+    """Exports that train: the YAML names only the labels present, with absolute paths; the extxyz frames carry
+    MACE's config_type/total_charge/total_spin; a charges-only dataset is refused with one line."""
+    from aiida_optddap.data.dataset import MissingLabelsError
+
+    charges = [ChargesData.from_results(results_factory(populations=p)).store() for p in ((0.2, 7.8), (0.3, 7.7))]
+    forces_only = build_dataset(charges_0000=charges[0], properties_0000=orm.Dict({"forces": [[0, 0, 1], [0, 0, -1]],
+                                                                                    "config_type": "rattled"}),
+                                charges_0001=charges[1], properties_0001=orm.Dict({"forces": [[0, 1, 0], [0, -1, 0]],
+                                                                                    "total_spin": 3}))
+    monkeypatch.chdir(tmp_path)
+    files = forces_only.write_splits("relative", fractions=(0.5, 0.5, 0.0))
+    config = forces_only.mace_config(files)
+    assert config["train_file"] == str(tmp_path / "relative" / "train.xyz")  # resolved: absolute
+    assert (config["forces_key"], config["charges_key"]) == ("REF_forces", "REF_charges")
+    assert "energy_key" not in config and "stress_key" not in config and "loss" not in config
+    frames = read(files["train"], index=":") + read(files["valid"], index=":")
+    by_type = {f.info["config_type"]: f for f in frames}
+    assert set(by_type) == {"rattled", "Default"}
+    assert by_type["rattled"].info["total_spin"] == 1.0 and by_type["Default"].info["total_spin"] == 3.0
+    assert all(f.info["total_charge"] == 0.0 for f in frames)
+
+    # MACE's reader takes them as the per-config total_charge/total_spin
+    pytest.importorskip("mace")
+    from mace.data.utils import KeySpecification, load_from_xyz
+
+    _, configs = load_from_xyz(str(files["train"]), key_specification=KeySpecification.from_defaults())
+    assert configs[0].properties["total_spin"] in (1.0, 3.0) and configs[0].properties["total_charge"] == 0.0
+
+    charges_only = build_dataset(charges_0000=charges[0], charges_0001=charges[1])
+    with pytest.raises(MissingLabelsError, match=r"has no REF_energy and no REF_forces \(only REF_charges"):
+        charges_only.mace_config(files)
+    with pytest.raises(MissingLabelsError, match="electrostatic_baseline"):
+        forces_only.mace_config(files, target="short_range")
 
 
 def test_cli_gaussians_and_residual(runner, aiida_profile, optddap_code, nacl_chgcar, nacl_system, singlefile,
