@@ -16,7 +16,8 @@ import pytest
 pytest_plugins = ["aiida.tools.pytest_fixtures"]
 
 DATA_DIR = pathlib.Path(__file__).parent / "data"
-SHARED_CHGCAR_DIR = pathlib.Path("/work/shared/data/chgcar")
+#: The shared data set beside the repository (as tests/helpers.py finds it).
+SHARED_CHGCAR_DIR = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chgcar"
 
 
 @pytest.fixture(scope="session", autouse=True)
