@@ -18,7 +18,8 @@ import torch
 from .density import Density
 from .gspace import DEFAULT_GCUT, GSet, box_gset, fourier_norm, prepare, sphere_gset
 
-SOLVERS = ("pinv", "lagrange", "scale", "shift", "kkt")
+#: Solvers of the constrained fit; ``restrained`` (the default charge definition) is in :mod:`.restraint`.
+SOLVERS = ("restrained", "pinv", "lagrange", "scale", "shift", "kkt")
 #: Pseudo-inverse relative eigenvalue cutoff (spec "Decisions").
 DEFAULT_RTOL = 1e-10
 #: Elements of scratch memory per chunk (float64): 2²² ≈ 32 MiB (measured: smaller chunks keep the
@@ -288,8 +289,8 @@ def solve(
     pinv backward loses about 1e-4 relative at κ ≈ 1e5). ``spec`` (from :func:`spectrum`) avoids a
     second eigendecomposition when the caller has one.
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}: use one of {', '.join(SOLVERS)}")
+    if solver not in SOLVERS or solver == "restrained":
+        raise ValueError(f"unknown solver {solver!r} here: use one of {', '.join(SOLVERS[1:])} (restrained: solve_charges)")
     spec = spec if spec is not None else spectrum(a, rtol)
     m = a.shape[-1]
     full_rank = spec.rank == m
@@ -352,19 +353,66 @@ def problem_for(density: Density, parameters: Parameters, *, device: str = "cpu"
     return Problem.build(density, parameters.gcut, device=resolve_device(device), **kwargs)
 
 
+@dataclass(frozen=True)
+class Solution:
+    """Coefficients q (B, M) of a batch of fits, with the restraint's λ, δ and uncertainty (None unless
+    ``restrained``) and the unconstrained total 1ᵀA⁺b (B,)."""
+
+    q: torch.Tensor
+    unconstrained_total: torch.Tensor
+    strength: np.ndarray | None = None
+    delta: np.ndarray | None = None
+    uncertainty: np.ndarray | None = None
+
+
+def solve_charges(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    norm: torch.Tensor,
+    n_electrons: float,
+    n_gauss: int,
+    solver: str,
+    rtol: float = DEFAULT_RTOL,
+    spec: Spectrum | None = None,
+    reference: torch.Tensor | None = None,
+    tau: float | None = None,
+    strength: np.ndarray | None = None,
+    with_diagnostics: bool = True,
+) -> Solution:
+    """Dispatch to :func:`.restraint.restrained_solve` (needs ``reference`` populations and τ) or :func:`solve`."""
+    if solver == "restrained":
+        from .restraint import DEFAULT_TAU, restrained_solve
+
+        if reference is None:
+            raise ValueError("the restrained solver needs reference populations")
+        sol = restrained_solve(a, b, norm, n_electrons, reference, n_gauss, DEFAULT_TAU if tau is None else tau,
+                               strength=strength, pinv_rtol=rtol, with_diagnostics=with_diagnostics)
+        return Solution(sol.q, sol.unconstrained_total, sol.strength, sol.delta, sol.uncertainty)
+    q, total_u = solve(a, b, n_electrons, solver, rtol, spec)
+    return Solution(q, total_u)
+
+
 def fit_coefficients(
-    problem: Problem, parameters: Parameters, solver: str = "pinv", rtol: float = DEFAULT_RTOL
+    problem: Problem,
+    parameters: Parameters,
+    solver: str = "pinv",
+    rtol: float = DEFAULT_RTOL,
+    reference: np.ndarray | None = None,
+    tau: float | None = None,
 ) -> dict:
-    """One DDAP fit at fixed parameters; numpy results (spec §11 steps 4–7)."""
+    """One DDAP fit at fixed parameters; numpy results (spec §11 steps 4–7). ``reference`` (e per atom)
+    and ``tau`` are the restraint's, used by the ``restrained`` solver only."""
     opts = {"dtype": torch.float64, "device": problem.device}
     radii = torch.as_tensor(parameters.radii(), **opts)[None]
     gcut = torch.tensor([parameters.gcut], **opts)
+    ref = None if reference is None else torch.as_tensor(np.asarray(reference, dtype=np.float64), **opts)
     with torch.no_grad():
         a, b, norm = normal_equations(problem, radii, gcut)
         spec = spectrum(a, rtol)
-        q, total_u = solve(a, b, problem.n_electrons, solver, rtol, spec)
-        residual = misfit(a, b, norm, q)
-    coefficients = q[0].cpu().numpy().reshape(problem.n_atoms, parameters.n_gauss)
+        sol = solve_charges(a, b, norm, problem.n_electrons, parameters.n_gauss, solver, rtol, spec, ref, tau)
+        residual = misfit(a, b, norm, sol.q)
+    coefficients = sol.q[0].cpu().numpy().reshape(problem.n_atoms, parameters.n_gauss)
+    total_u = float(sol.unconstrained_total[0])
     return {
         "coefficients": coefficients,
         "populations": coefficients.sum(axis=1),
@@ -373,8 +421,12 @@ def fit_coefficients(
         "rank": int(spec.rank[0]),
         "n_coefficients": int(a.shape[-1]),
         "smallest_eigenvalues": spec.smallest[0].tolist(),
-        "unconstrained_total": float(total_u[0]),
-        "renormalisation": problem.n_electrons - float(total_u[0]),
+        "unconstrained_total": total_u,
+        "renormalisation": problem.n_electrons - total_u,
         "n_gvectors": 2 * problem.fit.count_below(parameters.gcut),
         "fit_residual": float(residual[0]),
+        "restraint": None if sol.strength is None else {
+            "strength": float(sol.strength[0]), "delta": float(sol.delta[0]) / float(norm[0]),
+        },
+        "uncertainty_fit": None if sol.uncertainty is None else sol.uncertainty[0],
     }

@@ -1,4 +1,4 @@
-"""The opt-DDAP pipeline: density → (optimised) parameters → charges, diagnostics, reconstruction.
+"""The public entry of the engine: :class:`FitOptions`, the named charge definitions, :func:`run_fit`.
 
 :func:`run_fit` returns the ``results.json`` dictionary documented in docs/results-schema.md.
 """
@@ -9,29 +9,43 @@ import json
 import math
 import os
 import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
-from .. import __version__
+from . import pipeline
 from .density import Density, difference_density
 from .gspace import DEFAULT_GCUT
+from .pipeline import RENORMALISATION_WARNING, SCHEMA_VERSION, SPREAD_WARNING  # noqa: F401 (public names)
+from .restraint import DEFAULT_TAU
 
-SCHEMA_VERSION = 1
-#: Warn when the unconstrained fit misses N by more than this fraction (spec §6.2).
-RENORMALISATION_WARNING = 1e-2
-#: Warn when the populations of the starting points differ by more than this (e).
-SPREAD_WARNING = 0.02
+#: Charge definitions (``FitOptions.definition``) and the options each one fixes; everything else keeps
+#: its FitOptions default. ``restrained`` is the default: σ_start optimised from the documented start
+#: (f = 1.5, g_c = √6 bohr⁻¹ fixed: with them free the loss has a flat valley along which the charges
+#: move by ~1 e, docs/validation.md), then the restrained solve (engine/restraint.py); the charges
+#: depend on neither a seed nor the number of starts (other starts only measure ``start_spread``). ``paper`` is the opt-DDAP of arXiv 2604.10984 as this package ran it
+#: up to 0.x (pseudo-inverse, 4 starts, lowest loss wins); ``classic`` is CP2K's DDAPC (explicit
+#: Lagrange inverse at CP2K's default parameters, no optimisation).
+ALL_PARAMETERS = ("sigma_start", "factor", "gcut")
+DEFINITIONS = {
+    "restrained": {"solver": "restrained", "free_parameters": ("sigma_start",), "tolerance": 1e-9},
+    "paper": {"solver": "pinv", "starts": 4, "free_parameters": ALL_PARAMETERS, "tolerance": 1e-6},
+    "classic": {"solver": "lagrange", "optimize": False, "sigma_start": 0.5, "factor": 1.5, "n_gauss": 3,
+                "gcut": DEFAULT_GCUT},
+}
+REFERENCES = ("auto", "neutral", "zero", "uniform", "user")
 
 
 @dataclass(frozen=True)
 class FitOptions:
-    """Everything that controls a fit. Lengths Å, g_c Å⁻¹; defaults follow the spec."""
+    """Everything that controls a fit. Lengths Å, g_c Å⁻¹, charges e; defaults follow the spec.
 
-    solver: str = "pinv"
+    ``definition`` names the charge definition that set ``solver`` and ``starts`` (see
+    :data:`DEFINITIONS` and :meth:`for_definition`); ``reference``, ``reference_charges`` and ``tau``
+    belong to the restrained solver.
+    """
+
+    solver: str = "restrained"
     sigma_start: float = 0.5
     factor: float = 1.5
     n_gauss: int = 3
@@ -39,45 +53,77 @@ class FitOptions:
     optimize: bool = True
     loss: str = "density"
     steps: int = 300
-    starts: int = 4
+    starts: int = 1
     lr: float = 0.05
-    tolerance: float = 1e-6
+    tolerance: float = 1e-9
     seed: int = 0
     rtol: float = 1e-10
     device: str = "auto"
     chunk_size: int | None = None
+    reference: str = "auto"
+    reference_charges: tuple[float, ...] | None = None
+    tau: float = DEFAULT_TAU
+    free_parameters: tuple[str, ...] = ("sigma_start",)
+    definition: str = "restrained"
 
     def __post_init__(self):
         from .ddap import SOLVERS
         from .losses import LOSSES
 
+        def finite_positive(x):
+            return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
         checks = [
             (self.solver in SOLVERS, f"solver must be one of {', '.join(SOLVERS)}"),
             (self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}"),
-            (self.sigma_start > 0, "sigma_start must be positive (Å)"),
-            (self.factor > 1, "factor must be greater than 1"),
+            (finite_positive(self.sigma_start), "sigma_start must be a finite positive number (Å)"),
+            (math.isfinite(self.factor) and self.factor > 1, "factor must be a finite number greater than 1"),
             (self.n_gauss >= 1, "n_gauss must be at least 1"),
-            (self.gcut > 0, "gcut must be positive (Å⁻¹)"),
+            (finite_positive(self.gcut), "gcut must be a finite positive number (Å⁻¹)"),
             (self.steps >= 1, "steps must be at least 1"),
             (self.starts >= 1, "starts must be at least 1"),
-            (self.lr > 0, "lr must be positive"),
+            (finite_positive(self.lr), "lr must be a finite positive number"),
+            (finite_positive(self.tolerance), "tolerance must be a finite positive number"),
             (0 < self.rtol < 1, "rtol must lie in (0, 1)"),
             (self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
             (self.chunk_size is None or self.chunk_size >= 1, "chunk_size must be positive"),
+            (self.reference in REFERENCES, f"reference must be one of {', '.join(REFERENCES)}"),
+            ((self.reference == "user") == (self.reference_charges is not None),
+             "reference_charges go with reference='user' (and only with it)"),
+            (finite_positive(self.tau), "tau must be a finite positive number"),
+            (bool(self.free_parameters) and set(self.free_parameters) <= set(ALL_PARAMETERS),
+             "free_parameters must name sigma_start, factor and/or gcut"),
+            (self.definition in DEFINITIONS or self.definition == "custom",
+             f"definition must be one of {', '.join(DEFINITIONS)} or custom"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    @classmethod
+    def for_definition(cls, definition: str = "restrained", **overrides) -> FitOptions:
+        """Options of a named charge definition (:data:`DEFINITIONS`), then ``overrides``; an override
+        of a setting the definition fixes makes the definition ``custom``."""
+        if definition not in DEFINITIONS:
+            raise ValueError(f"unknown charge definition {definition!r}: use one of {', '.join(DEFINITIONS)}")
+        fixed = DEFINITIONS[definition]
+        changed = any(key in fixed and fixed[key] != value for key, value in overrides.items())
+        values = {**fixed, **overrides}
+        if "free_parameters" in values:
+            values["free_parameters"] = tuple(values["free_parameters"])
+        return cls(**{**values, "definition": "custom" if changed else definition})
+
+    def with_changes(self, **changes) -> FitOptions:
+        """A copy with ``changes``; the definition becomes ``custom`` if they touch what it fixes."""
+        fixed = DEFINITIONS.get(self.definition, {})
+        changed = any(key in fixed and fixed[key] != value for key, value in changes.items())
+        return replace(self, **changes, **({"definition": "custom"} if changed else {}))
 
     @property
     def parameters(self):
         from .ddap import Parameters
 
         return Parameters(self.sigma_start, self.factor, self.n_gauss, self.gcut)
-
-
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
 
 
 def run_fit(
@@ -93,174 +139,15 @@ def run_fit(
 ) -> dict:
     """Fit (and optionally optimise) the DDAP charges of ``density``; returns the results dict.
 
-    Args:
-        density: the density to fit (for Δρ, see :func:`run_difference_fit`).
-        options: fit settings.
-        zval: a :class:`~aiida_optddap.engine.zval.ZvalInfo` for net charges, or None.
-        progress: called as ``progress(step, steps, best_loss)`` during the optimisation.
-        timings: stage timings measured by the caller (e.g. ``read``), merged into the result.
+    Runs the stages of :mod:`.pipeline` (prepare → optimise → solve → diagnose → reconstruct → report).
+    ``zval`` is a :class:`~aiida_optddap.engine.zval.ZvalInfo` (net charges, neutral reference) or None;
+    ``progress(step, steps, best_loss)`` is called during the optimisation; ``timings`` are stage timings
+    measured by the caller (e.g. ``read``), merged into the result.
     """
-    import torch
-
-    from .ddap import Problem, fit_coefficients, resolve_device
-    from .gspace import fourier_coefficients
-    from .losses import loss_on_grid
-    from .optimize import default_bounds, optimize
-    from .reconstruct import dipoles, model_coefficients, planar_averages
-    from .shells import power_outside_box
-
-    timings = dict(timings or {})
-    clock = time.perf_counter()
-    device = resolve_device(options.device)
-    start = options.parameters
-    warnings: list[str] = []
-
-    def lap(stage: str) -> None:
-        nonlocal clock
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        timings[stage] = timings.get(stage, 0.0) + now - clock
-        clock = now
-
-    gcut_max = start.gcut
-    if options.optimize:
-        from .gspace import box_gmax
-
-        gcut_max = max(start.gcut, min(2.0 * DEFAULT_GCUT, 0.98 * box_gmax(density.cell, density.grid.shape)))
-    problem = Problem.build(
-        density,
-        gcut_max,
-        device=device,
-        with_loss_set=options.optimize,
-        chunk_size=options.chunk_size,
-        # The density loss reads the loss set once (shell tables), so its phases need not be kept.
-        cache_loss_phases=False if options.loss == "density" else None,
-    )
-    lap("setup")
-
-    start_results = []
-    bounds = None
-    final = start
-    if options.optimize:
-        bounds = default_bounds(
-            density.cell, density.grid.shape, density.n_atoms * start.n_gauss, problem.fit.g2.cpu().numpy()
-        )
-        start_results = optimize(
-            problem,
-            start,
-            bounds=bounds,
-            loss=options.loss,
-            solver=options.solver,
-            rtol=options.rtol,
-            steps=options.steps,
-            starts=options.starts,
-            lr=options.lr,
-            tolerance=options.tolerance,
-            seed=options.seed,
-            progress=progress,
-        )
-        winner = min(start_results, key=lambda r: r.loss)
-        final = winner.final
-        lap("optimize")
-
-    fit = fit_coefficients(problem, final, options.solver, options.rtol)
-    lap("fit")
-
-    model_g = model_coefficients(density.cell, density.positions, fit["coefficients"], fit["radii"], density.grid.shape)
-    outside = 0.0
-    if options.loss == "density":
-        outside = power_outside_box(density.cell, density.positions, fit["coefficients"], fit["radii"],
-                                    density.grid.shape)
-    loss_value = loss_on_grid(model_g, fourier_coefficients(density.grid), density.cell, options.loss, outside)
-    model = np.fft.ifftn(model_g).real * model_g.size
-    profiles = planar_averages(density.grid, model, density.cell)
-    dipole = dipoles(density.grid, density.cell, density.positions, fit["populations"])
-    lap("reconstruct")
-    timings["total"] = sum(v for k, v in timings.items() if k != "total")
-
-    populations = fit["populations"]
-    net = None
-    zval_block = None
-    if zval is not None and mode == "absolute":
-        net = zval.per_atom(density.symbols) - populations
-        zval_block = {"values": dict(zval.values), "source": dict(zval.source)}
-    if fit["rank"] < fit["n_coefficients"]:
-        warnings.append(
-            f"A is rank-deficient ({fit['rank']} of {fit['n_coefficients']}): per-atom charges in the null space "
-            "are fixed by the pseudo-inverse's minimum-norm choice, not by the density (spec §6.3)"
-        )
-    n = problem.n_electrons
-    if abs(fit["renormalisation"]) > RENORMALISATION_WARNING * max(abs(n), 1.0):
-        warnings.append(
-            f"the unconstrained fit holds {fit['unconstrained_total']:.4f} e against N = {n:.4f} e: "
-            "the total-charge constraint moved the charges substantially"
-        )
-    spread = None
-    if len(start_results) > 1:
-        stack = np.stack([r.populations for r in start_results])
-        per_atom = stack.max(axis=0) - stack.min(axis=0)
-        spread = {"max_abs": float(per_atom.max()), "per_atom": per_atom.tolist()}
-        if spread["max_abs"] > SPREAD_WARNING:
-            warnings.append(
-                f"populations differ by up to {spread['max_abs']:.3f} e across the {len(start_results)} "
-                "starting points: the loss has several minima; the lowest-loss start is reported"
-            )
-    if options.optimize and winner.stop_reason == "rank_change":
-        warnings.append(
-            "the winning start stopped where the rank of A would change (the pseudo-inverse is not "
-            "differentiable there); the best parameters before that point are reported"
-        )
-    history = winner.history if options.optimize else []
-    for row in history:
-        row["condition_number"] = _finite_or_none(row["condition_number"])
-
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "program": {"name": "aiida-optddap", "version": __version__, "torch": torch.__version__},
-        "mode": mode,
-        "source": {"density": density.source, "host": host_source, "format": source_format},
-        "symbols": list(density.symbols),
-        "positions": density.positions.tolist(),
-        "cell": density.cell.tolist(),
-        "grid_shape": list(density.grid.shape),
-        "n_electrons": n,
-        "nelect": density.nelect,
-        "populations": populations.tolist(),
-        "net_charges": None if net is None else net.tolist(),
-        "electronic_charges": (-populations).tolist(),
-        "zval": zval_block,
-        "coefficients": fit["coefficients"].tolist(),
-        "radii": fit["radii"].tolist(),
-        "parameters": final.as_dict(),
-        "initial_parameters": (winner.initial if options.optimize else start).as_dict(),
-        "optimized": options.optimize,
-        "bounds": None if bounds is None else bounds.as_dict(),
-        "solver": options.solver,
-        "rtol": options.rtol,
-        "condition_number": _finite_or_none(fit["condition_number"]),
-        "singular": not math.isfinite(fit["condition_number"]),
-        "rank": fit["rank"],
-        "n_coefficients": fit["n_coefficients"],
-        "smallest_eigenvalues": fit["smallest_eigenvalues"],
-        "unconstrained_total": fit["unconstrained_total"],
-        "renormalisation": fit["renormalisation"],
-        "n_gvectors": fit["n_gvectors"],
-        "fit_residual": fit["fit_residual"],
-        "loss": loss_value,
-        "loss_kind": options.loss,
-        "converged": (winner.stop_reason == "converged") if options.optimize else None,
-        "stop_reason": winner.stop_reason if options.optimize else None,
-        "history": history,
-        "starts": [r.as_dict() for r in start_results],
-        "start_spread": spread,
-        "dipole": dipole,
-        "planar_averages": profiles,
-        "warnings": warnings,
-        "options": asdict(options),
-        "device": device.type,
-        "timings": timings,
-    }
+    state = pipeline.FitState(density, options, zval=zval, mode=mode, progress=progress, timings=dict(timings or {}))
+    for stage in pipeline.STAGES:
+        stage(state)
+    return pipeline.report(state, {"density": density.source, "host": host_source, "format": source_format})
 
 
 def run_difference_fit(defect: Density, host: Density, options: FitOptions = FitOptions(), **kwargs) -> dict:

@@ -18,7 +18,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from .ddap import DEFAULT_RTOL, Parameters, Problem, normal_equations, radii_from, solve, spectrum
+from .ddap import DEFAULT_RTOL, Parameters, Problem, normal_equations, radii_from, solve_charges, spectrum
 from .gspace import DEFAULT_GCUT, box_gmax
 from .losses import LossTerms
 from .shells import DensityLoss, FitShells
@@ -127,8 +127,19 @@ def optimize(
     patience: int = 10,
     seed: int = 0,
     progress: Callable[[int, int, float], None] | None = None,
+    reference: np.ndarray | None = None,
+    tau: float | None = None,
+    free: tuple[str, ...] = NAMES,
 ) -> list[StartResult]:
-    """Run Adam from ``starts`` starting points in one batch; returns one result per start."""
+    """Run Adam from ``starts`` starting points in one batch; returns one result per start.
+
+    With the ``restrained`` solver (``reference`` populations, e, and τ), λ is found by the
+    discrepancy principle at every step and held fixed for the gradient; its solution is smooth in
+    θ, so rank changes of A neither stop a start nor reject a random starting point. Parameters not
+    in ``free`` keep their value from ``start`` in every start.
+    """
+    restrained = solver == "restrained"
+    ref = None if reference is None else torch.as_tensor(np.asarray(reference, dtype=np.float64), device=problem.device)
     device = problem.device
     n_gauss = start.n_gauss
     # Shell tables and real-space overlaps (see .shells) give the same A, b and density loss as the
@@ -144,7 +155,12 @@ def optimize(
             a = equations(radii_from(theta[:, 0], theta[:, 1], n_gauss), theta[:, 2])[0]
         return int(spectrum(a, rtol).rank[0]) == a.shape[-1]
 
-    points = torch.as_tensor(starting_points(start, bounds, starts, seed, accept=full_rank), device=device)
+    accept = None if restrained else full_rank
+    frozen = np.array([name not in free for name in NAMES])
+    points_np = starting_points(start, bounds, starts, seed, accept=accept)
+    points_np[:, frozen] = points_np[0, frozen]
+    points = torch.as_tensor(points_np, device=device)
+    frozen_t = torch.as_tensor(frozen, device=device)
     unconstrained = torch.logit((points - lo) / (hi - lo)).clone().requires_grad_(True)
     optimizer = torch.optim.Adam([unconstrained], lr=lr)
     # Cosine decay to lr/1000 over the step budget: Adam at a constant rate keeps oscillating about a
@@ -165,9 +181,11 @@ def optimize(
         rows = np.flatnonzero(active)  # stopped starts leave the batch
         theta = parameters_of(unconstrained[torch.as_tensor(rows, device=device)])
         radii = radii_from(theta[:, 0], theta[:, 1], n_gauss)
-        a, b, _ = equations(radii, theta[:, 2])
+        a, b, norm = equations(radii, theta[:, 2])
         diag = spectrum(a, rtol)
-        q, total_u = solve(a, b, problem.n_electrons, solver, rtol, diag)
+        sol = solve_charges(a, b, norm, problem.n_electrons, n_gauss, solver, rtol, diag, ref, tau,
+                            with_diagnostics=False)
+        q, total_u = sol.q, sol.unconstrained_total
         values = loss_terms(problem, q, radii)
         if initial_rank is None:
             initial_rank = diag.rank.copy()
@@ -176,7 +194,7 @@ def optimize(
         values_np = values.detach().cpu().numpy()
         populations = q.detach().reshape(len(rows), problem.n_atoms, n_gauss).sum(-1).cpu().numpy()
         for r, i in enumerate(rows):
-            if not finite[r] or diag.rank[r] != initial_rank[i]:
+            if not finite[r] or (diag.rank[r] != initial_rank[i] and not restrained):
                 # Reject the step that led here: restore the previous parameters and stop.
                 with torch.no_grad():
                     unconstrained[i] = previous_u[i]
@@ -205,6 +223,7 @@ def optimize(
         if not active.any():
             break
         (values * torch.as_tensor(active[rows], device=device)).sum().backward()
+        unconstrained.grad[:, frozen_t] = 0.0
         previous_u = unconstrained.detach().clone()
         optimizer.step()
         schedule.step()
@@ -229,3 +248,82 @@ def optimize(
             )
         )
     return results
+
+
+#: Points of the log-spaced σ_start scan that brackets the global minimum before Brent's method.
+SCAN_POINTS = 16
+#: Brent's tolerance on σ_start (Å).
+SIGMA_XTOL = 1e-7
+
+
+def minimise_sigma_start(
+    problem: Problem,
+    start: Parameters,
+    *,
+    bounds: Bounds,
+    loss: str = "density",
+    solver: str = "restrained",
+    rtol: float = DEFAULT_RTOL,
+    reference: np.ndarray | None = None,
+    tau: float | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> StartResult:
+    """The global minimum of the outer loss over σ_start within its bounds, f and g_c held at ``start``'s.
+
+    A log-spaced scan of :data:`SCAN_POINTS` values brackets the best point, then Brent's bounded method
+    (scipy) refines it to :data:`SIGMA_XTOL`. Deterministic and independent of any starting value, so
+    the result is a function of the density and (f, g_c) alone; ``history`` holds every evaluation.
+    """
+    from scipy.optimize import minimize_scalar
+
+    device = problem.device
+    n_gauss = start.n_gauss
+    fast_loss = loss == "density" and DensityLoss.fits(problem, 1, n_gauss)
+    loss_terms = DensityLoss(problem) if fast_loss else LossTerms(problem, loss)
+    equations = FitShells(problem).normal_equations if FitShells.fits(problem) else partial(normal_equations, problem)
+    ref = None if reference is None else torch.as_tensor(np.asarray(reference, dtype=np.float64), device=device)
+    history: list[dict] = []
+    cache: dict[float, tuple[float, np.ndarray]] = {}
+    total = SCAN_POINTS + 40
+
+    def evaluate(sigma: float) -> float:
+        sigma = float(sigma)
+        if sigma in cache:
+            return cache[sigma][0]
+        opts = {"dtype": torch.float64, "device": device}
+        with torch.no_grad():
+            radii = radii_from(torch.tensor([sigma], **opts), torch.tensor([start.factor], **opts), n_gauss)
+            a, b, norm = equations(radii, torch.tensor([start.gcut], **opts))
+            diag = spectrum(a, rtol)
+            sol = solve_charges(a, b, norm, problem.n_electrons, n_gauss, solver, rtol, diag, ref, tau,
+                                with_diagnostics=False)
+            value = float(loss_terms(problem, sol.q, radii)[0])
+        populations = sol.q.reshape(problem.n_atoms, n_gauss).sum(-1).cpu().numpy()
+        cache[sigma] = (value if math.isfinite(value) else math.inf, populations)
+        history.append({"step": len(history), "sigma_start": sigma, "factor": start.factor, "gcut": start.gcut,
+                        "loss": value, "condition_number": float(diag.condition_number[0]),
+                        "rank": int(diag.rank[0]), "unconstrained_total": None})
+        if progress is not None:
+            progress(min(len(history), total), total, min(v for v, _ in cache.values()))
+        return cache[sigma][0]
+
+    lo, hi = bounds.sigma_start
+    grid = np.geomspace(lo, hi, SCAN_POINTS)
+    values = [evaluate(x) for x in grid]
+    best = int(np.argmin(values))
+    if not math.isfinite(values[best]):
+        raise ArithmeticError("the loss is not finite anywhere on the σ_start scan")
+    left, right = grid[max(best - 1, 0)], grid[min(best + 1, SCAN_POINTS - 1)]
+    result = minimize_scalar(evaluate, bounds=(left, right), method="bounded",
+                             options={"xatol": SIGMA_XTOL, "maxiter": 40})
+    sigma = min(cache, key=lambda s: cache[s][0])
+    converged = bool(result.success)
+    return StartResult(
+        initial=start,
+        final=Parameters(sigma, start.factor, n_gauss, start.gcut),
+        loss=cache[sigma][0],
+        populations=cache[sigma][1],
+        steps=len(history),
+        stop_reason="converged" if converged else "max_steps",
+        history=history,
+    )
