@@ -278,7 +278,7 @@ def test_t9_population_sum_is_n(name, solver, request):
 def test_t9_net_charges_sum_to_system_charge(off_vacancy):
     """A cell with 48.9 electrons and Σ Z_val = 49: the net charges sum to +0.1 e."""
     zval = ZvalInfo({"Na": 7.0, "Cl": 7.0}, {"Na": "user", "Cl": "user"})
-    results = run_fit(off_vacancy, FitOptions(optimize=False, device="cpu"), zval=zval)
+    results = run_fit(off_vacancy, FitOptions.for_definition("paper", optimize=False, device="cpu"), zval=zval)
     assert sum(results["populations"]) == pytest.approx(off_vacancy.n_electrons, abs=1e-10)
     assert sum(results["net_charges"]) == pytest.approx(49.0 - off_vacancy.n_electrons, abs=1e-10)
     assert 49.0 - off_vacancy.n_electrons == pytest.approx(0.1, abs=1e-9)
@@ -316,7 +316,7 @@ def test_t17_signs_and_labels():
     d = off_basis_density(cell, symbols, positions, populations, NACL_SHAPE)
     assert d.n_electrons == pytest.approx(56.0, abs=1e-10)
     zval = ZvalInfo({"Na": 7.0, "Cl": 7.0}, {"Na": "user", "Cl": "user"})
-    results = run_fit(d, FitOptions(optimize=False, device="cpu"), zval=zval)
+    results = run_fit(d, FitOptions.for_definition("paper", optimize=False, device="cpu"), zval=zval)
     p = np.array(results["populations"])
     net = np.array(results["net_charges"])
     assert np.all(p > 0)

@@ -55,7 +55,8 @@ def h2_run(tmp_path_factory):
         pytest.skip(f"{H2} is not in the repository")
     folder = tmp_path_factory.mktemp("h2")
     out, plots = folder / "results.json", folder / "plots"
-    result = invoke("fit", H2, "--steps", 6, "--starts", 2, "-o", out, "--plot", plots, "--device", "cpu")
+    result = invoke("fit", H2, "--definition", "paper", "--steps", 6, "--starts", 2, "-o", out, "--plot", plots,
+                    "--device", "cpu")
     return result, out, plots
 
 
@@ -65,7 +66,7 @@ def test_fit_writes_every_schema_key(h2_run):
     data = json.loads(out.read_text())
     missing = [key for key in schema_keys() if key not in data]
     assert not missing, missing
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == 2
     assert data["mode"] == "absolute" and data["optimized"] is True
     assert set(data["program"]) >= {"name", "version", "torch"}
     assert set(data["source"]) == {"density", "host", "format"} and data["source"]["format"] == "chgcar"
@@ -154,7 +155,8 @@ def pair(tmp_path_factory):
 def test_diff_end_to_end(pair, tmp_path):
     host, defect, q, symbols = pair
     out = tmp_path / "diff.json"
-    result = invoke("diff", defect, host, "--no-optimize", "--quiet", "-o", out, "--device", "cpu")
+    result = invoke("diff", defect, host, "--definition", "paper", "--no-optimize", "--quiet", "-o", out,
+                    "--device", "cpu")
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert data["mode"] == "difference"
@@ -169,7 +171,8 @@ def test_diff_end_to_end(pair, tmp_path):
 def test_diff_with_optimisation(pair, tmp_path):
     host, defect, q, _ = pair
     out = tmp_path / "diff.json"
-    result = invoke("diff", defect, host, "--steps", 3, "--starts", 2, "--quiet", "-o", out, "--device", "cpu")
+    result = invoke("diff", defect, host, "--definition", "paper", "--steps", 3, "--starts", 2, "--quiet", "-o", out,
+                    "--device", "cpu")
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert data["optimized"] is True and len(data["starts"]) == 2
@@ -353,7 +356,7 @@ def test_cpu_and_cuda_agree_in_the_optimisation():
     from aiida_optddap.engine.fit import FitOptions, run_fit
 
     d = off_basis_density(TRICLINIC, TRICLINIC_SYMBOLS, TRICLINIC_FRAC @ TRICLINIC, [6.3, 1.1, 4.2], (40, 45, 48))
-    runs = {device: run_fit(d, FitOptions(device=device, steps=8, starts=2)) for device in ("cpu", "cuda")}
+    runs = {device: run_fit(d, FitOptions.for_definition("paper", device=device, steps=8, starts=2)) for device in ("cpu", "cuda")}
     assert runs["cuda"]["device"].startswith("cuda")
     for key in ("loss", "sigma_start", "factor", "gcut"):
         np.testing.assert_allclose([h[key] for h in runs["cuda"]["history"]], [h[key] for h in runs["cpu"]["history"]],

@@ -47,7 +47,7 @@ def in_span(tmp_path_factory):
     density = gaussian_density(cell, TRICLINIC_SYMBOLS, positions, TRICLINIC_Q, CP2K_RADII, (40, 45, 48))
     folder = tmp_path_factory.mktemp("span")
     path = write_chgcar(folder / "CHGCAR", cell, TRICLINIC_SYMBOLS, positions, density.grid)
-    results = run_fit(read_density(path), FitOptions(optimize=False, device="cpu"))
+    results = run_fit(read_density(path), FitOptions.for_definition("paper", optimize=False, device="cpu"))
     return path, results, TRICLINIC_Q
 
 

@@ -195,7 +195,7 @@ def test_t12_difference_density_fixed_fit(host_and_vacancy, solver):
 
 def test_t12_run_difference_fit(host_and_vacancy):
     host, defect, site, q = host_and_vacancy
-    results = run_difference_fit(defect, host, FitOptions(optimize=False, device="cpu"))
+    results = run_difference_fit(defect, host, FitOptions.for_definition("paper", optimize=False, device="cpu"))
     assert results["mode"] == "difference"
     assert results["net_charges"] is None
     assert results["source"]["host"] == "host"
@@ -234,7 +234,7 @@ def test_t14_dipole_exact_in_basis_span(water_box):
     cell, symbols, positions, shape = water_box
     q = np.array([[4.0, 2.5, 1.3], [0.4, 0.3, 0.05], [0.4, 0.3, 0.05]])
     d = gaussian_density(cell, symbols, positions, q, CP2K_RADII, shape)
-    results = run_fit(d, FitOptions(optimize=False, device="cpu"))
+    results = run_fit(d, FitOptions.for_definition("paper", optimize=False, device="cpu"))
     dip_p, dip_n = np.array(results["dipole"]["populations"]), np.array(results["dipole"]["density"])
     expected = (q.sum(axis=1)[:, None] * (positions - 0.5 * cell.sum(axis=0))).sum(axis=0)
     np.testing.assert_allclose(dip_p, expected, atol=1e-8)
@@ -248,7 +248,7 @@ def test_t14_dipole_only_approximate_with_bond_charges(water_box):
     cell, symbols, positions, shape = water_box
     extra = [(0.5 * (positions[0] + positions[i]), 0.35, 0.45) for i in (1, 2)]
     d = off_basis_density(cell, symbols, positions, [7.3, 0.35, 0.35], shape, extra=extra)
-    results = run_fit(d, FitOptions(optimize=False, device="cpu"))
+    results = run_fit(d, FitOptions.for_definition("paper", optimize=False, device="cpu"))
     dip_p, dip_n = np.array(results["dipole"]["populations"]), np.array(results["dipole"]["density"])
     # the molecule's symmetry plane: x components vanish, only z carries the dipole
     assert abs(dip_p[0]) < 1e-8 and abs(dip_n[0]) < 1e-3  # grid-boundary ringing of the 0.35 Å Gaussians

@@ -29,7 +29,7 @@ def density():
 
 @pytest.fixture(scope="module")
 def results(density):
-    return run_fit(density, FitOptions(optimize=True, steps=25, starts=3, seed=3, device="cpu"))
+    return run_fit(density, FitOptions.for_definition("paper", optimize=True, steps=25, starts=3, seed=3, device="cpu"))
 
 
 def _inside(parameters, bounds):
@@ -104,14 +104,14 @@ def test_winner_is_lowest_loss_start(results):
 
 
 def test_fixed_fit_has_no_trajectory(density):
-    fixed = run_fit(density, FitOptions(optimize=False, device="cpu"))
+    fixed = run_fit(density, FitOptions.for_definition("paper", optimize=False, device="cpu"))
     assert fixed["history"] == [] and fixed["starts"] == [] and fixed["start_spread"] is None
     assert fixed["stop_reason"] is None and fixed["converged"] is None
     assert fixed["parameters"] == fixed["initial_parameters"]
 
 
 def test_deterministic_for_a_seed(density, results):
-    again = run_fit(density, FitOptions(optimize=True, steps=25, starts=3, seed=3, device="cpu"))
+    again = run_fit(density, FitOptions.for_definition("paper", optimize=True, steps=25, starts=3, seed=3, device="cpu"))
     assert again["parameters"] == results["parameters"]
     np.testing.assert_array_equal(again["populations"], results["populations"])
 

@@ -100,7 +100,7 @@ def _check(density, results, *, singular=None, expected_groups=None, chg_format=
 
 
 def _fit(density):
-    return run_fit(density, FitOptions(optimize=False, device="cpu"))
+    return run_fit(density, FitOptions.for_definition("paper", optimize=False, device="cpu"))
 
 
 @pytest.mark.parametrize("entry", _entries())

@@ -23,7 +23,7 @@ from aiida_optddap.engine.zval import resolve_zval
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "cp2k_validation" / "data"
 HOST, VACANCY = DATA / "nacl_1x1x1_host.cube.gz", DATA / "nacl_1x1x1_vna.cube.gz"
-CLASSIC = FitOptions(optimize=False, device="cpu")  # σ_start 0.5 Å, f 1.5, g_c √6 bohr⁻¹, pinv
+CLASSIC = FitOptions.for_definition("paper", optimize=False, device="cpu")  # σ_start 0.5 Å, f 1.5, g_c √6 bohr⁻¹, pinv (paper solver, no optimisation)
 
 pytestmark = pytest.mark.skipif(not (HOST.is_file() and VACANCY.is_file()), reason="validation cubes missing")
 

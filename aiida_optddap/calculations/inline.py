@@ -38,7 +38,10 @@ def _engine_report(path: pathlib.Path, parameters: dict, zval: dict | None) -> d
     timings = {"read": time.perf_counter() - clock}
     options = engine_options(parameters)
     fields = {f.name for f in dataclasses.fields(FitOptions)}
-    fit_options = FitOptions(**{key: value for key, value in options.items() if key in fields})
+    given = {key: value for key, value in options.items() if key in fields and key != "definition"}
+    if isinstance(given.get("free_parameters"), str):
+        given["free_parameters"] = tuple(x.strip() for x in given["free_parameters"].split(",") if x.strip())
+    fit_options = FitOptions.for_definition(options.get("definition", "restrained"), **given)
     zval_info = resolve_zval(density, path=path, user=zval)
     return run_fit(
         density,

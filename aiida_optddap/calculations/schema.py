@@ -21,7 +21,9 @@ __all__ = (
 #: Default κ threshold; it applies to the ``lagrange`` solver only (a user value applies to every solver).
 DEFAULT_MAX_CONDITION_NUMBER_LAGRANGE = 1e12
 
-SOLVERS = ("pinv", "lagrange", "scale", "shift", "kkt")
+SOLVERS = ("restrained", "pinv", "lagrange", "scale", "shift", "kkt")
+DEFINITIONS = ("restrained", "paper", "classic")
+REFERENCES = ("auto", "neutral", "zero", "uniform")
 LOSSES = ("density", "coulomb", "planar")
 DEVICES = ("auto", "cpu", "cuda")
 FORMATS = ("auto", "chgcar", "cube")
@@ -62,7 +64,13 @@ class _Spec:
 
 #: key -> specification. ``format`` and ``plot`` go beyond the issue's list (documented in docs/plugin.md).
 PARAMETER_SCHEMA: dict[str, _Spec] = {
+    "definition": _Spec("str", "charge definition (restrained, paper opt-DDAP or classic DDAPC)", choices=DEFINITIONS,
+                        cli="--definition"),
     "solver": _Spec("str", "constrained solver", choices=SOLVERS, cli="--solver"),
+    "reference": _Spec("str", "reference populations of the restraint", choices=REFERENCES, cli="--reference"),
+    "tau": _Spec("float", "restraint: allowed misfit increase relative to the best fit", gt=0, cli="--tau"),
+    "free_parameters": _Spec("str", "parameters to optimise, comma-separated from sigma_start,factor,gcut",
+                             cli="--free"),
     "sigma_start": _Spec("float", "smallest Gaussian radius σ_start (Å), start value", gt=0, cli="--sigma-start"),
     "factor": _Spec("float", "ratio f of successive Gaussian radii, start value", gt=1, cli="--factor"),
     "n_gauss": _Spec("int", "number K of Gaussians per atom", ge=1, cli="--n-gauss"),

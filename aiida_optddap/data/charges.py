@@ -122,6 +122,10 @@ class ChargesData(ArrayData):
         if results.get("cell") is not None:
             node.set_array("cell", np.asarray(results["cell"], dtype=float).reshape(3, 3))
 
+        uncertainty = (results.get("uncertainty") or {}).get("per_atom")
+        if uncertainty is not None:  # e; ∞ (stored as inf in the array) where the density leaves it free
+            node.set_array("uncertainty", np.array([np.inf if u is None else u for u in uncertainty], dtype=float))
+
         params = results.get("parameters") or {}
         kappa, singular = condition_number_for_db(results_condition_number(results))
         summary_of = "net_charges" if net is not None else "populations"
@@ -167,6 +171,12 @@ class ChargesData(ArrayData):
             "device": results.get("device"),
             "engine_version": program.get("version"),
             "has_net_charges": net is not None,
+            "charge_definition": results.get("charge_definition"),
+            "uncertainty_max": finite_or_none((results.get("uncertainty") or {}).get("max")),
+            "determined": (results.get("uncertainty") or {}).get("determined"),
+            "restraint_reference": (results.get("restraint") or {}).get("reference"),
+            "start_spread_max_abs": finite_or_none((results.get("start_spread") or {}).get("max_abs")),
+            "warnings": [str(w) for w in results.get("warnings") or []],
             "summary_of": summary_of,
             "elements": elements,
         }
@@ -332,12 +342,18 @@ class ChargesData(ArrayData):
         return CifData(file=io.BytesIO(text.encode()), filename="charges.cif", parse_policy="lazy")
 
     # ------------------------------------------------------------------ display
+    @property
+    def uncertainty(self) -> np.ndarray | None:
+        """Per-atom uncertainty of the populations (e; inf where the density leaves it free), or None."""
+        return self._get_optional_array("uncertainty")
+
     def table_rows(self) -> list[tuple]:
-        """Rows ``(index, symbol, population, net charge or None)``."""
-        net = self.net_charges
+        """Rows ``(index, symbol, population, net charge or None, uncertainty or None)``."""
+        net, unc = self.net_charges, self.uncertainty
         rows = []
         for i, (symbol, pop) in enumerate(zip(self.symbols, self.populations)):
-            rows.append((i, symbol, float(pop), None if net is None else float(net[i])))
+            rows.append((i, symbol, float(pop), None if net is None else float(net[i]),
+                         None if unc is None else float(unc[i])))
         return rows
 
     def table(self, rich: bool = False):
@@ -345,9 +361,11 @@ class ChargesData(ArrayData):
 
         Returns plain text, or a ``rich.table.Table`` with ``rich=True``.
         """
-        headers = ("index", "symbol", "population (e)", "net charge (e)")
+        headers = ("index", "symbol", "population (e)", "net charge (e)", "± (e)")
         rows = [
-            (str(i), s, f"{p:.6f}", "n/a" if q is None else f"{q:+.6f}") for i, s, p, q in self.table_rows()
+            (str(i), s, f"{p:.6f}", "n/a" if q is None else f"{q:+.6f}",
+             "n/a" if u is None else ("free" if not np.isfinite(u) else f"{u:.4f}"))
+            for i, s, p, q, u in self.table_rows()
         ]
         if rich:
             from rich.table import Table

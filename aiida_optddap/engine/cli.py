@@ -26,26 +26,34 @@ def fit_options(command):
         click.option("--format", "file_format", type=click.Choice(["auto", "chgcar", "cube"]), default="auto",
                      show_default=True, help="Density file format."),
         click.option("--species", default=None, help="Comma-separated species for VASP 4 headers, e.g. Na,Cl."),
-        click.option("--solver", type=click.Choice(["pinv", "lagrange", "scale", "shift", "kkt"]), default="pinv",
-                     show_default=True, help="Charge-conserving solve (spec §6)."),
-        click.option("--sigma-start", type=float, default=0.5, show_default=True,
-                     help="Smallest Gaussian radius σ_start, Å (exp(−r²/σ²))."),
-        click.option("--factor", type=float, default=1.5, show_default=True, help="Radius ratio f (> 1)."),
-        click.option("--n-gauss", type=click.IntRange(1, 12), default=3, show_default=True,
-                     help="Gaussians per atom K."),
-        click.option("--gcut", type=float, default=DEFAULT_GCUT, show_default="4.6289 = √6 bohr⁻¹",
-                     help="Reciprocal cutoff g_c, Å⁻¹."),
-        click.option("--optimize/--no-optimize", default=True, show_default=True,
-                     help="Optimise σ_start, f and g_c with Adam."),
-        click.option("--loss", type=click.Choice(["density", "coulomb", "planar"]), default="density",
-                     show_default=True, help="Outer loss of the optimisation."),
-        click.option("--steps", type=click.IntRange(1), default=300, show_default=True, help="Adam steps at most."),
-        click.option("--starts", type=click.IntRange(1), default=4, show_default=True, help="Starting points."),
-        click.option("--lr", type=float, default=0.05, show_default=True, help="Adam learning rate."),
-        click.option("--tolerance", type=float, default=1e-6, show_default=True,
-                     help="Stop a start when its loss changed less than this (relative) over 10 steps."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random starting points."),
-        click.option("--rtol", type=float, default=1e-10, show_default=True, help="Pseudo-inverse cutoff."),
+        click.option("--definition", type=click.Choice(["restrained", "paper", "classic"]), default="restrained",
+                     show_default=True,
+                     help="Charge definition: restrained (σ_start optimised, restrained solve; seed-free), "
+                          "paper (opt-DDAP: Adam over σ_start, f, g_c from 4 starts, pinv), classic (CP2K DDAPC)."),
+        click.option("--solver", type=click.Choice(["restrained", "pinv", "lagrange", "scale", "shift", "kkt"]),
+                     default=None, help="Charge-conserving solve (default: the definition's)."),
+        click.option("--reference", type=click.Choice(["auto", "neutral", "zero", "uniform"]), default=None,
+                     help="Restraint reference: neutral atoms (Z_val), zero (Δρ), uniform split [default: auto]."),
+        click.option("--tau", type=float, default=None,
+                     help="Restraint: allowed misfit increase relative to the best fit [default: 1e-3]."),
+        click.option("--free", "free_parameters", default=None,
+                     help="Parameters to optimise, comma-separated from sigma_start,factor,gcut "
+                          "[default: the definition's]."),
+        click.option("--sigma-start", type=float, default=None, help="Smallest Gaussian radius σ_start, Å "
+                     "(exp(−r²/σ²)) [default: 0.5]."),
+        click.option("--factor", type=float, default=None, help="Radius ratio f (> 1) [default: 1.5]."),
+        click.option("--n-gauss", type=click.IntRange(1, 12), default=None, help="Gaussians per atom K [default: 3]."),
+        click.option("--gcut", type=float, default=None, help="Reciprocal cutoff g_c, Å⁻¹ [default: 4.6289 = √6 bohr⁻¹]."),
+        click.option("--optimize/--no-optimize", default=None, help="Optimise the free parameters [default: yes]."),
+        click.option("--loss", type=click.Choice(["density", "coulomb", "planar"]), default=None,
+                     help="Outer loss of the optimisation [default: density]."),
+        click.option("--steps", type=click.IntRange(1), default=None, help="Adam steps at most [default: 300]."),
+        click.option("--starts", type=click.IntRange(1), default=None, help="Adam starting points (paper: 4)."),
+        click.option("--lr", type=float, default=None, help="Adam learning rate [default: 0.05]."),
+        click.option("--tolerance", type=float, default=None,
+                     help="Stop an Adam start when its loss changed less than this (relative) over 10 steps."),
+        click.option("--seed", type=int, default=None, help="Seed of the random starting points (Adam only)."),
+        click.option("--rtol", type=float, default=None, help="Pseudo-inverse cutoff [default: 1e-10]."),
         click.option("--chunk-size", type=click.IntRange(1), default=None, help="G vectors per chunk (memory)."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
         click.option("--zval", "zval_text", default=None, help="Valence charges, e.g. Na=7,Cl=7 (overrides files)."),
@@ -67,8 +75,11 @@ def _options_from(kwargs):
     from .fit import FitOptions
 
     keys = ("solver", "sigma_start", "factor", "n_gauss", "gcut", "optimize", "loss", "steps", "starts", "lr",
-            "tolerance", "seed", "rtol", "device", "chunk_size")
-    return FitOptions(**{k: kwargs[k] for k in keys})
+            "tolerance", "seed", "rtol", "device", "chunk_size", "reference", "tau", "free_parameters")
+    given = {k: kwargs[k] for k in keys if kwargs.get(k) is not None}
+    if "free_parameters" in given:
+        given["free_parameters"] = tuple(name.strip() for name in given["free_parameters"].split(",") if name.strip())
+    return FitOptions.for_definition(kwargs["definition"], **given)
 
 
 def _read(path: Path, kwargs):
@@ -160,6 +171,10 @@ def _console(stderr: bool = False):
     return Console(stderr=stderr)
 
 
+def _number(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
 def _summary(results: dict, output: Path) -> None:
     from rich.table import Table
 
@@ -171,25 +186,35 @@ def _summary(results: dict, output: Path) -> None:
     net = results["net_charges"]
     if net is not None:
         table.add_column("net charge (e)", justify="right")
+    uncertainty = (results.get("uncertainty") or {}).get("per_atom")
+    if uncertainty is not None:
+        table.add_column("± (e)", justify="right")
     for i, (symbol, population) in enumerate(zip(results["symbols"], results["populations"])):
         row = [str(i + 1), symbol, f"{population:.6f}"]
         if net is not None:
             row.append(f"{net[i]:+.6f}")
+        if uncertainty is not None:
+            row.append("free" if uncertainty[i] is None else f"{uncertainty[i]:.4f}")
         table.add_row(*row)
     console.print(table)
     p = results["parameters"]
     kappa = results["condition_number"]
     lines = [
         f"σ_start {p['sigma_start']:.4f} Å   f {p['factor']:.4f}   g_c {p['gcut']:.4f} Å⁻¹   K {p['n_gauss']}",
-        f"N {results['n_electrons']:.6f} e   Σ populations {sum(results['populations']):.6f} e   solver {results['solver']}",
+        f"N {results['n_electrons']:.6f} e   Σ populations {sum(results['populations']):.6f} e   "
+        f"definition {results['charge_definition']}   solver {results['solver']}",
         f"κ(A) {'inf' if kappa is None else f'{kappa:.4g}'}   rank {results['rank']}/{results['n_coefficients']}   "
-        f"1ᵀq_u {results['unconstrained_total']:.6f} e   fit residual {results['fit_residual']:.3e}",
+        f"1ᵀq_u {_number(results['unconstrained_total'], '.6f')} e   fit residual {results['fit_residual']:.3e}",
         f"{results['loss_kind']} loss {results['loss']:.4e}   device {results['device']}   "
         f"time {results['timings']['total']:.2f} s",
     ]
     if results["zval"]:
         sources = ", ".join(f"{el}={results['zval']['values'][el]:g} ({src})" for el, src in results["zval"]["source"].items())
         lines.append(f"Z_val: {sources}")
+    if results.get("restraint"):
+        r = results["restraint"]
+        lines.append(f"restraint: reference {r['reference']}, τ {r['tau']:g}, strength λ {r['strength']:.3g}; "
+                     "± = how far a population moves at that misfit increase (free: not fixed by the density)")
     if results["start_spread"]:
         lines.append(f"spread of populations over {len(results['starts'])} starts: {results['start_spread']['max_abs']:.4f} e")
     for line in lines:

@@ -32,7 +32,7 @@ __all__ = (
     "condition_check",
 )
 
-SUPPORTED_SCHEMA_VERSION = 1
+SUPPORTED_SCHEMA_VERSION = 2
 #: |Σ populations − n_electrons| above this (e) is 420 ERROR_CHARGE_NOT_CONSERVED.
 CHARGE_TOLERANCE = 1e-6
 #: Structure check tolerances (Å): positions modulo lattice vectors, cell vectors.
@@ -135,6 +135,12 @@ def output_parameters(results: dict) -> dict:
         "n_steps": len(results.get("history") or []),
         "n_starts": len(results.get("starts") or []) or None,
         "start_spread_max_abs": finite_or_none((results.get("start_spread") or {}).get("max_abs")),
+        "charge_definition": results.get("charge_definition"),
+        "uncertainty_max": finite_or_none((results.get("uncertainty") or {}).get("max")),
+        "determined": (results.get("uncertainty") or {}).get("determined"),
+        "restraint_reference": (results.get("restraint") or {}).get("reference"),
+        "restraint_tau": finite_or_none((results.get("restraint") or {}).get("tau")),
+        "restraint_strength": finite_or_none((results.get("restraint") or {}).get("strength")),
         "device": results.get("device"),
         "warnings": [str(w) for w in results.get("warnings") or []],
     }
