@@ -21,14 +21,14 @@ import tempfile
 
 import click
 
+from .profile import load_profile
+
 __all__ = ("dataset", "resolve_dataset", "misc_for_charges", "charges_results")
 
 
 def _profile(ctx):
-    from .launch import _load_profile
-
     root = ctx.find_root()
-    return _load_profile((root.obj or {}).get("profile"))
+    return load_profile((root.obj or {}).get("profile"))
 
 
 def misc_for_charges(charges):

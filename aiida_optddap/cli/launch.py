@@ -17,6 +17,9 @@ import time
 
 import click
 
+from .dataset import dataset
+from .profile import load_profile
+
 __all__ = ("main", "parse_param", "optddap_executable", "setup_localhost")
 
 CODE_LABEL = "optddap"
@@ -43,10 +46,6 @@ def parse_param(text: str) -> tuple[str, object]:
     return key, value
 
 
-def _load_profile(profile: str | None):
-    from aiida import load_profile
-
-    return load_profile(profile, allow_switch=True)
 
 
 def setup_localhost(workdir: str | None = None, executable: str | None = None) -> tuple[object, object, list[str]]:
@@ -136,7 +135,7 @@ def main(ctx, profile):
 @click.pass_context
 def setup(ctx, workdir, executable):
     """Register the `localhost` computer and the `optddap` code in the profile (idempotent)."""
-    profile = _load_profile(ctx.obj["profile"])
+    profile = load_profile(ctx.obj["profile"])
     click.echo(f"profile: {profile.name}")
     _, _, messages = setup_localhost(workdir, executable)
     for message in messages:
@@ -163,7 +162,7 @@ def launch():
 @click.pass_context
 def launch_fit(ctx, density, host, params, zvals, structure, code_label, max_iterations, daemon, wait, timeout):
     """Run `optddap.base` on DENSITY, a file (stored as SinglefileData) or a node PK/UUID."""
-    _load_profile(ctx.obj["profile"])
+    load_profile(ctx.obj["profile"])
     from aiida import orm
     from aiida.engine import run_get_node, submit
 
@@ -238,13 +237,13 @@ def _show(node) -> None:
 @click.pass_context
 def show(ctx, pk):
     """Show a work chain / calculation (state, key results, charges) or a ChargesData node."""
-    _load_profile(ctx.obj["profile"])
+    load_profile(ctx.obj["profile"])
     from aiida import orm
 
     _show(orm.load_node(pk))
 
 
-main.add_command(__import__("aiida_optddap.cli.dataset", fromlist=["dataset"]).dataset)
+main.add_command(dataset)
 
 
 if __name__ == "__main__":  # pragma: no cover
