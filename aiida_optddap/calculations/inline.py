@@ -18,8 +18,8 @@ import tempfile
 from aiida import orm
 from aiida.engine import ExitCode, Process, calcfunction
 
-from ..parsers.results import CHARGE_TOLERANCE, build_outputs, charge_error, condition_check
-from .schema import engine_options, validate_parameters, validate_zval
+from ..data.results import CHARGE_TOLERANCE, build_outputs, charge_error, condition_check
+from .schema import AIIDA_DEFAULT_DEFINITION, engine_options, validate_parameters, validate_zval
 
 __all__ = ("fit_charge_density",)
 
@@ -41,7 +41,7 @@ def _engine_report(path: pathlib.Path, parameters: dict, zval: dict | None) -> d
     given = {key: value for key, value in options.items() if key in fields and key != "definition"}
     if isinstance(given.get("free_parameters"), str):
         given["free_parameters"] = tuple(x.strip() for x in given["free_parameters"].split(",") if x.strip())
-    fit_options = FitOptions.for_definition(options.get("definition", "restrained"), **given)
+    fit_options = FitOptions.for_definition(options.get("definition", AIIDA_DEFAULT_DEFINITION), **given)
     zval_info = resolve_zval(density, path=path, user=zval)
     return run_fit(
         density,

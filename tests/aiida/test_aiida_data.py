@@ -133,9 +133,16 @@ def test_table(results_factory):
     node = ChargesData.from_results(results_factory()).store()
     text = node.table()
     lines = text.splitlines()
-    assert lines[0].split() == ["index", "symbol", "population", "(e)", "net", "charge", "(e)"]
-    assert lines[2].split() == ["0", "Na", "0.200000", "+0.800000"]
-    assert lines[3].split() == ["1", "Cl", "7.800000", "-0.800000"]
+    assert lines[0].split() == ["index", "symbol", "population", "(e)", "net", "charge", "(e)", "±", "(e)"]
+    assert lines[2].split() == ["0", "Na", "0.200000", "+0.800000", "n/a"]
+    assert lines[3].split() == ["1", "Cl", "7.800000", "-0.800000", "n/a"]
+    results = results_factory()
+    results["uncertainty"] = {"per_atom": [0.0123, None], "max": None, "determined": False}
+    node = ChargesData.from_results(results).store()
+    assert node.base.attributes.get("determined") is False
+    lines = node.table().splitlines()
+    assert lines[2].split()[-1] == "0.0123" and lines[3].split()[-1] == "free"
+    assert np.isinf(node.uncertainty[1])
     from rich.console import Console
 
     console = Console(file=io.StringIO(), width=120)

@@ -22,7 +22,7 @@ def test_valid_parameters():
     "parameters, fragment",
     [
         ({"sigma": 0.5}, "unknown key `sigma`"),
-        ({"solver": "svd"}, "`solver` must be one of 'pinv', 'lagrange', 'scale', 'shift', 'kkt', got 'svd'"),
+        ({"solver": "svd"}, "`solver` must be one of 'restrained', 'pinv', 'lagrange', 'scale', 'shift', 'kkt', got 'svd'"),
         ({"sigma_start": -1.0}, "`sigma_start` must be > 0"),
         ({"sigma_start": "0.5"}, "`sigma_start` must be a number"),
         ({"factor": 1.0}, "`factor` must be > 1"),
@@ -74,7 +74,8 @@ def test_cli_arguments():
     assert "--chunk-size 256" in joined
     assert "--zval Cl=7.0,Na=7" in joined
     assert "max" not in joined  # parser-only key
-    assert cli_arguments({"optimize": True, "plot": False}) == ["--optimize"]
+    assert cli_arguments({"optimize": True, "plot": False}) == ["--definition", "paper", "--optimize"]
+    assert cli_arguments({"definition": "restrained"}) == ["--definition", "restrained"]
 
 
 def test_engine_options():
