@@ -12,6 +12,7 @@ import re
 from aiida.common import CalcInfo, CodeInfo
 from aiida.engine import CalcJob
 
+from ..data.results import OUTPUT_FILE, STDERR_FILE, STDOUT_FILE
 from .ports import EXIT_CODES, INPUTS, OUTPUTS
 from .schema import cli_arguments
 
@@ -29,9 +30,9 @@ def _safe_filename(filename: str, fallback: str) -> str:
 class OptDdapCalculation(CalcJob):
     """Fit opt-DDAP charges to a charge density (CHGCAR, CHG, cube, possibly gzipped) with ``optddap``."""
 
-    _OUTPUT_FILE = "results.json"
-    _STDOUT = "optddap.out"
-    _STDERR = "optddap.err"
+    _OUTPUT_FILE = OUTPUT_FILE
+    _STDOUT = STDOUT_FILE
+    _STDERR = STDERR_FILE
     _PLOT_DIR = "plots"
     _HOST_DIR = "host"
     _RESERVED = (_OUTPUT_FILE, _STDOUT, _STDERR, _PLOT_DIR, _HOST_DIR, "_aiidasubmit.sh")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from aiida.parsers import Parser
 
-from .results import (
+from ..data.results import (
     CHARGE_TOLERANCE,
+    OUTPUT_FILE,
+    STDERR_FILE,
     build_outputs,
     charge_error,
     compare_structure,
@@ -82,14 +84,12 @@ class OptDdapParser(Parser):
     """
 
     def parse(self, **kwargs):
-        from ..calculations.fit import OptDdapCalculation as Calc
-
         retrieved = self.retrieved
         names = retrieved.base.repository.list_object_names()
-        stderr = retrieved.base.repository.get_object_content(Calc._STDERR) if Calc._STDERR in names else ""
+        stderr = retrieved.base.repository.get_object_content(STDERR_FILE) if STDERR_FILE in names else ""
 
         # results.json is written atomically on success only: without it, stderr says what went wrong.
-        if Calc._OUTPUT_FILE not in names:
+        if OUTPUT_FILE not in names:
             failure = classify_stderr(stderr)
             if failure:
                 label, details = failure
@@ -98,7 +98,7 @@ class OptDdapParser(Parser):
             return self.exit_codes.ERROR_MISSING_OUTPUT_FILES.format(details=_tail(stderr))
 
         try:
-            results = load_results(retrieved.base.repository.get_object_content(Calc._OUTPUT_FILE))
+            results = load_results(retrieved.base.repository.get_object_content(OUTPUT_FILE))
             outputs = build_outputs(results)
         except (ValueError, KeyError, TypeError) as exc:
             return self.exit_codes.ERROR_READING_OUTPUT_FILE.format(details=str(exc))

@@ -1,7 +1,7 @@
 """Turn a ``results.json`` dictionary (docs/results-schema.md) into AiiDA nodes and checks.
 
-Shared by the ``optddap.fit`` parser and the in-process ``optddap.fit_inline`` calcfunction. Pure
-numpy + aiida; no torch, no engine import.
+Shared by the ``optddap.fit`` parser and the in-process ``optddap.fit_inline`` calcfunction (in the data
+layer, so that neither depends on the other). Pure numpy + aiida; no torch, no engine import.
 """
 
 from __future__ import annotations
@@ -12,10 +12,13 @@ import math
 import numpy as np
 from aiida import orm
 
-from ..calculations.schema import DEFAULT_MAX_CONDITION_NUMBER_LAGRANGE
-from ..data.charges import ChargesData, condition_number_for_db, finite_or_none, results_condition_number
+from .charges import ChargesData, condition_number_for_db, finite_or_none, results_condition_number
 
 __all__ = (
+    "OUTPUT_FILE",
+    "STDOUT_FILE",
+    "STDERR_FILE",
+    "DEFAULT_MAX_CONDITION_NUMBER_LAGRANGE",
     "SUPPORTED_SCHEMA_VERSION",
     "CHARGE_TOLERANCE",
     "POSITION_TOLERANCE",
@@ -32,6 +35,12 @@ __all__ = (
     "condition_check",
 )
 
+#: The files an ``optddap fit`` run leaves in its working directory (named by the CalcJob, read by the parser).
+OUTPUT_FILE = "results.json"
+STDOUT_FILE = "optddap.out"
+STDERR_FILE = "optddap.err"
+#: Default κ threshold; it applies to the ``lagrange`` solver only (a user value applies to every solver).
+DEFAULT_MAX_CONDITION_NUMBER_LAGRANGE = 1e12
 SUPPORTED_SCHEMA_VERSION = 2
 #: |Σ populations − n_electrons| above this (e) is 420 ERROR_CHARGE_NOT_CONSERVED.
 CHARGE_TOLERANCE = 1e-6
