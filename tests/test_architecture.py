@@ -157,3 +157,17 @@ def test_no_import_cycles(lazy):
     }
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " → ".join(cycle)
+
+
+def test_registries_agree():
+    """The names a solver, a loss or a reader registers in the engine are the ones the AiiDA side validates
+    (calculations/schema.py, which must not import torch) and the engine CLI offers."""
+    from aiida_optddap.calculations import schema
+    from aiida_optddap.engine import ddap, io, losses
+    from aiida_optddap.engine.cli import main
+
+    choices = {param.name: tuple(param.type.choices) for param in main.commands["fit"].params
+               if hasattr(param.type, "choices")}
+    assert schema.SOLVERS == ddap.SOLVERS == choices["solver"]
+    assert schema.LOSSES == losses.LOSSES == choices["loss"]
+    assert schema.FORMATS == ("auto", *io.FORMATS) == choices["format"]
