@@ -170,4 +170,4 @@ def test_registries_agree():
                if hasattr(param.type, "choices")}
     assert schema.SOLVERS == ddap.SOLVERS == choices["solver"]
     assert schema.LOSSES == losses.LOSSES == choices["loss"]
-    assert schema.FORMATS == ("auto", *io.FORMATS) == choices["format"]
+    assert schema.FORMATS == ("auto", *io.FORMATS) == choices["file_format"]
