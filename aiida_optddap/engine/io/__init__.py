@@ -20,9 +20,8 @@ from pathlib import Path
 
 from ..density import Density, DensityError
 from . import cube, vasp
-from .common import READ_ERRORS, compression, error, find_beside, open_text
+from .common import READ_ERRORS, compression, error, find_beside, open_text, split_species_label
 from .outcar import OutcarHeader, read_outcar_header, read_potcar
-from .vasp import split_species_label
 
 #: The readers, by format name, in the order their layouts are tried. A new format: one module, one entry.
 READERS = {reader.FORMAT: reader for reader in (vasp, cube)}

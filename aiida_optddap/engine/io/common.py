@@ -12,6 +12,8 @@ import re
 import tempfile
 from pathlib import Path
 
+from ase.data import atomic_numbers
+
 from ..density import DensityError
 
 _MAGIC = ((b"\x1f\x8b", ".gz"), (b"BZh", ".bz2"), (b"\xfd7zXZ\x00", ".xz"))
@@ -78,3 +80,35 @@ def find_beside(path, name: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def split_species_label(token: str) -> tuple[str, str | None]:
+    """``(element, POTCAR label or None)`` from a species token: ``Na_pv/1a2b`` → ``("Na", "Na_pv")``,
+    ``Na/`` → ``("Na", "Na")``, ``Li_sv`` → ``("Li", "Li_sv")``, ``Na`` → ``("Na", None)``.
+
+    Raises ValueError if the token does not start with an element symbol.
+    """
+    name = token.split("/")[0]
+    match = re.match(r"([A-Z][a-z]?)(?![a-z])", name)
+    if match is None or match.group(1) not in atomic_numbers or match.group(1) == "X":
+        raise ValueError(f"cannot read an element symbol from species {token!r}")
+    element = match.group(1)
+    label = name if ("/" in token or name != element) else None
+    return element, label
+
+
+def species_tokens(species) -> list[str]:
+    """The ``species`` argument of the readers (a string or a sequence) as a list of tokens."""
+    return species.split() if isinstance(species, str) else [str(token) for token in species]
+
+
+def elements_of(path, tokens) -> list[str]:
+    """The element of each species token (:func:`split_species_label`); a bad token is a DensityError."""
+    try:
+        return [split_species_label(token)[0] for token in tokens]
+    except ValueError as exc:
+        raise error(path, exc) from None
+
+
+def species_differ(path, given, found) -> DensityError:
+    return error(path, f"species given ({' '.join(given)}) differ from the file's ({' '.join(found)})")

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from ..density import Density, DensityError
-from .common import READ_ERRORS, error, is_float, is_int, open_text
-from .vasp import split_species_label
+from .common import (
+    READ_ERRORS, elements_of, error, is_float, is_int, open_text, species_differ, species_tokens,
+)
 
 FORMAT = "cube"
 DESCRIPTION = "a Gaussian cube file"
@@ -97,15 +98,9 @@ def read(path: Path, compression: str, species) -> Density:
     cell = np.asarray(atoms.cell[:], dtype=np.float64)
     symbols = atoms.get_chemical_symbols()
     if species is not None:
-        given = species.split() if isinstance(species, str) else [str(token) for token in species]
-        try:
-            given = [split_species_label(token)[0] for token in given]
-        except ValueError as exc:
-            raise error(path, exc) from None
+        given = elements_of(path, species_tokens(species))
         if given != symbols:
-            raise error(
-                path, f"species given ({' '.join(given)}) differ from the file's ({' '.join(symbols)})"
-            )
+            raise species_differ(path, given, symbols)
     volume = abs(np.linalg.det(cell))
     # cube values are e/bohr³; ASE converted the cell (not the data) to Å with the same Bohr constant
     grid = cube["data"] * (volume / Bohr**3)

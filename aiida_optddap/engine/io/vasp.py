@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from ase.data import atomic_numbers
 
 from ..density import Density, DensityError
-from .common import READ_ERRORS, error, find_beside, is_float, is_int, open_text, zopen_path
+from .common import (
+    READ_ERRORS, elements_of, error, find_beside, is_float, is_int, open_text, species_differ, species_tokens,
+    split_species_label, zopen_path,
+)
 from .outcar import nelect_beside, read_potcar
 
 FORMAT = "chgcar"
@@ -47,21 +49,6 @@ class _VaspHeader:
     species: list[str] | None  # tokens of the species line; None for a VASP 4 header
     counts: list[int]
     grid_shape: tuple[int, int, int]
-
-
-def split_species_label(token: str) -> tuple[str, str | None]:
-    """``(element, POTCAR label or None)`` from a species token: ``Na_pv/1a2b`` → ``("Na", "Na_pv")``,
-    ``Na/`` → ``("Na", "Na")``, ``Li_sv`` → ``("Li", "Li_sv")``, ``Na`` → ``("Na", None)``.
-
-    Raises ValueError if the token does not start with an element symbol.
-    """
-    name = token.split("/")[0]
-    match = re.match(r"([A-Z][a-z]?)(?![a-z])", name)
-    if match is None or match.group(1) not in atomic_numbers or match.group(1) == "X":
-        raise ValueError(f"cannot read an element symbol from species {token!r}")
-    element = match.group(1)
-    label = name if ("/" in token or name != element) else None
-    return element, label
 
 
 # The header is scanned here although pymatgen parses it again (VolumetricData.parse_file): the scan names
@@ -142,7 +129,7 @@ def _pick_species(path: Path, header: _VaspHeader, species) -> tuple[list[str], 
     counts = header.counts
     tokens = header.species
     if species is not None:
-        given = species.split() if isinstance(species, str) else [str(token) for token in species]
+        given = species_tokens(species)
         if len(given) == len(counts):
             per_species = given
         elif len(given) == sum(counts):
@@ -158,15 +145,9 @@ def _pick_species(path: Path, header: _VaspHeader, species) -> tuple[list[str], 
         if tokens is None:
             tokens = per_species
         else:
-            try:
-                mine = [split_species_label(token)[0] for token in per_species]
-                theirs = [split_species_label(token)[0] for token in tokens]
-            except ValueError as exc:
-                raise error(path, exc) from None
+            mine, theirs = elements_of(path, per_species), elements_of(path, tokens)
             if mine != theirs:
-                raise error(
-                    path, f"species given ({' '.join(mine)}) differ from the file's ({' '.join(theirs)})"
-                )
+                raise species_differ(path, mine, theirs)
     elif tokens is None:
         potcar = find_beside(path, "POTCAR")
         if potcar is None:
