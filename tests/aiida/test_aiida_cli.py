@@ -71,8 +71,8 @@ def test_show(runner, mgf2_nodes):
     assert result.exit_code == 0, result.output
     assert "F2Mg" in result.output
     rows = [line.split() for line in result.output.splitlines() if line.split()[:1] in (["0"], ["1"], ["2"])]
-    assert rows[0] == ["0", "Mg", "0.400000", "+1.600000"]
-    assert rows[2] == ["2", "F", "7.800000", "-0.800000"]
+    assert rows[0] == ["0", "Mg", "0.400000", "+1.600000", "n/a"]
+    assert rows[2] == ["2", "F", "7.800000", "-0.800000", "n/a"]
     result = runner.invoke(data_optddap, ["show", str(orm.Int(1).store().pk)])
     assert result.exit_code != 0 and "not a ChargesData" in result.output
 

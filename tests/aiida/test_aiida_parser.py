@@ -68,10 +68,10 @@ def test_301_unreadable_output(generate_calc_job_node, results_factory):
     _, calc = _parse(generate_calc_job_node, {"results.json": "{not json", "optddap.err": ""})
     assert calc.exit_status == 301
     results = results_factory()
-    results["schema_version"] = 2
+    results["schema_version"] = 3
     _, calc = _parse(generate_calc_job_node, {"results.json": results})
     assert calc.exit_status == 301
-    assert "schema_version 2" in calc.exit_message
+    assert "schema_version 3" in calc.exit_message
 
 
 def test_302_density_unreadable(generate_calc_job_node):
