@@ -38,7 +38,7 @@ def step_breakdown(density, device: str, n_steps: int, path: str = "shells") -> 
     from aiida_optddap.engine.fit import FitOptions
     from aiida_optddap.engine.gspace import DEFAULT_GCUT, box_gmax
 
-    options = FitOptions(device=device)
+    options = FitOptions.for_definition("paper", device=device)  # the Adam step breakdown: the paper definition
     start = options.parameters
     gcut_max = max(start.gcut, min(2.0 * DEFAULT_GCUT, 0.98 * box_gmax(density.cell, density.grid.shape)))
     dev = ddap.resolve_device(device)
