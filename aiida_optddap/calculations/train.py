@@ -50,7 +50,9 @@ def _validate_target(value, _ctx):
     return None
 
 
-def _validate_inputs(inputs, _ctx):
+def _validate_inputs(inputs, ctx):
+    if "dataset" not in ctx:  # exposed with `dataset` excluded (optddap.mlip supplies it)
+        return None
     given = [key for key in ("dataset", "train_file", "files") if key in inputs]
     if len(given) != 1:
         return f"give exactly one of `dataset`, `train_file` or `files` (got {', '.join(given) or 'none'})"

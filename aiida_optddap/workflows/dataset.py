@@ -193,6 +193,8 @@ class ChargeDatasetWorkChain(WorkChain):
                 inputs.fit.zval = zval
             else:
                 self.report(f"{item['label']}: {reason}, Z_val left to the engine")
+        if "zval" in inputs.fit:  # one zval for a mixed dataset: each fit gets its own elements (the engine
+            inputs.fit.zval = _zval_for(inputs.fit.zval, inputs.fit.charge_density)  # refuses extra ones)
         inputs.metadata = {"label": item["label"], "call_link_label": re.sub(r"\W", "_", f"fit_{item['label']}")}
         return inputs
 
@@ -269,6 +271,20 @@ class ChargeDatasetWorkChain(WorkChain):
         self.report(f"dataset {dataset.__class__.__name__}<{dataset.pk}>: {len(done)} frame(s), "
                     f"{len(failed)} failed, {len(self.ctx.skipped)} skipped; collected in group {label!r}")
         return None
+
+
+def _zval_for(zval: orm.Dict, density: orm.SinglefileData) -> orm.Dict:
+    """``zval`` restricted to the elements of the density's header (unchanged when the header names none)."""
+    from .difference import density_header
+
+    try:
+        symbols = density_header(density).get("symbols")
+    except Exception:  # noqa: BLE001 - an unreadable header is the engine's to report
+        return zval
+    values = zval.get_dict()
+    if not symbols or set(values) <= set(symbols):
+        return zval
+    return orm.Dict({key: value for key, value in values.items() if key in set(symbols)})
 
 
 class _SourceError(Exception):

@@ -314,3 +314,51 @@ def test_mace_train_in_the_graph(mace_code, labelled_dataset):
     assert results["metrics"]["epochs"] == 5
     log = results["log"].get_content()
     assert "Loading checkpoint" in log and "epoch-2" in log.split("Loading checkpoint")[1].splitlines()[0], log[:3000]
+
+
+# ----------------------------------------------------------------------------------------- optddap.mlip
+@pytest.mark.slow
+def test_mlip_from_densities_to_an_evaluated_model(optddap_code, mace_code, singlefile, tmp_path):
+    """One submission: 10 density files (8-atom NaCl/MgO, Gaussian densities of known charges) + their
+    labels → fits (2 at a time) → dataset → baseline → tiny MACE → evaluation on the test split."""
+    from aiida.engine import run_get_node
+    from helpers import gaussian_density, write_chgcar
+
+    radii = np.array([0.5, 0.75, 1.125])
+    densities, properties = {}, {}
+    for k, atoms in enumerate(rattled_frames(10, seed=3)):
+        cell = np.round(atoms.cell[:], 6)
+        positions = np.round(atoms.get_scaled_positions(), 6) @ cell
+        populations = np.array([ZVAL[s] for s in atoms.get_chemical_symbols()]) - atoms.arrays["q"]
+        coefficients = populations[:, None] * np.array([0.3, 0.4, 0.3])[None, :]
+        density = gaussian_density(cell, atoms.get_chemical_symbols(), positions, coefficients, radii, (20, 20, 20))
+        label = f"{atoms.info['config_type']}_{k}"
+        densities[label] = singlefile(write_chgcar(tmp_path / f"{label}_CHGCAR", cell, atoms.get_chemical_symbols(),
+                                                   positions, density.grid))
+        properties[label] = orm.Dict({"energy": atoms.info["energy"], "forces": atoms.arrays["forces"].tolist(),
+                                      "stress": atoms.info["stress"].tolist(), "config_type": atoms.info["config_type"]})
+    builder = WorkflowFactory("optddap.mlip").get_builder()
+    builder.dataset.densities = densities
+    builder.dataset.optddap.fit.code = optddap_code
+    builder.dataset.optddap.fit.parameters = orm.Dict({"optimize": False, "device": "cpu"})
+    builder.dataset.optddap.fit.zval = orm.Dict(ZVAL)
+    builder.dataset.max_concurrent = orm.Int(2)
+    builder.dataset.dataset_parameters = orm.Dict({"split": [0.6, 0.2, 0.2], "seed": 0})
+    builder.properties = properties
+    builder.train.train.code = mace_code
+    builder.train.train.parameters = orm.Dict(TINY)
+    builder.train.train.metadata.options = TRAIN_OPTIONS
+    results, node = run_get_node(builder)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    dataset = results["dataset"]
+    assert dataset.n_frames == 10 and {"SR_energy", "REF_energy"} <= set(dataset.per_config_keys)
+    frames = dataset.read(":")
+    assert {f.info["config_type"] for f in frames} == {"NaCl", "MgO"}
+    summary = dataset.base.attributes.get("baseline")
+    assert summary["per_element"]["Mg"]["mean"] == pytest.approx(1.4, abs=0.02)
+    evaluation = results["evaluation"].get_dict()
+    assert evaluation["split"] == "test" and evaluation["electrostatics"] is True and evaluation["n_frames"] == 2
+    assert math.isfinite(evaluation["rmse_f"]) and set(evaluation["per_config_type"]) <= {"NaCl", "MgO"}
+    labels = {n.process_label for n in node.called}
+    assert {"ChargeDatasetWorkChain", "build_dataset", "electrostatic_baseline", "MaceTrainBaseWorkChain",
+            "evaluate_model"} <= labels
