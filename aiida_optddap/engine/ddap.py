@@ -209,7 +209,14 @@ def normal_equations(
     """A (B, M, M), b (B, M) and Σ_S W|C_G|² (B,) of Blöchl's misfit (spec §5.1), full-sphere sums.
 
     A_ij = Σ_S W Re(f_i* f_j), b_i = Σ_S W Re(f_i* C_G), f_(α,k)(G) = ĝ_k(G) e^{−iG·R_α}.
+
+    Large cells without gradients (fixed-parameter fits, ≥ nufft.MIN_ATOMS atoms) take the NUFFT route of
+    :mod:`.nufft` (same values, cost ~ atoms² instead of atoms³).
     """
+    from . import nufft
+
+    if nufft.use_nufft(problem.n_atoms, radii, gcut, device=radii.device):
+        return nufft.normal_equations_nufft(problem, radii, gcut)
     gs = problem.fit
     n_batch, n_gauss = radii.shape
     m = problem.n_atoms * n_gauss
