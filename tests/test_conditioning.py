@@ -84,3 +84,17 @@ def test_small_matrices_are_exact():
     assert 40 <= conditioning.DENSE_LIMIT and not c.estimated[0]
     np.testing.assert_array_equal(c.smallest[0], e[:3])
     assert c.full_rank[0] and c.factor is not None
+
+
+def test_cholesky_lagrange_is_the_pinv_solution():
+    from aiida_optddap.engine import ddap
+    from aiida_optddap.engine.conditioning import cholesky_lagrange
+
+    a = torch.stack([_spd(M, 1e5, 6), _spd(M, 1e3, 7)])
+    b = torch.randn(2, M, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    c = estimate_conditioning(a.clone(), overwrite=True)
+    q, total = cholesky_lagrange(c.factor, b, 12.5)
+    q_ref, total_ref = ddap.solve(a, b, 12.5, "pinv")
+    assert float((q - q_ref).abs().max() / q_ref.abs().max()) < 1e-10  # κ·ε with κ = 1e5
+    assert torch.allclose(total, total_ref, rtol=1e-10)
+    assert torch.allclose(q.sum(dim=1), torch.full((2,), 12.5, dtype=torch.float64), rtol=1e-12)

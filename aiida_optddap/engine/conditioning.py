@@ -152,3 +152,15 @@ def estimate_conditioning(a: torch.Tensor, rtol: float = 1e-10, *, keep_factor: 
         condition_number=kappa, rank=rank, full_rank=full_rank, largest=largest, smallest=smallest,
         estimated=estimated, factor=factor if keep or in_place else None,
     )
+
+
+def cholesky_lagrange(factor: torch.Tensor, b: torch.Tensor, n_electrons: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``pinv``/``lagrange`` solution of :func:`.ddap.solve` for A of full rank, from its Cholesky factors
+    (B, M, M): q = A⁻¹(b − λ1), λ = (1ᵀA⁻¹b − N)/(1ᵀA⁻¹1), then the round-off drift of Σq removed by a uniform
+    shift. Returns q (B, M) and the unconstrained total 1ᵀA⁻¹b (B,)."""
+    solution = torch.cholesky_solve(torch.stack([b, torch.ones_like(b)], dim=-1), factor)
+    q_u, a_ones = solution[..., 0], solution[..., 1]
+    total_u = q_u.sum(dim=1)
+    lam = (total_u - n_electrons) / a_ones.sum(dim=1)
+    q = q_u - lam[:, None] * a_ones
+    return q + (n_electrons - q.sum(dim=1, keepdim=True)) / q.shape[1], total_u
