@@ -57,7 +57,8 @@ def sphere_coefficients(density: Density, gmax: float) -> tuple[np.ndarray, np.n
     t = (t.transpose(1, 2).reshape(n1 * k3, n2) @ f2).reshape(n1, k3, k2)  # (N1, m3, m2)
     t = (f1.T @ t.reshape(n1, k3 * k2)).reshape(k1, k3, k2).numpy()  # (m1, m3, m2)
     c = t[m[:, 0] + (k1 - 1) // 2, m[:, 2], m[:, 1] + (k2 - 1) // 2] / grid.size
-    return m, g2, c, float(grid.mean())
+    n_electrons = float(t[(k1 - 1) // 2, 0, (k2 - 1) // 2].real) / grid.size  # C_0 = N = mean of the raw grid
+    return m, g2, c, n_electrons
 
 
 def _dft_matrix(n: int, freqs: np.ndarray) -> np.ndarray:
@@ -132,11 +133,11 @@ def fit_frames(
     with _single_thread(max(d.n_atoms for d in densities) * n_gauss <= SERIAL_COEFFICIENTS):
         for density, p in zip(densities, params):
             m, g2, c, n_electrons = sphere_coefficients(density, p.gcut)
-            frames.append({"m": m, "g2": g2, "c": c, "n": n_electrons, "frac": density.fractional_positions,
-                           "radii": p.radii(), "gcut": p.gcut})
+            frames.append({"m": m, "g2": g2, "c": c, "n": n_electrons, "cell": density.cell,
+                           "positions": density.positions, "radii": p.radii(), "gcut": p.gcut})
     results: list[dict | None] = [None] * len(frames)
     for group in _sub_batches(frames, n_gauss):
-        small = dev.type == "cpu" and max(len(frames[i]["frac"]) for i in group) * n_gauss <= SERIAL_COEFFICIENTS
+        small = dev.type == "cpu" and max(len(frames[i]["positions"]) for i in group) * n_gauss <= SERIAL_COEFFICIENTS
         with _single_thread(small):
             for index, result in zip(group, _fit_group([frames[i] for i in group], n_gauss, solver, rtol, dev)):
                 results[index] = result
@@ -159,10 +160,10 @@ def _single_thread(active: bool):
 def _sub_batches(frames: list[dict], n_gauss: int) -> list[list[int]]:
     """Frames sorted by size, cut where padding would cost more than :data:`PADDING_OVERHEAD` × the unpadded
     work (Σ G·M² per frame) or the padded scratch (2·G·M + 2·M² per frame) would pass BATCH_ELEMENTS."""
-    order = sorted(range(len(frames)), key=lambda i: (len(frames[i]["frac"]), len(frames[i]["g2"])))
+    order = sorted(range(len(frames)), key=lambda i: (len(frames[i]["positions"]), len(frames[i]["g2"])))
     groups, current, n_g, n_m, work = [], [], 0, 0, 0.0
     for i in order:
-        gi, mi = len(frames[i]["g2"]), len(frames[i]["frac"]) * n_gauss
+        gi, mi = len(frames[i]["g2"]), len(frames[i]["positions"]) * n_gauss
         g, mm = max(n_g, gi), max(n_m, mi)
         count = len(current) + 1
         if current and (count * (2 * g * mm + 2 * mm * mm) > BATCH_ELEMENTS
@@ -178,28 +179,33 @@ def _sub_batches(frames: list[dict], n_gauss: int) -> list[list[int]]:
 def _fit_group(frames: list[dict], n_gauss: int, solver: str, rtol: float, device: torch.device) -> list[dict]:
     n_frames = len(frames)
     n_g = max(len(f["g2"]) for f in frames)
-    n_atoms = max(len(f["frac"]) for f in frames)
+    n_atoms = max(len(f["positions"]) for f in frames)
     m_max = n_atoms * n_gauss
-    # one host buffer, one transfer: miller (F,G,3), g2, weight, c_re, c_im (F,G), frac (F,N,3), radii (F,K),
-    # gcut, n_electrons, n_coefficients (F,)
-    sizes = [n_g * 3, n_g, n_g, n_g, n_g, n_atoms * 3, n_gauss, 1, 1, 1]
+    # one host buffer, one transfer: miller (F,G,3), g2, weight, c_re, c_im (F,G), positions (F,N,3), cell (F,9),
+    # radii (F,K), gcut, n_electrons, n_coefficients (F,)
+    sizes = [n_g * 3, n_g, n_g, n_g, n_g, n_atoms * 3, 9, n_gauss, 1, 1, 1]
     host = np.zeros((n_frames, sum(sizes)))
-    splits = np.cumsum([0] + sizes)
+    o = np.cumsum([0] + sizes)
+    host[:, o[1] : o[2]] = 1.0  # padded G: |G|² = 1, weight 0
     for i, f in enumerate(frames):
-        k = len(f["g2"])
-        row = np.split(host[i], splits[1:-1])
-        row[0][: 3 * k] = f["m"].reshape(-1)
-        row[1][:] = 1.0  # padded G: |G|² = 1, weight 0
-        row[1][:k] = f["g2"]
-        row[2][:k] = 2.0
-        row[3][:k], row[4][:k] = f["c"].real, f["c"].imag
-        row[5][: 3 * len(f["frac"])] = f["frac"].reshape(-1)
-        row[6][:], row[7][0], row[8][0], row[9][0] = f["radii"], f["gcut"], f["n"], len(f["frac"]) * n_gauss
+        k, n = len(f["g2"]), len(f["positions"])
+        row = host[i]
+        row[o[0] : o[0] + 3 * k] = f["m"].reshape(-1)
+        row[o[1] : o[1] + k] = f["g2"]
+        row[o[2] : o[2] + k] = 2.0
+        row[o[3] : o[3] + k] = f["c"].real
+        row[o[4] : o[4] + k] = f["c"].imag
+        row[o[5] : o[5] + 3 * n] = f["positions"].reshape(-1)
+        row[o[6] : o[7]] = f["cell"].reshape(-1)
+        row[o[7] : o[8]] = f["radii"]
+        row[o[8]], row[o[9]], row[o[10]] = f["gcut"], f["n"], n * n_gauss
     data = torch.from_numpy(host).to(device)
     parts = torch.split(data, sizes, dim=1)
     miller, g2, weight, c_re, c_im = parts[0].reshape(n_frames, n_g, 3), parts[1], parts[2], parts[3], parts[4]
-    frac, radii = parts[5].reshape(n_frames, n_atoms, 3), parts[6]
-    gcut, n_electrons, n_coeff = parts[7][:, 0], parts[8][:, 0], parts[9][:, 0]
+    positions, cell, radii = parts[5].reshape(n_frames, n_atoms, 3), parts[6].reshape(n_frames, 3, 3), parts[7]
+    gcut, n_electrons, n_coeff = parts[8][:, 0], parts[9][:, 0], parts[10][:, 0]
+    # fractional coordinates s = L⁻ᵀR (Density.fractional_positions); padded atoms sit at 0 and are masked below
+    frac = torch.linalg.solve(cell.transpose(1, 2), positions.transpose(1, 2)).transpose(1, 2)
 
     with torch.no_grad():
         # W (F, G): per-frame g_c, zero on the padding
@@ -210,14 +216,15 @@ def _fit_group(frames: list[dict], n_gauss: int, solver: str, rtol: float, devic
         atoms = (torch.arange(n_atoms, device=device)[None, :] < (n_coeff / n_gauss)[:, None]).to(g2.dtype)
         mask = atoms.repeat_interleave(n_gauss, dim=1)  # u (F, M): 1 on the real coefficients
         # √W·[ĝ cos; ĝ sin] (F, 2G, M), zero in the columns of padded atoms (so that A = [[A_f, 0], [0, 0]])
-        phases = torch.cat([torch.cos(angle), torch.sin(angle)], dim=1) * atoms[:, None, :]
-        f = (phases[..., None] * torch.cat([ghat, ghat], dim=1)[:, :, None, :]).reshape(n_frames, 2 * n_g, m_max)
-        target = torch.cat([root * c_re, -root * c_im], dim=1)  # √W·[Re C; −Im C]
-        ft = f.transpose(1, 2)
-        a = ft @ f
-        b = (ft @ target[..., None])[..., 0]
-        norm = (w * (c_re**2 + c_im**2)).sum(dim=1)
-        del f, ft, phases, angle
+        # rows (G, cos|sin) interleaved: e^{iθ} as (cos, sin) pairs, 0 for padded atoms
+        phases = torch.stack([torch.cos(angle), torch.sin(angle)], dim=2) * atoms[:, None, None, :]  # (F, G, 2, N)
+        # [F | t] with t = √W·(Re C, −Im C): one product gives A = FᵀF, b = Fᵀt and Σ W|C|² = tᵀt
+        f = torch.empty(n_frames, 2 * n_g, m_max + 1, dtype=g2.dtype, device=device)
+        torch.mul(phases[..., None], ghat[:, :, None, None, :], out=f[..., :m_max].view(n_frames, n_g, 2, n_atoms, n_gauss))
+        f[..., m_max] = torch.stack([root * c_re, -root * c_im], dim=2).reshape(n_frames, 2 * n_g)
+        gram = f.transpose(1, 2) @ f
+        a, b, norm = gram[:, :m_max, :m_max], gram[:, :m_max, m_max], gram[:, m_max, m_max]
+        del f, phases, angle
         pad = 1.0 - mask
         scale = torch.diagonal(a, dim1=1, dim2=2).sum(dim=1) / n_coeff  # tr A / M of the real block
         a = a + torch.diag_embed(pad * scale[:, None])
