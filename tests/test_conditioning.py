@@ -9,7 +9,16 @@ import torch
 from aiida_optddap.engine import conditioning
 from aiida_optddap.engine.conditioning import NotPositiveDefiniteError, estimate_conditioning
 
-M = 400  # above DENSE_LIMIT: the Krylov route
+M = 300  # above DENSE_LIMIT: the Krylov route
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: threaded LAPACK on these small matrices stalls when other processes hold the cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def _spd(m, kappa, seed, kind="log"):
@@ -98,3 +107,28 @@ def test_cholesky_lagrange_is_the_pinv_solution():
     assert float((q - q_ref).abs().max() / q_ref.abs().max()) < 1e-10  # κ·ε with κ = 1e5
     assert torch.allclose(total, total_ref, rtol=1e-10)
     assert torch.allclose(q.sum(dim=1), torch.full((2,), 12.5, dtype=torch.float64), rtol=1e-12)
+
+
+def test_deflated_cholesky_is_the_pseudo_inverse_solution():
+    """Two eigenvalues below rtol·λ_max (κ 1e12, Cholesky still succeeds): they are deflated (rank M − 2), and
+    the Lagrange solution through P A⁻¹ P equals ddap.solve's pseudo-inverse route."""
+    from aiida_optddap.engine import ddap
+    from aiida_optddap.engine.conditioning import cholesky_lagrange
+
+    g = torch.Generator().manual_seed(3)
+    q, _ = torch.linalg.qr(torch.randn(M, M, generator=g, dtype=torch.float64))
+    lam = torch.logspace(0, -8, M, dtype=torch.float64)
+    lam[-2:] = torch.tensor([3e-12, 1e-12], dtype=torch.float64)
+    a = (q * lam) @ q.T
+    a = 0.5 * (a + a.T)
+    b = torch.randn(1, M, dtype=torch.float64, generator=g)
+    e = torch.linalg.eigvalsh(a).numpy()
+    assert (e <= 1e-10 * e[-1]).sum() == 2
+    for overwrite in (False, True):
+        c = estimate_conditioning(a[None].clone(), overwrite=overwrite)
+        assert c.rank[0] == M - 2 and not c.full_rank[0] and c.estimated[0] and c.factor is not None
+        assert c.null_space is not None and c.null_space[0].shape == (M, 2)
+        q, total = cholesky_lagrange(c.factor, b, 7.0, c.null_space)
+        q_ref, total_ref = ddap.solve(a[None], b, 7.0, "pinv")
+        assert float((q - q_ref).abs().max() / q_ref.abs().max()) < 1e-7  # both ~ε·1e8
+        assert abs(float(total[0] / total_ref[0]) - 1) < 1e-7

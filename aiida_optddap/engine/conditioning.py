@@ -27,12 +27,18 @@ import torch
 
 #: Matrices up to this size take the dense ``eigvalsh`` (cheaper than the Krylov iterations there).
 DENSE_LIMIT = 256
-#: Block size of the Krylov iterations (≥ 3 plus slack, so that repeated smallest eigenvalues are found).
-BLOCK = 6
+#: Block size of the Krylov iterations (≥ 3 plus slack, so that repeated smallest eigenvalues are found; a wide
+#: block also makes each pass over the M×M factor a matrix–matrix product, which is what the time depends on).
+BLOCK = 16
 #: Most Krylov blocks per estimate; the iteration stops earlier once the Ritz values settle.
-MAX_BLOCKS = 40
+MAX_BLOCKS = 24
 #: Relative change of the wanted Ritz values between blocks at which the iteration stops.
-RITZ_TOL = 1e-12
+RITZ_TOL = 1e-11
+#: Most eigenvalues at or below the cutoff that are deflated (projected out of a Cholesky solve) rather than
+#: sent to the eigvalsh/pseudo-inverse route.
+DEFLATE_MAX = 32
+#: Largest relative residual |A⁻¹y − μy|/μ of a deflated eigenvector.
+DEFLATE_RESIDUAL = 1e-9
 #: Number of smallest eigenvalues reported (as :class:`.ddap.Spectrum` does).
 N_SMALLEST = 3
 
@@ -50,34 +56,64 @@ class Conditioning:
     smallest: np.ndarray
     estimated: np.ndarray
     factor: torch.Tensor | None = None
+    null_space: list[torch.Tensor | None] | None = None
 
 
-def _block_krylov_top(apply, m: int, n_wanted: int, like: torch.Tensor, seed: int) -> np.ndarray:
+def _small_eigh(t: torch.Tensor):
+    """eigh of the small Rayleigh-quotient matrix on one thread: threaded LAPACK on a ≤ 400×400 matrix gains
+    nothing and, on a machine whose cores are busy, stalls (measured: 0.9 s instead of 3 ms at 128×128)."""
+    previous = torch.get_num_threads()
+    if previous > 1:
+        torch.set_num_threads(1)
+    try:
+        return torch.linalg.eigh(t)
+    finally:
+        if previous > 1:
+            torch.set_num_threads(previous)
+
+
+def _block_krylov_top(apply, m: int, n_wanted: int, like: torch.Tensor, seed: int,
+                      block: int | None = None) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
     """The ``n_wanted`` largest eigenvalues of the symmetric operator ``apply`` (M×M), descending, by block
-    Krylov with full reorthogonalisation and Rayleigh–Ritz."""
+    Krylov with full reorthogonalisation and Rayleigh–Ritz; with their Ritz vectors (M, n_wanted) and relative
+    residuals |Ay − μy|/|μ|. The Rayleigh quotient matrix is grown block by block (no recomputation)."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    block = min(BLOCK, m)
+    block = min(block or max(BLOCK, n_wanted + 3), m)
+    n_blocks = max(1, min(MAX_BLOCKS, m // block))
+    size = n_blocks * block
+    basis = like.new_empty(m, size)
+    images = like.new_empty(m, size)
+    t = like.new_zeros(size, size)
     q = torch.randn(m, block, generator=generator, dtype=torch.float64).to(like.device)
     q, _ = torch.linalg.qr(q)
-    basis, images = [], []
     previous = None
-    for _ in range(min(MAX_BLOCKS, max(1, m // block))):
+    k = 0
+    for _ in range(n_blocks):
         w = apply(q)
-        basis.append(q)
-        images.append(w)
-        qs, ws = torch.cat(basis, dim=1), torch.cat(images, dim=1)
-        t = qs.T @ ws
-        ritz = torch.linalg.eigvalsh(0.5 * (t + t.T)).flip(0)[:n_wanted].cpu().numpy()
+        basis[:, k : k + block] = q
+        images[:, k : k + block] = w
+        t[: k + block, k : k + block] = basis[:, : k + block].T @ w
+        t[k : k + block, :k] = t[:k, k : k + block].T
+        k += block
+        tk = t[:k, :k]
+        values, vectors = _small_eigh(0.5 * (tk + tk.T))
+        ritz = values.flip(0)[:n_wanted].cpu().numpy()
         if previous is not None and np.all(np.abs(ritz - previous) <= RITZ_TOL * np.abs(ritz)):
             break
         previous = ritz
-        # next block: w orthogonalised against the basis (twice: classical Gram–Schmidt with reorthogonalisation)
-        for _ in range(2):
+        if k + block > size:
+            break
+        qs = basis[:, :k]
+        for _ in range(2):  # classical Gram–Schmidt, twice
             w = w - qs @ (qs.T @ w)
         q, r = torch.linalg.qr(w)
-        if qs.shape[1] + block > m or float(torch.abs(torch.diagonal(r)).min()) <= 1e-14 * float(torch.abs(r).max()):
-            break  # the Krylov space is (numerically) the whole space or has stopped growing
-    return ritz
+        if float(torch.abs(torch.diagonal(r)).min()) <= 1e-14 * float(torch.abs(r).max()):
+            break  # the Krylov space has (numerically) stopped growing
+    s = vectors.flip(1)[:, :n_wanted]
+    y = basis[:, :k] @ s
+    residual = images[:, :k] @ s - y * values.flip(0)[:n_wanted]
+    rel = (residual.norm(dim=0) / values.flip(0)[:n_wanted].abs()).cpu().numpy()
+    return ritz, y, rel
 
 
 class NotPositiveDefiniteError(ArithmeticError):
@@ -116,6 +152,7 @@ def estimate_conditioning(a: torch.Tensor, rtol: float = 1e-10, *, keep_factor: 
     largest = np.empty(n_batch)
     smallest = np.empty((n_batch, n_small))
     estimated = np.zeros(n_batch, dtype=bool)
+    null_space: list[torch.Tensor | None] = [None] * n_batch
     in_place = overwrite and a.device.type == "cpu" and a.dtype == torch.float64 and a.is_contiguous()
     if in_place:
         factor = a
@@ -131,34 +168,64 @@ def estimate_conditioning(a: torch.Tensor, rtol: float = 1e-10, *, keep_factor: 
         if (m > DENSE_LIMIT or in_place) and info[i] == 0:
             lower = factor[i]
             apply_a = (lambda v: lower @ (lower.T @ v)) if in_place else (lambda v: a[i] @ v)
-            hi = float(_block_krylov_top(apply_a, m, 1, a, seed)[0])
-            inverse_top = _block_krylov_top(lambda v: torch.cholesky_solve(v, lower), m, n_small, a, seed + 1)
-            lo = 1.0 / inverse_top  # ascending: 1/μ for μ descending
-            if lo[0] > rtol * hi and np.all(inverse_top > 0):
-                largest[i], smallest[i], rank[i], estimated[i] = hi, lo, m, True
-                kappa[i] = hi / lo[0]
-                continue
+            hi = float(_block_krylov_top(apply_a, m, 1, a, seed)[0][0])
+            cutoff = rtol * hi
+            n_wanted, found = n_small, None
+            while n_wanted <= DEFLATE_MAX:
+                mu, vectors, residual = _block_krylov_top(lambda v: torch.cholesky_solve(v, lower), m, n_wanted, a,
+                                                          seed + 1)
+                below = int(np.sum(mu * cutoff >= 1.0))  # eigenvalues λ = 1/μ at or below the cutoff
+                if np.any(mu <= 0):
+                    break
+                if below < n_wanted or n_wanted >= min(m, DEFLATE_MAX):
+                    found = (mu, vectors, residual, below) if below < n_wanted else None
+                    break
+                n_wanted = min(m, DEFLATE_MAX)  # more than n_small below the cutoff: one wider search
+            if found is not None:
+                mu, vectors, residual, below = found
+                lo = 1.0 / mu[:n_small]  # ascending
+                if below == 0 or np.all(residual[:below] <= DEFLATE_RESIDUAL):
+                    largest[i], smallest[i], rank[i], estimated[i] = hi, lo, m - below, True
+                    kappa[i] = hi / lo[0]
+                    if below:
+                        null_space[i] = vectors[:, :below]
+                    continue
             if in_place:
                 raise NotPositiveDefiniteError(
-                    f"A is rank-deficient under rtol = {rtol:g} (λ_min ≈ {lo[0]:.3g}, λ_max ≈ {hi:.3g}); it has been "
+                    f"A is rank-deficient under rtol = {rtol:g} beyond what can be deflated; it has been "
                     "overwritten: rebuild it and use overwrite=False")
         eig = torch.linalg.eigvalsh(a[i]).cpu().numpy()
         largest[i], smallest[i] = eig[-1], eig[:n_small]
         rank[i] = int((eig > rtol * eig[-1]).sum())
         kappa[i] = eig[-1] / eig[0] if eig[0] > 0 else np.inf
     full_rank = rank == m
-    keep = keep_factor and bool(full_rank.all()) and not bool(np.asarray(info).any())
+    solvable = estimated | full_rank  # a Cholesky solve (with deflation where rank < M) gives the pinv solution
+    keep = (keep_factor or in_place) and bool(solvable.all()) and not bool(np.asarray(info).any())
     return Conditioning(
         condition_number=kappa, rank=rank, full_rank=full_rank, largest=largest, smallest=smallest,
-        estimated=estimated, factor=factor if keep or in_place else None,
+        estimated=estimated, factor=factor if keep else None,
+        null_space=null_space if any(v is not None for v in null_space) else None,
     )
 
 
-def cholesky_lagrange(factor: torch.Tensor, b: torch.Tensor, n_electrons: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``pinv``/``lagrange`` solution of :func:`.ddap.solve` for A of full rank, from its Cholesky factors
-    (B, M, M): q = A⁻¹(b − λ1), λ = (1ᵀA⁻¹b − N)/(1ᵀA⁻¹1), then the round-off drift of Σq removed by a uniform
-    shift. Returns q (B, M) and the unconstrained total 1ᵀA⁻¹b (B,)."""
-    solution = torch.cholesky_solve(torch.stack([b, torch.ones_like(b)], dim=-1), factor)
+def cholesky_lagrange(factor: torch.Tensor, b: torch.Tensor, n_electrons: float,
+                      null_space: list[torch.Tensor | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``pinv``/``lagrange`` solution of :func:`.ddap.solve` from Cholesky factors (B, M, M):
+    q = A⁺(b − λ1), λ = (1ᵀA⁺b − N)/(1ᵀA⁺1), then the round-off drift of Σq removed by a uniform shift.
+    Returns q (B, M) and the unconstrained total 1ᵀA⁺b (B,).
+
+    A⁺ is A⁻¹ where A has full rank under rtol; with ``null_space`` (:attr:`Conditioning.null_space`: the
+    eigenvectors V of the eigenvalues at or below the cutoff) it is P A⁻¹ P with P = 1 − VVᵀ, which is the
+    pseudo-inverse with the same cutoff (the projection before the solve keeps the 1/λ of the dropped
+    directions out of the round-off, the one after removes what is left)."""
+    rhs = torch.stack([b, torch.ones_like(b)], dim=-1)
+    projectors = null_space or [None] * len(b)
+
+    def project(x, i):
+        v = projectors[i]
+        return x if v is None else x - v @ (v.T @ x)
+
+    solution = torch.stack([project(torch.cholesky_solve(project(rhs[i], i), factor[i]), i) for i in range(len(b))])
     q_u, a_ones = solution[..., 0], solution[..., 1]
     total_u = q_u.sum(dim=1)
     lam = (total_u - n_electrons) / a_ones.sum(dim=1)
