@@ -34,13 +34,12 @@ import torch
 EPS = 1e-12
 #: Non-uniform points per NUFFT call (bounds the scratch memory: K(K+1)/4 complex outputs per point).
 POINTS_PER_CHUNK = 1 << 20
-#: Route :func:`.ddap.normal_equations` to the NUFFT from this many atoms (measured by
-#: ``python -m bench.large_cells``; see docs/benchmarks.md, "Large cells"). On two cores of the
-#: development machine the chunked sums and the NUFFT cross between 100 and 150 atoms (rock salt at
-#: 0.1175 Å, K = 3, default g_c: 64 atoms 3 ms vs 20 ms, 216 atoms 80 ms vs 45 ms, 512 atoms 0.92 s vs
-#: 0.25 s, 1000 atoms 7 s vs 0.9 s); the threshold sits above the crossing so that small cells keep the
-#: exact, differentiable chunked sums.
-MIN_ATOMS = 200
+#: Route :func:`.ddap.normal_equations` to the NUFFT from this many atoms. Measured by ``python -m
+#: bench.large_cells`` (bench/results/large_cells.json, docs/benchmarks.md "Large cells") on two cores, rock salt
+#: at 0.1175 Å, K = 3, default g_c, chunked sums vs NUFFT: 8 atoms 1.4 vs 10 ms, 64 atoms 9 vs 26 ms, 216
+#: atoms 175 vs 163 ms (1.07×), 512 atoms 1.6 vs 0.71 s (2.3×), 1000 atoms 24 vs 6.9 s (3.5×). The crossing
+#: is at ~210 atoms; the threshold sits just above it, so that small cells keep the chunked sums.
+MIN_ATOMS = 250
 
 
 def available(device: torch.device | str = "cpu") -> bool:
