@@ -78,9 +78,15 @@ def large_fixed_fit(density, parameters, stages: _Stages):
     from aiida_optddap.engine.large import fit_large
 
     timings = {}
+
+    def probe(stage):
+        stages.peaks[stage] = _hwm()
+        _reset_hwm()
+
     with stages("fit"):
-        result = fit_large(density, parameters, timings=timings)
+        result = fit_large(density, parameters, timings=timings, probe=probe)
     stages.times.update(timings)
+    stages.peaks["fit"] = max(stages.peaks[k] or 0 for k in ("setup", "normal_equations", "solve", "fit"))
     return result
 
 

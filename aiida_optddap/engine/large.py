@@ -41,16 +41,19 @@ def lean_problem(density: Density, gcut: float, device: str = "cpu") -> Problem:
 
 
 def fit_large(density: Density, parameters: Parameters = Parameters(), rtol: float = DEFAULT_RTOL,
-              device: str = "cpu", timings: dict | None = None) -> dict:
+              device: str = "cpu", timings: dict | None = None, probe=None) -> dict:
     """The ``pinv`` fit of :func:`.ddap.fit_coefficients` (same keys) for a large cell; ``timings`` (a dict)
-    receives the seconds of each stage (setup, normal_equations, solve)."""
+    receives the seconds of each stage (setup, normal_equations, solve); ``probe(stage)``, when given, is called
+    at the end of each stage (the benchmark reads the memory high-water mark there)."""
     import time
 
     clock = time.perf_counter
     stages = timings if timings is not None else {}
+    probe = probe or (lambda stage: None)
     start = clock()
     problem = lean_problem(density, parameters.gcut, device)
     stages["setup"] = clock() - start
+    probe("setup")
     opts = {"dtype": torch.float64, "device": problem.device}
     radii = torch.as_tensor(parameters.radii(), **opts)[None]
     gcut = torch.tensor([parameters.gcut], **opts)
@@ -58,6 +61,7 @@ def fit_large(density: Density, parameters: Parameters = Parameters(), rtol: flo
         start = clock()
         a, b, norm = nufft.normal_equations_nufft(problem, radii, gcut)
         stages["normal_equations"] = clock() - start
+        probe("normal_equations")
         start = clock()
         try:
             cond = estimate_conditioning(a, rtol, overwrite=True)  # a now holds L
@@ -68,6 +72,7 @@ def fit_large(density: Density, parameters: Parameters = Parameters(), rtol: flo
         lq = cond.factor[0].T @ q[0]  # qᵀAq = |Lᵀq|²
         residual = float((norm[0] - 2.0 * (b[0] @ q[0]) + lq @ lq) / norm[0])
         stages["solve"] = clock() - start
+        probe("solve")
     coefficients = q[0].cpu().numpy().reshape(problem.n_atoms, parameters.n_gauss)
     total = float(total_u[0])
     return {
