@@ -149,6 +149,8 @@ def cp2k_input_text(
     stress: bool = False,
     forces: bool = False,
     kinds: dict | None = None,
+    cutoff: float = 300,
+    rel_cutoff: float = 40,
 ) -> str:
     """A CP2K input of this recipe for any cell and atoms (scaled coordinates), reusable by other examples.
 
@@ -162,6 +164,7 @@ def cp2k_input_text(
         stress: add STRESS_TENSOR ANALYTICAL and print the stress tensor.
         forces: print the atomic forces.
         kinds: element → (basis set, potential); default :data:`KINDS`.
+        cutoff, rel_cutoff: &MGRID CUTOFF and REL_CUTOFF (Ry); default the validation's 300 and 40.
     """
     kinds = KINDS if kinds is None else kinds
     spin = "    UKS\n    MULTIPLICITY 2\n" if uks else ""
@@ -198,8 +201,8 @@ def cp2k_input_text(
     POTENTIAL_FILE_NAME GTH_POTENTIALS
     CHARGE 0
 {spin}    &MGRID
-      CUTOFF 300
-      REL_CUTOFF 40
+      CUTOFF {cutoff:g}
+      REL_CUTOFF {rel_cutoff:g}
     &END MGRID
     &QS
       EPS_DEFAULT 1.0E-10
