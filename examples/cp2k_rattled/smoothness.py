@@ -1,0 +1,142 @@
+#!/usr/bin/env python
+"""Smoothness of atomic charges in geometry on the rattled rock-salt frames, against Bader.
+
+For each system the ratio r = |Q_frame,atom − Q_perfect,atom| / rms displacement (e/Å) is taken over every
+rattled frame and atom; its maximum and median are reported for the fitted net charges and for the Bader net
+charges stored in data/<system>.json, with the quotient fit / Bader. The issue's criterion is
+``quotient_max <= 3``.
+
+Engine level (no AiiDA): densities are read with :func:`aiida_optddap.engine.io.read_density` and fitted with
+:func:`aiida_optddap.engine.fit.run_fit` under any :class:`~aiida_optddap.engine.fit.FitOptions`; Z_val are the
+GTH valence counts recorded in the JSON (cube files carry no pseudopotential information).
+
+Usage::
+
+    python examples/cp2k_rattled/smoothness.py                  # paper solver (pinv), fixed parameters
+    python examples/cp2k_rattled/smoothness.py --definition restrained --optimize --systems nacl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def load_frames(system: str, data: Path = DATA) -> dict:
+    """The JSON record of ``system`` (raises FileNotFoundError when it is missing)."""
+    return json.loads((Path(data) / f"{system}.json").read_text())
+
+
+def ratio_stats(charges: np.ndarray, rms: np.ndarray) -> dict:
+    """max and median over rattled frames and atoms of |Q − Q_perfect| / rms; frame 0 must be the perfect one."""
+    charges = np.asarray(charges, dtype=float)
+    rms = np.asarray(rms, dtype=float)
+    if rms[0] != 0:
+        raise ValueError("frame 0 must be the perfect crystal (rms 0)")
+    rattled = rms > 0
+    ratio = np.abs(charges[rattled] - charges[0]) / rms[rattled][:, None]
+    per_frame = ratio.max(axis=1)
+    return {"max": float(ratio.max()), "median": float(np.median(ratio)), "per_frame_max": per_frame.tolist()}
+
+
+def fit_frames(records: dict, fit_options, data: Path = DATA) -> tuple[np.ndarray, list[float]]:
+    """Net charges of every frame by ``run_fit`` with ``fit_options``; also the seconds per fit."""
+    from aiida_optddap.engine.fit import run_fit
+    from aiida_optddap.engine.io import read_density
+    from aiida_optddap.engine.zval import resolve_zval
+
+    charges, seconds = [], []
+    for rec in records["frames"]:
+        density = read_density(Path(data) / rec["cube"])
+        if list(density.symbols) != list(rec["symbols"]):
+            raise ValueError(f"{rec['cube']}: symbols {density.symbols} differ from the JSON's {rec['symbols']}")
+        zval = resolve_zval(density, user={k: float(v) for k, v in records["zval"].items()})
+        start = time.perf_counter()
+        result = run_fit(density, fit_options, zval=zval)
+        seconds.append(time.perf_counter() - start)
+        charges.append(result["net_charges"])
+    return np.array(charges, dtype=float), seconds
+
+
+def smoothness(fit_options, systems=("nacl", "mgo"), data: Path = DATA, skip_suspect: bool = True) -> dict:
+    """The smoothness ratios of the fit's and Bader's net charges on the committed rattled frames.
+
+    Args:
+        fit_options: any :class:`~aiida_optddap.engine.fit.FitOptions`.
+        systems: names of data/<system>.json records.
+        data: the data folder (default: this example's).
+        skip_suspect: leave out the frames whose record has a ``suspect`` note (mgo_008: another SCF
+            solution); they are listed under ``"skipped"``.
+
+    Returns:
+        ``{system: {"n_frames", "fit": {"max", "median", "per_frame_max"}, "bader": {...}, "quotient_max",
+        "quotient_median", "fit_net_charges", "bader_net_charges", "rms", "fit_seconds", "skipped"}}``; ratios
+        in e/Å.
+    """
+    out = {}
+    for system in systems:
+        records = load_frames(system, data)
+        frames = sorted(records["frames"], key=lambda f: f["frame"])
+        skipped = [f["name"] for f in frames if skip_suspect and f.get("suspect")]
+        frames = [f for f in frames if f["name"] not in skipped]
+        records = {**records, "frames": frames}
+        rms = np.array([f["rms_displacement"] for f in frames])
+        missing = [f["name"] for f in frames if "bader_net_charges" not in f]
+        if missing:
+            raise ValueError(f"{system}: no Bader charges for {missing}; run generate.py --bader-only")
+        bader = np.array([f["bader_net_charges"] for f in frames])
+        fit, seconds = fit_frames(records, fit_options, data)
+        fit_stats, bader_stats = ratio_stats(fit, rms), ratio_stats(bader, rms)
+        out[system] = {
+            "n_frames": len(frames),
+            "fit": fit_stats,
+            "bader": bader_stats,
+            "quotient_max": fit_stats["max"] / bader_stats["max"],
+            "quotient_median": fit_stats["median"] / bader_stats["median"],
+            "fit_net_charges": fit.tolist(),
+            "bader_net_charges": bader.tolist(),
+            "rms": rms.tolist(),
+            "fit_seconds": seconds,
+            "skipped": skipped,
+        }
+    return out
+
+
+def main(argv=None) -> int:
+    from aiida_optddap.engine.fit import DEFINITIONS, FitOptions
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--definition", default="paper", choices=list(DEFINITIONS))
+    parser.add_argument("--optimize", action="store_true",
+                        help="optimise the Gaussian parameters (default: fixed σ_start 0.5 Å, f 1.5, g_c)")
+    parser.add_argument("--systems", nargs="+", default=["nacl", "mgo"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--keep-suspect", action="store_true", help="include frames flagged as suspect")
+    parser.add_argument("--json", type=Path, help="also write the full result here")
+    args = parser.parse_args(argv)
+    options = FitOptions.for_definition(args.definition, device=args.device)
+    if options.optimize != args.optimize:
+        options = options.with_changes(optimize=args.optimize)
+    result = smoothness(options, tuple(args.systems), skip_suspect=not args.keep_suspect)
+    print(f"charge definition: {options.definition} ({options.solver}, optimize={options.optimize}); ratio = |Q - Q_perfect| / rms displacement (e/Å)")
+    print(f"{'system':8s} {'frames':>6s} {'fit max':>9s} {'fit med':>9s} {'Bader max':>10s} {'Bader med':>10s} "
+          f"{'max q':>7s} {'med q':>7s} {'s/fit':>7s}")
+    for system, r in result.items():
+        print(f"{system:8s} {r['n_frames']:6d} {r['fit']['max']:9.4f} {r['fit']['median']:9.4f} "
+              f"{r['bader']['max']:10.4f} {r['bader']['median']:10.4f} {r['quotient_max']:7.3f} "
+              f"{r['quotient_median']:7.3f} {np.mean(r['fit_seconds']):7.2f}"
+              + (f"  (skipped {', '.join(r['skipped'])})" if r["skipped"] else ""))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
