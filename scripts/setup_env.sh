@@ -14,3 +14,5 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install -q "torch==2.13.0"
 fi
 .venv/bin/pip install -q -e ".[tests,docs,mace]" "${@}"
+# test-only Bader reference, without its pymatgen<=2025.10.7 pin (pyproject.toml, extra 'tests')
+.venv/bin/pip install -q --no-deps "baderkit==0.10.2"

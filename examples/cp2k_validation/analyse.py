@@ -69,7 +69,7 @@ class EngineBackend:
         from aiida_optddap.engine.io import read_density
         from aiida_optddap.engine.zval import resolve_zval
 
-        options = FitOptions(device=self.device, **params)
+        options = FitOptions.for_definition(**params, device=self.device)
         density = read_density(defect)
         if host is not None:
             return run_difference_fit(density, read_density(host), options, source_format="cube")
@@ -252,7 +252,13 @@ def summarise(results: dict, site: np.ndarray) -> dict:
 
 
 def fixed(params: dict) -> dict:
-    return {"optimize": False, **{k: params[k] for k in ("sigma_start", "factor", "gcut")}}
+    """Fixed-parameter fit options: the pseudo-inverse solve of the paper definition, no optimisation."""
+    return {"definition": "paper", "optimize": False, **{k: params[k] for k in ("sigma_start", "factor", "gcut")}}
+
+
+#: The package's default charge definition (engine/fit.py DEFINITIONS["restrained"]), beside the paper's
+RESTRAINED = {"definition": "restrained"}
+MODES = ("classic", "opt", "restrained")
 
 
 def run_pair(label: str, backend, opt: dict, log, host_opt=tuple(PAIRS)) -> dict:
@@ -270,7 +276,7 @@ def run_pair(label: str, backend, opt: dict, log, host_opt=tuple(PAIRS)) -> dict
         if not path.is_file() or (hostpath is not None and not hostpath.is_file()):
             log(f"  {label}: {key} skipped (missing cube)")
             continue
-        for mode, params in (("classic", fixed(CLASSIC)), ("opt", opt)):
+        for mode, params in (("classic", fixed(CLASSIC)), ("opt", opt), ("restrained", RESTRAINED)):
             if key == "host" and mode == "opt" and label not in host_opt:
                 continue
             clock = time.time()
@@ -286,7 +292,7 @@ def run_pair(label: str, backend, opt: dict, log, host_opt=tuple(PAIRS)) -> dict
     for key, results in full.items():
         out[key] = summarise(results, site)
     if "difference_classic" in full:
-        for mode in ("classic", "opt"):
+        for mode in MODES:
             r = full[f"difference_{mode}"]
             out[f"difference_{mode}"]["total"] = float(sum(r["populations"]))
             out[f"difference_{mode}"]["vacancy_site_population"] = r["populations"][index]
@@ -305,7 +311,7 @@ def grid_check(label: str, backend_device: str) -> dict | None:
         committed = DATA / f"{name}.cube.gz"
         if not committed.is_file():
             continue
-        options = FitOptions(device=backend_device, **fixed(CLASSIC))
+        options = FitOptions.for_definition(**fixed(CLASSIC), device=backend_device)
         coarse = read_density(committed)
         full_cube = RUNS / name / f"{name}-ELECTRON_DENSITY-1_0.cube"
         fine = read_density(full_cube) if full_cube.is_file() else None
@@ -344,8 +350,8 @@ def bound_check(full: dict, device: str, log) -> dict:
             if not all(c.is_file() for c in cubes[: 2 if key == "difference_opt" else 1]):
                 continue
             p = r["parameters"]
-            options = FitOptions(device=device, starts=1, steps=150, sigma_start=p["sigma_start"],
-                                 factor=p["factor"], gcut=p["gcut"])
+            options = FitOptions.for_definition("paper", device=device, starts=1, steps=150,
+                                                sigma_start=p["sigma_start"], factor=p["factor"], gcut=p["gcut"])
             clock = time.time()
             if key == "difference_opt":
                 from aiida_optddap.engine.fit import run_difference_fit
@@ -607,7 +613,7 @@ def markdown(summary: dict) -> str:
     lines += ["", "| fit | σ_start (Å) | f | g_c (Å⁻¹) | κ(A) | rank | loss | net charges by shell (e) | spread, all starts (e) | starts within 5 % of best loss: n, spread (e), σ_start range (Å) |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for label, s in summary["pairs"].items():
-        for key in ("vacancy_classic", "vacancy_opt", "host_classic", "host_opt"):
+        for key in [f"{kind}_{mode}" for kind in ("vacancy", "host") for mode in MODES]:
             if key not in s:
                 continue
             r = s[key]
@@ -619,7 +625,7 @@ def markdown(summary: dict) -> str:
     lines += ["", "| Δρ fit | σ_start (Å) | f | g_c (Å⁻¹) | κ(A) | rank | Δρ total (e) | expected (e) | vacancy site (e) | loss | spread, all starts (e) | within 5 %: n, spread (e), σ_start range (Å) |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, s in summary["pairs"].items():
-        for key in ("difference_classic", "difference_opt"):
+        for key in [f"difference_{mode}" for mode in MODES]:
             if key not in s:
                 continue
             r = s[key]
@@ -697,7 +703,8 @@ def main(argv=None) -> int:
     backend = AiidaBackend(args.device, args.profile) if args.aiida else EngineBackend(args.device)
     if not args.no_cache:
         backend = Cached(backend, RUNS / "cache")
-    opt = {"optimize": True, "starts": args.starts, "steps": args.steps, "loss": args.loss, "seed": args.seed}
+    opt = {"definition": "paper", "optimize": True, "starts": args.starts, "steps": args.steps, "loss": args.loss,
+           "seed": args.seed}
     summary = {"backend": backend.name, "options": opt, "zval": ZVAL, "classic": CLASSIC, "pairs": {}, "grid": {}}
     full = {}
     clock = time.time()

@@ -49,6 +49,7 @@ class _VaspHeader:
     species: list[str] | None  # tokens of the species line; None for a VASP 4 header
     counts: list[int]
     grid_shape: tuple[int, int, int]
+    grid_line: int  # 1-based line number of the grid dimensions
 
 
 # The header is scanned here although pymatgen parses it again (VolumetricData.parse_file): the scan names
@@ -121,7 +122,7 @@ def _scan_vasp_header(handle, path: Path) -> _VaspHeader:
         raise error(
             path, f"line {number}: grid dimensions must be three positive integers, got {text.strip()!r}"
         )
-    return _VaspHeader(title, species, counts, tuple(int(token) for token in dims))
+    return _VaspHeader(title, species, counts, tuple(int(token) for token in dims), number)
 
 
 def _pick_species(path: Path, header: _VaspHeader, species) -> tuple[list[str], list[str] | None]:
@@ -168,9 +169,20 @@ def _pick_species(path: Path, header: _VaspHeader, species) -> tuple[list[str], 
     return elements, [label or element for element, label in pairs]
 
 
-def _diagnose_vasp_data(
-    path: Path, compression: str, shape: tuple[int, int, int], exc: Exception
-) -> DensityError:
+def _grid_values_present(text: str, grid_line: int, expected: int) -> int:
+    """How many numbers follow the grid line before the first non-number (at most ``expected``)."""
+    found = 0
+    for row in text.splitlines()[grid_line:]:
+        tokens = row.split()
+        if not tokens or not all(map(is_float, tokens)):
+            break
+        found += len(tokens)
+        if found >= expected:
+            break
+    return min(found, expected)
+
+
+def _diagnose_vasp_data(path: Path, compression: str, header: _VaspHeader, exc: Exception) -> DensityError:
     """Name the problem behind a pymatgen parse failure (only run when parsing failed)."""
     try:
         with open_text(path, compression) as handle:
@@ -179,9 +191,14 @@ def _diagnose_vasp_data(
         return error(path, f"truncated or corrupt {compression.lstrip('.')} stream ({read_exc})")
     if re.search(r"\*\*\*", text):
         return error(path, "overflow field '***' in the data (a value too large for its print format)")
+    shape = header.grid_shape
+    grid = "x".join(map(str, shape))
+    expected = int(np.prod(shape))
+    if (found := _grid_values_present(text, header.grid_line, expected)) < expected:
+        # counted here, not taken from pymatgen's message, whose wording and type change between versions
+        return error(path, f"truncated file: the grid block holds {found} of its {grid} = {expected} values")
     match = re.fullmatch(r"Expected (\d+) values, got (\d+)", str(exc))
-    if match and int(match[1]) == int(np.prod(shape)):
-        grid = "x".join(map(str, shape))
+    if match and int(match[1]) == expected:
         return error(
             path, f"truncated file: a grid block holds {match[2]} of its {grid} = {match[1]} values"
         )
@@ -209,7 +226,7 @@ def read(path: Path, compression: str, species) -> Density:
             warnings.simplefilter("ignore")
             poscar, data, _ = VolumetricData.parse_file(readable)
     except Exception as exc:  # pymatgen raises many types; each becomes one named DensityError
-        raise _diagnose_vasp_data(path, compression, header.grid_shape, exc) from None
+        raise _diagnose_vasp_data(path, compression, header, exc) from None
     grid = data["total"]
     if grid.shape != header.grid_shape:
         raise error(path, f"grid {grid.shape} read, header says {header.grid_shape}")
