@@ -86,7 +86,8 @@ class ChargesData(ArrayData):
     ``n_electrons``, ``total_population``, ``solver``, ``loss``, ``loss_kind``, ``condition_number``
     (``1e300`` when infinite), ``singular``, ``rank``, ``sigma_start``, ``factor``, ``gcut``, ``n_gauss``,
     ``optimized``, ``converged``, ``device``, ``engine_version``, ``mode``, ``has_net_charges``,
-    ``summary_of`` (``'net_charges'`` or ``'populations'``) and ``elements.<El>.{count,mean,min,max}``
+    ``summary_of`` (``'net_charges'`` or ``'populations'``), ``zval`` / ``zval_source`` (element → e, and
+    where it came from: ``user``, ``POTCAR``, ``OUTCAR`` or ``pymatgen POTCAR summary (<label>)``) and ``elements.<El>.{count,mean,min,max}``
     summarising the quantity named by ``summary_of``.
     """
 
@@ -176,6 +177,8 @@ class ChargesData(ArrayData):
             "determined": (results.get("uncertainty") or {}).get("determined"),
             "restraint_reference": (results.get("restraint") or {}).get("reference"),
             "start_spread_max_abs": finite_or_none((results.get("start_spread") or {}).get("max_abs")),
+            "zval": dict((results.get("zval") or {}).get("values") or {}) or None,
+            "zval_source": dict((results.get("zval") or {}).get("source") or {}) or None,
             "warnings": [str(w) for w in results.get("warnings") or []],
             "summary_of": summary_of,
             "elements": elements,
