@@ -16,7 +16,14 @@ tensile: σ_ASE = −0.1 GPa·σ_VASP) as MACE expects. ``properties_XXXX`` hold
 
 ``parameters`` (all optional): ``split`` (three fractions, default 0.8/0.1/0.1), ``seed`` (0), ``energy_type``
 (``energy_extrapolated``, the σ→0 energy aiida-vasp parses by default; ``energy_free`` is force-consistent
-when the VASP parser was asked for it), ``labels`` (``{"0000": "label", ...}``), ``source`` (a free string).
+when the VASP parser was asked for it), ``labels`` (``{"0000": "label", ...}``), ``source`` (a free string),
+``gates`` (thresholds of :data:`~aiida_optddap.data.label_gates.DEFAULT_GATES`).
+
+Label gates (:mod:`aiida_optddap.data.label_gates`): a frame whose Z_val came from the fallback table raises
+:class:`ZvalSourceError` (the dataset work chain's exit 413); frames whose charges are undetermined, too
+uncertain, spread between starts, or whose ∫ρ is off the electron count are left out, each with its reasons in
+the dataset's ``excluded`` attribute; the net charges of every kept frame are rescaled to add up to its
+``total_charge`` (given, or the integer nearest to Σ net) and the factor is kept in ``info``.
 """
 
 from __future__ import annotations
@@ -29,8 +36,9 @@ from aiida.engine import calcfunction
 
 from ..data.charges import ChargesData
 from ..data.dataset import DEFAULT_SPLIT, ChargeDatasetData, parse_split
+from ..data.label_gates import check_gates, conserve_total_charge, gate_reasons, zval_problem
 
-__all__ = ("build_dataset", "frame_from_charges", "vasp_misc_properties", "DEFAULT_ENERGY_TYPE")
+__all__ = ("build_dataset", "frame_from_charges", "vasp_misc_properties", "DEFAULT_ENERGY_TYPE", "ZvalSourceError")
 
 DEFAULT_ENERGY_TYPE = "energy_extrapolated"
 _FRAME_KEY = re.compile(r"^(charges|misc|properties)_(\w+)$")
@@ -60,6 +68,10 @@ def vasp_misc_properties(misc: dict, n_atoms: int, energy_type: str = DEFAULT_EN
         stress = np.asarray(stress, dtype=float).reshape(3, 3)
         properties["stress"] = -0.1 * GPa * stress
     return properties
+
+
+class ZvalSourceError(ValueError):
+    """A frame's Z_val came from the fallback table, not from its run or the user."""
 
 
 def _voigt_to_full(stress) -> np.ndarray:
@@ -112,13 +124,14 @@ def frame_from_charges(charges: ChargesData, properties: dict | None = None, lab
 def build_dataset(parameters: orm.Dict | None = None, **frames) -> ChargeDatasetData:
     """Build an ``optddap.dataset`` node (extxyz) from numbered ``charges_*`` / ``misc_*`` / ``properties_*``."""
     params = parameters.get_dict() if parameters is not None else {}
-    unknown = set(params) - {"split", "seed", "energy_type", "labels", "source"}
+    unknown = set(params) - {"split", "seed", "energy_type", "labels", "source", "gates"}
     if unknown:
         raise ValueError(f"unknown parameters: {', '.join(sorted(unknown))}")
     fractions = parse_split(params.get("split", DEFAULT_SPLIT))
     seed = int(params.get("seed", 0))
     energy_type = params.get("energy_type", DEFAULT_ENERGY_TYPE)
     labels = params.get("labels") or {}
+    gates = check_gates(params.get("gates"))
 
     grouped: dict[str, dict] = {}
     for key, node in frames.items():
@@ -129,7 +142,7 @@ def build_dataset(parameters: orm.Dict | None = None, **frames) -> ChargeDataset
     if not grouped:
         raise ValueError("no frames given")
 
-    atoms_list = []
+    atoms_list, excluded = [], []
     for frame_id in sorted(grouped):
         entry = grouped[frame_id]
         charges = entry.get("charges")
@@ -140,7 +153,38 @@ def build_dataset(parameters: orm.Dict | None = None, **frames) -> ChargeDataset
             properties.update(vasp_misc_properties(entry["misc"].get_dict(), charges.n_atoms, energy_type))
         if "properties" in entry:
             properties.update(entry["properties"].get_dict())
-        atoms_list.append(frame_from_charges(charges, properties, labels.get(frame_id)))
+        label = labels.get(frame_id)
+        atoms = frame_from_charges(charges, properties, label)
+        attributes = charges.base.attributes.all
+        problem = zval_problem(attributes)
+        if problem:
+            raise ZvalSourceError(f"frame {frame_id} ({atoms.info['label']}): {problem}")
+        reasons = gate_reasons(attributes, gates) + _conserve_charge(atoms, gates)
+        if reasons:
+            excluded.append({"frame": frame_id, "label": atoms.info["label"], "charges_uuid": charges.uuid,
+                             "reasons": reasons})
+        else:
+            atoms_list.append(atoms)
+    if not atoms_list:
+        raise ValueError("every frame failed the label gates: " + "; ".join(
+            f"{e['label']}: {', '.join(e['reasons'])}" for e in excluded))
 
-    return ChargeDatasetData.from_frames(atoms_list, fractions=fractions, seed=seed,
-                                         source=params.get("source"))
+    node = ChargeDatasetData.from_frames(atoms_list, fractions=fractions, seed=seed, source=params.get("source"))
+    node.base.attributes.set("gates", gates)
+    node.base.attributes.set("excluded", excluded)
+    return node
+
+
+def _conserve_charge(atoms, gates: dict) -> list[str]:
+    """Rescale the frame's REF_charges/REF_populations so that Σ REF_charges = total_charge (in place);
+    a reason when the rescaling exceeds ``gates['max_population_rescale']``."""
+    net, populations = atoms.arrays["REF_charges"], atoms.arrays["REF_populations"]
+    total = float(atoms.info.get("total_charge", round(float(net.sum()))))
+    net, populations, scale = conserve_total_charge(net, populations, total)
+    if abs(scale - 1.0) > gates["max_population_rescale"]:
+        return [f"∫ρ = {atoms.arrays['REF_populations'].sum():.6f} e but Σ Z_val − Q = {populations.sum():.6f} e "
+                f"(scale {scale:.6f})"]
+    atoms.arrays["REF_charges"], atoms.arrays["REF_populations"] = net, populations
+    atoms.info["total_charge"] = total
+    atoms.info["optddap_population_scale"] = scale
+    return []

@@ -17,7 +17,9 @@ the outline loops ``submit_batch`` → ``collect_batch`` until no source is left
 Outputs: ``dataset`` (``optddap.dataset``, extxyz), ``charges.<frame>`` (the ChargesData of every frame).
 Exit codes: 300 no usable source; 301 the group does not exist; 410 every fit failed; 411 some fits failed
 and ``skip_failed`` is False; 412 ``optddap.build_dataset`` refused the frames (e.g. an ``energy_type`` the
-VASP runs do not have).
+VASP runs do not have, or every frame failed the label gates); 413 a frame's Z_val came from the fallback table
+(give ``optddap.fit.zval`` or use VASP runs with their OUTCAR). Frames left out by the label gates are listed
+with their reasons in the dataset's ``excluded`` attribute and in the report.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from aiida.common import AttributeDict
 from aiida.common.exceptions import NotExistent
 from aiida.engine import ToContext, WorkChain, while_
 
-from ..calculations.dataset import build_dataset
+from ..calculations.dataset import ZvalSourceError, build_dataset
 from ..data.charges import ChargesData
 from ..data.dataset import ChargeDatasetData
 from .base import OptDdapBaseWorkChain
@@ -50,9 +52,16 @@ def _validate_dataset_parameters(value, _ctx):
     from ..data.dataset import parse_split
 
     params = value.get_dict()
-    unknown = set(params) - {"split", "seed", "energy_type", "source"}
+    unknown = set(params) - {"split", "seed", "energy_type", "source", "gates"}
     if unknown:
-        return f"unknown dataset_parameters: {', '.join(sorted(unknown))} (split, seed, energy_type, source)"
+        return f"unknown dataset_parameters: {', '.join(sorted(unknown))} (split, seed, energy_type, source, gates)"
+    if "gates" in params:
+        from ..data.label_gates import check_gates
+
+        try:
+            check_gates(params["gates"])
+        except ValueError as exc:
+            return str(exc)
     if "split" in params:
         try:
             parse_split(params["split"])
@@ -131,6 +140,7 @@ class ChargeDatasetWorkChain(WorkChain):
         spec.exit_code(410, "ERROR_ALL_FITS_FAILED", message="Every fit failed: {details}")
         spec.exit_code(411, "ERROR_SOME_FITS_FAILED", message="{count} fit(s) failed: {details}")
         spec.exit_code(412, "ERROR_DATASET_BUILD_FAILED", message="optddap.build_dataset failed: {details}")
+        spec.exit_code(413, "ERROR_ZVAL_NOT_FROM_RUN", message="Z_val not from a POTCAR, OUTCAR or the user: {details}")
 
     # ------------------------------------------------------------------ sources
     def setup(self):
@@ -260,15 +270,23 @@ class ChargeDatasetWorkChain(WorkChain):
         parameters.setdefault("source", f"optddap.dataset<{self.node.uuid}>")
         try:
             dataset = build_dataset(parameters=orm.Dict(parameters), **kwargs)
-        except ValueError as exc:  # e.g. an energy_type the VASP runs did not parse
+        except ZvalSourceError as exc:
+            return self.exit_codes.ERROR_ZVAL_NOT_FROM_RUN.format(details=str(exc))
+        except ValueError as exc:  # e.g. an energy_type the VASP runs did not parse, or every frame gated out
             return self.exit_codes.ERROR_DATASET_BUILD_FAILED.format(details=str(exc))
+        excluded = dataset.base.attributes.get("excluded", [])
+        for entry in excluded:
+            self.report(f"{entry['label']}: left out by the label gates: {', '.join(entry['reasons'])}")
+        summary["excluded"] = excluded
+        self.node.base.extras.set("summary", summary)
         self.out("dataset", dataset)
         self.out("charges", {f"frame_{index:04d}": kwargs[f"charges_{index:04d}"] for index in range(len(done))})
 
         label = self.inputs.output_group.value if "output_group" in self.inputs else f"optddap/dataset/{self.node.uuid}"
         group, _ = orm.Group.collection.get_or_create(label=label)
         group.add_nodes([kwargs[k] for k in sorted(kwargs) if k.startswith("charges_")] + [dataset])
-        self.report(f"dataset {dataset.__class__.__name__}<{dataset.pk}>: {len(done)} frame(s), "
+        self.report(f"dataset {dataset.__class__.__name__}<{dataset.pk}>: {dataset.n_frames} frame(s), "
+                    f"{len(excluded)} left out by the label gates, "
                     f"{len(failed)} failed, {len(self.ctx.skipped)} skipped; collected in group {label!r}")
         return None
 
