@@ -17,14 +17,16 @@ from aiida.common import AttributeDict
 from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, process_handler, while_
 
 from ..calculations.fit import OptDdapCalculation
+from .protocols import ProtocolMixin, base_inputs, base_metadata
 
 __all__ = ("OptDdapBaseWorkChain",)
 
 
-class OptDdapBaseWorkChain(BaseRestartWorkChain):
+class OptDdapBaseWorkChain(ProtocolMixin, BaseRestartWorkChain):
     """Run ``optddap.fit`` and restart it with adjusted parameters when it fails recoverably."""
 
     _process_class = OptDdapCalculation
+    _protocol_file = "base"
 
     #: chunk size (G vectors per chunk) assumed when the user set none and the GPU ran out of memory; it is
     #: halved before use. The engine's own default is about 2²⁴/(2·starts·atoms·K) G vectors, unknown here.
@@ -56,6 +58,23 @@ class OptDdapBaseWorkChain(BaseRestartWorkChain):
             "ERROR_ILL_CONDITIONED_UNRECOVERABLE",
             message="The fit stayed ill-conditioned with the pseudo-inverse at rtol = {rtol:g}.",
         )
+
+    @classmethod
+    def get_builder_from_protocol(cls, code, density_or_structure, protocol=None, overrides=None, **kwargs):
+        """A builder for ``density_or_structure`` (a density SinglefileData or file path) with the inputs of
+        ``protocol`` (``fast``, ``moderate``, ``precise``; protocols/base.yaml) and ``overrides`` merged on top.
+
+        Keyword arguments: ``host``, ``structure``, ``zval``, ``options`` (``metadata.options`` of the CalcJob)
+        and ``gpus``, see :func:`aiida_optddap.workflows.protocols.base_inputs`.
+        """
+        builder = cls.get_builder()
+        builder._update(base_inputs(code, density_or_structure, protocol, overrides, **kwargs))
+        return builder
+
+    def _provenance_metadata(self):
+        fit = self.inputs.fit
+        parameters = fit.parameters.get_dict() if "parameters" in fit else {}
+        return base_metadata(fit.charge_density, fit.get("host_charge_density"), parameters)
 
     def setup(self):
         super().setup()

@@ -35,9 +35,10 @@ from ..calculations.dataset import ZvalSourceError, build_dataset
 from ..data.charges import ChargesData
 from ..data.dataset import ChargeDatasetData
 from .base import OptDdapBaseWorkChain
+from .protocols import ProtocolMixin, base_inputs, density_node
 from .vasp import FIT_EXCLUDE, failure_message, outcar_zval, vasp_outputs
 
-__all__ = ("ChargeDatasetWorkChain", "classify_source")
+__all__ = ("ChargeDatasetWorkChain", "classify_source", "dataset_sources")
 
 
 def _validate_max_concurrent(value, _ctx):
@@ -102,8 +103,102 @@ def classify_source(node) -> dict:
     return {"kind": "skip", "reason": f"{type(node).__name__}<{node.pk}> is not a density, VASP run or ChargesData"}
 
 
-class ChargeDatasetWorkChain(WorkChain):
+def _link_label(text: str) -> str:
+    label = re.sub(r"\W", "_", text).strip("_") or "density"
+    return f"d_{label}" if label[0].isdigit() else label
+
+
+def dataset_sources(value) -> dict:
+    """Inputs ``densities`` / ``sources`` / ``group`` for what ``get_builder_from_protocol`` was given: a Group
+    (or its label), a mapping label → density, or a list of densities (SinglefileData or file paths) and of
+    other nodes or identifiers (VASP work chains, ChargesData; PK or UUID)."""
+    import pathlib
+
+    if isinstance(value, orm.Group):
+        return {"group": orm.Str(value.label)}
+    if isinstance(value, str) and not pathlib.Path(value).is_file():
+        return {"group": orm.Str(value)}
+    if isinstance(value, dict):
+        return {"densities": {_link_label(str(k)): density_node(v) for k, v in value.items()}}
+    if not isinstance(value, (list, tuple)):
+        value = [value]
+    densities, sources = {}, []
+    for item in value:
+        if isinstance(item, orm.SinglefileData) or (isinstance(item, (str, pathlib.Path))
+                                                    and pathlib.Path(item).is_file()):
+            node = density_node(item)
+            label = _link_label(node.label or node.filename)
+            while label in densities:
+                label += "_"
+            densities[label] = node
+        elif isinstance(item, orm.Node):
+            if not item.is_stored:
+                raise ValueError(f"{type(item).__name__} sources must be stored")
+            sources.append(item.uuid)
+        elif isinstance(item, (int, str)):
+            sources.append(str(item) if isinstance(item, str) else orm.load_node(item).uuid)
+        else:
+            raise TypeError(f"cannot use {item!r} as a dataset source")
+    found = {}
+    if densities:
+        found["densities"] = densities
+    if sources:
+        found["sources"] = orm.List(sources)
+    if not found:
+        raise ValueError("no source given for the dataset")
+    return found
+
+
+class ChargeDatasetWorkChain(ProtocolMixin, WorkChain):
     """Fit many densities / VASP runs with bounded concurrency and build an ``optddap.dataset`` from them."""
+
+    _protocol_file = "dataset"
+
+    @classmethod
+    def get_builder_from_protocol(cls, code, density_or_structure, protocol=None, overrides=None, *, zval=None,
+                                  options=None, gpus=None):
+        """A builder that fits every source in ``density_or_structure`` (see :func:`dataset_sources`: a Group or
+        its label, a mapping label → density, a list of densities, VASP work chains or ChargesData) and builds
+        the dataset.
+
+        ``protocol`` (``fast``, ``moderate``, ``precise``) selects protocols/dataset.yaml and, for every fit
+        (namespace ``optddap``), the same protocol of ``optddap.base``; ``overrides`` follow the inputs
+        (``{'max_concurrent': 2, 'output_group': 'nacl', 'optddap': {...}}``).
+        """
+        inputs = cls.get_protocol_inputs(protocol, overrides)
+        builder = cls.get_builder()
+        builder._update(dataset_sources(density_or_structure))
+        builder.optddap._update(base_inputs(code, None, protocol, inputs.get("optddap"), zval=zval, options=options,
+                                            gpus=gpus, with_density=False))
+        builder.max_concurrent = orm.Int(inputs["max_concurrent"])
+        builder.skip_failed = orm.Bool(inputs["skip_failed"])
+        builder.zval_from_outcar = orm.Bool(inputs["zval_from_outcar"])
+        for key, kind in (("output_group", orm.Str), ("dataset_parameters", orm.Dict)):
+            if inputs.get(key) is not None:
+                builder[key] = kind(inputs[key])
+        protocol = protocol or cls.get_default_protocol()
+        metadata = cls._describe(builder.get("densities") or {}, builder.get("sources"), builder.get("group"), protocol)
+        builder.metadata.label = (inputs.get("metadata") or {}).get("label", metadata["label"])
+        builder.metadata.description = (inputs.get("metadata") or {}).get("description", metadata["description"])
+        return builder
+
+    @staticmethod
+    def _describe(densities, sources, group, protocol=None) -> dict:
+        parts = []
+        if densities:
+            parts.append(f"{len(densities)} densit{'y' if len(densities) == 1 else 'ies'}")
+        if sources:
+            parts.append(f"{len(sources.get_list())} source node(s)")
+        if group:
+            parts.append(f"group {group.value!r}")
+        what = ", ".join(parts) or "no sources"
+        description = f"opt-DDAP charge dataset of {what}"
+        if protocol:
+            description += f"; protocol {protocol}"
+        return {"label": f"optddap dataset ({what})", "description": description}
+
+    def _provenance_metadata(self):
+        return self._describe(self.inputs.get("densities") or {}, self.inputs.get("sources"), self.inputs.get("group"))
 
     @classmethod
     def define(cls, spec):

@@ -20,12 +20,6 @@ Outputs: those of ``optddap.base`` (``charges`` — Δ-populations, ``mode = dif
 
 from __future__ import annotations
 
-import bz2
-import contextlib
-import gzip
-import io
-import itertools
-import lzma
 
 import numpy as np
 from aiida import orm
@@ -33,114 +27,22 @@ from aiida.common import AttributeDict
 from aiida.engine import ToContext, WorkChain, calcfunction, if_
 
 from .base import OptDdapBaseWorkChain
-from .vasp import FIT_EXCLUDE, VaspWorkChain, failure_message, forward_fit, vasp_inputs_for_chgcar, vasp_outputs
+from .headers import BOHR, density_header, density_summary  # noqa: F401 (BOHR: public name)
+from .protocols import ProtocolMixin, base_inputs, density_node
+from .vasp import (
+    FIT_EXCLUDE,
+    VaspWorkChain,
+    failure_message,
+    forward_fit,
+    structure_name,
+    vasp_builder_inputs,
+    vasp_inputs_for_chgcar,
+    vasp_outputs,
+)
 
 __all__ = ("DifferenceWorkChain", "density_header", "match_sites", "defect_sites", "difference_summary")
 
-BOHR = 0.529177210903
 _SIDES = ("host", "defect")
-
-
-# ----------------------------------------------------------------------------------------------- headers
-@contextlib.contextmanager
-def _text_stream(node: orm.SinglefileData):
-    """The node's file as text, decompressed when its first bytes say gzip/bzip2/xz."""
-    with node.open(mode="rb") as raw:
-        head = raw.read(6)
-        raw.seek(0)
-        if head.startswith(b"\x1f\x8b"):
-            raw = gzip.GzipFile(fileobj=raw)
-        elif head.startswith(b"BZh"):
-            raw = bz2.BZ2File(raw)
-        elif head.startswith(b"\xfd7zXZ\x00"):
-            raw = lzma.LZMAFile(raw)
-        yield io.TextIOWrapper(raw, encoding="utf-8", errors="replace")
-
-
-def _floats(line: str, n: int) -> list[float]:
-    values = [float(x.replace("D", "E").replace("d", "e")) for x in line.split()[:n]]
-    if len(values) != n:
-        raise ValueError(f"expected {n} numbers in {line.strip()!r}")
-    return values
-
-
-def _vasp_header(lines) -> dict:
-    title = next(lines)
-    scale = float(next(lines).split()[0])
-    lattice = np.array([_floats(next(lines), 3) for _ in range(3)])
-    if scale < 0:
-        scale = (abs(scale) / abs(np.linalg.det(lattice))) ** (1.0 / 3.0)
-    cell = lattice * scale
-    tokens = next(lines).split()
-    if all(t.lstrip("-").isdigit() for t in tokens):
-        species, counts = None, [int(t) for t in tokens]
-    else:
-        species = [t.split("/")[0].split("_")[0] for t in tokens]
-        counts = [int(t) for t in next(lines).split()]
-    mode = next(lines).strip()
-    if mode[:1] in "sS":
-        mode = next(lines).strip()
-    cartesian = mode[:1] in "cCkK"
-    n_atoms = sum(counts)
-    coords = np.array([_floats(next(lines), 3) for _ in range(n_atoms)])
-    positions = coords * scale if cartesian else coords @ cell
-    line = next(lines)
-    while not line.strip():
-        line = next(lines)
-    shape = [int(x) for x in line.split()[:3]]
-    symbols = None if species is None else [s for s, c in zip(species, counts) for _ in range(c)]
-    return {"format": "chgcar", "title": title.strip(), "cell": cell.tolist(), "symbols": symbols,
-            "positions": positions.tolist(), "shape": shape}
-
-
-def _cube_header(lines) -> dict:
-    from ase.data import chemical_symbols
-
-    next(lines)
-    next(lines)
-    first = next(lines).split()
-    n_atoms = int(first[0])
-    origin = np.array([float(x) for x in first[1:4]])
-    shape, cell, counts = [], [], []
-    for _ in range(3):
-        parts = next(lines).split()
-        count = int(parts[0])
-        counts.append(count)
-        vector = np.array([float(x) for x in parts[1:4]])
-        shape.append(abs(count))
-        cell.append(abs(count) * vector * (BOHR if count > 0 else 1.0))
-    unit = BOHR if counts[0] > 0 else 1.0  # Gaussian's convention: a positive count means bohr
-    symbols, positions = [], []
-    for _ in range(abs(n_atoms)):
-        parts = next(lines).split()
-        symbols.append(chemical_symbols[int(float(parts[0]))])
-        positions.append((np.array([float(x) for x in parts[2:5]]) - origin) * unit)
-    return {"format": "cube", "title": "", "cell": np.array(cell).tolist(), "symbols": symbols,
-            "positions": np.array(positions).tolist(), "shape": shape}
-
-
-def density_header(node: orm.SinglefileData) -> dict:
-    """Cell (Å, rows), symbols (None for a VASP 4 header), Cartesian positions (Å) and grid shape of a density
-    file, read from its header only (VASP CHGCAR/CHG/AECCAR/PARCHG or Gaussian cube, optionally compressed).
-
-    Raises:
-        ValueError: the header cannot be parsed.
-    """
-    with _text_stream(node) as stream:
-        lines = iter(stream)
-        try:
-            head = [next(lines) for _ in range(3)]
-        except StopIteration as exc:
-            raise ValueError(f"{node.filename}: the file ends within its header") from exc
-        # a cube file has a number of atoms and an origin on line 3; a CHGCAR has a lattice vector there
-        third = head[2].split()
-        is_cube = len(third) >= 4 and third[0].lstrip("-").isdigit()
-        try:
-            chained = itertools.chain(head, lines)
-            header = _cube_header(chained) if is_cube else _vasp_header(chained)
-        except (StopIteration, ValueError, IndexError) as exc:
-            raise ValueError(f"{node.filename}: cannot read the density header ({exc})") from exc
-    return header
 
 
 def match_sites(host: dict, defect: dict, tolerance: float) -> dict:
@@ -224,8 +126,85 @@ def _validate_inputs(inputs, _ctx):
     return None
 
 
-class DifferenceWorkChain(WorkChain):
+def _pair(value) -> tuple:
+    """(host, defect) from a pair or a mapping with the keys ``host`` and ``defect``."""
+    if isinstance(value, dict):
+        try:
+            return value["host"], value["defect"]
+        except KeyError as exc:
+            raise ValueError(f"the mapping must have the keys `host` and `defect` (missing {exc})") from None
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return tuple(value)
+    raise TypeError("optddap.difference takes a (host, defect) pair or {'host': ..., 'defect': ...}, each a density "
+                    "(SinglefileData or file path) or a StructureData (run with VASP)")
+
+
+def _side_name(value) -> str:
+    if isinstance(value, orm.StructureData):
+        return structure_name(value)
+    summary = density_summary(value)
+    return summary["name"] if summary["pk"] is None else f"{summary['name']}<{summary['pk']}>"
+
+
+class DifferenceWorkChain(ProtocolMixin, WorkChain):
     """Δρ = ρ_defect − ρ_host (files or VASP runs) → checks → Δ-charges at the host sites, vacancies included."""
+
+    _protocol_file = "difference"
+
+    @classmethod
+    def get_builder_from_protocol(cls, code, density_or_structure, protocol=None, overrides=None, *, vasp_code=None,
+                                  vasp_protocol=None, vasp_overrides=None, vasp_options=None, zval=None,
+                                  options=None, gpus=None):
+        """A builder for Δρ = ρ_defect − ρ_host; ``density_or_structure`` is ``(host, defect)`` or
+        ``{'host': ..., 'defect': ...}``, each side a density (SinglefileData or file path) or a StructureData,
+        which is run with VASP (aiida-vasp's protocol ``vasp_protocol``, ``vasp_overrides``, ``vasp_options``;
+        ``vasp_code`` needed).
+
+        ``protocol`` (``fast``, ``moderate``, ``precise``) selects protocols/difference.yaml (header checks) and, for
+        the fit (namespace ``optddap``), the same protocol of ``optddap.base``; ``overrides`` follow the inputs
+        (``{'site_tolerance': 0.4, 'optddap': {'fit': {'parameters': {...}}}}``).
+        """
+        host, defect = _pair(density_or_structure)
+        inputs = cls.get_protocol_inputs(protocol, overrides)
+        builder = cls.get_builder()
+        sides = {}
+        for side, value in (("host", host), ("defect", defect)):
+            if isinstance(value, orm.StructureData):
+                builder[f"{side}_vasp"]._update(vasp_builder_inputs(vasp_code, value, vasp_protocol, vasp_overrides,
+                                                                    vasp_options))
+                sides[side] = value
+            else:
+                sides[side] = density_node(value, f"{side} density")
+                builder[f"{side}_density"] = sides[side]
+        builder.optddap._update(base_inputs(code, None, protocol, inputs.get("optddap"), zval=zval, options=options,
+                                            gpus=gpus, with_density=False))
+        builder.cell_tolerance = orm.Float(inputs["cell_tolerance"])
+        builder.site_tolerance = orm.Float(inputs["site_tolerance"])
+        metadata = cls._describe(sides["host"], sides["defect"], protocol or cls.get_default_protocol())
+        builder.metadata.label = (inputs.get("metadata") or {}).get("label", metadata["label"])
+        builder.metadata.description = (inputs.get("metadata") or {}).get("description", metadata["description"])
+        return builder
+
+    @staticmethod
+    def _describe(host, defect, protocol=None) -> dict:
+        def short(value):
+            return value.get_formula(mode="hill") if isinstance(value, orm.StructureData) else density_summary(value)["name"]
+
+        description = f"opt-DDAP Δ-charges of ρ({_side_name(defect)}) − ρ({_side_name(host)}) at the host sites"
+        if protocol:
+            description += f"; protocol {protocol}"
+        return {"label": f"Δρ {short(defect)} − {short(host)}", "description": description}
+
+    def _provenance_metadata(self):
+        sides = []
+        for side in _SIDES:
+            if f"{side}_density" in self.inputs:
+                sides.append(self.inputs[f"{side}_density"])
+            elif self.inputs.get(f"{side}_vasp") and "structure" in self.inputs[f"{side}_vasp"]:
+                sides.append(self.inputs[f"{side}_vasp"]["structure"])
+            else:
+                return None
+        return self._describe(*sides)
 
     @classmethod
     def define(cls, spec):

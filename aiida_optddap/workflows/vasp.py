@@ -30,6 +30,7 @@ from aiida.engine import ExitCode, ToContext, WorkChain, calcfunction
 from aiida.plugins import WorkflowFactory
 
 from .base import OptDdapBaseWorkChain
+from .protocols import ProtocolMixin, base_inputs
 
 __all__ = (
     "VaspOptDdapWorkChain",
@@ -43,6 +44,7 @@ __all__ = (
     "vasp_outputs",
     "failure_message",
     "forward_fit",
+    "vasp_builder_inputs",
 )
 
 VaspWorkChain = WorkflowFactory("vasp.vasp")
@@ -189,9 +191,73 @@ def forward_fit(workchain: WorkChain, node) -> ExitCode | None:
     return None
 
 
+def vasp_builder_inputs(vasp_code, structure, vasp_protocol=None, vasp_overrides=None, vasp_options=None) -> dict:
+    """The inputs of aiida-vasp's ``VaspWorkChain`` for ``structure`` from its own protocols
+    (``VaspWorkChain.get_builder_from_protocol``; ``vasp_protocol`` None is aiida-vasp's default)."""
+    if vasp_code is None:
+        raise ValueError("a VASP side needs `vasp_code` (the code of aiida-vasp's vasp.vasp plugin)")
+    if not isinstance(structure, orm.StructureData):
+        raise TypeError(f"the VASP run needs a StructureData, got {type(structure).__name__}")
+    builder = VaspWorkChain.get_builder_from_protocol(vasp_code, structure, protocol=vasp_protocol,
+                                                      overrides=vasp_overrides or {}, options=vasp_options)
+    inputs = builder._inputs(prune=True)
+    inputs.pop("metadata", None)
+    return inputs
+
+
+def structure_name(structure) -> str:
+    """``Cl4Na4<12>`` (formula and PK) or the formula of an unstored StructureData."""
+    formula = structure.get_formula(mode="hill")
+    return f"{formula}<{structure.pk}>" if structure.pk is not None else formula
+
+
 # ----------------------------------------------------------------------------------------------- work chain
-class VaspOptDdapWorkChain(WorkChain):
+class VaspOptDdapWorkChain(ProtocolMixin, WorkChain):
     """VASP (aiida-vasp ``VaspWorkChain``, CHGCAR forced on) → opt-DDAP charges (``optddap.base``)."""
+
+    _protocol_file = "vasp"
+
+    @classmethod
+    def get_builder_from_protocol(cls, code, density_or_structure, protocol=None, overrides=None, *, vasp_code=None,
+                                  vasp_protocol=None, vasp_overrides=None, vasp_options=None, zval=None,
+                                  options=None, gpus=None):
+        """A builder that runs VASP on ``density_or_structure`` (a StructureData) and fits its CHGCAR.
+
+        ``protocol`` (``fast``, ``moderate``, ``precise``) selects protocols/vasp.yaml and, for the fit (namespace
+        ``optddap``), the same protocol of ``optddap.base``; ``overrides`` follow the work chain's inputs
+        (``{'optddap': {'fit': {'parameters': {...}}}, 'check_structure': False}``). The VASP inputs come from
+        aiida-vasp: ``VaspWorkChain.get_builder_from_protocol(vasp_code, structure, vasp_protocol,
+        vasp_overrides, vasp_options)``. ``zval``, ``options`` and ``gpus`` go to the fit (see
+        :func:`aiida_optddap.workflows.protocols.base_inputs`).
+        """
+        inputs = cls.get_protocol_inputs(protocol, overrides)
+        structure = density_or_structure
+        if not isinstance(structure, orm.StructureData):
+            raise TypeError("optddap.vasp starts from a StructureData (VASP computes the density); "
+                            "for a density file use optddap.base")
+        builder = cls.get_builder()
+        builder.vasp._update(vasp_builder_inputs(vasp_code, structure, vasp_protocol or inputs.get("vasp_protocol"),
+                                                 vasp_overrides, vasp_options))
+        builder.optddap._update(base_inputs(code, None, protocol, inputs.get("optddap"), zval=zval,
+                                            options=options, gpus=gpus, with_density=False))
+        builder.zval_from_outcar = orm.Bool(inputs["zval_from_outcar"])
+        builder.check_structure = orm.Bool(inputs["check_structure"])
+        metadata = cls._describe(structure, protocol or cls.get_default_protocol())
+        builder.metadata.label = (inputs.get("metadata") or {}).get("label", metadata["label"])
+        builder.metadata.description = (inputs.get("metadata") or {}).get("description", metadata["description"])
+        return builder
+
+    @staticmethod
+    def _describe(structure, protocol=None) -> dict:
+        description = (f"VASP (aiida-vasp) on StructureData {structure_name(structure)}, then opt-DDAP charges of "
+                       "its CHGCAR")
+        if protocol:
+            description += f"; protocol {protocol}"
+        return {"label": f"{structure.get_formula(mode='hill')} VASP + opt-DDAP", "description": description}
+
+    def _provenance_metadata(self):
+        structure = self.inputs.vasp.get("structure")
+        return None if structure is None else self._describe(structure)
 
     @classmethod
     def define(cls, spec):
