@@ -12,7 +12,9 @@ Parts (sub-commands):
             time and peak memory per stage, each size in its own subprocess; log-log slopes per stage.
   gpu       the fixed fit and the optimisation on cuda vs cpu (speed-up), when torch sees a CUDA device;
             otherwise it says so and records that nothing was run.
-  all       the four parts in sequence.
+  reproducibility  5 seeds × starts 1/4/8 per charge definition on every shared density: the largest charge
+            difference between runs, and the cost of the restrained default against the paper's optimisation.
+  all       the parts in sequence.
 
 Every part prints rich tables and writes bench/results/<name>.json (name: the part, with ``-quick`` for
 ``--quick`` runs, or ``--name``). All times are medians of repeats measured in this run; the machine is
@@ -35,15 +37,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/run.py` finds the package
 
-from bench import gpu, harness, optimize, parse, scaling  # noqa: E402
+from bench import gpu, harness, optimize, parse, reproducibility, scaling  # noqa: E402
 
 #: The parts in the order ``all`` runs them.
-PARTS = {"parse": parse, "optimize": optimize, "scaling": scaling, "gpu": gpu}
+PARTS = {"parse": parse, "optimize": optimize, "scaling": scaling, "gpu": gpu, "reproducibility": reproducibility}
+#: The parts ``all`` runs (reproducibility takes its own options and an hour: run it by name).
+ALL = ("parse", "optimize", "scaling", "gpu")
 HELP = {
     "parse": "part 1: fixed-parameter fit vs parsing",
     "optimize": "part 2: full optimisation vs one fixed fit, 10 s target",
     "scaling": "part 3: time and memory per stage vs atoms",
     "gpu": "part 4: CPU vs CUDA",
+    "reproducibility": "part 6: charges over seeds × starts per definition, and the default's cost",
 }
 
 
@@ -67,7 +72,7 @@ def main(argv=None) -> None:
         return
     harness.prepare(args)
     for name, module in PARTS.items():
-        if args.command in (name, "all"):
+        if args.command == name or (args.command == "all" and name in ALL):
             harness.save(args, name, module.run(args))
 
 
