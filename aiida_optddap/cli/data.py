@@ -11,10 +11,25 @@ import sys
 
 import click
 from aiida.cmdline.commands.cmd_data import verdi_data
-from aiida.cmdline.params import arguments
+from aiida.cmdline.params import arguments, options
 from aiida.cmdline.utils import decorators, echo
 
-__all__ = ("data_optddap", "hill_formula", "charges_query")
+__all__ = ("data_optddap", "hill_formula", "charges_query", "intermediate_charges", "format_number")
+
+
+def format_number(value, digits: int = 4) -> str:
+    """A float for a table or summary: ``digits`` significant digits, ``inf`` for κ stored as 1e300, ``–`` for
+    None."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    value = float(value)
+    if value >= 1e300:
+        return "inf"
+    return f"{value:.{digits}g}"
 
 
 def hill_formula(formula: str) -> str:
@@ -30,13 +45,40 @@ def hill_formula(formula: str) -> str:
     return get_formula(symbols, mode="hill")
 
 
-def charges_query(formula=None, elements=(), max_cond=None, min_cond=None, solver=None, order_by="ctime"):
-    """The QueryBuilder behind ``list``: ChargesData filtered on their attributes."""
+def intermediate_charges() -> set[int]:
+    """PKs of the ChargesData of intermediate attempts: created by a calculation that a work chain called,
+    and returned by no work chain (a restart replaced them; the final attempt's charges are returned by its
+    ``optddap.base``)."""
+    from aiida.common.links import LinkType
+    from aiida.orm import CalculationNode, QueryBuilder, WorkflowNode
+
+    from ..data.charges import ChargesData
+
+    called = QueryBuilder().append(WorkflowNode, tag="caller").append(
+        CalculationNode, with_incoming="caller", edge_filters={"type": LinkType.CALL_CALC.value}, tag="calc"
+    ).append(ChargesData, with_incoming="calc", edge_filters={"type": LinkType.CREATE.value}, project="id")
+    returned = QueryBuilder().append(WorkflowNode, tag="workflow").append(
+        ChargesData, with_incoming="workflow", edge_filters={"type": LinkType.RETURN.value}, project="id")
+    return set(called.all(flat=True)) - set(returned.all(flat=True))
+
+
+def charges_query(formula=None, elements=(), max_cond=None, min_cond=None, solver=None, order_by="ctime",
+                  past_days=None, groups=(), all_users=True, final_only=False):
+    """The QueryBuilder behind ``list``: ChargesData filtered on their attributes, creation time, owner and
+    groups; ``final_only`` leaves out the charges of intermediate attempts (:func:`intermediate_charges`)."""
+    import datetime
+
+    from aiida import orm
+    from aiida.common import timezone
     from aiida.orm import QueryBuilder
 
     from ..data.charges import ChargesData
 
     filters: dict = {}
+    if past_days is not None:
+        filters["ctime"] = {">": timezone.now() - datetime.timedelta(days=past_days)}
+    if final_only and (hidden := intermediate_charges()):
+        filters["id"] = {"!in": sorted(hidden)}
     if formula:
         hill = hill_formula(formula)
         filters["or"] = [{"attributes.formula": hill}, {"attributes.formula_reduced": hill}]
@@ -53,7 +95,12 @@ def charges_query(formula=None, elements=(), max_cond=None, min_cond=None, solve
     if solver:
         filters["attributes.solver"] = solver
     qb = QueryBuilder()
-    qb.append(ChargesData, filters=filters, tag="charges")
+    qb.append(ChargesData, filters=filters, tag="charges", project="*")
+    if not all_users:
+        qb.append(orm.User, with_node="charges", filters={"email": orm.User.collection.get_default().email})
+    if groups:
+        qb.append(orm.Group, with_node="charges", filters={"id": {"in": [group.pk for group in groups]}})
+        qb.distinct()
     if order_by == "loss":
         qb.order_by({"charges": [{"attributes.loss": {"order": "asc", "cast": "f"}}]})
     else:
@@ -61,37 +108,61 @@ def charges_query(formula=None, elements=(), max_cond=None, min_cond=None, solve
     return qb
 
 
-@verdi_data.group("optddap")
+@verdi_data.group("optddap", context_settings={"help_option_names": ["-h", "--help"]})
 def data_optddap():
     """Inspect and export opt-DDAP charges (``optddap.charges`` nodes)."""
 
 
 @data_optddap.command("list")
+@options.PAST_DAYS()
+@options.GROUPS()
+@options.ALL_USERS()
+@options.WITH_ELEMENTS()
+@options.WITH_ELEMENTS_EXCLUSIVE()
+@click.option("--element", "legacy_elements", multiple=True, hidden=True, help="Same as -e (repeatable).")
 @click.option("--formula", help="Only this chemical formula (any notation: NaCl, Na4Cl4; matches the full or the "
               "reduced formula).")
-@click.option("--element", "elements", multiple=True, help="Only nodes containing this element (repeatable).")
 @click.option("--max-cond", type=float, help="Only nodes with condition number κ <= this.")
 @click.option("--min-cond", type=float, help="Only nodes with condition number κ >= this.")
 @click.option("--solver", help="Only nodes fitted with this solver.")
+@click.option("--all-attempts", is_flag=True,
+              help="Also list the charges of intermediate attempts, which a restart of optddap.base replaced "
+              "(by default only final results: those a work chain returned, or of a calculation run on its own).")
 @click.option("--order-by", type=click.Choice(["ctime", "loss"]), default="ctime", show_default=True)
-@click.option("--limit", type=int, default=None, help="Show at most this many nodes.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Show at most this many nodes.")
 @decorators.with_dbenv()
-def data_optddap_list(formula, elements, max_cond, min_cond, solver, order_by, limit):
-    """List ChargesData nodes with their fit summary."""
-    qb = charges_query(formula, elements, max_cond, min_cond, solver, order_by)
-    if limit:
-        qb.limit(limit)
+def data_optddap_list(past_days, groups, all_users, elements, elements_exclusive, legacy_elements, formula, max_cond,
+                      min_cond, solver, all_attempts, order_by, limit):
+    """List ChargesData nodes (yours, final results) with their fit summary.
+
+    Filters: -p/--past-days, -G/--groups, -A/--all-users (everyone's), -e/--with-elements (containing all of
+    these), -E/--with-elements-exclusive (these and no other), --formula, --max-cond/--min-cond, --solver.
+    """
+    wanted = [e for item in (*(elements or ()), *legacy_elements) for e in item.split(",") if e]
+    exclusive = [e for item in (elements_exclusive or ()) for e in item.split(",") if e]
+    qb = charges_query(formula, sorted(set(wanted) | set(exclusive)), max_cond, min_cond, solver, order_by,
+                       past_days=past_days, groups=groups or (), all_users=all_users, final_only=not all_attempts)
+    hidden = intermediate_charges() if all_attempts else set()
     rows = []
     for (node,) in qb.iterall():
         attrs = node.base.attributes
-        kappa = "inf" if attrs.get("singular", False) else f"{attrs.get('condition_number') or float('nan'):.3g}"
-        loss = attrs.get("loss")
-        rows.append([
-            str(node.pk), attrs.get("formula", ""), str(attrs.get("n_atoms", "")), str(attrs.get("solver", "")),
-            kappa, "" if loss is None else f"{loss:.3g}", str(attrs.get("device", "")),
-            attrs.get("summary_of", ""), node.ctime.strftime("%Y-%m-%d %H:%M"),
-        ])
-    headers = ["PK", "formula", "atoms", "solver", "κ", "loss", "device", "charges", "created"]
+        if exclusive and set(attrs.get("elements", {})) != set(exclusive):
+            continue
+        kappa = "inf" if attrs.get("singular", False) else format_number(attrs.get("condition_number"), 3)
+        row = [
+            str(node.pk), attrs.get("formula", ""), str(attrs.get("n_atoms", "")),
+            str(attrs.get("charge_definition") or ""), str(attrs.get("solver", "")), kappa,
+            format_number(attrs.get("loss"), 3), str(attrs.get("device", "")), attrs.get("summary_of", ""),
+            node.ctime.strftime("%Y-%m-%d %H:%M"),
+        ]
+        if all_attempts:
+            row.append("intermediate" if node.pk in hidden else "final")
+        rows.append(row)
+        if limit and len(rows) >= limit:
+            break
+    headers = ["PK", "formula", "atoms", "definition", "solver", "κ", "loss", "device", "charges", "created"]
+    if all_attempts:
+        headers.append("attempt")
     if not rows:
         echo.echo_report("no ChargesData found")
         return
@@ -104,25 +175,40 @@ def data_optddap_list(formula, elements, max_cond, min_cond, solver, order_by, l
 
 def _summary_lines(node) -> list[str]:
     attrs = node.base.attributes
-    kappa = "inf (singular)" if attrs.get("singular", False) else f"{attrs.get('condition_number')}"
+    number = format_number
+    kappa = "inf (singular)" if attrs.get("singular", False) else number(attrs.get("condition_number"))
     lines = [
-        f"ChargesData<{node.pk}> {attrs.get('formula', '')}  ({attrs.get('n_atoms')} atoms, {attrs.get('mode')})",
+        f"ChargesData<{node.pk}> {attrs.get('formula', '')}  ({attrs.get('n_atoms')} atoms, {attrs.get('mode')}, "
+        f"definition {attrs.get('charge_definition')})",
         f"solver {attrs.get('solver')}, κ = {kappa}, rank {attrs.get('rank')}, device {attrs.get('device')}",
-        f"σ_start = {attrs.get('sigma_start')} Å, f = {attrs.get('factor')}, K = {attrs.get('n_gauss')}, "
-        f"g_c = {attrs.get('gcut')} Å⁻¹, optimised {attrs.get('optimized')}",
-        f"loss ({attrs.get('loss_kind')}) = {attrs.get('loss')}, N = {attrs.get('n_electrons')} e, "
-        f"Σ p = {attrs.get('total_population')} e",
+        f"σ_start = {number(attrs.get('sigma_start'))} Å, f = {number(attrs.get('factor'))}, K = {attrs.get('n_gauss')}, "
+        f"g_c = {number(attrs.get('gcut'))} Å⁻¹, optimised {attrs.get('optimized')}",
+        f"loss ({attrs.get('loss_kind')}) = {number(attrs.get('loss'))}, N = {number(attrs.get('n_electrons'), 8)} e, "
+        f"Σ p = {number(attrs.get('total_population'), 8)} e",
     ]
+    zval, sources = attrs.get("zval"), attrs.get("zval_source") or {}
+    if zval:
+        lines.append("Z_val: " + ", ".join(f"{el}={number(z)} ({sources.get(el, '?')})" for el, z in sorted(zval.items())))
+    if attrs.get("start_spread_max_abs") is not None:
+        lines.append(f"start spread (largest) = {number(attrs.get('start_spread_max_abs'))} e")
+    if attrs.get("uncertainty_max") is not None or attrs.get("determined") is not None:
+        lines.append(f"uncertainty (largest) = {number(attrs.get('uncertainty_max'))} e, determined "
+                     f"{attrs.get('determined')}")
     if not attrs.get("has_net_charges", False):
         lines.append("net charges unknown (no Z_val or a difference density): populations only")
+    for warning in attrs.get("warnings") or []:
+        lines.append(f"warning: {warning}")
     return lines
 
 
 @data_optddap.command("show")
 @arguments.DATUM()
+@click.option("-d", "--decimals", type=click.IntRange(min=0, max=12), default=4, show_default=True,
+              help="Decimals of the charge columns.")
 @decorators.with_dbenv()
-def data_optddap_show(datum):
-    """Print the table of a ChargesData node: index, symbol, population, net charge."""
+def data_optddap_show(datum, decimals):
+    """Print the summary and the table of a ChargesData node: atom number (from 1), symbol, population, net
+    charge, uncertainty."""
     from ..data.charges import ChargesData
 
     if not isinstance(datum, ChargesData):
@@ -130,7 +216,7 @@ def data_optddap_show(datum):
     for line in _summary_lines(datum):
         click.echo(line)
     click.echo("")
-    click.echo(datum.table())
+    click.echo(datum.table(decimals=decimals))
 
 
 def _json_payload(node) -> dict:
@@ -146,7 +232,7 @@ def _json_payload(node) -> dict:
 
 @data_optddap.command("export")
 @arguments.DATUM()
-@click.option("--format", "fmt", type=click.Choice(["json", "extxyz", "cif"]), default="json", show_default=True)
+@options.EXPORT_FORMAT(type=click.Choice(["json", "extxyz", "cif"]), default="json")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="File to write (default: stdout).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing output file.")
 @decorators.with_dbenv()

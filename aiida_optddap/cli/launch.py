@@ -1,11 +1,16 @@
-"""``aiida-optddap``: set up the local code, launch fits, show results.
+"""``aiida-optddap``: set up the local code, launch the work chains from their protocols, show results.
 
 ::
 
     aiida-optddap setup                      # localhost computer + `optddap` code in the current profile
-    aiida-optddap launch fit CHGCAR --param optimize=false --run
-    aiida-optddap launch fit 1234 --daemon --wait
+    aiida-optddap launch fit CHGCAR --protocol fast --zval Na=7,Cl=7 --run
+    aiida-optddap launch fit 1234 --daemon --wait --walltime 2h --gpus 1 --partition gpu --account proj
+    aiida-optddap launch difference CHGCAR_host CHGCAR_defect --daemon
+    aiida-optddap launch vasp POSCAR --vasp-code vasp@cluster --potential-family PBE.54 --daemon
+    aiida-optddap launch dataset frames/*/CHGCAR --output-group nacl-frames --daemon
     aiida-optddap show PK
+
+``-h`` and ``--help`` work on every command.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import click
 from .dataset import dataset
 from .profile import load_profile
 
-__all__ = ("main", "parse_param", "optddap_executable", "setup_localhost")
+__all__ = ("main", "parse_param", "parse_zval", "parse_walltime", "optddap_executable", "setup_localhost")
 
 CODE_LABEL = "optddap"
 COMPUTER_LABEL = "localhost"
@@ -105,12 +110,15 @@ def setup_localhost(workdir: str | None = None, executable: str | None = None) -
 
 
 def _density_node(value: str):
-    """A stored node for FILE_OR_PK: an existing path becomes a new SinglefileData, else a PK/UUID is loaded."""
+    """A node for FILE_OR_PK: an existing path becomes a new SinglefileData (keeping the file's name, labelled
+    with it and described by its absolute path), else a PK/UUID is loaded."""
     from aiida import orm
+
+    from ..workflows.protocols import density_node
 
     path = pathlib.Path(value)
     if path.is_file():
-        return orm.SinglefileData(file=path.resolve(), filename=path.name).store()
+        return density_node(path).store()
     try:
         node = orm.load_node(value)
     except Exception as exc:  # noqa: BLE001 - report any failure to load in one message
@@ -120,7 +128,199 @@ def _density_node(value: str):
     return node
 
 
-@click.group()
+def parse_zval(values) -> dict[str, float]:
+    """``--zval`` values, each ``El=Z`` or a comma-separated list ``Na=7,Cl=7`` (the engine's syntax)."""
+    zval: dict[str, float] = {}
+    for value in values:
+        for entry in filter(None, (item.strip() for item in value.split(","))):
+            if "=" not in entry:
+                raise click.BadParameter(f"{entry!r}: expected El=Z pairs such as 'Na=7,Cl=7'", param_hint="--zval")
+            element, number = (part.strip() for part in entry.split("=", 1))
+            try:
+                zval[element] = float(number)
+            except ValueError:
+                raise click.BadParameter(f"{entry!r}: {number!r} is not a number", param_hint="--zval") from None
+            if zval[element].is_integer():
+                zval[element] = int(zval[element])
+    return zval
+
+
+def parse_walltime(text: str | None) -> int | None:
+    """Seconds from ``3600``, ``90m``, ``2h``, ``1d``, ``1:30:00`` or ``2-00:00:00`` (SLURM's day form)."""
+    if text is None:
+        return None
+    value = text.strip().lower()
+    try:
+        days = 0
+        if "-" in value:
+            day_text, value = value.split("-", 1)
+            days = int(day_text)
+        if ":" in value:
+            parts = [int(x) for x in value.split(":")]
+            if len(parts) > 3:
+                raise ValueError
+            seconds = 0
+            for part in parts:
+                seconds = seconds * 60 + part
+            if len(parts) == 2:  # H:MM
+                seconds *= 60
+        elif value[-1:] in "smhd" and value[:-1]:
+            seconds = float(value[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[value[-1]]
+        else:
+            seconds = float(value)
+        seconds = int(round(seconds + 86400 * days))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a wall time (3600, 90m, 2h, 1:30:00, 2-00:00:00)",
+                                 param_hint="--walltime") from None
+    if seconds <= 0:
+        raise click.BadParameter(f"{text!r}: the wall time must be positive", param_hint="--walltime")
+    return seconds
+
+
+def _set_path(mapping: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        mapping = mapping.setdefault(key, {})
+        if not isinstance(mapping, dict):
+            raise click.BadParameter(f"{dotted!r}: {key!r} is not a namespace", param_hint="--override")
+    mapping[keys[-1]] = value
+
+
+def build_overrides(overrides_file, override_items, params=(), fit_path=("fit",)) -> dict:
+    """The ``overrides`` mapping: a YAML file, then ``--override a.b.c=value`` items, then ``--param`` keys put
+    under ``<fit_path>.parameters``."""
+    import yaml
+
+    from ..calculations.schema import validate_parameters
+
+    overrides: dict = {}
+    if overrides_file:
+        with open(overrides_file, encoding="utf-8") as handle:
+            overrides = yaml.safe_load(handle) or {}
+        if not isinstance(overrides, dict):
+            raise click.BadParameter("the file must hold a mapping", param_hint="--overrides")
+    for item in override_items:
+        key, value = parse_param(item)
+        _set_path(overrides, key, value)
+    parameters = dict(parse_param(p) for p in params)
+    if parameters:
+        if message := validate_parameters(parameters):
+            raise click.BadParameter(message, param_hint="--param")
+        for key, value in parameters.items():
+            _set_path(overrides, ".".join((*fit_path, "parameters", key)), value)
+    return overrides
+
+
+def scheduler_option_values(walltime, queue, account, qos, memory, commands) -> dict:
+    """``metadata.options`` of the fit's CalcJob from the scheduler options of ``launch``."""
+    options: dict = {}
+    if (seconds := parse_walltime(walltime)) is not None:
+        options["max_wallclock_seconds"] = seconds
+    for key, value in (("queue_name", queue), ("account", account), ("qos", qos)):
+        if value:
+            options[key] = value
+    if memory:
+        options["max_memory_kb"] = int(memory) * 1024
+    if commands:
+        options["custom_scheduler_commands"] = "\n".join(commands)
+    return options
+
+
+def launch_options(function):
+    """The options every ``launch`` command shares: code, protocol, overrides, scheduler, how to run."""
+    from ..workflows.protocols import PROTOCOLS
+
+    decorators = [
+        click.option("--code", "code_label", default=f"{CODE_LABEL}@{COMPUTER_LABEL}", show_default=True,
+                     help="The `optddap` code (label@computer, PK or UUID)."),
+        click.option("--protocol", type=click.Choice(PROTOCOLS), default="moderate", show_default=True,
+                     help="Inputs from the work chain's protocol (docs/workflows.md, Protocols)."),
+        click.option("--overrides", "overrides_file", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="YAML file of overrides, nested like the work chain's inputs."),
+        click.option("--override", "override_items", multiple=True, metavar="PATH=VALUE",
+                     help="One override, e.g. `max_iterations=3` or `fit.parameters.seed=1` (repeatable)."),
+        click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+                     help="Engine parameter of the fit, e.g. `definition=classic` (repeatable)."),
+        click.option("--zval", "zvals", multiple=True, metavar="El=Z[,El=Z...]",
+                     help="Valence electrons: `Na=7,Cl=7` or repeated `--zval Na=7 --zval Cl=7`."),
+        click.option("-W", "--walltime", default=None,
+                     help="Wall time of each fit job: seconds, 90m, 2h or [D-]HH:MM:SS (default: the protocol's)."),
+        click.option("--gpus", type=click.IntRange(min=0), default=None,
+                     help="GPUs per fit job (the scheduler's request line: SLURM --gres=gpu:N, PBS ngpus=N)."),
+        click.option("-q", "--queue", "--partition", "queue", default=None, help="Queue or partition."),
+        click.option("-A", "--account", default=None, help="Account (project) to charge."),
+        click.option("--qos", default=None, help="Quality of service."),
+        click.option("--memory", type=click.IntRange(min=1), default=None, help="Memory per job, MB."),
+        click.option("--scheduler-command", "scheduler_commands", multiple=True,
+                     help="Extra line for the job script header (repeatable), e.g. '#SBATCH --constraint=a100'."),
+        click.option("--daemon/--run", "daemon", default=False, show_default=True,
+                     help="Submit to the daemon, or run in this process."),
+        click.option("--wait", is_flag=True, help="With --daemon: wait until the work chain terminates."),
+        click.option("--timeout", type=float, default=3600.0, show_default=True, help="Seconds --wait waits at most."),
+    ]
+    for decorator in reversed(decorators):
+        function = decorator(function)
+    return function
+
+
+def _common(kw: dict, fit_path=("fit",)) -> dict:
+    """The keyword arguments of ``get_builder_from_protocol`` from the shared options (popped from ``kw``)."""
+    from aiida import orm
+
+    try:
+        code = orm.load_code(kw.pop("code_label"))
+    except Exception as exc:  # noqa: BLE001 - NotExistent, MultipleObjectsError, ...
+        raise click.BadParameter(f"{exc} (run `aiida-optddap setup` for the local code)", param_hint="--code") from exc
+    zval = parse_zval(kw.pop("zvals"))
+    if zval:
+        from ..calculations.schema import validate_zval
+
+        if message := validate_zval(zval):
+            raise click.BadParameter(message, param_hint="--zval")
+    options = scheduler_option_values(kw.pop("walltime"), kw.pop("queue"), kw.pop("account"), kw.pop("qos"),
+                                      kw.pop("memory"), kw.pop("scheduler_commands"))
+    return {
+        "code": code,
+        "protocol": kw.pop("protocol"),
+        "overrides": build_overrides(kw.pop("overrides_file"), kw.pop("override_items"), kw.pop("params"), fit_path),
+        "zval": zval or None,
+        "options": options or None,
+        "gpus": kw.pop("gpus"),
+    }
+
+
+def _build(workchain, first, **kwargs):
+    try:
+        return workchain.get_builder_from_protocol(kwargs.pop("code"), first, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def _launch(builder, daemon: bool, wait: bool, timeout: float) -> None:
+    from aiida.engine import run_get_node, submit
+
+    name = builder.process_class.__name__
+    if daemon:
+        node = submit(builder)
+        click.echo(f"submitted {name}<{node.pk}> ({node.label})")
+        if wait:
+            start = time.monotonic()
+            while not node.is_terminated:
+                if time.monotonic() - start > timeout:
+                    raise click.ClickException(f"{name}<{node.pk}> still running after {timeout} s")
+                time.sleep(1.0)
+            _show(node)
+            sys.exit(0 if node.is_finished_ok else 1)
+        return
+    _, node = run_get_node(builder)
+    _show(node)
+    sys.exit(0 if node.is_finished_ok else 1)
+
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
 @click.option("-p", "--profile", default=None, help="AiiDA profile (default: the default profile).")
 @click.pass_context
 def main(ctx, profile):
@@ -144,69 +344,146 @@ def setup(ctx, workdir, executable):
 
 @main.group()
 def launch():
-    """Launch opt-DDAP work chains."""
+    """Launch opt-DDAP work chains (fit, difference, vasp, dataset), built from a protocol.
+
+    Every command takes --protocol fast|moderate|precise, --overrides FILE / --override PATH=VALUE, --param,
+    --zval, the scheduler options (--walltime, --gpus, --queue/--partition, --account, --qos, --memory,
+    --scheduler-command) and --run (in this process, the default) or --daemon [--wait].
+    """
 
 
 @launch.command("fit")
 @click.argument("density")
 @click.option("--host", default=None, help="Host density (file or node) for a Δρ fit.")
-@click.option("--param", "params", multiple=True, help="Engine parameter key=value (repeatable).")
-@click.option("--zval", "zvals", multiple=True, help="Valence El=Z (repeatable).")
 @click.option("--structure", default=None, help="PK/UUID of a StructureData to check the density's atoms against.")
-@click.option("--code", "code_label", default=f"{CODE_LABEL}@{COMPUTER_LABEL}", show_default=True)
-@click.option("--max-iterations", type=int, default=5, show_default=True)
-@click.option("--daemon/--run", "daemon", default=False, show_default=True,
-              help="Submit to the daemon, or run in this process.")
-@click.option("--wait", is_flag=True, help="With --daemon: wait until the work chain terminates.")
-@click.option("--timeout", type=float, default=3600.0, show_default=True, help="Seconds --wait waits at most.")
+@click.option("--max-iterations", type=click.IntRange(min=1), default=None,
+              help="Attempts of the restart handlers (default: the protocol's).")
+@launch_options
 @click.pass_context
-def launch_fit(ctx, density, host, params, zvals, structure, code_label, max_iterations, daemon, wait, timeout):
+def launch_fit(ctx, density, host, structure, max_iterations, **kw):
     """Run `optddap.base` on DENSITY, a file (stored as SinglefileData) or a node PK/UUID."""
     load_profile(ctx.obj["profile"])
     from aiida import orm
-    from aiida.engine import run_get_node, submit
 
-    from ..calculations.schema import validate_parameters, validate_zval
     from ..workflows.base import OptDdapBaseWorkChain
 
-    parameters = dict(parse_param(p) for p in params)
-    message = validate_parameters(parameters)
-    if message:
-        raise click.BadParameter(message, param_hint="--param")
-    zval = {}
-    for item in zvals:
-        key, value = parse_param(item)
-        zval[key] = value
-    if zval and (message := validate_zval(zval)):
-        raise click.BadParameter(message, param_hint="--zval")
+    daemon, wait, timeout = kw.pop("daemon"), kw.pop("wait"), kw.pop("timeout")
+    common = _common(kw)
+    if max_iterations is not None:
+        common["overrides"]["max_iterations"] = max_iterations
+    builder = _build(OptDdapBaseWorkChain, _density_node(density), host=_density_node(host) if host else None,
+                     structure=orm.load_node(structure) if structure else None, **common)
+    _launch(builder, daemon, wait, timeout)
 
-    builder = OptDdapBaseWorkChain.get_builder()
-    builder.fit.code = orm.load_code(code_label)
-    builder.fit.charge_density = _density_node(density)
-    if host:
-        builder.fit.host_charge_density = _density_node(host)
-    builder.fit.parameters = orm.Dict(parameters)
-    if zval:
-        builder.fit.zval = orm.Dict(zval)
-    if structure:
-        builder.fit.structure = orm.load_node(structure)
-    builder.max_iterations = orm.Int(max_iterations)
 
-    if daemon:
-        node = submit(builder)
-        click.echo(f"submitted OptDdapBaseWorkChain<{node.pk}>")
-        if wait:
-            start = time.monotonic()
-            while not node.is_terminated:
-                if time.monotonic() - start > timeout:
-                    raise click.ClickException(f"OptDdapBaseWorkChain<{node.pk}> still running after {timeout} s")
-                time.sleep(1.0)
-            _show(node)
-            sys.exit(0 if node.is_finished_ok else 1)
-        return
-    _, node = run_get_node(builder)
-    _show(node)
-    sys.exit(0 if node.is_finished_ok else 1)
+@launch.command("difference")
+@click.argument("host")
+@click.argument("defect")
+@launch_options
+@click.pass_context
+def launch_difference(ctx, host, defect, **kw):
+    """Run `optddap.difference` on Δρ = ρ(DEFECT) − ρ(HOST), each a density file or a node PK/UUID."""
+    load_profile(ctx.obj["profile"])
+    from ..workflows.difference import DifferenceWorkChain
+
+    daemon, wait, timeout = kw.pop("daemon"), kw.pop("wait"), kw.pop("timeout")
+    common = _common(kw, fit_path=("optddap", "fit"))
+    builder = _build(DifferenceWorkChain, (_density_node(host), _density_node(defect)), **common)
+    _launch(builder, daemon, wait, timeout)
+
+
+def _structure_node(value: str):
+    """A StructureData for STRUCTURE: a file ASE can read (stored), or a PK/UUID."""
+    from aiida import orm
+
+    path = pathlib.Path(value)
+    if path.is_file():
+        from ase.io import read
+
+        try:
+            atoms = read(path)
+        except Exception as exc:  # noqa: BLE001 - ASE raises many kinds
+            raise click.BadParameter(f"{value}: ASE cannot read a structure ({exc})") from exc
+        return orm.StructureData(ase=atoms, label=path.name, description=f"structure read from {path.resolve()}").store()
+    try:
+        node = orm.load_node(value)
+    except Exception as exc:  # noqa: BLE001
+        raise click.BadParameter(f"{value!r} is neither a file nor a node identifier ({exc})") from exc
+    if not isinstance(node, orm.StructureData):
+        raise click.BadParameter(f"node<{node.pk}> is a {type(node).__name__}, not a StructureData")
+    return node
+
+
+@launch.command("vasp")
+@click.argument("structure")
+@click.option("--vasp-code", required=True, help="The aiida-vasp `vasp.vasp` code (label@computer, PK or UUID).")
+@click.option("--vasp-protocol", default=None, help="aiida-vasp's protocol for the VASP run (default: its own).")
+@click.option("--potential-family", default=None, help="POTCAR family uploaded to aiida-vasp.")
+@click.option("--potential-mapping", "potential_mapping", multiple=True, metavar="El=LABEL[,El=LABEL...]",
+              help="POTCAR per element, e.g. `Na=Na_pv,Cl=Cl` (repeatable).")
+@click.option("--incar", "incar", multiple=True, metavar="TAG=VALUE", help="INCAR tag of the VASP run (repeatable).")
+@click.option("--vasp-option", "vasp_option_items", multiple=True, metavar="KEY=VALUE",
+              help="`metadata.options` of the VASP job, e.g. `max_wallclock_seconds=7200` (repeatable; JSON values).")
+@launch_options
+@click.pass_context
+def launch_vasp(ctx, structure, vasp_code, vasp_protocol, potential_family, potential_mapping, incar,
+                vasp_option_items, **kw):
+    """Run `optddap.vasp`: VASP (aiida-vasp) on STRUCTURE (a file ASE reads, or a StructureData PK/UUID), then
+    the fit of its CHGCAR. The scheduler options above apply to the fit; --vasp-option to the VASP job."""
+    load_profile(ctx.obj["profile"])
+    from aiida import orm
+
+    from ..workflows.vasp import VaspOptDdapWorkChain
+
+    daemon, wait, timeout = kw.pop("daemon"), kw.pop("wait"), kw.pop("timeout")
+    common = _common(kw, fit_path=("optddap", "fit"))
+    vasp_overrides: dict = {}
+    if potential_family:
+        vasp_overrides["potential_family"] = potential_family
+    mapping = {}
+    for item in potential_mapping:
+        for entry in filter(None, (x.strip() for x in item.split(","))):
+            element, _, label = entry.partition("=")
+            if not label:
+                raise click.BadParameter(f"{entry!r}: expected El=LABEL", param_hint="--potential-mapping")
+            mapping[element.strip()] = label.strip()
+    if mapping:
+        vasp_overrides["potential_mapping"] = mapping
+    if incar:
+        vasp_overrides["parameters"] = {"incar": {k.lower(): v for k, v in (parse_param(i) for i in incar)}}
+    try:
+        code = orm.load_code(vasp_code)
+    except Exception as exc:  # noqa: BLE001
+        raise click.BadParameter(str(exc), param_hint="--vasp-code") from exc
+    builder = _build(VaspOptDdapWorkChain, _structure_node(structure), vasp_code=code, vasp_protocol=vasp_protocol,
+                     vasp_overrides=vasp_overrides, vasp_options=dict(parse_param(i) for i in vasp_option_items) or None,
+                     **common)
+    _launch(builder, daemon, wait, timeout)
+
+
+@launch.command("dataset")
+@click.argument("sources", nargs=-1)
+@click.option("-G", "--group", "group_label", default=None, help="Fit the nodes of this group instead.")
+@click.option("--output-group", default=None, help="Group that collects the ChargesData and the dataset.")
+@launch_options
+@click.pass_context
+def launch_dataset(ctx, sources, group_label, output_group, **kw):
+    """Run `optddap.dataset` on SOURCES (density files, or PKs/UUIDs of densities, VASP work chains or
+    ChargesData) or on the nodes of --group, and build the extxyz dataset."""
+    load_profile(ctx.obj["profile"])
+    from ..workflows.dataset import ChargeDatasetWorkChain
+
+    if bool(sources) == bool(group_label):
+        raise click.UsageError("give SOURCES or --group (one of them)")
+    daemon, wait, timeout = kw.pop("daemon"), kw.pop("wait"), kw.pop("timeout")
+    common = _common(kw, fit_path=("optddap", "fit"))
+    if output_group:
+        common["overrides"]["output_group"] = output_group
+    items = []
+    for source in sources:
+        items.append(_density_node(source) if pathlib.Path(source).is_file() else source)
+    builder = _build(ChargeDatasetWorkChain, group_label if group_label else items, **common)
+    _launch(builder, daemon, wait, timeout)
 
 
 def _show(node) -> None:

@@ -123,6 +123,10 @@ class ChargesData(ArrayData):
         if results.get("cell") is not None:
             node.set_array("cell", np.asarray(results["cell"], dtype=float).reshape(3, 3))
 
+        spread = (results.get("start_spread") or {}).get("per_atom")
+        if spread is not None:  # e; max − min of each atom's population over the optimiser's starts
+            node.set_array("start_spread", np.asarray(spread, dtype=float).ravel())
+
         uncertainty = (results.get("uncertainty") or {}).get("per_atom")
         if uncertainty is not None:  # e; ∞ (stored as inf in the array) where the density leaves it free
             node.set_array("uncertainty", np.array([np.inf if u is None else u for u in uncertainty], dtype=float))
@@ -180,6 +184,10 @@ class ChargesData(ArrayData):
             "zval": dict((results.get("zval") or {}).get("values") or {}) or None,
             "zval_source": dict((results.get("zval") or {}).get("source") or {}) or None,
             "warnings": [str(w) for w in results.get("warnings") or []],
+            "n_warnings": len(results.get("warnings") or []),
+            "zval": {str(k): float(v) for k, v in ((results.get("zval") or {}).get("values") or {}).items()} or None,
+            "zval_source": {str(k): str(v) for k, v in ((results.get("zval") or {}).get("source") or {}).items()}
+            or None,
             "summary_of": summary_of,
             "elements": elements,
         }
@@ -351,23 +359,25 @@ class ChargesData(ArrayData):
         return self._get_optional_array("uncertainty")
 
     def table_rows(self) -> list[tuple]:
-        """Rows ``(index, symbol, population, net charge or None, uncertainty or None)``."""
+        """Rows ``(number, symbol, population, net charge or None, uncertainty or None)``; atoms are numbered
+        from 1 in the order of the density file, as in every table of the package (``optddap fit`` too)."""
         net, unc = self.net_charges, self.uncertainty
         rows = []
         for i, (symbol, pop) in enumerate(zip(self.symbols, self.populations)):
-            rows.append((i, symbol, float(pop), None if net is None else float(net[i]),
+            rows.append((i + 1, symbol, float(pop), None if net is None else float(net[i]),
                          None if unc is None else float(unc[i])))
         return rows
 
-    def table(self, rich: bool = False):
-        """A printable table (index, symbol, population, net charge).
+    def table(self, rich: bool = False, decimals: int = 4):
+        """A printable table: ``#`` (atom number from 1), symbol, population, net charge, uncertainty, the
+        charges rounded to ``decimals`` decimals.
 
         Returns plain text, or a ``rich.table.Table`` with ``rich=True``.
         """
-        headers = ("index", "symbol", "population (e)", "net charge (e)", "± (e)")
+        headers = ("#", "symbol", "population (e)", "net charge (e)", "± (e)")
         rows = [
-            (str(i), s, f"{p:.6f}", "n/a" if q is None else f"{q:+.6f}",
-             "n/a" if u is None else ("free" if not np.isfinite(u) else f"{u:.4f}"))
+            (str(i), s, f"{p:.{decimals}f}", "n/a" if q is None else f"{q:+.{decimals}f}",
+             "n/a" if u is None else ("free" if not np.isfinite(u) else f"{u:.{decimals}f}"))
             for i, s, p, q, u in self.table_rows()
         ]
         if rich:
@@ -380,7 +390,7 @@ class ChargesData(ArrayData):
                 table.add_row(*row)
             return table
         widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-        out = ["  ".join(h.rjust(w) for h, w in zip(headers, widths))]
+        out = ["  ".join(h.rjust(w) if i != 1 else h.ljust(w) for i, (h, w) in enumerate(zip(headers, widths)))]
         out.append("  ".join("-" * w for w in widths))
         for row in rows:
             out.append("  ".join(c.rjust(w) if i != 1 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))

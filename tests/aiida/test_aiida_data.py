@@ -133,9 +133,12 @@ def test_table(results_factory):
     node = ChargesData.from_results(results_factory()).store()
     text = node.table()
     lines = text.splitlines()
-    assert lines[0].split() == ["index", "symbol", "population", "(e)", "net", "charge", "(e)", "±", "(e)"]
-    assert lines[2].split() == ["0", "Na", "0.200000", "+0.800000", "n/a"]
-    assert lines[3].split() == ["1", "Cl", "7.800000", "-0.800000", "n/a"]
+    # atoms numbered from 1, as in the engine CLI's table; charges rounded to 4 decimals (``decimals``)
+    assert lines[0].split() == ["#", "symbol", "population", "(e)", "net", "charge", "(e)", "±", "(e)"]
+    assert lines[2].split() == ["1", "Na", "0.2000", "+0.8000", "n/a"]
+    assert lines[3].split() == ["2", "Cl", "7.8000", "-0.8000", "n/a"]
+    assert node.table(decimals=6).splitlines()[2].split() == ["1", "Na", "0.200000", "+0.800000", "n/a"]
+    assert [row[0] for row in node.table_rows()] == [1, 2]
     results = results_factory()
     results["uncertainty"] = {"per_atom": [0.0123, None], "max": None, "determined": False}
     node = ChargesData.from_results(results).store()
@@ -196,3 +199,36 @@ def test_queries(results_factory):
               filters={"attributes.formula": "ClNa", "attributes.summary_of": "net_charges",
                        "attributes.solver": "pinv", "attributes.device": "cpu", "attributes.optimized": True})
     assert qb.count() == 3
+
+
+def test_provenance_attributes_are_queryable(results_factory):
+    """Z_val per element and its source, the start spread, the warnings and the uncertainty are attributes
+    (and arrays) of ChargesData, and the QueryBuilder selects on them."""
+    tag = uuid.uuid4().hex
+    results = results_factory()
+    results["zval"]["source"] = {"Na": "POTCAR", "Cl": "user"}
+    results["start_spread"] = {"max_abs": 0.031, "per_atom": [0.031, 0.002]}
+    results["warnings"] = ["populations differ by up to 0.031 e across the 4 starting points"]
+    results["uncertainty"] = {"per_atom": [0.01, 0.02], "max": 0.02, "determined": True}
+    results["charge_definition"] = tag
+    node = ChargesData.from_results(results).store()
+    attrs = node.base.attributes
+    assert attrs.get("zval") == {"Na": 1.0, "Cl": 7.0}
+    assert attrs.get("zval_source") == {"Na": "POTCAR", "Cl": "user"}
+    assert attrs.get("start_spread_max_abs") == 0.031 and attrs.get("n_warnings") == 1
+    np.testing.assert_allclose(node.get_array("start_spread"), [0.031, 0.002])
+    clean = results_factory()
+    clean["charge_definition"] = tag
+    other = ChargesData.from_results(clean).store()
+    assert other.base.attributes.get("n_warnings") == 0 and other.base.attributes.get("start_spread_max_abs") is None
+
+    def pks(filters):
+        qb = orm.QueryBuilder().append(ChargesData, filters={"attributes.charge_definition": tag, **filters},
+                                       project="id")
+        return sorted(qb.all(flat=True))
+
+    assert pks({"attributes.zval_source.Na": "POTCAR"}) == [node.pk]
+    assert pks({"attributes.zval.Cl": 7.0}) == sorted([node.pk, other.pk])
+    assert pks({"attributes.start_spread_max_abs": {">": 0.02}}) == [node.pk]
+    assert pks({"attributes.n_warnings": {">": 0}}) == [node.pk]
+    assert pks({"attributes.uncertainty_max": {"<=": 0.05}, "attributes.determined": True}) == [node.pk]
