@@ -13,6 +13,7 @@ from aiida.common import CalcInfo, CodeInfo
 from aiida.engine import CalcJob
 
 from ..data.results import OUTPUT_FILE, STDERR_FILE, STDOUT_FILE
+from .caching import use_density_grid_caching
 from .ports import EXIT_CODES, INPUTS, OUTPUTS
 from .schema import cli_arguments
 
@@ -53,6 +54,11 @@ class OptDdapCalculation(CalcJob):
             spec.exit_code(
                 code.status, code.label, message=code.message, invalidates_cache=code.invalidates_cache
             )
+
+    def _setup_db_record(self):
+        """Set up the node as AiiDA does, hashing the density inputs by their parsed grids (caching.py)."""
+        super()._setup_db_record()
+        use_density_grid_caching(self.node)
 
     def _density_name(self) -> str:
         node = self.inputs.charge_density
