@@ -106,6 +106,11 @@ EXIT_CODES: tuple[ExitCodeSpec, ...] = (
         "The engine rejected the command line (click usage error): {details}",
     ),
     ExitCodeSpec(
+        306, "ERROR_ENGINE_KILLED",
+        "The engine process was stopped by a signal before it wrote results.json ({details}): out of memory, "
+        "wall time, or killed by hand?", True,
+    ),
+    ExitCodeSpec(
         400, "ERROR_NOT_CONVERGED",
         "The parameter optimisation did not converge ({details}); outputs are attached.",
     ),

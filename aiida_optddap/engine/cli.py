@@ -1,23 +1,34 @@
 """``optddap``: the engine's command line (runs standalone on a compute node).
 
 Exit status: 0 success; 1 bad input (one line ``Error: <file>: <problem>`` on stderr); 2 usage
-error; 3 CUDA requested but none visible; 4 GPU out of memory; 5 numerical failure (singular A).
-No results file is written unless the run succeeds.
+error; 3 CUDA requested but none visible; 4 GPU out of memory; 5 numerical failure (singular A; the line
+reads ``Error: numerical failure: <file>: <problem>``); 128 + n when stopped by signal n that can be caught
+(SIGTERM, SIGHUP, SIGINT: ``Error: terminated by signal <name>``). No results file (nor figure) is written
+unless the run succeeds; where ``-o`` and ``--plot`` point is checked before the fit.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
 
 import click
 
-from .density import DensityError
+from .density import DensityError, check_charge_density
 from .gspace import DEFAULT_GCUT
 
 EXIT_INPUT, EXIT_NO_CUDA, EXIT_GPU_MEMORY, EXIT_NUMERICAL = 1, 3, 4, 5
+#: The first words of an exit-5 message (the AiiDA parser tells input from numerical errors by them).
+NUMERICAL_PREFIX = "numerical failure: "
+#: The first words of the message written when a catchable signal stops the engine.
+SIGNAL_PREFIX = "terminated by signal "
+#: Signals turned into a one-line message and exit status 128 + n (SIGKILL cannot be caught).
+CAUGHT_SIGNALS = ("SIGTERM", "SIGHUP", "SIGINT")
 
 
 def fit_options(command):
@@ -67,8 +78,54 @@ def fit_options(command):
 
 
 def _fail(message: str, code: int):
-    click.echo(f"Error: {message}", err=True)
+    prefix = NUMERICAL_PREFIX if code == EXIT_NUMERICAL else ""
+    click.echo(f"Error: {prefix}{message}", err=True)
     sys.exit(code)
+
+
+def _on_signal(signum, _frame):
+    """Stop with a one-line message; SystemExit unwinds, so a half-written results file is removed."""
+    click.echo(f"Error: {SIGNAL_PREFIX}{signal.Signals(signum).name}", err=True)
+    raise SystemExit(128 + signum)
+
+
+def _catch_signals() -> dict:
+    """Install :func:`_on_signal`; returns the previous handlers (restored by :func:`_run`)."""
+    previous = {}
+    for name in CAUGHT_SIGNALS:
+        if hasattr(signal, name):
+            number = getattr(signal, name)
+            try:
+                previous[number] = signal.signal(number, _on_signal)
+            except ValueError:  # not the main thread (e.g. a test runner's thread): keep the defaults
+                break
+    return previous
+
+
+def _unwritable(path: Path, folder: bool) -> str | None:
+    """Why ``path`` (a file, or a folder with ``folder``) cannot be written, or None; creates nothing."""
+    if path.exists() and path.is_dir() != folder:
+        return "is a directory" if path.is_dir() else "exists and is not a directory"
+    if path.exists():
+        target = path if folder else path.parent
+        if not os.access(path, os.W_OK) or not os.access(target, os.W_OK | os.X_OK):
+            return "is not writable"
+        return None
+    probe = path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"cannot be created: {probe} is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"cannot be created: {probe} is not writable"
+    return None
+
+
+def _check_outputs(kwargs) -> None:
+    """``-o`` and ``--plot`` must be writable: checked before the (possibly long) fit."""
+    for path, folder in ((kwargs["output"], False), (kwargs["plot_dir"], True)):
+        if path is not None and (problem := _unwritable(Path(path), folder)):
+            _fail(f"{path}: {problem}; nothing was fitted", EXIT_INPUT)
 
 
 def _options_from(kwargs):
@@ -95,6 +152,16 @@ def _run(kwargs, densities: list[Path], difference: bool) -> None:
         options = _options_from(kwargs)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
+    _check_outputs(kwargs)
+    previous = _catch_signals()
+    try:
+        _fit_and_write(kwargs, options, densities, difference)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _fit_and_write(kwargs, options, densities: list[Path], difference: bool) -> None:
     try:
         import torch
 
@@ -107,7 +174,12 @@ def _run(kwargs, densities: list[Path], difference: bool) -> None:
         loaded = [_read(path, kwargs) for path in densities]
         timings = {"read": time.perf_counter() - clock}
         zval = None if difference else resolve_zval(loaded[0], path=densities[0], user=user_zval)
-        file_format = detect_format(densities[0]) if kwargs["file_format"] == "auto" else kwargs["file_format"]
+        formats = [detect_format(path) if kwargs["file_format"] == "auto" else kwargs["file_format"]
+                   for path in densities]
+        file_format = formats[0]
+        for density, kind in zip(loaded, formats):
+            if kind == "chgcar":  # cube files may hold signed spin densities (ρ↑ − ρ↓): not checked
+                check_charge_density(density)
         with _progress(kwargs["quiet"] or not options.optimize) as progress:
             common = {"progress": progress, "timings": timings, "source_format": file_format}
             if difference:
@@ -126,11 +198,19 @@ def _run(kwargs, densities: list[Path], difference: bool) -> None:
         if "CUDA requested" in str(exc):
             _fail(str(exc), EXIT_NO_CUDA)
         raise
-    if kwargs["plot_dir"] is not None:
-        from .plots import write_figures
+    try:
+        json.dumps(results, allow_nan=False)  # before any file is written: no figure of a failed fit
+    except ValueError:
+        _fail(f"{densities[0]}: the fit produced non-finite values (NaN or ∞ charges); check σ_start, f and "
+              "g_c against the cell and grid", EXIT_NUMERICAL)
+    try:
+        if kwargs["plot_dir"] is not None:
+            from .plots import write_figures
 
-        write_figures(results, kwargs["plot_dir"])
-    write_results(results, kwargs["output"])
+            write_figures(results, kwargs["plot_dir"])
+        write_results(results, kwargs["output"])
+    except OSError as exc:
+        _fail(f"{exc.filename or kwargs['output']}: cannot write ({exc.strerror or exc})", EXIT_INPUT)
     if not kwargs["quiet"]:
         _summary(results, kwargs["output"])
 
@@ -189,12 +269,17 @@ def _summary(results: dict, output: Path) -> None:
     uncertainty = (results.get("uncertainty") or {}).get("per_atom")
     if uncertainty is not None:
         table.add_column("± (e)", justify="right")
+    moments = (results.get("spin") or {}).get("moments")
+    if moments is not None:
+        table.add_column("moment (μB)", justify="right")
     for i, (symbol, population) in enumerate(zip(results["symbols"], results["populations"])):
         row = [str(i + 1), symbol, f"{population:.6f}"]
         if net is not None:
             row.append(f"{net[i]:+.6f}")
         if uncertainty is not None:
             row.append("free" if uncertainty[i] is None else f"{uncertainty[i]:.4f}")
+        if moments is not None:
+            row.append(f"{moments[i]:+.4f}")
         table.add_row(*row)
     console.print(table)
     p = results["parameters"]
@@ -215,6 +300,9 @@ def _summary(results: dict, output: Path) -> None:
         r = results["restraint"]
         lines.append(f"restraint: reference {r['reference']}, τ {r['tau']:g}, strength λ {r['strength']:.3g}; "
                      "± = how far a population moves at that misfit increase (free: not fixed by the density)")
+    if results.get("spin"):
+        lines.append(f"net moment {results['spin']['total_moment']:+.4f} μB (spin-polarised file; moments from "
+                     f"ρ↑ − ρ↓ with the same Gaussians, solver {results['spin']['solver']})")
     if results["start_spread"]:
         lines.append(f"spread of populations over {len(results['starts'])} starts: {results['start_spread']['max_abs']:.4f} e")
     for line in lines:

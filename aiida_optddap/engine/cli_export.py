@@ -33,6 +33,12 @@ def _load_results(path: Path) -> dict:
         _fail(f"{path}: cannot read the results ({type(exc).__name__}: {exc})")
     if not isinstance(results, dict) or "symbols" not in results or "coefficients" not in results:
         _fail(f"{path}: not an optddap results.json (no symbols/coefficients)")
+    from .pipeline import SCHEMA_VERSION
+
+    version = results.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= SCHEMA_VERSION:
+        _fail(f"{path}: unknown schema_version {version!r} (this optddap reads 1 to {SCHEMA_VERSION}; "
+              "a newer optddap wrote it?)")
     return results
 
 

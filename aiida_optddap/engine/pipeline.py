@@ -123,6 +123,12 @@ def prepare(state: FitState) -> None:
         # The density loss reads the loss set once (shell tables), so its phases need not be kept.
         cache_loss_phases=False if options.loss == "density" else None,
     )
+    if state.problem.fit.count_below(start.gcut) == 0:
+        g2 = state.problem.fit.g2
+        shortest = (f"the shortest is {float(g2[0]) ** 0.5:.4g} Å⁻¹" if len(g2)
+                    else f"none within {gcut_max:.4g} Å⁻¹")
+        raise ValueError(f"no reciprocal-lattice vector G ≠ 0 lies inside g_c = {start.gcut:.4g} Å⁻¹ ({shortest}): "
+                         "nothing to fit; raise --gcut")
     if options.solver == "restrained":
         state.reference, state.reference_kind = reference_populations(
             density, state.zval, state.mode, options.reference, options.reference_charges)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from aiida.parsers import Parser
 
 from ..data.results import (
@@ -15,14 +17,27 @@ from ..data.results import (
     load_results,
 )
 
-__all__ = ("OptDdapParser", "classify_stderr")
+__all__ = ("OptDdapParser", "classify_stderr", "killed_by_signal")
 
-#: Markers the engine CLI writes to stderr (its exit status in brackets).
+#: Markers the engine CLI writes to stderr (its exit status in brackets); the CLI's constants are not
+#: imported, the AiiDA side never imports the engine.
 NO_GPU_MARKER = "CUDA requested but no CUDA device is visible"  # exit 3
 OOM_MARKER = "CUDA out of memory"  # exit 4
-SINGULAR_MARKER = "singular"  # exit 5
-#: Words of the other exit-5 (numerical) messages; any other ``Error:`` line is bad input (exit 1).
-NUMERICAL_WORDS = ("non-finite", "nan ", "numerical", "diverge", "undefined", "overflow")
+#: Every exit-5 line starts ``Error: numerical failure:`` (any other ``Error:`` line is bad input, exit 1,
+#: whatever words the message holds: a file may be called ``nan_CHGCAR``, a grid may hold NaN).
+NUMERICAL_PREFIX = "Error: numerical failure:"  # exit 5
+SINGULAR_MARKER = ": A is singular"  # exit 5 of the lagrange solver on a singular matrix (410 rather than 304)
+#: The engine's line when a catchable signal (SIGTERM, SIGHUP, SIGINT) stopped it (exit 128 + n).
+SIGNAL_PREFIX = "Error: terminated by signal"
+#: What a shell, SLURM or the kernel writes to the *scheduler's* stderr when a job step dies of a signal:
+#: bash's ``<script>: line 9:  1234 Killed  '<code>' 'fit' …``, SLURM's ``*** JOB 12 ON n1 CANCELLED AT …``,
+#: ``oom-kill`` events. The engine's own stderr is then empty or cut short.
+KILLED_PATTERNS = (
+    re.compile(r"line \d+:\s+\d+\s+(Killed|Terminated|Segmentation fault|Aborted|Bus error|Hangup|Interrupt|Quit|"
+               r"CPU time limit exceeded|Illegal instruction|Floating point exception|User defined signal \d)"),
+    re.compile(r"\*\*\* (?:JOB|STEP) \S+ ON \S+ CANCELLED AT [^*]*\*\*\*"),
+    re.compile(r"\boom[-_ ]kill\b.*", re.IGNORECASE),
+)
 
 
 def _first_line(text: str, marker: str) -> str:
@@ -44,9 +59,10 @@ def _strip_error(line: str) -> str:
 def classify_stderr(stderr: str) -> tuple[str, str] | None:
     """``(exit-code label, details)`` for a failure the engine reported on stderr, or None.
 
-    Follows the CLI's contract: exit 1 ``Error: <file>: <problem>``; exit 2 click usage error; exit 3
-    no CUDA device; exit 4 CUDA out of memory; exit 5 numerical failure (``singular`` for a singular
-    matrix).
+    Follows the CLI's contract: exit 1 ``Error: <file>: <problem>`` (302, whatever the problem's words); exit
+    2 click usage error (305); exit 3 no CUDA device (440); exit 4 CUDA out of memory (430); exit 5
+    ``Error: numerical failure: <file>: <problem>`` (410 for ``A is singular``, else 304); exit 128 + n
+    ``Error: terminated by signal <name>`` (306).
     """
     failure = _classify(stderr)
     return None if failure is None else (failure[0], _strip_error(failure[1]))
@@ -63,22 +79,32 @@ def _classify(stderr: str) -> tuple[str, str] | None:
     if any(line.startswith("Usage:") for line in lines) and any("Error:" in line for line in lines):
         return "ERROR_INVALID_COMMAND_LINE", _first_line(stderr, "Error:")
     errors = [line for line in lines if line.startswith("Error:")]
-    if any(SINGULAR_MARKER in line.lower() for line in errors):
-        return "ERROR_ILL_CONDITIONED", next(line for line in errors if SINGULAR_MARKER in line.lower())
-    if errors:
-        text = errors[-1]
-        lowered = text.lower()
-        if any(word in lowered for word in NUMERICAL_WORDS):
-            return "ERROR_NUMERICAL_FAILURE", text
-        return "ERROR_DENSITY_UNREADABLE", text
+    if not errors:
+        return None
+    text = errors[-1]
+    if text.startswith(SIGNAL_PREFIX):
+        return "ERROR_ENGINE_KILLED", text
+    if text.startswith(NUMERICAL_PREFIX):
+        if SINGULAR_MARKER in text:
+            return "ERROR_ILL_CONDITIONED", text
+        return "ERROR_NUMERICAL_FAILURE", text
+    return "ERROR_DENSITY_UNREADABLE", text
+
+
+def killed_by_signal(scheduler_stderr: str) -> str | None:
+    """The line of the scheduler's stderr saying that the job step died of a signal, or None."""
+    for pattern in KILLED_PATTERNS:
+        match = pattern.search(scheduler_stderr or "")
+        if match:
+            return match.group(0).strip()
     return None
 
 
 class OptDdapParser(Parser):
     """Parse the retrieved folder of an ``optddap.fit`` calculation.
 
-    Order of checks: without results.json, the failure the engine reported on stderr (440, 430, 305, 410,
-    304, 302) or else 300; then results.json readability (301); then — with all outputs attached — structure
+    Order of checks: without results.json, the failure the engine reported on stderr (440, 430, 305, 306,
+    410, 304, 302), else a signal named in the scheduler's stderr (306), else 300; then results.json readability (301); then — with all outputs attached — structure
     (303), charge conservation (420), conditioning (410), non-finite optimisation (304) and convergence
     (400).
     """
@@ -95,6 +121,12 @@ class OptDdapParser(Parser):
                 label, details = failure
                 self.logger.error(details)
                 return self.exit_codes[label].format(details=details)
+            scheduler_name = self.node.get_option("scheduler_stderr") or "_scheduler-stderr.txt"
+            scheduler_stderr = (retrieved.base.repository.get_object_content(scheduler_name)
+                                if scheduler_name in names else "")
+            killed = killed_by_signal(scheduler_stderr) or killed_by_signal(stderr)
+            if killed:
+                return self.exit_codes.ERROR_ENGINE_KILLED.format(details=killed)
             return self.exit_codes.ERROR_MISSING_OUTPUT_FILES.format(details=_tail(stderr))
 
         try:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from aiida import orm
 
-from aiida_optddap.parsers.fit import OptDdapParser, classify_stderr
+from aiida_optddap.parsers.fit import OptDdapParser, classify_stderr, killed_by_signal
 
 RECORDED = pathlib.Path(__file__).parent / "recorded"
 
@@ -190,7 +190,48 @@ def test_440_no_gpu(generate_calc_job_node):
     assert calc.exit_status == 440
 
 
+def test_302_nan_grid_is_bad_input_not_a_numerical_failure(generate_calc_job_node):
+    """The engine's exit-1 message for a NaN grid names NaN; only the exit-5 prefix makes it numerical (304)."""
+    for line in ("Error: CHGCAR: the density grid contains NaN or infinite values",
+                 "Error: nan_overflow_CHGCAR: truncated file: a grid block holds 3 of its 8x8x8 = 512 values"):
+        _, calc = _parse(generate_calc_job_node, {"optddap.err": line + "\n"})
+        assert calc.exit_status == 302, (line, calc.exit_message)
+    _, calc = _parse(generate_calc_job_node, {"optddap.err": "Error: numerical failure: singular_CHGCAR: the fit "
+                                                             "produced non-finite values (NaN or ∞ charges)\n"})
+    assert calc.exit_status == 304  # the prefix decides, not the word 'singular' in a file name
+
+
+BASH_KILLED = ("/scratch/aiida/ab/cd/_aiidasubmit.sh: line 9: 12345 Killed                  '/usr/bin/optddap' "
+               "'fit' 'CHGCAR' '-o' 'results.json' > 'optddap.out' 2> 'optddap.err'\n")
+
+
+def test_306_engine_killed(generate_calc_job_node):
+    """A killed engine (SIGKILL: OOM killer, scancel, wall time) leaves no results and an empty stderr; the
+    scheduler's stderr says why. A caught SIGTERM is reported by the engine itself."""
+    _, calc = _parse(generate_calc_job_node, {"optddap.err": "", "_scheduler-stderr.txt": BASH_KILLED})
+    assert calc.exit_status == 306 and "Killed" in calc.exit_message and "stderr is empty" not in calc.exit_message
+    slurm = "slurmstepd: error: *** JOB 4242 ON node7 CANCELLED AT 2026-12-02T06:00:00 DUE TO TIME LIMIT ***\n"
+    _, calc = _parse(generate_calc_job_node, {"optddap.err": "", "_scheduler-stderr.txt": slurm})
+    assert calc.exit_status == 306 and "TIME LIMIT" in calc.exit_message
+    _, calc = _parse(generate_calc_job_node, {"optddap.err": "Error: terminated by signal SIGTERM\n"})
+    assert calc.exit_status == 306 and "SIGTERM" in calc.exit_message
+    # nothing in either stderr: still 300, quoting the (empty) stderr
+    _, calc = _parse(generate_calc_job_node, {"optddap.err": "", "_scheduler-stderr.txt": "module loaded\n"})
+    assert calc.exit_status == 300 and "stderr is empty" in calc.exit_message
+
+
+def test_killed_by_signal():
+    assert killed_by_signal("") is None and killed_by_signal("Killed_CHGCAR read\n") is None
+    assert killed_by_signal(BASH_KILLED).endswith("Killed")
+    assert "Segmentation fault" in killed_by_signal("x.sh: line 3:  77 Segmentation fault      (core dumped) a\n")
+    assert killed_by_signal("slurmstepd: error: Detected 1 oom-kill event(s) in StepId=5.0.") is not None
+
+
 def test_classify_stderr():
     assert classify_stderr("") is None
     assert classify_stderr("some warning\n") is None
     assert classify_stderr("Error: x: bad header\n")[0] == "ERROR_DENSITY_UNREADABLE"
+    assert classify_stderr("Error: x: grid contains NaN\n")[0] == "ERROR_DENSITY_UNREADABLE"
+    assert classify_stderr("Error: numerical failure: x: A is singular\n")[0] == "ERROR_ILL_CONDITIONED"
+    assert classify_stderr("Error: terminated by signal SIGHUP\n") == ("ERROR_ENGINE_KILLED",
+                                                                        "terminated by signal SIGHUP")
