@@ -21,8 +21,11 @@ __all__ = ("OptDdapCalculation",)
 
 
 def _safe_filename(filename: str, fallback: str) -> str:
-    """The node's filename made safe for a shell command line, keeping its extension(s)."""
-    name = re.sub(r"[^A-Za-z0-9._+-]", "_", filename or "") or fallback
+    """The node's filename made safe for a shell command line, keeping its extension(s); ``fallback`` for a
+    name that names no file (empty, ``.``, ``..``: the engine finds the format from the content)."""
+    name = re.sub(r"[^A-Za-z0-9._+-]", "_", filename or "")
+    if not name.strip("."):  # "", "." and ".." name no file: the working folder or its parent
+        return fallback
     if name.startswith("-"):
         name = "_" + name
     return name
@@ -67,10 +70,23 @@ class OptDdapCalculation(CalcJob):
             name = f"density_{name}"
         return name
 
+    @staticmethod
+    def _copy(node, target: str, folder, local_copy_list: list) -> None:
+        """Copy ``node``'s file to ``target``: by AiiDA's local copy, or through the sandbox ``folder`` when
+        its stored name is ``.``/``..`` (AiiDA's copy would take that for a folder and fail)."""
+        if node.filename.strip("."):
+            local_copy_list.append((node.uuid, node.filename, target))
+            return
+        if "/" in target:
+            folder.get_subfolder(target.rsplit("/", 1)[0], create=True)
+        with node.open(mode="rb") as handle:
+            folder.create_file_from_filelike(handle, target, mode="wb")
+
     def prepare_for_submission(self, folder):
         density = self.inputs.charge_density
         density_name = self._density_name()
-        local_copy_list = [(density.uuid, density.filename, density_name)]
+        local_copy_list = []
+        self._copy(density, density_name, folder, local_copy_list)
 
         parameters = self.inputs.parameters.get_dict() if "parameters" in self.inputs else {}
         zval = self.inputs.zval.get_dict() if "zval" in self.inputs else None
@@ -78,7 +94,7 @@ class OptDdapCalculation(CalcJob):
         if "host_charge_density" in self.inputs:
             host = self.inputs.host_charge_density
             host_name = f"{self._HOST_DIR}/{_safe_filename(host.filename, 'CHGCAR')}"
-            local_copy_list.append((host.uuid, host.filename, host_name))
+            self._copy(host, host_name, folder, local_copy_list)
             cmdline = ["diff", density_name, host_name]
         else:
             cmdline = ["fit", density_name]

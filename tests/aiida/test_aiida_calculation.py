@@ -93,6 +93,21 @@ def test_direct_script_and_file_names(aiida_code_installed, singlefile, nacl_chg
     assert (folder / "host" / "CHGCAR").exists()
 
 
+@pytest.mark.parametrize("name", ["..", "..."])
+def test_dot_file_names(aiida_code_installed, singlefile, nacl_chgcar, tmp_path, monkeypatch, name):
+    """A SinglefileData named `..` (AiiDA refuses `.` itself) is copied as CHGCAR, not onto the folder's parent
+    (AiiDA's own copy raised IsADirectoryError); the engine finds the format from the content."""
+    code = aiida_code_installed(label="optddap-dry", filepath_executable="/usr/bin/optddap")
+    builder = OptDdapCalculation.get_builder()
+    builder.code = code
+    builder.charge_density = singlefile(nacl_chgcar, filename=name)
+    builder.host_charge_density = singlefile(nacl_chgcar, filename=name)
+    folder, script = _dry_run(builder, tmp_path, monkeypatch)
+    assert "'/usr/bin/optddap' 'diff' 'CHGCAR' 'host/CHGCAR'" in script
+    assert (folder / "CHGCAR").read_bytes() == nacl_chgcar.read_bytes()
+    assert (folder / "host" / "CHGCAR").read_bytes() == nacl_chgcar.read_bytes()
+
+
 # ----------------------------------------------------------------------------------------- real runs
 def _run(optddap_code, density, parameters=None, **inputs):
     builder = OptDdapCalculation.get_builder()
@@ -168,6 +183,33 @@ def test_run_302_truncated_chgcar(optddap_code, nacl_chgcar, singlefile, tmp_pat
     node = _run(optddap_code, singlefile(truncated))
     assert node.exit_status == 302, node.exit_message
     assert "truncated" in node.exit_message
+
+
+def test_run_302_nan_grid(optddap_code, nacl_chgcar, singlefile, tmp_path):
+    """A NaN in the grid is bad input (the engine's exit 1), not a numerical failure (304)."""
+    lines = nacl_chgcar.read_text().splitlines(keepends=True)
+    grid_line = next(i for i, line in enumerate(lines) if line.split() == ["24", "24", "24"])
+    fields = lines[grid_line + 2].split()
+    fields[0] = "NaN"
+    lines[grid_line + 2] = " " + " ".join(fields) + "\n"
+    broken = tmp_path / "CHGCAR"
+    broken.write_text("".join(lines))
+    node = _run(optddap_code, singlefile(broken))
+    assert node.exit_status == 302, node.exit_message
+    assert "NaN" in node.exit_message
+
+
+def test_run_306_engine_killed(aiida_code_installed, nacl_chgcar, singlefile, tmp_path):
+    """An engine killed by SIGKILL (OOM killer, scancel -9) writes nothing; the shell's report in the scheduler's
+    stderr gives 306 instead of 300 'stderr is empty'."""
+    script = tmp_path / "optddap_killed"
+    script.write_text("#!/bin/bash\nkill -KILL $$\n")
+    script.chmod(0o755)
+    code = aiida_code_installed(label="optddap-killed", default_calc_job_plugin="optddap.fit",
+                                filepath_executable=str(script))
+    node = _run(code, singlefile(nacl_chgcar))
+    assert node.exit_status == 306, node.exit_message
+    assert "Killed" in node.exit_message
 
 
 def test_run_400_not_converged(optddap_code, nacl_chgcar, singlefile):
