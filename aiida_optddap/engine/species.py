@@ -1,0 +1,234 @@
+"""Species-width DDAP: one Gaussian per atom, one width per chemical species, widths shared by all frames.
+
+Why (issue 9, items 3–5; measured in docs/validation.md, "Perfect crystals" and "Smoothness in geometry"):
+with K Gaussians of shared widths σ_k = σ_start·f^k per atom, a perfect rock salt samples the
+species-difference form factor only at the odd-hkl shells inside g_c (two for 8-atom NaCl at the CP2K
+g_c, one for MgO and LiH), so with K = 3 its value at G = 0 — the charge transfer — is not determined
+(A has rank 23/24), and rattled frames determine it only at O(u²) through the mixed shells: the
+data-determined NaCl charge runs from +0.18 to +0.34 e and MgO's from −10.6 to +4.1 e over frames of
+rms 0.02–0.15 Å. With one Gaussian per atom there is one population per atom and the lowest odd shell
+fixes the transfer, but a width shared by the semicore cation and the diffuse anion gives NaCl the wrong
+sign. One width per species — a compact cation, a diffuse anion — fixes both: the transfer is
+determined (uncertainty ~0.02 e) with the right sign on NaCl, MgO and LiH.
+
+Model (Å, Å⁻¹, e): ρ_model(G) = Σ_α q_α exp(−G²σ_{s(α)}²/4) e^{−iG·R_α}; q minimises Blöchl's misfit
+F(q) = Σ_{0<|G|<g_c} W(G)|ρ(G) − ρ_model(G)|² (W as :func:`.ddap.bloechl_weight`) under Σq = N.
+The widths σ_s minimise Σ_frames F_frame(q_frame)/Σ_S W|C|² (each frame's relative misfit at its own
+constrained minimiser) — for one density, or jointly for a dataset so that every frame is fitted with the
+same widths (per-frame widths make the charges jump between frames: docs/validation.md). The minimisation
+is deterministic: a log-spaced grid over the widths (:data:`SCAN_POINTS` per species; coordinate sweeps
+beyond :data:`FULL_GRID_SPECIES` species), then Nelder–Mead in log σ from the best grid point.
+
+The charges of each frame are the constrained minimiser q₀ with the directions the density does not fix
+put on the reference (the λ → 0 limit of :mod:`.restraint`; λ is not re-chosen per frame by the
+discrepancy principle, which makes charges jump between frames where a direction is weakly determined),
+and the uncertainty is :func:`.restraint.population_uncertainty` at δ = τ·F(q₀).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .ddap import Problem, bloechl_weight, resolve_device
+from .density import Density
+from .gspace import DEFAULT_GCUT
+from .restraint import DEFAULT_TAU, NULL_RTOL, constraint_basis, population_uncertainty
+
+#: Points of the log-spaced grid per species.
+SCAN_POINTS = 10
+#: Up to this many species the grid is the full product (SCAN_POINTS**S points); beyond, coordinate sweeps.
+FULL_GRID_SPECIES = 3
+#: Coordinate sweeps over the grid when there are more species than FULL_GRID_SPECIES.
+SWEEPS = 3
+#: Upper width bound (Å); the lower one is max(0.2 Å, 2 grid spacings) as for σ_start (spec §8.3).
+WIDTH_MAX = 1.5
+#: Nelder–Mead tolerance on log σ.
+LOG_WIDTH_XTOL = 1e-6
+
+
+def species_of(symbols) -> tuple[list[str], np.ndarray]:
+    """The sorted species and the species index of every atom."""
+    species = sorted(set(symbols))
+    return species, np.array([species.index(s) for s in symbols], dtype=np.int64)
+
+
+def width_bounds(densities) -> tuple[float, float]:
+    """(lower, upper) width bounds over all frames, Å: lower = max(0.2, 2 × the largest grid spacing)."""
+    spacing = max(float(np.max(np.linalg.norm(d.cell, axis=1) / np.asarray(d.grid.shape))) for d in densities)
+    return max(0.2, 2.0 * spacing), WIDTH_MAX
+
+
+class SpeciesEquations:
+    """The θ-independent tables of one density for the species-width model at a fixed g_c.
+
+    ``equations(widths)`` returns A (n, n), b (n,) and Σ_S W|C|² for per-atom widths (n,), Å.
+    """
+
+    def __init__(self, density: Density, gcut: float = DEFAULT_GCUT, device: str = "cpu"):
+        self.density = density
+        self.gcut = float(gcut)
+        problem = Problem.build(density, self.gcut, device=resolve_device(device), with_loss_set=False)
+        self.n_electrons = problem.n_electrons
+        gs = problem.fit
+        stop = gs.count_below(self.gcut)
+        self.g2 = gs.g2[:stop]
+        cos, sin = gs.phases(0, stop)
+        weight = bloechl_weight(self.g2, self.g2.new_tensor([self.gcut]))[:, 0] * gs.weight[:stop]
+        self.phase = torch.cat([cos, sin])  # (2n_G, atoms)
+        self.w2 = torch.cat([weight, weight])
+        target = torch.cat([gs.c_re[:stop], -gs.c_im[:stop]])
+        self.wt = self.w2 * target
+        self.norm = (self.wt * target).sum()
+
+    def equations(self, widths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        form = torch.exp(-0.25 * self.g2[:, None] * widths[None] ** 2)  # (n_G, atoms)
+        f = self.phase * torch.cat([form, form])
+        return f.T @ (f * self.w2[:, None]), f.T @ self.wt, self.norm
+
+
+def _constrained_minimum(a, b, norm, n_electrons, reference):
+    """q₀ (n,) = argmin F(q) subject to Σq = N, and its relative misfit F(q₀)/Σ W|C|².
+
+    Solved in the constraint subspace q = N/n + Z y from one eigendecomposition of ZᵀAZ; directions
+    with eigenvalue ≤ NULL_RTOL·max (the density does not fix them) are put on the reference, which is
+    the λ → 0 limit of :func:`.restraint.restrained_solve` with n_gauss = 1.
+    """
+    n = len(b)
+    z = constraint_basis(n, a)
+    q_part = a.new_full((n,), n_electrons / n)
+    w, u = torch.linalg.eigh(z.T @ a @ z)
+    coords = u.T @ (z.T @ (b - a @ q_part))
+    ref_coords = u.T @ (z.T @ (reference.to(a) - q_part))
+    determined = w > NULL_RTOL * max(float(w[-1]), 0.0)
+    y = u @ torch.where(determined, coords / torch.where(determined, w, torch.ones_like(w)), ref_coords)
+    q = q_part + z @ y
+    misfit = float((norm - 2.0 * b @ q + q @ a @ q) / norm)
+    return q, misfit
+
+
+@dataclass
+class SpeciesFit:
+    """The joint widths (Å per species) and, per frame, populations, net charges, uncertainty (e) and misfit."""
+
+    widths: dict[str, float]
+    misfit: float
+    frames: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
+
+
+def species_misfit(tables: list[SpeciesEquations], index: list[np.ndarray], references: list[torch.Tensor],
+                   widths: np.ndarray) -> float:
+    """Σ_frames F(q₀)/Σ W|C|² at the species widths ``widths`` (Å, one per species)."""
+    total = 0.0
+    for table, idx, ref in zip(tables, index, references):
+        per_atom = torch.as_tensor(np.asarray(widths, dtype=np.float64)[idx], device=table.g2.device)
+        a, b, norm = table.equations(per_atom)
+        total += _constrained_minimum(a, b, norm, table.n_electrons, ref)[1]
+    return total
+
+
+@contextmanager
+def _one_thread():
+    """Run small dense algebra on one thread: threaded BLAS on (2·n_G)×atoms products gains nothing and, on
+    busy cores, stalls (measured on an 8-atom frame: 5.5 ms per A instead of 0.24 ms on two loaded cores)."""
+    previous = torch.get_num_threads()
+    if previous > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if previous > 1:
+            torch.set_num_threads(previous)
+
+
+def optimise_widths(tables, index, references, n_species: int, bounds: tuple[float, float]) -> tuple[np.ndarray, float, list]:
+    """The species widths (Å) minimising :func:`species_misfit`: grid, then Nelder–Mead in log σ (bounded)."""
+    from scipy.optimize import minimize
+
+    lo, hi = bounds
+    grid = np.geomspace(lo, hi, SCAN_POINTS)
+    history: list[dict] = []
+    cache: dict[tuple, float] = {}
+
+    def value(widths) -> float:
+        widths = np.clip(np.asarray(widths, dtype=np.float64), lo, hi)
+        key = tuple(np.round(widths, 12))
+        if key not in cache:
+            v = species_misfit(tables, index, references, widths)
+            cache[key] = v if math.isfinite(v) else math.inf
+            history.append({"widths": widths.tolist(), "misfit": cache[key]})
+        return cache[key]
+
+    if n_species <= FULL_GRID_SPECIES:
+        best = min(itertools.product(grid, repeat=n_species), key=value)
+    else:
+        best = np.full(n_species, grid[SCAN_POINTS // 2])
+        for _ in range(SWEEPS):
+            for s in range(n_species):
+                trial = [np.concatenate([best[:s], [g], best[s + 1:]]) for g in grid]
+                best = min(trial, key=value)
+    best = np.asarray(best, dtype=np.float64)
+    result = minimize(lambda x: value(np.exp(x)), np.log(best), method="Nelder-Mead",
+                      options={"xatol": LOG_WIDTH_XTOL, "fatol": 1e-15, "maxiter": 400 * n_species})
+    final = np.clip(np.exp(result.x), lo, hi)
+    if value(final) > value(best):
+        final = best
+    return final, value(final), history
+
+
+def fit_species(densities, zvals, *, widths: dict[str, float] | None = None, gcut: float = DEFAULT_GCUT,
+                tau: float = DEFAULT_TAU, device: str = "cpu") -> SpeciesFit:
+    """Species-width DDAP charges of one or many frames with one width per species shared by all of them.
+
+    Args:
+        densities: a :class:`.density.Density` or a list of them (the frames of a dataset).
+        zvals: Z_val per element (``{"Na": 9, ...}``, e): the neutral reference and the net charges.
+        widths: fixed species widths (Å); None: optimised jointly over the frames (module docstring).
+        gcut: g_c, Å⁻¹ (CP2K's √6 bohr⁻¹ by default).
+        tau: the misfit increase δ = τ·F(q₀) that defines the uncertainty.
+
+    Returns:
+        :class:`SpeciesFit`; every frame's dict holds ``populations``, ``net_charges``, ``uncertainty``
+        (∞ where the density leaves a population free), ``misfit`` (relative) and ``rank``.
+    """
+    if isinstance(densities, Density):
+        densities = [densities]
+    species = sorted({s for d in densities for s in d.symbols})
+    missing = [s for s in species if s not in zvals]
+    if missing:
+        raise ValueError(f"no Z_val for {', '.join(missing)}")
+    tables = [SpeciesEquations(d, gcut, device) for d in densities]
+    index = [np.array([species.index(s) for s in d.symbols]) for d in densities]
+    refs = [torch.as_tensor([float(zvals[s]) for s in d.symbols], dtype=torch.float64, device=t.g2.device)
+            for d, t in zip(densities, tables)]
+    history: list[dict] = []
+    with _one_thread():
+        if widths is None:
+            w, total, history = optimise_widths(tables, index, refs, len(species), width_bounds(densities))
+        else:
+            w = np.array([float(widths[s]) for s in species])
+            total = species_misfit(tables, index, refs, w)
+    out = SpeciesFit(widths=dict(zip(species, map(float, w))), misfit=total, history=history)
+    for density, table, idx, ref in zip(densities, tables, index, refs):
+        a, b, norm = table.equations(torch.as_tensor(w[idx], device=table.g2.device))
+        q, misfit = _constrained_minimum(a, b, norm, table.n_electrons, ref)
+        n = len(q)
+        z = constraint_basis(n, a)
+        delta = np.array([tau * max(misfit, 1e-12) * float(norm)])
+        u = population_uncertainty((z.T @ a @ z)[None], z, torch.eye(n, dtype=a.dtype, device=a.device), delta)[0]
+        rank = int((torch.linalg.eigvalsh(a) > 1e-10 * torch.linalg.eigvalsh(a)[-1]).sum())
+        populations = q.cpu().numpy()
+        out.frames.append({
+            "populations": populations,
+            "net_charges": ref.cpu().numpy() - populations,
+            "uncertainty": u,
+            "misfit": misfit,
+            "rank": rank,
+        })
+    return out

@@ -1,0 +1,135 @@
+"""Species-width DDAP (engine/species.py): perfect rock salts determined with the right sign, charges smooth in
+geometry on the rattled CP2K frames (issue 9, items 3–5), one width set optimised jointly over many frames.
+
+Uses examples/cp2k_rattled/data (20 NaCl + 20 MgO 8-atom frames with Bader charges; mgo_008 is skipped as
+suspect, as in smoothness.py) and the shared LiH CHGCAR; skips with a reason when they are missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aiida_optddap.engine.io import read_density
+from aiida_optddap.engine.species import SpeciesEquations, fit_species, species_misfit
+
+from helpers import SHARED, rocksalt
+
+ROOT = Path(__file__).resolve().parents[1]
+RATTLED = ROOT / "examples" / "cp2k_rattled"
+LIH = SHARED / "chgcar" / "lih_atomate_pbesol" / "CHGCAR"
+#: g_c (Å⁻¹) of the smoothness check: MgO's second odd shell (311) lies at 4.95 Å⁻¹, outside CP2K's 4.63.
+GCUT = 5.5
+#: The issue's criterion: max |ΔQ|/rms of the fit within 3× Bader's on the same frames.
+QUOTIENT_MAX = 3.0
+
+
+def _smoothness_module():
+    spec = importlib.util.spec_from_file_location("cp2k_rattled_smoothness", RATTLED / "smoothness.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_CACHE: dict = {}
+
+
+def _frames(system: str):
+    """(record, frames without the suspect ones, their densities), read once per test session."""
+    if system in _CACHE:
+        return _CACHE[system]
+    path = RATTLED / "data" / f"{system}.json"
+    if not path.is_file():
+        pytest.skip(f"rattled data missing: {path.relative_to(ROOT)}")
+    records = json.loads(path.read_text())
+    frames = [f for f in sorted(records["frames"], key=lambda f: f["frame"]) if not f.get("suspect")]
+    missing = [f["cube"] for f in frames if not (path.parent / f["cube"]).is_file()]
+    if missing or any("bader_net_charges" not in f for f in frames):
+        pytest.skip(f"rattled cubes or Bader charges missing for {system}")
+    densities = [read_density(path.parent / f["cube"]) for f in frames]
+    _CACHE[system] = records, frames, densities
+    return _CACHE[system]
+
+
+def test_synthetic_species_gaussians_are_recovered():
+    """A density that is exactly one Gaussian per atom with one width per species: widths and populations back."""
+    from aiida_optddap.engine.density import Density
+    from aiida_optddap.engine.reconstruct import model_grid
+
+    cell, symbols, positions = rocksalt(rattle=0.05, seed=2)
+    widths = {"Cl": 0.8, "Na": 0.35}
+    pops = np.array([8.1 if s == "Na" else 7.9 for s in symbols])
+    grid = sum(model_grid(cell, positions, np.where(np.array(symbols) == s, pops, 0.0)[:, None], np.array([w]),
+                          (40, 40, 40)) for s, w in widths.items())
+    density = Density(cell=cell, symbols=symbols, positions=positions, grid=grid, source="<species>")
+    result = fit_species(density, {"Na": 9.0, "Cl": 7.0})
+    assert result.widths == pytest.approx(widths, abs=1e-4)
+    np.testing.assert_allclose(result.frames[0]["populations"], pops, atol=1e-4)
+    assert np.all(np.isfinite(result.frames[0]["uncertainty"]))
+
+
+@pytest.mark.parametrize("system", ["nacl", "mgo"])
+def test_perfect_rock_salt_has_determined_charges_of_the_right_sign(system):
+    records, frames, densities = _frames(system)
+    perfect = densities[0]
+    result = fit_species(perfect, records["zval"])
+    q = result.frames[0]["net_charges"]
+    bader = np.array(frames[0]["bader_net_charges"])
+    assert np.all(np.sign(q) == np.sign(bader))
+    assert np.all(np.isfinite(result.frames[0]["uncertainty"]))
+    assert result.frames[0]["uncertainty"].max() < 0.05
+    assert result.frames[0]["rank"] == 8
+    np.testing.assert_allclose(q[:4], q[0], atol=5e-3)  # the four cations agree
+    again = fit_species(perfect, records["zval"])  # deterministic
+    np.testing.assert_array_equal(again.frames[0]["net_charges"], q)
+
+
+def test_lih_has_determined_charges_of_the_right_sign():
+    if not LIH.is_file():
+        pytest.skip(f"shared LiH density missing: {LIH}")
+    density = read_density(LIH)
+    result = fit_species(density, {"Li": 3.0, "H": 1.0})  # Li_sv
+    q = dict(zip(density.symbols, result.frames[0]["net_charges"]))
+    assert q["Li"] > 0.5 and q["H"] < -0.5
+    assert np.all(np.isfinite(result.frames[0]["uncertainty"]))
+
+
+@pytest.mark.parametrize("system", ["nacl", "mgo"])
+def test_species_charges_are_smooth_in_geometry(system):
+    """Issue 9 item 4: one width set optimised jointly over all frames (item 5), then every frame fitted with
+    it: the largest |ΔQ|/rms is within 3× Bader's (measured 1.9 NaCl, 2.2 MgO; docs/validation.md)."""
+    records, frames, densities = _frames(system)
+    smooth = _smoothness_module()
+    result = fit_species(densities, records["zval"], gcut=GCUT)
+    rms = np.array([f["rms_displacement"] for f in frames])
+    fit = np.array([f["net_charges"] for f in result.frames])
+    bader = np.array([f["bader_net_charges"] for f in frames])
+    fit_stats, bader_stats = smooth.ratio_stats(fit, rms), smooth.ratio_stats(bader, rms)
+    quotient = fit_stats["max"] / bader_stats["max"]
+    assert quotient <= QUOTIENT_MAX, f"{system}: fit {fit_stats['max']:.3f} e/Å vs Bader {bader_stats['max']:.3f}"
+    assert np.all(np.sign(fit[0]) == np.sign(bader[0]))
+    # the joint widths are a minimum of the summed misfit: a 1 % change of either width raises it
+    species = sorted(result.widths)
+    tables = [SpeciesEquations(d, GCUT) for d in densities[:4]]
+    index = [np.array([species.index(s) for s in d.symbols]) for d in densities[:4]]
+    refs = [torch.as_tensor([float(records["zval"][s]) for s in d.symbols], dtype=torch.float64) for d in densities[:4]]
+    w = np.array([result.widths[s] for s in species])
+    base = species_misfit(tables, index, refs, w)
+    assert all(species_misfit(tables, index, refs, w * (1 + 0.01 * e)) > base for e in np.eye(len(w)))
+
+
+@pytest.mark.xfail(reason="issue 9 item 4 open for the shared-width K = 3 definitions: the 8-atom rock salt's "
+                          "sublattice transfer is set at O(u²) by the mixed shells (quotient 490 NaCl, 6000 MgO "
+                          "at σ_start 0.5 Å; docs/validation.md)", strict=True)
+def test_restrained_default_is_smooth_at_fixed_parameters():
+    from aiida_optddap.engine.fit import FitOptions
+
+    smooth = _smoothness_module()
+    _frames("nacl")
+    result = smooth.smoothness(FitOptions(optimize=False, device="cpu"), systems=("nacl",))
+    assert result["nacl"]["quotient_max"] <= QUOTIENT_MAX
