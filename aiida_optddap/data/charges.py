@@ -80,15 +80,23 @@ class ChargesData(ArrayData):
     """Atomic populations and net charges of one opt-DDAP fit.
 
     Arrays: ``populations`` (e), ``net_charges`` (e, only when Z_val is known), ``coefficients``
-    (atoms × K, e), ``radii`` (K, Å), ``positions`` (atoms × 3, Å) and ``cell`` (3 × 3, Å, rows).
+    (atoms × K, e), ``radii`` (K, Å), ``positions`` (atoms × 3, Å) and ``cell`` (3 × 3, Å, rows); when the
+    engine reported them, ``uncertainty`` (e per atom, ``inf`` where the density leaves a charge free) and
+    ``start_spread`` (e per atom, max − min over the optimiser's starts).
 
     Attributes (all queryable): ``n_atoms``, ``symbols``, ``formula`` (Hill), ``formula_reduced``,
     ``n_electrons``, ``total_population``, ``solver``, ``loss``, ``loss_kind``, ``condition_number``
     (``1e300`` when infinite), ``singular``, ``rank``, ``sigma_start``, ``factor``, ``gcut``, ``n_gauss``,
     ``optimized``, ``converged``, ``device``, ``engine_version``, ``mode``, ``has_net_charges``,
+    ``charge_definition``, ``start_spread_max_abs`` (e, None with one start), ``uncertainty_max`` (e),
+    ``determined``, ``restraint_reference``, ``warnings`` (the engine's) and ``n_warnings``,
     ``summary_of`` (``'net_charges'`` or ``'populations'``), ``zval`` / ``zval_source`` (element → e, and
     where it came from: ``user``, ``POTCAR``, ``OUTCAR`` or ``pymatgen POTCAR summary (<label>)``) and ``elements.<El>.{count,mean,min,max}``
     summarising the quantity named by ``summary_of``.
+
+    For example, the fits whose Z_val of Na came from the run's own POTCAR and that gave no warning::
+
+        qb.append(ChargesData, filters={'attributes.zval_source.Na': 'POTCAR', 'attributes.n_warnings': 0})
     """
 
     # ------------------------------------------------------------------ construction
@@ -185,9 +193,6 @@ class ChargesData(ArrayData):
             "zval_source": dict((results.get("zval") or {}).get("source") or {}) or None,
             "warnings": [str(w) for w in results.get("warnings") or []],
             "n_warnings": len(results.get("warnings") or []),
-            "zval": {str(k): float(v) for k, v in ((results.get("zval") or {}).get("values") or {}).items()} or None,
-            "zval_source": {str(k): str(v) for k, v in ((results.get("zval") or {}).get("source") or {}).items()}
-            or None,
             "summary_of": summary_of,
             "elements": elements,
         }
