@@ -92,7 +92,9 @@ class ChargesData(ArrayData):
     ``determined``, ``restraint_reference``, ``warnings`` (the engine's) and ``n_warnings``,
     ``summary_of`` (``'net_charges'`` or ``'populations'``), ``zval`` / ``zval_source`` (element → e, and
     where it came from: ``user``, ``POTCAR``, ``OUTCAR`` or ``pymatgen POTCAR summary (<label>)``) and ``elements.<El>.{count,mean,min,max}``
-    summarising the quantity named by ``summary_of``.
+    summarising the quantity named by ``summary_of``; for a spin-polarised density the array
+    ``magnetic_moments`` (μB per atom) and the attributes ``has_magnetic_moments`` and
+    ``total_magnetic_moment`` (μB).
 
     For example, the fits whose Z_val of Na came from the run's own POTCAR and that gave no warning::
 
@@ -138,6 +140,10 @@ class ChargesData(ArrayData):
         uncertainty = (results.get("uncertainty") or {}).get("per_atom")
         if uncertainty is not None:  # e; ∞ (stored as inf in the array) where the density leaves it free
             node.set_array("uncertainty", np.array([np.inf if u is None else u for u in uncertainty], dtype=float))
+
+        spin = results.get("spin") or {}
+        if spin.get("moments") is not None:  # μB per atom, from the magnetisation of a spin-polarised file
+            node.set_array("magnetic_moments", np.asarray(spin["moments"], dtype=float).ravel())
 
         params = results.get("parameters") or {}
         kappa, singular = condition_number_for_db(results_condition_number(results))
@@ -195,6 +201,8 @@ class ChargesData(ArrayData):
             "n_warnings": len(results.get("warnings") or []),
             "summary_of": summary_of,
             "elements": elements,
+            "has_magnetic_moments": spin.get("moments") is not None,
+            "total_magnetic_moment": finite_or_none(spin.get("total_moment")),
         }
         for key, value in attributes.items():
             node.base.attributes.set(key, value)
@@ -216,6 +224,11 @@ class ChargesData(ArrayData):
     def populations(self) -> np.ndarray:
         """Electron populations p_α (e)."""
         return self.get_array("populations")
+
+    @property
+    def magnetic_moments(self) -> np.ndarray | None:
+        """Per-atom spin populations (μB) of a spin-polarised density, else None."""
+        return self._get_optional_array("magnetic_moments")
 
     @property
     def net_charges(self) -> np.ndarray | None:

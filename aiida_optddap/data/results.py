@@ -152,6 +152,7 @@ def output_parameters(results: dict) -> dict:
         "restraint_strength": finite_or_none((results.get("restraint") or {}).get("strength")),
         "device": results.get("device"),
         "warnings": [str(w) for w in results.get("warnings") or []],
+        "total_magnetic_moment": finite_or_none((results.get("spin") or {}).get("total_moment")),
     }
     for stage, seconds in (results.get("timings") or {}).items():
         out[f"timings_{stage}"] = finite_or_none(seconds)

@@ -147,7 +147,15 @@ def run_fit(
     state = pipeline.FitState(density, options, zval=zval, mode=mode, progress=progress, timings=dict(timings or {}))
     for stage in pipeline.STAGES:
         stage(state)
-    return pipeline.report(state, {"density": density.source, "host": host_source, "format": source_format})
+    spin = None
+    if density.magnetisation is not None and mode == "absolute":
+        from .spin import fit_magnetisation
+
+        spin = fit_magnetisation(density, state.parameters, options)
+        state.timings["spin"] = spin.pop("time")
+    results = pipeline.report(state, {"density": density.source, "host": host_source, "format": source_format})
+    results["spin"] = spin
+    return results
 
 
 def run_difference_fit(defect: Density, host: Density, options: FitOptions = FitOptions(), **kwargs) -> dict:

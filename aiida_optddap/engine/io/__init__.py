@@ -1,11 +1,12 @@
-"""Read valence densities into :class:`~aiida_optddap.engine.density.Density` (spec §2).
+"""Read valence densities into :class:`~aiida_optddap.engine.density.Density`.
 
 One module per format, each with ``FORMAT``, ``DESCRIPTION``, ``sniff(rows)``, ``named(path)`` and
 ``read(path, compression, species)``, registered in :data:`READERS`:
 
 * :mod:`.vasp`: VASP volumetric files (CHGCAR, CHG, AECCAR*, PARCHG), plain or gzip/bzip2/xz compressed
-  (found from the magic bytes, whatever the name). The grid is parsed by pymatgen; only block 1 (the total
-  density) is kept, so spin and noncollinear files give the total. Values stay VASP's raw n·V (mean = N).
+  (found from the magic bytes, whatever the name). The grid is parsed by pymatgen; block 1 (the total
+  density) is the density, block 2 of a spin-polarised file its ``magnetisation`` (noncollinear files: the
+  total only). Values stay VASP's raw n·V (mean = N).
 * :mod:`.cube`: Gaussian cube files (CP2K, Quantum ESPRESSO pp.x, Gaussian), parsed by ASE. Cube values
   are e/bohr³ on a grid given in bohr; they are converted to raw n·V so that the mean is again the electron
   count.
@@ -78,7 +79,8 @@ def read_density(path, *, format: str = "auto", species=None) -> Density:
     Returns:
         The density; ``nelect`` is set from an OUTCAR beside a VASP file when there is one.
         ``metadata`` holds ``format`` ("chgcar" or "cube"), for VASP files ``title`` and ``n_blocks``
-        (1, 2 or 4; only block 1 is kept), for cube files ``origin`` (Å, subtracted from the positions).
+        (1, 2 or 4; block 2 of a 2-block file is ``magnetisation``), for cube files ``origin`` (Å,
+        subtracted from the positions).
 
     Raises:
         DensityError: one line starting with the path, naming the problem.

@@ -1,7 +1,9 @@
 """VASP volumetric files (CHGCAR, CHG, AECCAR*, PARCHG), plain or gzip/bzip2/xz compressed.
 
-The grid is parsed by pymatgen; only block 1 (the total density) is kept, so spin and noncollinear files give
-the total. Values stay VASP's raw n·V (mean = N). The species come from the file, the ``species`` argument or
+The grid is parsed by pymatgen. Block 1 is the total density; a spin-polarised (ISPIN = 2) file's second
+block, the magnetisation ρ↑ − ρ↓, becomes ``Density.magnetisation`` (fitted with the same Gaussians, see
+docs/results-schema.md, ``spin``); the three magnetisation blocks of a noncollinear file are not kept. Values
+stay VASP's raw n·V (mean = N; for the magnetisation, mean = the net moment in μB). The species come from the file, the ``species`` argument or
 a POTCAR beside the file; ``nelect`` from an OUTCAR beside it.
 """
 
@@ -228,6 +230,8 @@ def read(path: Path, compression: str, species) -> Density:
     except Exception as exc:  # pymatgen raises many types; each becomes one named DensityError
         raise _diagnose_vasp_data(path, compression, header, exc) from None
     grid = data["total"]
+    # pymatgen: {"total", "diff"} for ISPIN = 2; {"total", "diff_x", "diff_y", "diff_z", "diff"} for noncollinear
+    magnetisation = data["diff"] if set(data) == {"total", "diff"} else None
     if grid.shape != header.grid_shape:
         raise error(path, f"grid {grid.shape} read, header says {header.grid_shape}")
     structure = poscar.structure
@@ -248,4 +252,5 @@ def read(path: Path, compression: str, species) -> Density:
         potcar_labels=atom_labels,
         nelect=nelect_beside(path),
         metadata={"format": "chgcar", "title": header.title, "n_blocks": 4 if len(data) == 5 else len(data)},
+        magnetisation=magnetisation,
     )
