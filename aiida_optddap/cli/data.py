@@ -24,9 +24,9 @@ def format_number(value, digits: int = 4) -> str:
         return "–"
     if isinstance(value, bool):
         return str(value)
-    if isinstance(value, int):
+    if isinstance(value, int) and abs(value) < 10**15:
         return str(value)
-    value = float(value)
+    value = float(value)  # a huge int too: PostgreSQL's JSONB gives 1e300 back as a 301-digit integer
     if value >= 1e300:
         return "inf"
     return f"{value:.{digits}g}"
