@@ -20,7 +20,7 @@ from .gspace import DEFAULT_GCUT, GSet, box_gset, fourier_norm, prepare, sphere_
 
 #: Solvers of the constrained fit; ``restrained`` (the default charge definition) is in :mod:`.restraint`.
 SOLVERS = ("restrained", "pinv", "lagrange", "scale", "shift", "kkt")
-#: Pseudo-inverse relative eigenvalue cutoff (spec "Decisions").
+#: Pseudo-inverse relative eigenvalue cutoff (docs/conventions.md, "The five solvers").
 DEFAULT_RTOL = 1e-10
 #: Elements of scratch memory per chunk (float64): 2²² ≈ 32 MiB (measured: smaller chunks keep the
 #: element-wise work in cache; 2²⁴ was 2–3× slower per step on a 64-atom cell).
@@ -206,7 +206,7 @@ class Problem:
 def normal_equations(
     problem: Problem, radii: torch.Tensor, gcut: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A (B, M, M), b (B, M) and Σ_S W|C_G|² (B,) of Blöchl's misfit (spec §5.1), full-sphere sums.
+    """A (B, M, M), b (B, M) and Σ_S W|C_G|² (B,) of Blöchl's misfit (docs/method.md), full-sphere sums.
 
     A_ij = Σ_S W Re(f_i* f_j), b_i = Σ_S W Re(f_i* C_G), f_(α,k)(G) = ĝ_k(G) e^{−iG·R_α}.
 
@@ -283,7 +283,7 @@ def solve(
     rtol: float = DEFAULT_RTOL,
     spec: Spectrum | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Coefficients q (B, M) with 1ᵀq = N, and the unconstrained total 1ᵀA⁺b (B,) (spec §5.2, §6.1).
+    """Coefficients q (B, M) with 1ᵀq = N, and the unconstrained total 1ᵀA⁺b (B,) (docs/conventions.md, "The five solvers").
 
     ``pinv``: the Lagrange formula with the Moore–Penrose pseudo-inverse (PWDFT), then the round-off
     drift of Σq removed by a uniform shift. ``lagrange``: CP2K's explicit inverse; raises
@@ -407,7 +407,7 @@ def fit_coefficients(
     reference: np.ndarray | None = None,
     tau: float | None = None,
 ) -> dict:
-    """One DDAP fit at fixed parameters; numpy results (spec §11 steps 4–7). ``reference`` (e per atom)
+    """One DDAP fit at fixed parameters; numpy results. ``reference`` (e per atom)
     and ``tau`` are the restraint's, used by the ``restrained`` solver only."""
     opts = {"dtype": torch.float64, "device": problem.device}
     radii = torch.as_tensor(parameters.radii(), **opts)[None]

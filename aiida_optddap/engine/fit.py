@@ -38,7 +38,7 @@ REFERENCES = ("auto", "neutral", "zero", "uniform", "user")
 
 @dataclass(frozen=True)
 class FitOptions:
-    """Everything that controls a fit. Lengths Å, g_c Å⁻¹, charges e; defaults follow the spec.
+    """Everything that controls a fit. Lengths Å, g_c Å⁻¹, charges e; defaults as in docs/conventions.md.
 
     ``definition`` names the charge definition that set ``solver`` and ``starts`` (see
     :data:`DEFINITIONS` and :meth:`for_definition`); ``reference``, ``reference_charges`` and ``tau``
@@ -159,7 +159,7 @@ def run_fit(
 
 
 def run_difference_fit(defect: Density, host: Density, options: FitOptions = FitOptions(), **kwargs) -> dict:
-    """Fit Δρ = ρ_defect − ρ_host at the host sites, vacancy included (spec §7)."""
+    """Fit Δρ = ρ_defect − ρ_host at the host sites, vacancy included (docs/method.md, "Difference densities")."""
     delta = difference_density(defect, host)
     return run_fit(delta, options, mode="difference", host_source=host.source, **kwargs)
 

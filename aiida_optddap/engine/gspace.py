@@ -1,9 +1,9 @@
 """Reciprocal space: Fourier coefficients C_G of the density and the G-vector sets of the fit.
 
-Conventions (spec §1, §2.3): reciprocal vectors b_i are the rows of 2π(L⁻¹)ᵀ (Å⁻¹);
+Conventions (docs/conventions.md, "The G set and the Blöchl weight"): reciprocal vectors b_i are the rows of 2π(L⁻¹)ᵀ (Å⁻¹);
 C_G = fftn(raw)/N_g, so C_0 = N; the basis phase is e^{−iG·R}. Only half of reciprocal space is
 stored (G and −G carry complex-conjugate information for a real density): every stored G has
-weight 2, which reproduces the full-sphere sums exactly (spec §4.1, T16). G = 0 is never stored.
+weight 2, which reproduces the full-sphere sums exactly ("Half-space storage"). G = 0 is never stored.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 from .density import Density
 
 BOHR_IN_ANGSTROM = 0.529177210903
-#: CP2K's GCUT default √6 bohr⁻¹ in Å⁻¹ (spec §4.3).
+#: CP2K's GCUT default √6 bohr⁻¹ in Å⁻¹.
 DEFAULT_GCUT = float(np.sqrt(6.0) / BOHR_IN_ANGSTROM)
 
 
@@ -27,7 +27,7 @@ def reciprocal_cell(cell: np.ndarray) -> np.ndarray:
 def box_gmax(cell: np.ndarray, shape: tuple[int, int, int]) -> float:
     """Largest |G| such that every G below it lies strictly inside the FFT box, Å⁻¹.
 
-    |m_d| = |G·a_d|/2π < N_d/2 holds for all d when |G| < π N_d/|a_d| (spec §4.3).
+    |m_d| = |G·a_d|/2π < N_d/2 holds for all d when |G| < π N_d/|a_d|.
     """
     lengths = np.linalg.norm(cell, axis=1)
     return float(np.min(np.pi * np.asarray(shape) / lengths))
@@ -79,7 +79,7 @@ def _gset_from_indices(m: np.ndarray, cell: np.ndarray, coefficients: np.ndarray
 
 
 def sphere_gset(cell: np.ndarray, coefficients: np.ndarray, gmax: float) -> GSet:
-    """All half-space G with 0 < |G| < gmax (the fit's superset, spec §8.1)."""
+    """All half-space G with 0 < |G| < gmax (the fit's superset)."""
     shape = coefficients.shape
     limit = box_gmax(cell, shape)
     if gmax > limit:

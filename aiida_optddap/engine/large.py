@@ -8,7 +8,7 @@ returns the same populations with
 * A and b by :func:`.nufft.normal_equations_nufft` (~atoms² work);
 * A factorised in place (:func:`.conditioning.estimate_conditioning` with ``overwrite``): κ, rank and the three
   smallest eigenvalues from the factor; eigenvalues at or below rtol·λ_max are deflated, so the solution is the
-  pseudo-inverse one of the ``pinv`` solver (spec §6);
+  pseudo-inverse one of the ``pinv`` solver (docs/conventions.md, "The five solvers");
 * the ``pinv``/``lagrange`` formula of :func:`.ddap.solve` through the factor (:func:`.conditioning.cholesky_lagrange`).
 
 Where A cannot be factorised (exactly singular) or more than :data:`.conditioning.DEFLATE_MAX` eigenvalues lie

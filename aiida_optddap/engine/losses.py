@@ -1,4 +1,4 @@
-"""Outer losses of opt-DDAP (spec §8.4). None depends on g_c.
+"""Outer losses of opt-DDAP (docs/conventions.md, "The three losses"). None depends on g_c.
 
 Each is a relative weighted residual over G ≠ 0 of the FFT box (Nyquist planes excluded, see
 :func:`.gspace.box_gset`):

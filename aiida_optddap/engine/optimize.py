@@ -1,4 +1,4 @@
-"""opt-DDAP: Adam over (σ_start, f, g_c) from several starting points at once (spec §8).
+"""opt-DDAP: Adam over (σ_start, f, g_c) from several starting points at once (docs/method.md, "opt-DDAP").
 
 Each parameter is a bounded map of an unconstrained variable, x = lo + (hi − lo)·sigmoid(u), so the
 optimiser can never leave the valid region (f → 1 makes A singular; g_c must stay inside the FFT
@@ -46,9 +46,9 @@ class Bounds:
 
 
 def default_bounds(cell: np.ndarray, shape, n_coefficients: int, fit_g2: np.ndarray) -> Bounds:
-    """Bounds for a density: σ_start ≥ max(0.2 Å, 2 grid spacings) (no aliasing, spec §8.3),
+    """Bounds for a density: σ_start ≥ max(0.2 Å, 2 grid spacings) (no aliasing),
     1.1 ≤ f ≤ 3, g_c below the FFT box and 2× CP2K's default, and above the |G| that the
-    M-th G vector reaches (fewer G than coefficients make A rank-deficient, spec §4.3)."""
+    M-th G vector reaches (fewer G than coefficients make A rank-deficient)."""
     spacing = float(np.max(np.linalg.norm(cell, axis=1) / np.asarray(shape)))
     g_hi = min(2.0 * DEFAULT_GCUT, 0.98 * box_gmax(cell, shape))
     index = min(len(fit_g2) - 1, math.ceil(n_coefficients / 2))  # half-space count

@@ -20,7 +20,7 @@ from .density import Density
 from .gspace import DEFAULT_GCUT
 
 SCHEMA_VERSION = 2
-#: Warn when the unconstrained fit misses N by more than this fraction (spec §6.2).
+#: Warn when the unconstrained fit misses N by more than this fraction.
 RENORMALISATION_WARNING = 1e-2
 #: Warn when the populations of the starting points differ by more than this (e).
 SPREAD_WARNING = 0.02

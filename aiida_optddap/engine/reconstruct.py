@@ -79,7 +79,7 @@ def dipoles(grid: np.ndarray, cell: np.ndarray, positions: np.ndarray, populatio
     """Electron dipoles about the cell centre (e·Å): of the populations and of the grid density.
 
     Positions and grid points are taken in the home cell [0, 1)³, so the numbers are a diagnostic
-    for molecules and slabs away from the cell boundary (spec §9, T14), not a periodic invariant.
+    for molecules and slabs away from the cell boundary (a diagnostic), not a periodic invariant.
     """
     centre = 0.5 * np.asarray(cell).sum(axis=0)
     frac = np.remainder(np.linalg.solve(cell.T, positions.T).T, 1.0)

@@ -46,7 +46,7 @@ SCAN_POINTS = 10
 FULL_GRID_SPECIES = 3
 #: Coordinate sweeps over the grid when there are more species than FULL_GRID_SPECIES.
 SWEEPS = 3
-#: Upper width bound (Å); the lower one is max(0.2 Å, 2 grid spacings) as for σ_start (spec §8.3).
+#: Upper width bound (Å); the lower one is max(0.2 Å, 2 grid spacings) as for σ_start (docs/conventions.md, "Parameterisation and bounds").
 WIDTH_MAX = 1.5
 #: Nelder–Mead tolerance on log σ.
 LOG_WIDTH_XTOL = 1e-6

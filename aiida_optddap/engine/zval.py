@@ -1,4 +1,4 @@
-"""Valence charges Z_val per element, so that net charges Q = Z_val − p can be reported (spec §6.4).
+"""Valence charges Z_val per element, so that net charges Q = Z_val − p can be reported (docs/conventions.md, "Populations, net charges and electronic charges").
 
 Precedence, per element: the user's mapping > a POTCAR beside the density file > an OUTCAR beside it >
 pymatgen's bundled POTCAR summary (VASP densities only; keyed by the POTCAR label the file names, such as

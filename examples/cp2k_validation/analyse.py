@@ -390,7 +390,7 @@ def transferability(full: dict, backend, log) -> dict:
 
 
 def loss_study(full: dict, backend, opt: dict, log) -> dict:
-    """The NaCl 1×1×1 vacancy optimised with each outer loss (spec §8.4; the paper's loss is not public)."""
+    """The NaCl 1×1×1 vacancy optimised with each outer loss (docs/conventions.md, "The three losses"; the paper's loss is not public)."""
     if "nacl_1x1x1" not in full or "vacancy_opt" not in full["nacl_1x1x1"]:
         return {}
     cube = DATA / f"{PAIRS['nacl_1x1x1'][1]}.cube.gz"
