@@ -4,7 +4,8 @@
         [--zval Na=1 --zval Mg=2 --zval F=7] [--export train_dir]
 
 Sources are density files and/or a Group of VASP work chains (their energies, forces and stress become
-REF_energy/REF_forces/REF_stress). Without arguments the NaMgF3 density of this folder is used. With
+REF_energy/REF_forces/REF_stress). Without arguments the NaMgF3 density of this folder is used (with
+Z_val Na=1, Mg=2, F=7). With
 ``--export`` the train/valid/test files and ``mace_config.yml`` are written, as
 ``aiida-optddap dataset export`` does; then ``mace_run_train --config train_dir/mace_config.yml``.
 """
@@ -30,6 +31,10 @@ parser.add_argument("--output-group", default=None)
 parser.add_argument("--split", default="0.8,0.1,0.1")
 parser.add_argument("--export", default=None, help="directory for train/valid/test.xyz and mace_config.yml")
 args = parser.parse_args()
+if args.densities == parser.get_default("densities") and not args.zval:
+    # the NaMgF3 density of this folder has no POTCAR/OUTCAR beside it, and a dataset takes Z_val only from
+    # those or the user: its standard PAW potentials' values (examples/README.md)
+    args.zval = ["Na=1", "Mg=2", "F=7"]
 
 builder = WorkflowFactory("optddap.dataset").get_builder()
 if args.densities:
