@@ -327,3 +327,103 @@ def minimise_sigma_start(
         stop_reason="converged" if converged else "max_steps",
         history=history,
     )
+
+
+def minimise_sigma_start_frames(
+    problems: list[Problem],
+    start: Parameters,
+    *,
+    bounds: Bounds,
+    loss: str = "density",
+    solver: str = "restrained",
+    rtol: float = DEFAULT_RTOL,
+    references: list[np.ndarray | None] | None = None,
+    tau: float | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> StartResult:
+    """One σ_start for many frames: the global minimum of the summed outer loss Σ_frames L_frame(σ_start) within
+    ``bounds``, f and g_c held at ``start``'s (issue 9 item 5: one parameter set per dataset).
+
+    The same deterministic search as :func:`minimise_sigma_start` (a log-spaced scan of :data:`SCAN_POINTS`
+    values, then Brent's bounded method to :data:`SIGMA_XTOL`), on the sum of every frame's loss at its own
+    fit; with one problem it is :func:`minimise_sigma_start`. ``references`` are the restraint's reference
+    populations per frame (e). Returns a :class:`StartResult` whose ``loss`` is the summed loss and whose
+    ``populations`` are those of the first frame; ``history`` rows carry the summed loss.
+    """
+    from scipy.optimize import minimize_scalar
+
+    if not problems:
+        raise ValueError("no frames to optimise over")
+    n_gauss = start.n_gauss
+    references = references if references is not None else [None] * len(problems)
+    if len(references) != len(problems):
+        raise ValueError("one reference per frame")
+    frames = []
+    for problem, reference in zip(problems, references):
+        fast = loss == "density" and DensityLoss.fits(problem, 1, n_gauss)
+        frames.append((
+            problem,
+            DensityLoss(problem) if fast else LossTerms(problem, loss),
+            FitShells(problem).normal_equations if FitShells.fits(problem) else partial(normal_equations, problem),
+            None if reference is None else torch.as_tensor(np.asarray(reference, dtype=np.float64), device=problem.device),
+        ))
+    history: list[dict] = []
+    cache: dict[float, tuple[float, np.ndarray]] = {}
+    total = SCAN_POINTS + 40
+
+    def evaluate(sigma: float) -> float:
+        sigma = float(sigma)
+        if sigma in cache:
+            return cache[sigma][0]
+        value, first = 0.0, None
+        for problem, loss_terms, equations, ref in frames:
+            opts = {"dtype": torch.float64, "device": problem.device}
+            with torch.no_grad():
+                radii = radii_from(torch.tensor([sigma], **opts), torch.tensor([start.factor], **opts), n_gauss)
+                a, b, norm = equations(radii, torch.tensor([start.gcut], **opts))
+                diag = spectrum(a, rtol)
+                sol = solve_charges(a, b, norm, problem.n_electrons, n_gauss, solver, rtol, diag, ref, tau,
+                                    with_diagnostics=False)
+                value += float(loss_terms(problem, sol.q, radii)[0])
+            if first is None:
+                first = sol.q.reshape(problem.n_atoms, n_gauss).sum(-1).cpu().numpy()
+        cache[sigma] = (value if math.isfinite(value) else math.inf, first)
+        history.append({"step": len(history), "sigma_start": sigma, "factor": start.factor, "gcut": start.gcut,
+                        "loss": value, "condition_number": None, "rank": None, "unconstrained_total": None})
+        if progress is not None:
+            progress(min(len(history), total), total, min(v for v, _ in cache.values()))
+        return cache[sigma][0]
+
+    lo, hi = bounds.sigma_start
+    grid = np.geomspace(lo, hi, SCAN_POINTS)
+    values = [evaluate(x) for x in grid]
+    best = int(np.argmin(values))
+    if not math.isfinite(values[best]):
+        raise ArithmeticError("the summed loss is not finite anywhere on the σ_start scan")
+    left, right = grid[max(best - 1, 0)], grid[min(best + 1, SCAN_POINTS - 1)]
+    result = minimize_scalar(evaluate, bounds=(left, right), method="bounded",
+                             options={"xatol": SIGMA_XTOL, "maxiter": 40})
+    sigma = min(cache, key=lambda s: cache[s][0])
+    return StartResult(
+        initial=start,
+        final=Parameters(sigma, start.factor, n_gauss, start.gcut),
+        loss=cache[sigma][0],
+        populations=cache[sigma][1],
+        steps=len(history),
+        stop_reason="converged" if bool(result.success) else "max_steps",
+        history=history,
+    )
+
+
+def joint_bounds(densities, problems: list[Problem], n_gauss: int) -> Bounds:
+    """The intersection of :func:`default_bounds` over frames (each frame's σ_start and g_c limits hold)."""
+    each = [default_bounds(d.cell, d.grid.shape, d.n_atoms * n_gauss, p.fit.g2.cpu().numpy())
+            for d, p in zip(densities, problems)]
+    pick = {}
+    for name in NAMES:
+        lo = max(getattr(b, name)[0] for b in each)
+        hi = min(getattr(b, name)[1] for b in each)
+        if lo > hi:
+            raise ValueError(f"the frames admit no common {name} (bounds {lo:.4g} > {hi:.4g})")
+        pick[name] = (lo, hi)
+    return Bounds(**pick)

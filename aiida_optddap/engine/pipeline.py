@@ -254,6 +254,9 @@ def diagnose(state: FitState) -> None:
             warnings.append(
                 f"some populations {free} at nearly equal misfit (τ = {options.tau:g}); the restraint sets them "
                 f"as close to the '{state.reference_kind}' reference as the density allows"
+                + ("; a perfect or near-perfect crystal (e.g. rock salt: its sublattice transfer is not sampled "
+                   "inside g_c) is determined by one Gaussian per atom with a width per species "
+                   "(aiida_optddap.engine.species.fit_species, docs/method.md)" if not math.isfinite(worst) else "")
             )
 
 
