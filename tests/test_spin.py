@@ -137,6 +137,8 @@ def test_real_nickel_zero_and_noncollinear():
     assert abs(spin["moments"][0]) < 1e-3
     ncl = read_density(NI / "CHGCAR_ncl")
     assert ncl.metadata["n_blocks"] == 4 and ncl.magnetisation is None
+    results = run_fit(ncl, FitOptions(device="cpu", optimize=False))
+    assert results["spin"] is None and any("noncollinear" in w for w in results["warnings"])
     assert read_density(NI / "CHGCAR_no_spin").magnetisation is None
 
 

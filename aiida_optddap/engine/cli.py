@@ -128,12 +128,15 @@ def _check_outputs(kwargs) -> None:
             _fail(f"{path}: {problem}; nothing was fitted", EXIT_INPUT)
 
 
+#: FitOptions fields set from an option of the same name (``free_parameters``: ``--free``).
+_OPTION_FIELDS = ("solver", "sigma_start", "factor", "n_gauss", "gcut", "optimize", "loss", "steps", "starts", "lr",
+                  "tolerance", "seed", "rtol", "device", "chunk_size", "reference", "tau", "free_parameters")
+
+
 def _options_from(kwargs):
     from .fit import FitOptions
 
-    keys = ("solver", "sigma_start", "factor", "n_gauss", "gcut", "optimize", "loss", "steps", "starts", "lr",
-            "tolerance", "seed", "rtol", "device", "chunk_size", "reference", "tau", "free_parameters")
-    given = {k: kwargs[k] for k in keys if kwargs.get(k) is not None}
+    given = {k: kwargs[k] for k in _OPTION_FIELDS if kwargs.get(k) is not None}
     if "free_parameters" in given:
         given["free_parameters"] = tuple(name.strip() for name in given["free_parameters"].split(",") if name.strip())
     return FitOptions.for_definition(kwargs["definition"], **given)
@@ -151,7 +154,9 @@ def _run(kwargs, densities: list[Path], difference: bool) -> None:
     try:
         options = _options_from(kwargs)
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
+        field = str(exc).split()[0]
+        hint = {"free_parameters": "--free"}.get(field, f"--{field.replace('_', '-')}")
+        raise click.BadParameter(str(exc), param_hint=hint if field in _OPTION_FIELDS else None) from exc
     _check_outputs(kwargs)
     previous = _catch_signals()
     try:

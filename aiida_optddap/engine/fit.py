@@ -155,6 +155,9 @@ def run_fit(
         state.timings["spin"] = spin.pop("time")
     results = pipeline.report(state, {"density": density.source, "host": host_source, "format": source_format})
     results["spin"] = spin
+    if density.metadata.get("n_blocks") == 4:
+        results["warnings"].append("noncollinear file: its three magnetisation blocks are not fitted (no `spin`); "
+                                   "the charges are those of the total density")
     return results
 
 
