@@ -228,3 +228,22 @@ def test_sigterm_is_reported_and_leaves_nothing(files, tmp_path):
     assert process.returncode == 128 + signal.SIGTERM, stderr
     assert stderr.strip().splitlines() == ["Error: terminated by signal SIGTERM"]
     assert not out.exists() and not list(tmp_path.glob(".r.json.*"))
+
+
+def test_unwritable_folder_is_refused_before_the_fit(files, tmp_path, monkeypatch):
+    """A folder without write permission (simulated: the tests may run as root, for whom os.access is always
+    true) is refused before the density is read."""
+    from aiida_optddap.engine import cli
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = cli.os.access
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: False if Path(path) == locked else real(path, mode))
+    read = []
+    monkeypatch.setattr(cli, "_read", lambda *args: read.append(args))
+    targets = (("-o", locked / "r.json"), ("--plot", locked / "plots"), ("-o", locked / "sub" / "r.json"))
+    for option, target in targets:
+        result = CliRunner().invoke(cli.main, ["fit", str(files.good), *NO_FIT, option, str(target)])
+        assert result.exit_code == 1, result.stderr
+        assert "not writable" in result.stderr and str(locked) in result.stderr
+    assert not read and not any(locked.iterdir())
