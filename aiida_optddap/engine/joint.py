@@ -28,8 +28,9 @@ def fit_frames_jointly(densities: Sequence[Density], options=None, zvals: Sequen
         zvals: one :class:`.zval.ZvalInfo` (or None) per frame.
 
     Returns:
-        ``{"parameters": {sigma_start, factor, n_gauss, gcut}, "loss": summed outer loss,
-        "bounds": the joint σ_start bounds (Å), "history": the evaluations, "results": [results dict per frame]}``.
+        A dict with ``parameters`` (the joint σ_start, f, n_gauss, g_c), ``loss`` (the summed outer loss),
+        ``bounds`` (the joint σ_start bounds, Å), ``history`` (the evaluations) and ``results`` (one
+        ``results.json`` dictionary per frame).
     """
     from .batch import SERIAL_COEFFICIENTS, _single_thread
     from .ddap import Problem, resolve_device

@@ -12,7 +12,7 @@ sign. One width per species — a compact cation, a diffuse anion — fixes both
 determined (uncertainty ~0.02 e) with the right sign on NaCl, MgO and LiH.
 
 Model (Å, Å⁻¹, e): ρ_model(G) = Σ_α q_α exp(−G²σ_{s(α)}²/4) e^{−iG·R_α}; q minimises Blöchl's misfit
-F(q) = Σ_{0<|G|<g_c} W(G)|ρ(G) − ρ_model(G)|² (W as :func:`.ddap.bloechl_weight`) under Σq = N.
+F(q) = Σ_G W(G)·abs(ρ(G) − ρ_model(G))² over 0 < G < g_c (W as :func:`.ddap.bloechl_weight`) under Σq = N.
 The widths σ_s minimise Σ_frames F_frame(q_frame)/Σ_S W|C|² (each frame's relative misfit at its own
 constrained minimiser) — for one density, or jointly for a dataset so that every frame is fitted with the
 same widths (per-frame widths make the charges jump between frames: docs/validation.md). The minimisation
@@ -67,10 +67,11 @@ def width_bounds(densities) -> tuple[float, float]:
 class SpeciesEquations:
     """The θ-independent tables of one density for the species-width model at a fixed g_c.
 
-    ``equations(widths)`` returns A (n, n), b (n,) and Σ_S W|C|² for per-atom widths (n,), Å.
+    ``density`` is a :class:`aiida_optddap.engine.density.Density`; ``equations(widths)`` returns A (n, n),
+    b (n,) and Σ_S W|C|² for per-atom widths (n,), Å.
     """
 
-    def __init__(self, density: Density, gcut: float = DEFAULT_GCUT, device: str = "cpu"):
+    def __init__(self, density, gcut: float = DEFAULT_GCUT, device: str = "cpu"):
         self.density = density
         self.gcut = float(gcut)
         problem = Problem.build(density, self.gcut, device=resolve_device(device), with_loss_set=False)
@@ -93,7 +94,7 @@ class SpeciesEquations:
 
 
 def _constrained_minimum(a, b, norm, n_electrons, reference):
-    """q₀ (n,) = argmin F(q) subject to Σq = N, and its relative misfit F(q₀)/Σ W|C|².
+    """q₀ (n,) = argmin F(q) subject to Σq = N, and its relative misfit F(q₀)/Σ_S W|C|².
 
     Solved in the constraint subspace q = N/n + Z y from one eigendecomposition of ZᵀAZ; directions
     with eigenvalue ≤ NULL_RTOL·max (the density does not fix them) are put on the reference, which is
@@ -127,7 +128,7 @@ class SpeciesFit:
 
 def species_misfit(tables: list[SpeciesEquations], index: list[np.ndarray], references: list[torch.Tensor],
                    widths: np.ndarray) -> float:
-    """Σ_frames F(q₀)/Σ W|C|² at the species widths ``widths`` (Å, one per species)."""
+    """Σ_frames F(q₀)/Σ_S W|C|² at the species widths ``widths`` (Å, one per species)."""
     total = 0.0
     for table, idx, ref in zip(tables, index, references):
         per_atom = torch.as_tensor(np.asarray(widths, dtype=np.float64)[idx], device=table.g2.device)
