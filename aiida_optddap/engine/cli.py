@@ -178,13 +178,13 @@ def _fit_and_write(kwargs, options, densities: list[Path], difference: bool) -> 
         clock = time.perf_counter()
         loaded = [_read(path, kwargs) for path in densities]
         timings = {"read": time.perf_counter() - clock}
-        zval = None if difference else resolve_zval(loaded[0], path=densities[0], user=user_zval)
         formats = [detect_format(path) if kwargs["file_format"] == "auto" else kwargs["file_format"]
                    for path in densities]
         file_format = formats[0]
         for density, kind in zip(loaded, formats):
             if kind == "chgcar":  # cube files may hold signed spin densities (ρ↑ − ρ↓): not checked
                 check_charge_density(density)
+        zval = None if difference else resolve_zval(loaded[0], path=densities[0], user=user_zval)
         with _progress(kwargs["quiet"] or not options.optimize) as progress:
             common = {"progress": progress, "timings": timings, "source_format": file_format}
             if difference:
