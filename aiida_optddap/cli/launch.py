@@ -486,13 +486,13 @@ def launch_dataset(ctx, sources, group_label, output_group, **kw):
     _launch(builder, daemon, wait, timeout)
 
 
-def _summary_value(value) -> str:
-    """A value of the one-line summary: numbers to 4 significant digits, κ stored as 1e300 as ``inf`` (also when
-    PostgreSQL's JSONB returns it as a 301-digit integer), anything else as it is."""
+def _summary_value(value, digits: int = 4) -> str:
+    """A value of the one-line summary: numbers to ``digits`` significant digits, κ stored as 1e300 as ``inf``
+    (also when PostgreSQL's JSONB returns it as a 301-digit integer), anything else as it is."""
     from .data import format_number
 
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return format_number(value)
+        return format_number(value, digits)
     return str(value)
 
 
@@ -508,7 +508,8 @@ def _show(node) -> None:
         if "output_parameters" in node.outputs:
             out = node.outputs.output_parameters.get_dict()
             keys = ("sigma_start", "factor", "gcut", "n_gauss", "condition_number", "loss", "converged", "device")
-            click.echo(", ".join(f"{k}={_summary_value(out.get(k))}" for k in keys))
+            click.echo(", ".join(f"{k}={_summary_value(out.get(k), 3 if k == 'condition_number' else 4)}"
+                                 for k in keys))
         if charges is None:
             return
     elif isinstance(node, ChargesData):

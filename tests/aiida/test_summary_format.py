@@ -29,3 +29,6 @@ def test_show_prints_kappa_in_a_few_digits(generate_calc_job_node, capsys):
     printed = capsys.readouterr().out
     assert "condition_number=inf" in printed and "sigma_start=0.5123" in printed and "loss=0.001235" in printed
     assert max(len(token) for token in printed.split()) < 40  # no 301-digit number
+    out = orm.Dict({"condition_number": 123456789.0, "device": "cpu"})
+    _show(generate_calc_job_node(exit_status=0, outputs={"output_parameters": out}))
+    assert "condition_number=1.23e+08" in capsys.readouterr().out  # κ to 3 significant digits
