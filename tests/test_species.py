@@ -73,6 +73,26 @@ def test_synthetic_species_gaussians_are_recovered():
     assert np.all(np.isfinite(result.frames[0]["uncertainty"]))
 
 
+def test_synthetic_supercell_matches_its_8_atom_cell():
+    """Issue 9 item 3: the synthetic rock salt (Na 6.6 / Cl 7.5 e, both on one three-Gaussian shape) gives the
+    same populations in the 64-atom supercell as in the 8-atom cell. Both miss the truth by the same 0.61 e:
+    one Gaussian per atom cannot represent a shape the two species share (the model error, which neither
+    uncertainty contains; docs/validation.md)."""
+    from helpers import off_basis_density
+
+    out = []
+    for rep, shape in ((1, (36, 36, 36)), (2, (64, 64, 64))):
+        cell, symbols, positions = rocksalt(rep=rep)
+        pops = np.array([6.6 if s == "Na" else 7.5 for s in symbols])
+        result = fit_species(off_basis_density(cell, symbols, positions, pops, shape), {"Na": 7.0, "Cl": 7.0})
+        out.append((result.widths, result.frames[0]["populations"]))
+    (w8, p8), (w64, p64) = out
+    assert w64 == pytest.approx(w8, rel=1e-5)
+    np.testing.assert_allclose(p64[:4], p8[0], atol=1e-4)
+    np.testing.assert_allclose(p64[-4:], p8[-1], atol=1e-4)
+    assert abs(p8[0] - 6.6) == pytest.approx(0.61, abs=0.02)  # the documented model error
+
+
 @pytest.mark.parametrize("system", ["nacl", "mgo"])
 def test_perfect_rock_salt_has_determined_charges_of_the_right_sign(system):
     records, frames, densities = _frames(system)
@@ -83,6 +103,7 @@ def test_perfect_rock_salt_has_determined_charges_of_the_right_sign(system):
     assert np.all(np.sign(q) == np.sign(bader))
     assert np.all(np.isfinite(result.frames[0]["uncertainty"]))
     assert result.frames[0]["uncertainty"].max() < 0.05
+    assert np.all(result.frames[0]["uncertainty_with_widths"] >= result.frames[0]["uncertainty"] - 1e-9)
     assert result.frames[0]["rank"] == 8
     np.testing.assert_allclose(q[:4], q[0], atol=5e-3)  # the four cations agree
     again = fit_species(perfect, records["zval"])  # deterministic
