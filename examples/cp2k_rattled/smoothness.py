@@ -14,6 +14,7 @@ Usage::
 
     python examples/cp2k_rattled/smoothness.py                  # paper solver (pinv), fixed parameters
     python examples/cp2k_rattled/smoothness.py --definition restrained --optimize --systems nacl
+    python examples/cp2k_rattled/smoothness.py --species 5.5    # one Gaussian per atom, widths per species
 """
 
 from __future__ import annotations
@@ -65,11 +66,27 @@ def fit_frames(records: dict, fit_options, data: Path = DATA) -> tuple[np.ndarra
     return np.array(charges, dtype=float), seconds
 
 
-def smoothness(fit_options, systems=("nacl", "mgo"), data: Path = DATA, skip_suspect: bool = True) -> dict:
+def fit_frames_species(records: dict, gcut: float, data: Path = DATA) -> tuple[np.ndarray, list[float]]:
+    """Net charges of every frame by the species-width model (:func:`aiida_optddap.engine.species.fit_species`),
+    widths optimised jointly over all frames; the seconds are the total divided evenly over the frames."""
+    from aiida_optddap.engine.io import read_density
+    from aiida_optddap.engine.species import fit_species
+
+    densities = [read_density(Path(data) / rec["cube"]) for rec in records["frames"]]
+    start = time.perf_counter()
+    result = fit_species(densities, {k: float(v) for k, v in records["zval"].items()}, gcut=gcut)
+    seconds = (time.perf_counter() - start) / len(densities)
+    return np.array([f["net_charges"] for f in result.frames], dtype=float), [seconds] * len(densities)
+
+
+def smoothness(fit_options, systems=("nacl", "mgo"), data: Path = DATA, skip_suspect: bool = True,
+               species_gcut: float | None = None) -> dict:
     """The smoothness ratios of the fit's and Bader's net charges on the committed rattled frames.
 
     Args:
-        fit_options: any :class:`~aiida_optddap.engine.fit.FitOptions`.
+        fit_options: any :class:`~aiida_optddap.engine.fit.FitOptions` (ignored with ``species_gcut``).
+        species_gcut: g_c (Å⁻¹) of the species-width model with widths joint over the frames
+            (:func:`fit_frames_species`) instead of ``run_fit``; None: ``run_fit`` with ``fit_options``.
         systems: names of data/<system>.json records.
         data: the data folder (default: this example's).
         skip_suspect: leave out the frames whose record has a ``suspect`` note (mgo_008: another SCF
@@ -92,7 +109,8 @@ def smoothness(fit_options, systems=("nacl", "mgo"), data: Path = DATA, skip_sus
         if missing:
             raise ValueError(f"{system}: no Bader charges for {missing}; run generate.py --bader-only")
         bader = np.array([f["bader_net_charges"] for f in frames])
-        fit, seconds = fit_frames(records, fit_options, data)
+        fit, seconds = (fit_frames(records, fit_options, data) if species_gcut is None
+                        else fit_frames_species(records, species_gcut, data))
         fit_stats, bader_stats = ratio_stats(fit, rms), ratio_stats(bader, rms)
         out[system] = {
             "n_frames": len(frames),
@@ -120,12 +138,17 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--keep-suspect", action="store_true", help="include frames flagged as suspect")
     parser.add_argument("--json", type=Path, help="also write the full result here")
+    parser.add_argument("--species", type=float, metavar="GCUT", default=None,
+                        help="the species-width model (engine.species, widths joint over the frames) at this g_c (Å⁻¹), "
+                             "e.g. 5.5; --definition and --optimize are then ignored")
     args = parser.parse_args(argv)
     options = FitOptions.for_definition(args.definition, device=args.device)
     if options.optimize != args.optimize:
         options = options.with_changes(optimize=args.optimize)
-    result = smoothness(options, tuple(args.systems), skip_suspect=not args.keep_suspect)
-    print(f"charge definition: {options.definition} ({options.solver}, optimize={options.optimize}); ratio = |Q - Q_perfect| / rms displacement (e/Å)")
+    result = smoothness(options, tuple(args.systems), skip_suspect=not args.keep_suspect, species_gcut=args.species)
+    label = (f"species widths joint over the frames, g_c {args.species} Å⁻¹" if args.species is not None
+             else f"{options.definition} ({options.solver}, optimize={options.optimize})")
+    print(f"charge definition: {label}; ratio = |Q - Q_perfect| / rms displacement (e/Å)")
     print(f"{'system':8s} {'frames':>6s} {'fit max':>9s} {'fit med':>9s} {'Bader max':>10s} {'Bader med':>10s} "
           f"{'max q':>7s} {'med q':>7s} {'s/fit':>7s}")
     for system, r in result.items():
