@@ -29,7 +29,8 @@ def add_arguments(p) -> None:
     p.add_argument("--starts", default="1,4,8", help="comma-separated numbers of starts (default 1,4,8)")
     p.add_argument("--steps", type=int, default=None,
                    help="Adam steps of the paper definition (default: its own, 300; --quick 20)")
-    p.add_argument("--only", default=None, help="substring: only density files whose name contains it")
+    p.add_argument("--only", default=None,
+                   help="comma-separated substrings: only density files whose name contains one of them")
 
 
 def spread(values: list) -> float:
@@ -46,7 +47,8 @@ def run(args) -> dict:
     seeds = range(2 if args.quick and args.seeds == 5 else args.seeds)
     starts = [int(s) for s in args.starts.split(",")]
     steps = args.steps or (20 if args.quick else None)
-    files = [f for f in density_files() if args.only is None or args.only in str(f)]
+    wanted = None if args.only is None else [w for w in args.only.split(",") if w]
+    files = [f for f in density_files() if wanted is None or any(w in str(f) for w in wanted)]
     con.rule("[bold]Part 6: reproducibility of the charges (seeds × starts) and the cost of the default")
     con.print(f"{len(files)} densities; definitions {definitions}; seeds {list(seeds)}; starts {starts}; "
               f"paper steps {steps or 'its default'}; torch threads {args.threads}")
