@@ -240,3 +240,43 @@ def test_dataset_builder_sources(fake_code, nacl_chgcar, singlefile):
     assert builder.sources.get_list() == [node.uuid]
     builder = ChargeDatasetWorkChain.get_builder_from_protocol(fake_code, {"frame 1": node})
     assert list(builder.densities) == ["frame_1"]
+
+
+def _instantiate(builder):
+    """The process of ``builder`` created (node stored, ``on_create`` run) but not run."""
+    from aiida.engine.utils import instantiate_process
+    from aiida.manage import get_manager
+
+    return instantiate_process(get_manager().get_runner(), builder)
+
+
+def test_work_chains_label_themselves_from_their_input(fake_code, vasp_code, nacl_chgcar, nacl_defect_chgcar,
+                                                       no_structure, vasp_stubs, singlefile):
+    """Without a label from the caller (a plain ``get_builder``), the node is labelled and described from its
+    input; a caller's label is kept."""
+    density, defect = singlefile(nacl_chgcar), singlefile(nacl_defect_chgcar)
+    builders = {
+        "base": OptDdapBaseWorkChain.get_builder_from_protocol(fake_code, density),
+        "difference": DifferenceWorkChain.get_builder_from_protocol(fake_code, (density, defect)),
+        "vasp": VaspOptDdapWorkChain.get_builder_from_protocol(fake_code, no_structure, vasp_code=vasp_code,
+                                                              vasp_overrides=vasp_stubs),
+        "dataset": ChargeDatasetWorkChain.get_builder_from_protocol(fake_code, [density, defect]),
+    }
+    expected = {
+        "base": ("ClNa NaCl_CHGCAR", f"opt-DDAP charges of NaCl_CHGCAR<{density.pk}> (ClNa, grid 24×24×24)"),
+        "difference": ("Δρ NaCl_defect_CHGCAR − NaCl_CHGCAR",
+                       f"ρ(NaCl_defect_CHGCAR<{defect.pk}>) − ρ(NaCl_CHGCAR<{density.pk}>)"),
+        "vasp": ("NO VASP + opt-DDAP", "VASP (aiida-vasp) on StructureData NO<"),
+        "dataset": ("optddap dataset (2 densities)", "opt-DDAP charge dataset of 2 densities"),
+    }
+    for name, builder in builders.items():
+        builder.metadata.label = ""
+        builder.metadata.description = ""
+        node = _instantiate(builder).node
+        label, description = expected[name]
+        assert node.label == label, name
+        assert description in node.description, (name, node.description)
+    builder = OptDdapBaseWorkChain.get_builder_from_protocol(fake_code, density)
+    builder.metadata.label = "my fit"
+    node = _instantiate(builder).node
+    assert node.label == "my fit" and "protocol moderate" in node.description
