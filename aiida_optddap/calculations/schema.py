@@ -22,10 +22,9 @@ __all__ = (
 
 SOLVERS = ("restrained", "pinv", "lagrange", "scale", "shift", "kkt")
 DEFINITIONS = ("restrained", "paper", "classic")
-#: The charge definition of the AiiDA layer when ``parameters`` names none. Still the paper's opt-DDAP in
-#: this release (the engine's default is already ``restrained``): the plugin's stored results, work-chain
-#: handlers (pinv/rtol restarts) and their tests switch together in the next step of issue 9.
-AIIDA_DEFAULT_DEFINITION = "paper"
+#: The charge definition of the AiiDA layer when ``parameters`` names none: the engine's default
+#: (engine/fit.py DEFINITIONS), written out on the command line so that the stored inputs say which one ran.
+AIIDA_DEFAULT_DEFINITION = "restrained"
 REFERENCES = ("auto", "neutral", "zero", "uniform")
 LOSSES = ("density", "coulomb", "planar")
 DEVICES = ("auto", "cpu", "cuda")

@@ -415,6 +415,8 @@ def fit_coefficients(
     ref = None if reference is None else torch.as_tensor(np.asarray(reference, dtype=np.float64), **opts)
     with torch.no_grad():
         a, b, norm = normal_equations(problem, radii, gcut)
+        if solver == "restrained" and not float(norm[0]) > 0:  # its discrepancy is relative to the norm
+            raise ValueError("the restrained fit is undefined: the density has no G ≠ 0 component")
         spec = spectrum(a, rtol)
         sol = solve_charges(a, b, norm, problem.n_electrons, parameters.n_gauss, solver, rtol, spec, ref, tau)
         residual = misfit(a, b, norm, sol.q)

@@ -8,6 +8,12 @@ code   label                        handler
 410    ERROR_ILL_CONDITIONED        ``lagrange`` (or scale/shift/kkt) → ``pinv``; ``pinv``: ``rtol`` × 1e3
 400    ERROR_NOT_CONVERGED          ``steps`` × 2, restart from the last optimised (σ_start, f, g_c), 1 start
 =====  ===========================  ===========================================================================
+
+Nothing is hidden by a restart: every attempt's exit status, start spread, largest uncertainty and warnings
+are reported as it finishes, and the list of attempts is put on the final ChargesData as the extra
+``attempts`` (with ``start_spread_max_abs_all_attempts``, the largest spread of any attempt), queryable with the
+QueryBuilder. The ChargesData of earlier attempts are outputs of their CalcJobs only; the final one is also
+returned by this work chain.
 """
 
 from __future__ import annotations
@@ -19,7 +25,30 @@ from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, process_han
 from ..calculations.fit import OptDdapCalculation
 from .protocols import ProtocolMixin, base_inputs, base_metadata
 
-__all__ = ("OptDdapBaseWorkChain",)
+__all__ = ("OptDdapBaseWorkChain", "attempt_summary")
+
+
+def output_parameters(node) -> dict:
+    """The ``output_parameters`` of a finished ``optddap.fit`` (empty when it produced none)."""
+    try:
+        return node.outputs.output_parameters.get_dict()
+    except AttributeError:
+        return {}
+
+
+def attempt_summary(node) -> dict:
+    """What one ``optddap.fit`` attempt reported: PK, exit status and message, start spread (e), largest
+    per-atom uncertainty (e; None when unknown or infinite), whether the charges are determined, warnings."""
+    parameters = output_parameters(node)
+    return {
+        "calcjob": node.pk,
+        "exit_status": node.exit_status,
+        "exit_message": node.exit_message,
+        "start_spread_max_abs": parameters.get("start_spread_max_abs"),
+        "uncertainty_max": parameters.get("uncertainty_max"),
+        "determined": parameters.get("determined"),
+        "warnings": [str(w) for w in parameters.get("warnings") or []],
+    }
 
 
 class OptDdapBaseWorkChain(ProtocolMixin, BaseRestartWorkChain):
@@ -80,6 +109,33 @@ class OptDdapBaseWorkChain(ProtocolMixin, BaseRestartWorkChain):
         super().setup()
         self.ctx.inputs = AttributeDict(self.exposed_inputs(OptDdapCalculation, "fit"))
         self.ctx.gpu_oom_halvings = 0
+        self.ctx.attempts = []
+
+    def inspect_process(self):
+        """Record and report the finished attempt (:func:`attempt_summary`), then run the handlers."""
+        node = self.ctx.children[self.ctx.iteration - 1]
+        attempt = attempt_summary(node)
+        self.ctx.attempts.append(attempt)
+        spread, uncertainty = attempt["start_spread_max_abs"], attempt["uncertainty_max"]
+        self.report(
+            f"attempt {len(self.ctx.attempts)}: {node.process_label}<{node.pk}> exit {attempt['exit_status']}, "
+            f"start spread {'–' if spread is None else f'{spread:.3g} e'}, largest uncertainty "
+            f"{'–' if uncertainty is None else f'{uncertainty:.3g} e'}"
+            + (f", warnings: {'; '.join(attempt['warnings'])}" if attempt["warnings"] else "")
+        )
+        return super().inspect_process()
+
+    def results(self):
+        """Attach the attempts to the final ChargesData (extras), then attach the outputs."""
+        exit_code = super().results()
+        charges = self.outputs.get("charges") if exit_code is None or not exit_code.status else None
+        if charges is not None:
+            spreads = [a["start_spread_max_abs"] for a in self.ctx.attempts if a["start_spread_max_abs"] is not None]
+            charges.base.extras.set_many({
+                "attempts": self.ctx.attempts,
+                "start_spread_max_abs_all_attempts": max(spreads) if spreads else None,
+            })
+        return exit_code
 
     # ------------------------------------------------------------------ helpers
     def _parameters(self) -> dict:
@@ -89,12 +145,6 @@ class OptDdapBaseWorkChain(ProtocolMixin, BaseRestartWorkChain):
     def _set_parameters(self, parameters: dict) -> None:
         self.ctx.inputs.parameters = orm.Dict(parameters)
 
-    @staticmethod
-    def _output_parameters(node) -> dict:
-        try:
-            return node.outputs.output_parameters.get_dict()
-        except AttributeError:
-            return {}
 
     # ------------------------------------------------------------------ handlers
     @process_handler(priority=600, exit_codes=[OptDdapCalculation.exit_codes.ERROR_NO_GPU])
@@ -131,7 +181,7 @@ class OptDdapBaseWorkChain(ProtocolMixin, BaseRestartWorkChain):
     def handle_ill_conditioned(self, node):
         """κ too large (or a singular matrix): ``lagrange`` → ``pinv``; ``pinv``: raise ``rtol`` × 1e3."""
         parameters = self._parameters()
-        previous = self._output_parameters(node)
+        previous = output_parameters(node)
         solver = parameters.get("solver") or previous.get("solver") or "pinv"
         if solver != "pinv":
             parameters["solver"] = "pinv"
@@ -155,7 +205,7 @@ class OptDdapBaseWorkChain(ProtocolMixin, BaseRestartWorkChain):
     def handle_not_converged(self, node):
         """Not converged: double ``steps`` and restart from the last optimised (σ_start, f, g_c)."""
         parameters = self._parameters()
-        previous = self._output_parameters(node)
+        previous = output_parameters(node)
         steps = int(parameters.get("steps") or previous.get("n_steps") or self.DEFAULT_STEPS)
         parameters["steps"] = 2 * steps
         restarted = []

@@ -130,7 +130,9 @@ def test_run_success_provenance(optddap_code, nacl_chgcar, nacl_system, singlefi
     assert abs(charges.populations.sum() - 8.0) < 1e-6
     assert charges.base.attributes.get("elements")["Na"]["mean"] > 0.8
     out = node.outputs.output_parameters.get_dict()
-    assert out["device"] == "cpu" and out["solver"] == "pinv" and out["n_gauss"] == 3
+    # the AiiDA layer's default charge definition is the engine's: restrained
+    assert out["device"] == "cpu" and out["solver"] == "restrained" and out["n_gauss"] == 3
+    assert out["charge_definition"] == "restrained" and node.inputs.parameters.get("definition") is None
     assert abs(out["charge_error"]) < 1e-6
     assert "planar_averages" in node.outputs
     assert node.outputs.structure.get_formula() == "ClNa"
@@ -213,7 +215,7 @@ def test_run_306_engine_killed(aiida_code_installed, nacl_chgcar, singlefile, tm
 
 
 def test_run_400_not_converged(optddap_code, nacl_chgcar, singlefile):
-    node = _run(optddap_code, singlefile(nacl_chgcar), {"optimize": True, "steps": 2, "starts": 1})
+    node = _run(optddap_code, singlefile(nacl_chgcar), {"definition": "paper", "steps": 2, "starts": 1})
     assert node.exit_status == 400, node.exit_message
     assert node.outputs.output_parameters["stop_reason"] == "max_steps"
     assert node.outputs.trajectory.get_array("loss").shape == (2,)

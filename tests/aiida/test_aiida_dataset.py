@@ -134,6 +134,7 @@ def _nacl_density(tmp_path, index, rng):
     cell = np.eye(3) * 4.0
     frac = np.array([[0.0, 0.0, 0.0], [0.5, 0.5, 0.5]]) + rng.normal(0, 0.01, (2, 3))
     q = np.array([[0.1, 0.15, 0.05], [2.4, 3.0, 2.3]]) + rng.uniform(0, 0.05, (2, 3))
+    q *= 8.0 / q.sum()  # neutral with Z_val Na 1, Cl 7 (the label gates refuse a cell whose ∫ρ is off)
     cell_r = np.round(cell, 6)
     positions = np.round(frac, 6) @ cell_r
     density = gaussian_density(cell_r, ["Na", "Cl"], positions, q, RADII, (16, 16, 16))
@@ -220,13 +221,17 @@ from test_aiida_vasp import (  # noqa: E402,F401,F811  (fixtures)
 def test_dataset_from_a_group_of_vasp_work_chains(optddap_code, mock_vasp_code, potcar_family, singlefile,
                                                   tmp_path):
     """A group with an optddap.vasp run (charges reused), its VaspWorkChain (CHGCAR refitted, Z_val from the
-    OUTCAR) and a density file: REF_energy/forces/stress come from the VASP run's misc."""
+    OUTCAR) and the ChargesData of a density file fitted with the user's Z_val (reused): REF_energy/forces/stress
+    come from the VASP run's misc. (A density file fitted here would take Z_val from the fallback table, which
+    the label gates refuse: tests/aiida/test_label_gates.py.)"""
     _, chain = run_get_node(vasp_builder(optddap_code, mock_vasp_code, potcar_family))
     assert chain.is_finished_ok, chain.exit_message
     vasp_wc = [n for n in chain.called if n.process_label == "VaspWorkChain"][0]
     path, _ = _nacl_density(tmp_path, 9, np.random.default_rng(1))
     group = orm.Group(label="optddap-test/vasp-sources").store()
-    group.add_nodes([chain, vasp_wc, singlefile(path)])
+    file_charges, _ = CalculationFactory("optddap.fit_inline").run_get_node(
+        singlefile(path), orm.Dict(NO_FIT), zval=orm.Dict({"Na": 1.0, "Cl": 7.0}))
+    group.add_nodes([chain, vasp_wc, file_charges["charges"]])
 
     builder = WorkflowFactory("optddap.dataset").get_builder()
     builder.group = orm.Str(group.label)
@@ -235,7 +240,7 @@ def test_dataset_from_a_group_of_vasp_work_chains(optddap_code, mock_vasp_code, 
     results, node = run_get_node(builder)
     assert node.is_finished_ok, (node.exit_status, node.exit_message)
     refits = [n for n in node.called if n.process_label == "OptDdapBaseWorkChain"]
-    assert len(refits) == 2  # the VaspWorkChain's CHGCAR and the density file; optddap.vasp is reused
+    assert len(refits) == 1  # the VaspWorkChain's CHGCAR; optddap.vasp and the file's ChargesData are reused
 
     dataset = results["dataset"]
     assert dataset.n_frames == 3 and dataset.species == ["Cl", "N", "Na", "O"]
@@ -410,6 +415,7 @@ def test_mace_trains_on_exported_dataset(runner, aiida_profile, singlefile, tmp_
     kwargs = {}
     for i, (atoms, energy, forces, stress) in enumerate(_cuau_frames(10, rng)):
         q = np.array([[4.0, 5.0, 1.9], [3.9, 5.2, 2.0]]) + rng.uniform(-0.1, 0.1, (2, 3))
+        q *= 22.0 / q.sum()  # neutral with Z_val 11 + 11
         cell = np.round(atoms.cell[:], 6)
         positions = np.round(atoms.get_scaled_positions(), 6) @ cell
         density = gaussian_density(cell, ["Cu", "Au"], positions, q, RADII, (16, 16, 16))

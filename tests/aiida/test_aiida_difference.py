@@ -192,8 +192,8 @@ def test_two_vasp_runs_same_run_exits_402(optddap_code, mock_vasp_code, potcar_f
     assert max(n.ctime for n in vasp_runs) < min(n.mtime for n in vasp_runs)
     assert results["defect_sites"].get_dict()["vacancies"] == []
     assert node.exit_status == 402, (node.exit_status, node.exit_message)
-    assert "OptDdapCalculation" in node.exit_message and "[304]" in node.exit_message
-    assert "no G ≠ 0 component" in node.exit_message
+    assert "OptDdapCalculation" in node.exit_message and "[302]" in node.exit_message  # an input error
+    assert "no G ≠ 0 component" in node.exit_message  # Δρ = 0: nothing to fit
 
 
 def _provenance_ancestors(node) -> set[int]:
@@ -260,7 +260,10 @@ def test_two_vasp_runs_polarized_minus_unpolarized(optddap_code, mock_vasp_code,
     assert dq.sum() == pytest.approx(0.0, abs=1e-6)
     assert dq[0] == pytest.approx(-dq[1], abs=1e-6)  # N and O opposite
     assert dq[0] < -1e-2  # not zero: the polarised run moves ~0.04 e from N to O
-    np.testing.assert_allclose(dq, [-0.041498, 0.041498], atol=5e-5)  # optddap diff, classic DDAP radii
+    # the default (restrained, zero reference for Δρ) against the pseudo-inverse `optddap diff` recording at the
+    # classic DDAP radii: the restraint (τ = 1e-3 of the misfit) shrinks this weakly determined transfer by 2 %
+    np.testing.assert_allclose(dq, [-0.040706, 0.040706], atol=5e-5)
+    assert charges.base.attributes.get("charge_definition") == "restrained"
 
     summary = results["summary"].get_dict()
     assert summary["delta_electrons"] == pytest.approx(0.0, abs=1e-6)

@@ -42,14 +42,14 @@ def test_inline_matches_calcjob_recording(nacl_chgcar, singlefile):
     import pathlib
 
     recorded = json.loads((pathlib.Path(__file__).parent / "recorded" / "nacl_results.json").read_text())
-    parameters = {"optimize": False, "gcut": recorded["parameters"]["gcut"]}
+    parameters = {"definition": "paper", "optimize": False, "gcut": recorded["parameters"]["gcut"]}
     outputs, node = fit_charge_density.run_get_node(singlefile(nacl_chgcar), orm.Dict(parameters),
                                                    zval=orm.Dict({"Na": 1, "Cl": 7}))
     np.testing.assert_allclose(outputs["charges"].populations, recorded["populations"], atol=1e-8)
 
 
 def test_inline_not_converged_keeps_outputs(nacl_chgcar, singlefile):
-    _, node = fit_charge_density.run_get_node(singlefile(nacl_chgcar), orm.Dict({"steps": 2, "starts": 1}))
+    _, node = fit_charge_density.run_get_node(singlefile(nacl_chgcar), orm.Dict({"definition": "paper", "steps": 2, "starts": 1}))
     assert node.exit_status == 400
     assert "charges" in node.outputs and "trajectory" in node.outputs
 

@@ -165,10 +165,23 @@ def test_run_lagrange_singular_switches_to_pinv(optddap_code, lih_chgcar, single
     first, second = _calcs(node)
     assert first.exit_status == 410 and second.inputs.parameters["solver"] == "pinv"
     assert node.outputs.charges.base.attributes.get("solver") == "pinv"
+    # nothing hidden by the restart: both attempts on the final ChargesData and in the report
+    attempts = node.outputs.charges.base.extras.get("attempts")
+    assert [a["calcjob"] for a in attempts] == [first.pk, second.pk]
+    assert [a["exit_status"] for a in attempts] == [410, 0] and "singular" in attempts[0]["exit_message"]
+    assert any(w for w in attempts[1]["warnings"])  # the pinv fit of the rank-deficient LiH warns
+    from aiida.cmdline.utils.common import get_workchain_report
+
+    report = get_workchain_report(node, "REPORT")
+    assert f"attempt 1: OptDdapCalculation<{first.pk}> exit 410" in report
+    assert f"attempt 2: OptDdapCalculation<{second.pk}> exit 0" in report
+    # the final ChargesData is returned by the work chain; the first attempt made none
+    assert "charges" not in first.outputs
 
 
 def test_run_not_converged_restarts_from_last_parameters(optddap_code, nacl_chgcar, singlefile):
-    builder = _builder(optddap_code, singlefile(nacl_chgcar), {"steps": 2, "starts": 1}, max_iterations=2)
+    builder = _builder(optddap_code, singlefile(nacl_chgcar), {"definition": "paper", "steps": 2, "starts": 1},
+                       max_iterations=2)
     _, node = run_get_node(builder)
     first, second = _calcs(node)
     assert first.exit_status == 400
