@@ -104,7 +104,7 @@ def test_perfect_rock_salt_has_determined_charges_of_the_right_sign(system):
     assert np.all(np.isfinite(result.frames[0]["uncertainty"]))
     assert result.frames[0]["uncertainty"].max() < 0.05
     assert np.all(result.frames[0]["uncertainty_with_widths"] >= result.frames[0]["uncertainty"] - 1e-9)
-    assert result.frames[0]["rank"] == 8
+    assert result.frames[0]["rank"] == 8 and result.usable
     np.testing.assert_allclose(q[:4], q[0], atol=5e-3)  # the four cations agree
     again = fit_species(perfect, records["zval"])  # deterministic
     np.testing.assert_array_equal(again.frames[0]["net_charges"], q)
@@ -154,3 +154,17 @@ def test_restrained_default_is_smooth_at_fixed_parameters():
     _frames("nacl")
     result = smooth.smoothness(FitOptions(optimize=False, device="cpu"), systems=("nacl",))
     assert result["nacl"]["quotient_max"] <= QUOTIENT_MAX
+
+
+def test_species_model_flags_namgf3_as_unusable():
+    """NaMgF₃ (VASP Na 1 e, Mg 2 e): the cations keep a fraction of an electron, their widths run to the bound,
+    ``usable`` is False (the restrained default, determined to 0.01 e there, is the one to use)."""
+    from aiida_optddap.engine.zval import resolve_zval
+
+    path = ROOT / "examples" / "NaMgF3_CHG.gz"
+    if not path.is_file():
+        pytest.skip(f"missing {path}")
+    density = read_density(path)
+    result = fit_species(density, dict(resolve_zval(density).values))
+    assert sorted(result.at_bound) == ["Mg", "Na"] and not result.usable
+
