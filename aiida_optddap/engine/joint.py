@@ -19,22 +19,21 @@ from collections.abc import Sequence
 from .density import Density
 
 
-def fit_frames_jointly(densities: Sequence[Density], options=None, zvals: Sequence | None = None) -> dict:
-    """Optimise σ_start jointly over ``densities`` and fit every frame with it.
+def joint_sigma_start(densities: Sequence[Density], options=None, zvals: Sequence | None = None) -> dict:
+    """σ_start minimising the summed outer loss of ``densities`` (f and g_c held at the options' values).
 
     Args:
         densities: the frames (each a :class:`.density.Density`).
         options: :class:`.fit.FitOptions` (default: the ``restrained`` definition); only σ_start may be free.
-        zvals: one :class:`.zval.ZvalInfo` (or None) per frame.
+        zvals: one :class:`.zval.ZvalInfo` (or None) per frame (the restraint's neutral reference).
 
     Returns:
         A dict with ``parameters`` (the joint σ_start, f, n_gauss, g_c), ``loss`` (the summed outer loss),
-        ``bounds`` (the joint σ_start bounds, Å), ``history`` (the evaluations) and ``results`` (one
-        ``results.json`` dictionary per frame).
+        ``bounds`` (the joint σ_start bounds, Å) and ``history`` (the evaluations).
     """
     from .batch import SERIAL_COEFFICIENTS, _single_thread
     from .ddap import Problem, resolve_device
-    from .fit import FitOptions, run_fit
+    from .fit import FitOptions
     from .optimize import joint_bounds, minimise_sigma_start_frames
     from .pipeline import reference_populations
 
@@ -63,13 +62,29 @@ def fit_frames_jointly(densities: Sequence[Density], options=None, zvals: Sequen
         chosen = minimise_sigma_start_frames(problems, start, bounds=bounds, loss=options.loss,
                                              solver=options.solver, rtol=options.rtol, references=references,
                                              tau=options.tau)
-        del problems
-        fixed = options.with_changes(optimize=False, sigma_start=chosen.final.sigma_start)
-        results = [run_fit(d, fixed, zval=z) for d, z in zip(densities, zvals)]
     return {
         "parameters": chosen.final.as_dict(),
         "loss": chosen.loss,
         "bounds": list(bounds.sigma_start),
         "history": chosen.history,
-        "results": results,
     }
+
+
+def fit_frames_jointly(densities: Sequence[Density], options=None, zvals: Sequence | None = None) -> dict:
+    """Optimise σ_start jointly over ``densities`` (:func:`joint_sigma_start`) and fit every frame with it.
+
+    Returns the dict of :func:`joint_sigma_start` with ``results`` (one ``results.json`` dictionary per frame).
+    """
+    from .batch import SERIAL_COEFFICIENTS, _single_thread
+    from .ddap import resolve_device
+    from .fit import FitOptions, run_fit
+
+    options = FitOptions() if options is None else options
+    densities = list(densities)
+    zvals = [None] * len(densities) if zvals is None else list(zvals)
+    joint = joint_sigma_start(densities, options, zvals)
+    fixed = options.with_changes(optimize=False, sigma_start=joint["parameters"]["sigma_start"])
+    serial = resolve_device(options.device).type == "cpu" and max(d.n_atoms for d in densities) * fixed.n_gauss <= SERIAL_COEFFICIENTS
+    with _single_thread(serial):
+        results = [run_fit(d, fixed, zval=z) for d, z in zip(densities, zvals)]
+    return {**joint, "results": results}
