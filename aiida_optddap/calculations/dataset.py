@@ -12,12 +12,21 @@ Inputs are flat, numbered by frame::
 ``stress`` (kBar, VASP's sign: positive is compressive), converted to ASE's convention (eV/Å³, positive is
 tensile: σ_ASE = −0.1 GPa·σ_VASP) as MACE expects. ``properties_XXXX`` holds ``energy`` (eV), ``forces``
 (eV/Å) and ``stress`` (eV/Å³, ASE convention, 3×3 or Voigt 6) directly, and optionally MACE's ``config_type``,
-``total_charge`` (e; default: the integer nearest to Σ net charges) and ``total_spin`` (2S+1; default 1).
+``total_charge`` (e; default: the integer nearest to Σ net charges), ``total_spin`` (2S+1; default 1) and
+``pbc`` (a bool or three).
+
+Periodicity: a density lives on a periodic grid, so a frame is periodic unless its source says otherwise —
+``properties_XXXX["pbc"]`` (explicit, wins), else the ``structure`` input of the fit that made the ChargesData
+(a StructureData with ``pbc`` all False). A frame with ``pbc`` all False (a molecule in a box) is written
+non-periodic and gets ``REF_dipole`` = Σ q_i r_i of its (charge-conserved) ``REF_charges`` about the coordinate
+origin, in Debye as mace-torch expects, with ``optddap_dipole`` the same in e·Å
+(:func:`~aiida_optddap.data.dataset.set_dipole`).
 
 ``parameters`` (all optional): ``split`` (three fractions, default 0.8/0.1/0.1), ``seed`` (0), ``energy_type``
 (``energy_extrapolated``, the σ→0 energy aiida-vasp parses by default; ``energy_free`` is force-consistent
 when the VASP parser was asked for it), ``labels`` (``{"0000": "label", ...}``), ``source`` (a free string),
-``gates`` (thresholds of :data:`~aiida_optddap.data.label_gates.DEFAULT_GATES`).
+``gates`` (thresholds of :data:`~aiida_optddap.data.label_gates.DEFAULT_GATES`), ``shared_parameters`` (the fit
+parameters every frame was fitted with, when ``optddap.dataset`` chose them jointly; kept as an attribute).
 
 Label gates (:mod:`aiida_optddap.data.label_gates`): a frame whose Z_val came from the fallback table raises
 :class:`ZvalSourceError` (the dataset work chain's exit 413); frames whose charges are undetermined, too
@@ -35,10 +44,10 @@ from aiida import orm
 from aiida.engine import calcfunction
 
 from ..data.charges import ChargesData
-from ..data.dataset import DEFAULT_SPLIT, ChargeDatasetData, parse_split
+from ..data.dataset import DEFAULT_SPLIT, ChargeDatasetData, parse_split, set_dipole
 from ..data.label_gates import check_gates, conserve_total_charge, gate_reasons, zval_problem
 
-__all__ = ("build_dataset", "frame_from_charges", "vasp_misc_properties", "DEFAULT_ENERGY_TYPE", "ZvalSourceError")
+__all__ = ("build_dataset", "frame_from_charges", "source_pbc", "vasp_misc_properties", "DEFAULT_ENERGY_TYPE", "ZvalSourceError")
 
 DEFAULT_ENERGY_TYPE = "energy_extrapolated"
 _FRAME_KEY = re.compile(r"^(charges|misc|properties)_(\w+)$")
@@ -82,8 +91,25 @@ def _voigt_to_full(stress) -> np.ndarray:
     return stress.reshape(3, 3)
 
 
+def _pbc(value) -> tuple[bool, bool, bool]:
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * 3
+    if len(values) != 3 or not all(isinstance(v, (bool, np.bool_)) for v in values):
+        raise ValueError(f"pbc {value!r}: true/false or three of them")
+    return tuple(bool(v) for v in values)
+
+
+def source_pbc(charges: ChargesData):
+    """``pbc`` of the StructureData the fit that made ``charges`` was given (its ``structure`` input), or None."""
+    creator = charges.creator
+    if creator is None or "structure" not in creator.inputs:
+        return None
+    structure = creator.inputs.structure
+    return tuple(bool(x) for x in structure.pbc) if isinstance(structure, orm.StructureData) else None
+
+
 def frame_from_charges(charges: ChargesData, properties: dict | None = None, label: str | None = None):
-    """One dataset frame (ase.Atoms) from a ChargesData node and optional ASE-unit properties."""
+    """One dataset frame (ase.Atoms) from a ChargesData node and optional ASE-unit properties; a non-periodic
+    frame (``properties["pbc"]``, else the fit's ``structure``) gets ``REF_dipole`` (see the module)."""
     if charges.base.attributes.get("mode") == "difference":
         raise ValueError(f"ChargesData<{charges.pk}> holds populations of a difference density, not charges")
     if charges.net_charges is None:
@@ -94,6 +120,10 @@ def frame_from_charges(charges: ChargesData, properties: dict | None = None, lab
     atoms.calc = None
     atoms.info["label"] = label or charges.label or f"charges_{charges.pk}"
     atoms.info["source_uuid"] = charges.uuid
+    pbc = (properties or {}).get("pbc")
+    pbc = _pbc(pbc) if pbc is not None else source_pbc(charges)
+    if pbc is not None:
+        atoms.pbc = pbc
     coefficients, radii = charges.coefficients, charges.radii
     if coefficients is not None and radii is not None:
         atoms.arrays["optddap_coefficients"] = np.asarray(coefficients, dtype=float).reshape(len(atoms), -1)
@@ -114,9 +144,12 @@ def frame_from_charges(charges: ChargesData, properties: dict | None = None, lab
             atoms.info["config_type"] = str(value)
         elif key in ("total_charge", "total_spin"):
             atoms.info[key] = float(value)
+        elif key == "pbc":
+            pass
         else:
             raise ValueError(f"unknown frame property {key!r} (energy, forces, stress, config_type, total_charge, "
-                             "total_spin)")
+                             "total_spin, pbc)")
+    set_dipole(atoms)
     return atoms
 
 
@@ -124,7 +157,7 @@ def frame_from_charges(charges: ChargesData, properties: dict | None = None, lab
 def build_dataset(parameters: orm.Dict | None = None, **frames) -> ChargeDatasetData:
     """Build an ``optddap.dataset`` node (extxyz) from numbered ``charges_*`` / ``misc_*`` / ``properties_*``."""
     params = parameters.get_dict() if parameters is not None else {}
-    unknown = set(params) - {"split", "seed", "energy_type", "labels", "source", "gates"}
+    unknown = set(params) - {"split", "seed", "energy_type", "labels", "source", "gates", "shared_parameters"}
     if unknown:
         raise ValueError(f"unknown parameters: {', '.join(sorted(unknown))}")
     fractions = parse_split(params.get("split", DEFAULT_SPLIT))
@@ -171,6 +204,7 @@ def build_dataset(parameters: orm.Dict | None = None, **frames) -> ChargeDataset
 
     node = ChargeDatasetData.from_frames(atoms_list, fractions=fractions, seed=seed, source=params.get("source"))
     node.base.attributes.set("gates", gates)
+    node.base.attributes.set("shared_parameters", params.get("shared_parameters"))
     node.base.attributes.set("excluded", excluded)
     return node
 
@@ -187,4 +221,5 @@ def _conserve_charge(atoms, gates: dict) -> list[str]:
     atoms.arrays["REF_charges"], atoms.arrays["REF_populations"] = net, populations
     atoms.info["total_charge"] = total
     atoms.info["optddap_population_scale"] = scale
+    set_dipole(atoms)  # of the conserved charges
     return []

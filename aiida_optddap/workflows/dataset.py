@@ -32,6 +32,7 @@ from aiida.common.exceptions import NotExistent
 from aiida.engine import ToContext, WorkChain, while_
 
 from ..calculations.dataset import ZvalSourceError, build_dataset
+from ..calculations.joint import JOINT_MODES, joint_parameters
 from ..data.charges import ChargesData
 from ..data.dataset import ChargeDatasetData
 from .base import OptDdapBaseWorkChain
@@ -70,6 +71,12 @@ def _validate_dataset_parameters(value, _ctx):
             return str(exc)
     if "seed" in params and (not isinstance(params["seed"], int) or isinstance(params["seed"], bool)):
         return "dataset_parameters.seed must be an integer"
+    return None
+
+
+def _validate_joint(value, _ctx):
+    if value is not None and value.value not in (*JOINT_MODES, "none"):
+        return f"joint must be one of {', '.join((*JOINT_MODES, 'none'))}, got {value.value!r}"
     return None
 
 
@@ -222,12 +229,20 @@ class ChargeDatasetWorkChain(ProtocolMixin, WorkChain):
         spec.input("dataset_parameters", valid_type=orm.Dict, required=False, serializer=orm.to_aiida_type,
                    validator=_validate_dataset_parameters,
                    help="`split` (three fractions), `seed`, `energy_type` for optddap.build_dataset.")
+        spec.input("joint", valid_type=orm.Str, default=lambda: orm.Str("none"), serializer=orm.to_aiida_type,
+                   validator=_validate_joint,
+                   help="One parameter set for every fitted frame (optddap.joint_parameters): `auto` (the species-"
+                        "width model when it places every element, else one σ_start), `species`, `sigma_start`; "
+                        "`none` (default): every frame optimised on its own.")
         spec.inputs.validator = _validate_inputs
         spec.outline(
             cls.setup,
+            cls.choose_joint_parameters,
             while_(cls.has_pending)(cls.submit_batch, cls.collect_batch),
             cls.build,
         )
+        spec.output("joint_parameters", valid_type=orm.Dict, required=False,
+                    help="The parameters shared by the fitted frames and the evidence of their choice.")
         spec.output("dataset", valid_type=ChargeDatasetData, help="The extxyz dataset.")
         spec.output_namespace("charges", valid_type=ChargesData, dynamic=True, help="ChargesData of every frame.")
         spec.exit_code(300, "ERROR_NO_SOURCES", message="No usable source: {details}")
@@ -236,6 +251,8 @@ class ChargeDatasetWorkChain(ProtocolMixin, WorkChain):
         spec.exit_code(411, "ERROR_SOME_FITS_FAILED", message="{count} fit(s) failed: {details}")
         spec.exit_code(412, "ERROR_DATASET_BUILD_FAILED", message="optddap.build_dataset failed: {details}")
         spec.exit_code(413, "ERROR_ZVAL_NOT_FROM_RUN", message="Z_val not from a POTCAR, OUTCAR or the user: {details}")
+        spec.exit_code(414, "ERROR_JOINT_PARAMETERS_FAILED",
+                       message="The joint parameters of the frames could not be chosen: {details}")
 
     # ------------------------------------------------------------------ sources
     def setup(self):
@@ -279,6 +296,47 @@ class ChargeDatasetWorkChain(ProtocolMixin, WorkChain):
                     f"{len(items) - n_fits} reused, {len(skipped)} skipped")
         return None
 
+    # ------------------------------------------------------------------ joint parameters
+    def _frame_zval(self, item) -> dict:
+        """Z_val (element → e) of a pending frame: the user's, else its VASP run's OUTCAR; {} when unknown."""
+        user = self.inputs.optddap.fit.zval.get_dict() if "zval" in self.inputs.optddap.fit else {}
+        if user or item["kind"] != "vasp" or not self.inputs.zval_from_outcar.value:
+            return user
+        zval, _ = outcar_zval(orm.load_node(item["retrieved"]) if item.get("retrieved") else None)
+        return zval.get_dict() if zval is not None else {}
+
+    def choose_joint_parameters(self):
+        """``joint`` ≠ none: one parameter set for every frame to fit (``optddap.joint_parameters``)."""
+        self.ctx.joint_fit_parameters = {}
+        mode = self.inputs.joint.value
+        pending = [item for item in self.ctx.sources if item["state"] == "pending"]
+        if mode == "none" or not pending:
+            return None
+        zval: dict = {}
+        densities = {}
+        try:
+            for item in pending:
+                for element, value in self._frame_zval(item).items():
+                    if zval.setdefault(element, float(value)) != float(value):
+                        raise ValueError(f"Z_val of {element} differs between frames ({zval[element]:g}, {value:g})")
+                label = _link_label(item["label"])
+                while label in densities:
+                    label += "_"
+                densities[label] = orm.load_node(item["density"])
+            given = self.inputs.optddap.fit.parameters.get_dict() if "parameters" in self.inputs.optddap.fit else {}
+            device = given.get("device", "cpu")
+            result = joint_parameters(parameters=orm.Dict({"mode": mode, "device": "cpu" if device == "auto" else device}),
+                                      zval=orm.Dict(zval), **densities)
+        except ValueError as exc:
+            return self.exit_codes.ERROR_JOINT_PARAMETERS_FAILED.format(details=str(exc))
+        self.ctx.joint_fit_parameters = result["fit_parameters"]
+        self.ctx.joint_uuid = result.uuid
+        self.out("joint_parameters", result)
+        reused = [item["label"] for item in self.ctx.sources if item["state"] == "done"]
+        self.report(f"joint parameters ({result['model']}) for {len(pending)} frame(s): {result['fit_parameters']}"
+                    + (f"; reused ChargesData keep their own: {', '.join(reused)}" if reused else ""))
+        return None
+
     def has_pending(self):
         return any(item["state"] == "pending" for item in self.ctx.sources)
 
@@ -287,6 +345,9 @@ class ChargeDatasetWorkChain(ProtocolMixin, WorkChain):
         inputs = AttributeDict(self.exposed_inputs(OptDdapBaseWorkChain, "optddap"))
         inputs.fit = AttributeDict(inputs.fit)
         inputs.fit.charge_density = orm.load_node(item["density"])
+        if self.ctx.joint_fit_parameters:
+            given = inputs.fit.parameters.get_dict() if "parameters" in inputs.fit else {}
+            inputs.fit.parameters = orm.Dict({**given, **self.ctx.joint_fit_parameters})
         if item.get("structure"):
             inputs.fit.structure = orm.load_node(item["structure"])
         if item["kind"] == "vasp" and "zval" not in inputs.fit and self.inputs.zval_from_outcar.value:
@@ -362,6 +423,9 @@ class ChargeDatasetWorkChain(ProtocolMixin, WorkChain):
             labels[key] = item["label"]
         parameters = dict(self.inputs.dataset_parameters.get_dict()) if "dataset_parameters" in self.inputs else {}
         parameters["labels"] = labels
+        if self.ctx.joint_fit_parameters:
+            parameters["shared_parameters"] = {"joint_parameters_uuid": self.ctx.joint_uuid,
+                                               **self.ctx.joint_fit_parameters}
         parameters.setdefault("source", f"optddap.dataset<{self.node.uuid}>")
         try:
             dataset = build_dataset(parameters=orm.Dict(parameters), **kwargs)

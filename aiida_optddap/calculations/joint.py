@@ -1,0 +1,84 @@
+"""``optddap.joint_parameters``: one set of fit parameters for all frames of a dataset (issue 9, item 5).
+
+Per-frame optimisation lets the Gaussians follow each frame, so two frames of nearly equal geometry can be
+fitted with different models and their charges jump (docs/validation.md, "Smoothness in geometry"). This
+calcfunction reads every frame's density and chooses the parameters once, as a function of the frames only:
+
+* ``species`` — the species-width model (:func:`aiida_optddap.engine.species.fit_species`): one Gaussian per
+  atom, one width per element, the widths optimised jointly over the frames;
+* ``sigma_start`` — the restrained default with one σ_start for all frames
+  (:func:`aiida_optddap.engine.joint.joint_sigma_start`);
+* ``auto`` (default) — ``species`` when that model places every element (no width on a bound:
+  ``SpeciesFit.usable``), else ``sigma_start``.
+
+The output Dict holds ``fit_parameters``, the ``optddap.fit`` parameters every frame is then fitted with
+(``{"definition": "species", "species_widths": {...}}`` or ``{"definition": "restrained", "optimize":
+False, "sigma_start": ...}``), and the evidence of the choice (model, widths or σ_start, misfit, bounds).
+Like ``optddap.fit_inline`` it runs in this Python process (the engine is imported lazily).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+import tempfile
+
+from aiida import orm
+from aiida.engine import calcfunction
+
+__all__ = ("JOINT_MODES", "joint_parameters")
+
+JOINT_MODES = ("auto", "species", "sigma_start")
+
+
+def _read(node: orm.SinglefileData, directory: pathlib.Path, index: int):
+    from aiida_optddap.engine.io import read_density  # lazy: the engine imports torch
+
+    path = directory / f"{index:04d}_{pathlib.Path(node.filename).name or 'CHGCAR'}"
+    with node.open(mode="rb") as source, path.open("wb") as target:
+        shutil.copyfileobj(source, target)
+    return read_density(path)
+
+
+@calcfunction
+def joint_parameters(parameters: orm.Dict, zval: orm.Dict, **densities: orm.SinglefileData) -> orm.Dict:
+    """The fit parameters shared by the frames ``densities`` (see the module docstring).
+
+    :param parameters: ``mode`` (``auto``, ``species`` or ``sigma_start``) and optionally ``device``.
+    :param zval: Z_val (e) of every element of the frames (the neutral reference; no fallback table).
+    """
+    from aiida_optddap.engine.fit import FitOptions
+    from aiida_optddap.engine.joint import joint_sigma_start
+    from aiida_optddap.engine.species import fit_species
+    from aiida_optddap.engine.zval import resolve_zval
+
+    params = parameters.get_dict()
+    mode = params.get("mode", "auto")
+    if mode not in JOINT_MODES:
+        raise ValueError(f"joint mode {mode!r}: use one of {', '.join(JOINT_MODES)}")
+    device = params.get("device", "cpu")
+    values = {element: float(value) for element, value in zval.get_dict().items()}
+    with tempfile.TemporaryDirectory(prefix="optddap-joint-") as tmpdir:
+        frames = [_read(node, pathlib.Path(tmpdir), i) for i, (_, node) in enumerate(sorted(densities.items()))]
+    if not frames:
+        raise ValueError("no densities given")
+    missing = sorted({s for d in frames for s in d.symbols} - set(values))
+    if missing:
+        raise ValueError(f"no Z_val for {', '.join(missing)}")
+    out: dict = {"mode": mode, "n_frames": len(frames)}
+    if mode in ("auto", "species"):
+        fit = fit_species(frames, values, device=device)
+        out["species"] = {"widths": fit.widths, "misfit": fit.misfit, "at_bound": fit.at_bound,
+                          "usable": fit.usable}
+        if fit.usable or mode == "species":
+            out["model"] = "species"
+            out["fit_parameters"] = {"definition": "species", "species_widths": fit.widths}
+            return orm.Dict(out)
+    options = FitOptions(device=device)
+    zvals = [resolve_zval(d, user={s: values[s] for s in dict.fromkeys(d.symbols)}) for d in frames]
+    joint = joint_sigma_start(frames, options, zvals)
+    out["model"] = "sigma_start"
+    out["sigma_start"] = {"parameters": joint["parameters"], "loss": joint["loss"], "bounds": joint["bounds"]}
+    out["fit_parameters"] = {"definition": "restrained", "optimize": False,
+                             "sigma_start": float(joint["parameters"]["sigma_start"])}
+    return orm.Dict(out)

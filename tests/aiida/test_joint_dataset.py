@@ -1,0 +1,96 @@
+"""One parameter set per dataset (issue 9, item 5): ``optddap.joint_parameters`` chooses the fit parameters from
+all frames at once, ``optddap.dataset(joint=...)`` fits every frame with them and keeps them on the dataset;
+a dataset built again from the same frames gives the same labels. Frames: the committed CP2K rattled NaCl cubes
+(examples/cp2k_rattled/data); skipped without them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from aiida import orm
+from aiida.engine import run_get_node
+from aiida.plugins import CalculationFactory, WorkflowFactory
+
+DATA = Path(__file__).resolve().parents[2] / "examples" / "cp2k_rattled" / "data"
+FRAMES = ("nacl_000", "nacl_001", "nacl_004")  # perfect, rms 0.02 Å, rms 0.15 Å
+ZVAL = {"Na": 9.0, "Cl": 7.0}
+
+joint_parameters = CalculationFactory("optddap.joint_parameters")
+
+
+@pytest.fixture
+def frames(singlefile):
+    paths = [DATA / f"{name}.cube.gz" for name in FRAMES]
+    if not all(p.is_file() for p in paths):
+        pytest.skip("examples/cp2k_rattled/data is not present")
+    return {name: singlefile(path) for name, path in zip(FRAMES, paths)}
+
+
+def test_joint_parameters_species_and_sigma_start(frames):
+    species = joint_parameters(parameters=orm.Dict({"mode": "auto"}), zval=orm.Dict(ZVAL), **frames)
+    assert species["model"] == "species" and species["species"]["usable"]
+    widths = species["fit_parameters"]["species_widths"]
+    assert species["fit_parameters"]["definition"] == "species"
+    assert set(widths) == {"Na", "Cl"} and widths["Na"] < widths["Cl"]  # compact cation, diffuse anion
+    # deterministic: the same frames give the same widths, whatever the order they are given in
+    again = joint_parameters(parameters=orm.Dict({"mode": "species"}), zval=orm.Dict(ZVAL),
+                             **dict(reversed(list(frames.items()))))
+    assert again["fit_parameters"] == species["fit_parameters"]
+
+    shared = joint_parameters(parameters=orm.Dict({"mode": "sigma_start"}), zval=orm.Dict(ZVAL), **frames)
+    assert shared["model"] == "sigma_start" and "species" not in shared.get_dict()
+    sigma = shared["fit_parameters"]["sigma_start"]
+    lo, hi = shared["sigma_start"]["bounds"]
+    assert shared["fit_parameters"] == {"definition": "restrained", "optimize": False, "sigma_start": sigma}
+    assert lo <= sigma <= hi
+
+    with pytest.raises(ValueError, match="no Z_val for Cl"):
+        joint_parameters(parameters=orm.Dict({"mode": "auto"}), zval=orm.Dict({"Na": 9.0}), **frames)
+    with pytest.raises(ValueError, match="joint mode 'nonsense'"):
+        joint_parameters(parameters=orm.Dict({"mode": "nonsense"}), zval=orm.Dict(ZVAL), **frames)
+
+
+def _dataset(optddap_code, frames, joint):
+    builder = WorkflowFactory("optddap.dataset").get_builder()
+    builder.densities = frames
+    builder.optddap.fit.code = optddap_code
+    builder.optddap.fit.parameters = orm.Dict({"device": "cpu"})
+    builder.optddap.fit.zval = orm.Dict(ZVAL)
+    builder.joint = orm.Str(joint)
+    builder.dataset_parameters = orm.Dict({"gates": {"require_determined": False, "max_uncertainty": 10.0}})
+    results, node = run_get_node(builder)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    return results, node
+
+
+def test_dataset_fits_every_frame_with_the_joint_sigma_start(optddap_code, frames):
+    results, node = _dataset(optddap_code, frames, "sigma_start")
+    joint = results["joint_parameters"]
+    expected = joint["fit_parameters"]
+    fits = [n for n in node.called if n.process_label == "OptDdapBaseWorkChain"]
+    assert len(fits) == len(FRAMES)
+    for fit in fits:  # every frame fitted at the one σ_start, no per-frame optimisation
+        parameters = fit.inputs.fit.parameters.get_dict()
+        assert {k: parameters[k] for k in expected} == expected
+        assert fit.outputs.output_parameters["sigma_start"] == pytest.approx(expected["sigma_start"], abs=1e-12)
+    dataset = results["dataset"]
+    shared = dataset.base.attributes.get("shared_parameters")
+    assert shared["joint_parameters_uuid"] == joint.uuid and shared["sigma_start"] == expected["sigma_start"]
+
+    # built again from the same frames: the same labels
+    again, _ = _dataset(optddap_code, frames, "sigma_start")
+    first = {f.info["label"]: f.arrays["REF_charges"] for f in dataset.read(":")}
+    second = {f.info["label"]: f.arrays["REF_charges"] for f in again["dataset"].read(":")}
+    assert first.keys() == second.keys()
+    for label in first:
+        np.testing.assert_array_equal(first[label], second[label])
+
+
+def test_dataset_rejects_an_unknown_joint_mode(optddap_code, frames):
+    builder = WorkflowFactory("optddap.dataset").get_builder()
+    builder.densities = frames
+    builder.optddap.fit.code = optddap_code
+    with pytest.raises(ValueError, match="joint must be one of auto, species, sigma_start, none"):
+        builder.joint = orm.Str("everything")
