@@ -47,7 +47,8 @@ from ..data.charges import ChargesData
 from ..data.dataset import DEFAULT_SPLIT, ChargeDatasetData, parse_split, set_dipole
 from ..data.label_gates import check_gates, conserve_total_charge, gate_reasons, zval_problem
 
-__all__ = ("build_dataset", "frame_from_charges", "source_pbc", "vasp_misc_properties", "DEFAULT_ENERGY_TYPE", "ZvalSourceError")
+__all__ = ("build_dataset", "frame_from_charges", "source_pbc", "vasp_misc_properties", "DEFAULT_ENERGY_TYPE",
+           "ZvalSourceError")
 
 DEFAULT_ENERGY_TYPE = "energy_extrapolated"
 _FRAME_KEY = re.compile(r"^(charges|misc|properties)_(\w+)$")

@@ -10,12 +10,15 @@ The node is a ``SinglefileData`` holding one extended-XYZ file (ase's ``extxyz``
   ``source_uuid`` (the ChargesData node), ``charges_kind`` and ``energy_type`` where relevant, and MACE's
   ``config_type`` (default ``Default``), ``total_charge`` (the integer nearest to Σ REF_charges) and
   ``total_spin`` (multiplicity 2S+1, default 1);
+* for a non-periodic frame (``pbc`` all False: a molecule in a box): ``REF_dipole`` (info, **Debye**,
+  mace-torch's dipole unit) = Σ_i q_i r_i of ``REF_charges`` about the coordinate origin, as mace-torch's
+  fixed-charge dipole baseline computes it, and ``optddap_dipole`` (the same in e·Å, ASE's unit);
 * after ``optddap.electrostatic_baseline``: ``E_elec``/``F_elec``/``S_elec`` (the Ewald energy, forces and
   stress of the charges) and ``SR_energy``/``SR_forces``/``SR_stress`` (REF − elec, the short-range target).
 
 Attributes (queryable): ``n_frames``, ``n_atoms_total``, ``species``, ``per_atom_keys``, ``per_config_keys``,
-``charges_key``, ``energy_key``, ``forces_key``, ``stress_key`` (None when no frame has them), ``splits``
-(``{"fractions": [...], "seed": s, "train": [i...], "valid": [...], "test": [...]}``) and ``source``.
+``charges_key``, ``energy_key``, ``forces_key``, ``stress_key``, ``dipole_key`` (None when no frame has them),
+``splits`` (``{"fractions": [...], "seed": s, "train": [i...], "valid": [...], "test": [...]}``) and ``source``.
 
 ``REF_*`` are MACE's default keys (mace/tools/default_keys.py), so ``mace_run_train`` (and janus-core, which
 passes its YAML to MACE) reads the exported files with no key options at all; the YAML written by
@@ -41,6 +44,9 @@ __all__ = (
     "frames_to_extxyz",
     "MissingLabelsError",
     "training_keys",
+    "DIPOLE_KEY",
+    "E_ANGSTROM_IN_DEBYE",
+    "set_dipole",
 )
 
 SPLIT_NAMES = ("train", "valid", "test")
@@ -49,6 +55,12 @@ DEFAULT_SPLIT = (0.8, 0.1, 0.1)
 CHARGES_KEY, ENERGY_KEY, FORCES_KEY, STRESS_KEY = "REF_charges", "REF_energy", "REF_forces", "REF_stress"
 #: The short-range residual REF − electrostatic baseline (written by ``optddap.electrostatic_baseline``).
 SR_ENERGY_KEY, SR_FORCES_KEY, SR_STRESS_KEY = "SR_energy", "SR_forces", "SR_stress"
+#: The dipole of a non-periodic frame from its charges (MACE's ``dipole_key`` option names it; MACE's own default
+#: key, ``dipole``, would be read by ASE as a calculator result).
+DIPOLE_KEY, DIPOLE_EA_KEY = "REF_dipole", "optddap_dipole"
+#: 1 e·Å in Debye, as mace-torch 0.3.16 converts (mace/modules/utils.py ``compute_fixed_charge_dipole``:
+#: Σ q r / (1e-11 / c / e), c and e exact in SI): its dipole models, calculator and error tables use Debye.
+E_ANGSTROM_IN_DEBYE = 1e11 * 299792458.0 * 1.602176634e-19
 #: Per-frame charge state and type, with MACE's names and defaults (total_spin is the multiplicity 2S+1).
 DEFAULT_CONFIG_TYPE, DEFAULT_TOTAL_SPIN = "Default", 1.0
 
@@ -147,6 +159,22 @@ def _set_charge_state(atoms) -> None:
     info.setdefault("total_spin", DEFAULT_TOTAL_SPIN)
 
 
+def set_dipole(atoms, key: str = CHARGES_KEY) -> bool:
+    """For a frame with ``pbc`` all False, set ``info["REF_dipole"]`` (Debye) and ``info["optddap_dipole"]``
+    (e·Å) to Σ_i q_i r_i of its ``key`` charges about the coordinate origin (the positions as stored: a molecule
+    split by the cell boundary must be made whole first); periodic frames get none (their dipole is not
+    defined by the charges alone), and a stale one is removed. True when a dipole was set."""
+    if np.any(atoms.pbc):
+        atoms.info.pop(DIPOLE_KEY, None)
+        atoms.info.pop(DIPOLE_EA_KEY, None)
+        return False
+    q = np.asarray(atoms.arrays[key], dtype=float)
+    dipole = q @ np.asarray(atoms.positions, dtype=float)
+    atoms.info[DIPOLE_EA_KEY] = dipole
+    atoms.info[DIPOLE_KEY] = dipole * E_ANGSTROM_IN_DEBYE
+    return True
+
+
 def _keys(frames) -> tuple[list[str], list[str]]:
     skip_arrays = {"numbers", "positions"}
     per_atom, per_config = set(), set()
@@ -157,8 +185,9 @@ def _keys(frames) -> tuple[list[str], list[str]]:
 
 
 def training_keys(attributes: dict, target: str = "reference", name: str = "the dataset") -> dict:
-    """``{"energy_key", "forces_key", "stress_key", "charges_key"}`` for the labels a dataset (its attributes)
-    has; ``target`` ``"reference"`` (REF_*) or ``"short_range"`` (SR_* = REF − electrostatic baseline).
+    """``{"energy_key", "forces_key", "stress_key", "charges_key"}`` (and ``dipole_key`` when non-periodic frames
+    carry ``REF_dipole``) for the labels a dataset (its attributes) has; ``target`` ``"reference"`` (REF_*) or
+    ``"short_range"`` (SR_* = REF − electrostatic baseline).
 
     Raises :class:`MissingLabelsError` (one line, naming what is missing) when there is neither an energy nor a
     force to train on.
@@ -184,6 +213,8 @@ def training_keys(attributes: dict, target: str = "reference", name: str = "the 
             f"{wanted['forces_key'][0]} (only {', '.join(sorted(per_atom | per_config)) or 'no labels'}); "
             "build it from DFT runs with energies/forces or export the charges only")
     keys["charges_key"] = attributes.get("charges_key") or CHARGES_KEY
+    if DIPOLE_KEY in per_config:  # non-periodic frames: MACE reads it (its dipole models learn it), in Debye
+        keys["dipole_key"] = DIPOLE_KEY
     return keys
 
 
@@ -219,6 +250,7 @@ class ChargeDatasetData(SinglefileData):
             "energy_key": ENERGY_KEY if ENERGY_KEY in per_config else None,
             "forces_key": FORCES_KEY if FORCES_KEY in per_atom else None,
             "stress_key": STRESS_KEY if STRESS_KEY in per_config else None,
+            "dipole_key": DIPOLE_KEY if DIPOLE_KEY in per_config else None,
             "splits": {"fractions": list(parse_split(fractions)), "seed": int(seed), **splits},
             "source": source,
         }
