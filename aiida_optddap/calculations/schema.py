@@ -21,7 +21,7 @@ __all__ = (
 )
 
 SOLVERS = ("restrained", "pinv", "lagrange", "scale", "shift", "kkt")
-DEFINITIONS = ("restrained", "paper", "classic")
+DEFINITIONS = ("restrained", "paper", "classic", "species")
 #: The charge definition of the AiiDA layer when ``parameters`` names none: the engine's default
 #: (engine/fit.py DEFINITIONS), written out on the command line so that the stored inputs say which one ran.
 AIIDA_DEFAULT_DEFINITION = "restrained"
@@ -38,7 +38,7 @@ def _element_symbols() -> set[str]:
 
 
 class _Spec:
-    """One key: its kind (``float``, ``int``, ``bool``, ``str``, ``species``), bounds or choices and help."""
+    """One key: its kind (``float``, ``int``, ``bool``, ``str``, ``species``, ``widths``), bounds or choices and help."""
 
     def __init__(self, kind, help, *, choices=None, gt=None, ge=None, lt=None, cli=None, engine=True):
         self.kind = kind
@@ -54,7 +54,8 @@ class _Spec:
         if self.choices:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         parts = [{"float": "a number", "int": "an integer", "bool": "a boolean", "str": "a string",
-                  "species": "a list of element symbols (or a comma-separated string)"}[self.kind]]
+                  "species": "a list of element symbols (or a comma-separated string)",
+                  "widths": "a dictionary {element: width in Å > 0}"}[self.kind]]
         if self.gt is not None:
             parts.append(f"> {self.gt}")
         if self.ge is not None:
@@ -66,8 +67,10 @@ class _Spec:
 
 #: key -> specification. ``format`` and ``plot`` go beyond the issue's list (documented in docs/plugin.md).
 PARAMETER_SCHEMA: dict[str, _Spec] = {
-    "definition": _Spec("str", "charge definition (restrained, paper opt-DDAP or classic DDAPC)", choices=DEFINITIONS,
-                        cli="--definition"),
+    "definition": _Spec("str", "charge definition (restrained, paper opt-DDAP, classic DDAPC or species: one Gaussian "
+                        "per atom, one width per element)", choices=DEFINITIONS, cli="--definition"),
+    "species_widths": _Spec("widths", "fixed widths of the species definition, element → Å (absent: optimised)",
+                            cli="--species-widths"),
     "solver": _Spec("str", "constrained solver", choices=SOLVERS, cli="--solver"),
     "reference": _Spec("str", "reference populations of the restraint", choices=REFERENCES, cli="--reference"),
     "tau": _Spec("float", "restraint: allowed misfit increase relative to the best fit", gt=0, cli="--tau"),
@@ -126,6 +129,18 @@ def _check_value(key: str, value, spec: _Spec) -> str | None:
         if bad:
             return f"`{key}` contains unknown element symbol(s) {bad!r}"
         return None
+    if kind == "widths":
+        if not isinstance(value, dict) or not value:
+            return f"`{key}` must be a non-empty dictionary {{element: width in Å}}, got {value!r}"
+        known = _element_symbols()
+        bad = [el for el in value if not isinstance(el, str) or el not in known]
+        if bad:
+            return f"`{key}` contains unknown element symbol(s) {bad!r}"
+        wrong = {el: w for el, w in value.items() if isinstance(w, bool) or not isinstance(w, numbers.Real)
+                 or not math.isfinite(float(w)) or not float(w) > 0}
+        if wrong:
+            return f"`{key}`: widths must be finite positive numbers (Å), got {wrong!r}"
+        return None
     if spec.choices is not None and value not in spec.choices:
         return f"`{key}` must be {spec.describe()}, got {value!r}"
     if spec.gt is not None and not value > spec.gt:
@@ -149,6 +164,8 @@ def validate_parameters(parameters: dict) -> str | None:
         message = _check_value(key, parameters[key], PARAMETER_SCHEMA[key])
         if message:
             errors.append(message)
+    if "species_widths" in parameters and parameters.get("definition") != "species":
+        errors.append("`species_widths` goes with `definition` 'species' only")
     if errors:
         return "invalid `parameters`: " + "; ".join(errors)
     return None
@@ -194,6 +211,8 @@ def cli_arguments(parameters: dict, zval: dict | None = None) -> list[str]:
                 args.extend(["--plot", "plots"])
         elif key == "species":
             args.extend([spec.cli, ",".join(_species_list(value))])
+        elif key == "species_widths":
+            args.extend([spec.cli, ",".join(f"{el}={_number(float(w))}" for el, w in sorted(value.items()))])
         elif spec.kind in ("float", "int"):
             args.extend([spec.cli, _number(value)])
         else:
@@ -210,6 +229,8 @@ def engine_options(parameters: dict, zval: dict | None = None) -> dict:
         spec = PARAMETER_SCHEMA[key]
         if not spec.engine or key == "plot":
             continue
+        if key == "species_widths":
+            value = {str(el): float(w) for el, w in value.items()}
         options[key] = _species_list(value) if key == "species" else value
     if zval:
         options["zval"] = {str(k): float(v) for k, v in zval.items()}

@@ -89,7 +89,8 @@ class ChargesData(ArrayData):
     (``1e300`` when infinite), ``singular``, ``rank``, ``sigma_start``, ``factor``, ``gcut``, ``n_gauss``,
     ``optimized``, ``converged``, ``device``, ``engine_version``, ``mode``, ``has_net_charges``,
     ``charge_definition``, ``start_spread_max_abs`` (e, None with one start), ``uncertainty_max`` (e),
-    ``determined``, ``restraint_reference``, ``warnings`` (the engine's) and ``n_warnings``,
+    ``determined``, ``restraint_reference``, ``species_widths`` (element → Å, the ``species`` definition only;
+    otherwise None), ``warnings`` (the engine's) and ``n_warnings``,
     ``summary_of`` (``'net_charges'`` or ``'populations'``), ``zval`` / ``zval_source`` (element → e, and
     where it came from: ``user``, ``POTCAR``, ``OUTCAR`` or ``pymatgen POTCAR summary (<label>)``) and ``elements.<El>.{count,mean,min,max}``
     summarising the quantity named by ``summary_of``; for a spin-polarised density the array
@@ -194,6 +195,7 @@ class ChargesData(ArrayData):
             "uncertainty_max": finite_or_none((results.get("uncertainty") or {}).get("max")),
             "determined": (results.get("uncertainty") or {}).get("determined"),
             "restraint_reference": (results.get("restraint") or {}).get("reference"),
+            "species_widths": results.get("species_widths"),
             "start_spread_max_abs": finite_or_none((results.get("start_spread") or {}).get("max_abs")),
             "zval": dict((results.get("zval") or {}).get("values") or {}) or None,
             "zval_source": dict((results.get("zval") or {}).get("source") or {}) or None,

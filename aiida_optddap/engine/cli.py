@@ -37,10 +37,13 @@ def fit_options(command):
         click.option("--format", "file_format", type=click.Choice(["auto", "chgcar", "cube"]), default="auto",
                      show_default=True, help="Density file format."),
         click.option("--species", default=None, help="Comma-separated species for VASP 4 headers, e.g. Na,Cl."),
-        click.option("--definition", type=click.Choice(["restrained", "paper", "classic"]), default="restrained",
-                     show_default=True,
+        click.option("--definition", type=click.Choice(["restrained", "paper", "classic", "species"]),
+                     default="restrained", show_default=True,
                      help="Charge definition: restrained (σ_start optimised, restrained solve; seed-free), "
-                          "paper (opt-DDAP: Adam over σ_start, f, g_c from 4 starts, pinv), classic (CP2K DDAPC)."),
+                          "paper (opt-DDAP: Adam over σ_start, f, g_c from 4 starts, pinv), classic (CP2K DDAPC), "
+                          "species (one Gaussian per atom, one width per element; needs Z_val)."),
+        click.option("--species-widths", "species_widths", default=None,
+                     help="Fixed widths of the species definition, Å, e.g. Na=0.37,Cl=0.87 [default: optimised]."),
         click.option("--solver", type=click.Choice(["restrained", "pinv", "lagrange", "scale", "shift", "kkt"]),
                      default=None, help="Charge-conserving solve (default: the definition's)."),
         click.option("--reference", type=click.Choice(["auto", "neutral", "zero", "uniform"]), default=None,
@@ -139,7 +142,25 @@ def _options_from(kwargs):
     given = {k: kwargs[k] for k in _OPTION_FIELDS if kwargs.get(k) is not None}
     if "free_parameters" in given:
         given["free_parameters"] = tuple(name.strip() for name in given["free_parameters"].split(",") if name.strip())
+    if kwargs.get("species_widths") is not None:
+        given["species_widths"] = _parse_widths(kwargs["species_widths"])
     return FitOptions.for_definition(kwargs["definition"], **given)
+
+
+def _parse_widths(text: str) -> dict[str, float]:
+    """``Na=0.37,Cl=0.87`` → {"Na": 0.37, "Cl": 0.87}; ValueError (naming species_widths) when malformed."""
+    widths = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        element, sep, value = item.partition("=")
+        try:
+            if not sep or not element.strip():
+                raise ValueError
+            widths[element.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"species_widths must read El=Å,El=Å (e.g. Na=0.37,Cl=0.87), got {item!r}") from None
+    if not widths:
+        raise ValueError("species_widths must name at least one element (e.g. Na=0.37,Cl=0.87)")
+    return widths
 
 
 def _read(path: Path, kwargs):
@@ -156,7 +177,8 @@ def _run(kwargs, densities: list[Path], difference: bool) -> None:
     except ValueError as exc:
         field = str(exc).split()[0]
         hint = {"free_parameters": "--free"}.get(field, f"--{field.replace('_', '-')}")
-        raise click.BadParameter(str(exc), param_hint=hint if field in _OPTION_FIELDS else None) from exc
+        known = field in (*_OPTION_FIELDS, "species_widths")
+        raise click.BadParameter(str(exc), param_hint=hint if known else None) from exc
     _check_outputs(kwargs)
     previous = _catch_signals()
     try:
@@ -289,8 +311,12 @@ def _summary(results: dict, output: Path) -> None:
     console.print(table)
     p = results["parameters"]
     kappa = results["condition_number"]
+    widths = results.get("species_widths")
     lines = [
-        f"σ_start {p['sigma_start']:.4f} Å   f {p['factor']:.4f}   g_c {p['gcut']:.4f} Å⁻¹   K {p['n_gauss']}",
+        f"σ_start {p['sigma_start']:.4f} Å   f {p['factor']:.4f}   g_c {p['gcut']:.4f} Å⁻¹   K {p['n_gauss']}" if not widths
+        else f"species widths {'   '.join(f'{el} {w:.4f} Å' for el, w in widths.items())}   g_c {p['gcut']:.4f} Å⁻¹   "
+             f"({'optimised' if results['optimized'] else 'fixed'}"
+             f"{'; on a bound: ' + ', '.join(results['species_at_bound']) if results['species_at_bound'] else ''})",
         f"N {results['n_electrons']:.6f} e   Σ populations {sum(results['populations']):.6f} e   "
         f"definition {results['charge_definition']}   solver {results['solver']}",
         f"κ(A) {'inf' if kappa is None else f'{kappa:.4g}'}   rank {results['rank']}/{results['n_coefficients']}   "
@@ -304,6 +330,9 @@ def _summary(results: dict, output: Path) -> None:
     if results.get("restraint"):
         r = results["restraint"]
         lines.append(f"restraint: reference {r['reference']}, τ {r['tau']:g}, strength λ {r['strength']:.3g}; "
+                     "± = how far a population moves at that misfit increase (free: not fixed by the density)")
+    if widths:
+        lines.append(f"species model: one Gaussian per atom, one width per element; τ {results['uncertainty']['tau']:g}; "
                      "± = how far a population moves at that misfit increase (free: not fixed by the density)")
     if results.get("spin"):
         lines.append(f"net moment {results['spin']['total_moment']:+.4f} μB (spin-polarised file; moments from "

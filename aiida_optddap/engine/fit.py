@@ -13,11 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import pipeline
+from . import pipeline, species_definition
 from .density import Density, difference_density
 from .gspace import DEFAULT_GCUT
 from .pipeline import RENORMALISATION_WARNING, SCHEMA_VERSION, SPREAD_WARNING  # noqa: F401 (public names)
 from .restraint import DEFAULT_TAU
+from .species import SPECIES_GCUT
 
 #: Charge definitions (``FitOptions.definition``) and the options each one fixes; everything else keeps
 #: its FitOptions default. ``restrained`` is the default: σ_start optimised from the documented start
@@ -25,14 +26,21 @@ from .restraint import DEFAULT_TAU
 #: move by ~1 e, docs/validation.md), then the restrained solve (engine/restraint.py); the charges
 #: depend on neither a seed nor the number of starts (other starts only measure ``start_spread``). ``paper`` is the opt-DDAP of arXiv 2604.10984 as this package ran it
 #: up to 0.x (pseudo-inverse, 4 starts, lowest loss wins); ``classic`` is CP2K's DDAPC (explicit
-#: Lagrange inverse at CP2K's default parameters, no optimisation).
+#: Lagrange inverse at CP2K's default parameters, no optimisation). ``species`` is the species-width model of
+#: engine/species.py (one Gaussian per atom, one width per element, optimised on the density unless
+#: ``species_widths`` fixes them; the populations the density leaves free stay on the neutral atoms, so it
+#: needs Z_val): it determines perfect rock salts, where ``restrained`` cannot (docs/method.md).
 ALL_PARAMETERS = ("sigma_start", "factor", "gcut")
 DEFINITIONS = {
     "restrained": {"solver": "restrained", "free_parameters": ("sigma_start",), "tolerance": 1e-9},
     "paper": {"solver": "pinv", "starts": 4, "free_parameters": ALL_PARAMETERS, "tolerance": 1e-6},
     "classic": {"solver": "lagrange", "optimize": False, "sigma_start": 0.5, "factor": 1.5, "n_gauss": 3,
                 "gcut": DEFAULT_GCUT},
+    "species": {"solver": "species", "gcut": SPECIES_GCUT},
 }
+#: The solver of the ``species`` definition (engine/species.py); not one of :data:`.ddap.SOLVERS`, whose
+#: solvers share the K-Gaussian normal equations.
+SPECIES_SOLVER = "species"
 REFERENCES = ("auto", "neutral", "zero", "uniform", "user")
 
 
@@ -42,7 +50,8 @@ class FitOptions:
 
     ``definition`` names the charge definition that set ``solver`` and ``starts`` (see
     :data:`DEFINITIONS` and :meth:`for_definition`); ``reference``, ``reference_charges`` and ``tau``
-    belong to the restrained solver.
+    belong to the restrained solver. ``species_widths`` (element → Å, stored as sorted ``(element, width)``
+    pairs; a dict is accepted) fixes the widths of the ``species`` solver; None optimises them on the density.
     """
 
     solver: str = "restrained"
@@ -65,16 +74,25 @@ class FitOptions:
     tau: float = DEFAULT_TAU
     free_parameters: tuple[str, ...] = ("sigma_start",)
     definition: str = "restrained"
+    species_widths: tuple[tuple[str, float], ...] | None = None
 
     def __post_init__(self):
         from .ddap import SOLVERS
+
+        if self.species_widths is not None:
+            items = self.species_widths.items() if isinstance(self.species_widths, dict) else self.species_widths
+            try:
+                pairs = tuple(sorted((str(element), width) for element, width in items))
+            except (TypeError, ValueError):
+                raise ValueError("species_widths must map element symbols to widths (Å)") from None
+            object.__setattr__(self, "species_widths", pairs)
         from .losses import LOSSES
 
         def finite_positive(x):
             return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
         checks = [
-            (self.solver in SOLVERS, f"solver must be one of {', '.join(SOLVERS)}"),
+            (self.solver in (*SOLVERS, SPECIES_SOLVER), f"solver must be one of {', '.join(SOLVERS)} or {SPECIES_SOLVER}"),
             (self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}"),
             (finite_positive(self.sigma_start), "sigma_start must be a finite positive number (Å)"),
             (math.isfinite(self.factor) and self.factor > 1, "factor must be a finite number greater than 1"),
@@ -95,6 +113,14 @@ class FitOptions:
              "free_parameters must name sigma_start, factor and/or gcut"),
             (self.definition in DEFINITIONS or self.definition == "custom",
              f"definition must be one of {', '.join(DEFINITIONS)} or custom"),
+            (self.species_widths is None or (bool(self.species_widths) and all(
+                finite_positive(w) and not isinstance(w, bool) for _, w in self.species_widths)),
+             "species_widths must be finite positive widths (Å), one per element"),
+            (self.species_widths is None or self.solver == SPECIES_SOLVER,
+             "species_widths go with the species definition (solver species) only"),
+            (self.solver != SPECIES_SOLVER or self.reference in ("auto", "neutral"),
+             "reference must be auto or neutral for the species definition (it keeps undetermined populations on the "
+             "neutral atoms)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -139,16 +165,20 @@ def run_fit(
 ) -> dict:
     """Fit (and optionally optimise) the DDAP charges of ``density``; returns the results dict.
 
-    Runs the stages of :mod:`.pipeline` (prepare → optimise → solve → diagnose → reconstruct → report).
+    Runs the stages of :mod:`.pipeline` (prepare → optimise → solve → diagnose → reconstruct → report), or for the
+    ``species`` definition those of :mod:`.species_definition` (needs ``zval``; absolute densities only).
     ``zval`` is a :class:`~aiida_optddap.engine.zval.ZvalInfo` (net charges, neutral reference) or None;
     ``progress(step, steps, best_loss)`` is called during the optimisation; ``timings`` are stage timings
     measured by the caller (e.g. ``read``), merged into the result.
     """
     state = pipeline.FitState(density, options, zval=zval, mode=mode, progress=progress, timings=dict(timings or {}))
-    for stage in pipeline.STAGES:
+    species = options.solver == SPECIES_SOLVER
+    for stage in species_definition.STAGES if species else pipeline.STAGES:
         stage(state)
     spin = None
-    if density.magnetisation is not None and mode == "absolute":
+    if density.magnetisation is not None and mode == "absolute" and species:
+        state.warnings.append("spin-polarised file: the species definition fits the charge density only (no `spin`)")
+    elif density.magnetisation is not None and mode == "absolute":
         from .spin import fit_magnetisation
 
         spin = fit_magnetisation(density, state.parameters, options)

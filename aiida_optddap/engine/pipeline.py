@@ -55,6 +55,8 @@ class FitState:
     net_charges: np.ndarray | None = None
     spread: dict | None = None
     uncertainty: dict | None = None
+    # the species definition (engine/species_definition.py): widths, usable, at_bound, optimized
+    species: dict | None = None
     # reconstruct
     loss: float | None = None
     planar_averages: dict | None = None
@@ -262,7 +264,7 @@ def diagnose(state: FitState) -> None:
                 f"as close to the '{state.reference_kind}' reference as the density allows"
                 + ("; a perfect or near-perfect crystal (e.g. rock salt: its sublattice transfer is not sampled "
                    "inside g_c) is determined by one Gaussian per atom with a width per species "
-                   "(aiida_optddap.engine.species.fit_species, docs/method.md)" if not math.isfinite(worst) else "")
+                   "(the species definition: --definition species, docs/method.md)" if not math.isfinite(worst) else "")
             )
 
 
@@ -292,7 +294,7 @@ def report(state: FitState, source: dict) -> dict:
     import torch
 
     density, fit, options = state.density, state.fit, state.options
-    optimized = options.optimize
+    optimized = options.optimize if state.species is None else state.species["optimized"]
     chosen = state.chosen
     history = chosen.history if optimized else []
     for row in history:
@@ -327,6 +329,9 @@ def report(state: FitState, source: dict) -> dict:
         "electronic_charges": (-populations).tolist(),
         "uncertainty": state.uncertainty,
         "restraint": restraint,
+        "species_widths": None if state.species is None else state.species["widths"],
+        "species_usable": None if state.species is None else state.species["usable"],
+        "species_at_bound": None if state.species is None else state.species["at_bound"],
         "zval": None if state.zval is None or state.mode != "absolute" else {
             "values": dict(state.zval.values), "source": dict(state.zval.source)},
         "coefficients": fit["coefficients"].tolist(),

@@ -27,11 +27,10 @@ def plot_planar_averages(results: dict, path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].legend(loc="best")
     axes[-1].set_xlabel("fractional coordinate")
-    params = results["parameters"]
-    fig.suptitle(
-        f"Planar averages — σ_start {params['sigma_start']:.3f} Å, f {params['factor']:.3f}, "
-        f"g_c {params['gcut']:.3f} Å⁻¹"
-    )
+    params, widths = results["parameters"], results.get("species_widths")
+    model = (f"σ_start {params['sigma_start']:.3f} Å, f {params['factor']:.3f}" if not widths
+             else "widths " + ", ".join(f"{el} {w:.3f} Å" for el, w in widths.items()))
+    fig.suptitle(f"Planar averages — {model}, g_c {params['gcut']:.3f} Å⁻¹")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)

@@ -1,0 +1,151 @@
+"""The ``species`` charge definition as pipeline stages: :func:`fit` (engine/species.py) → :func:`.pipeline.reconstruct`.
+
+:func:`fit` replaces prepare → optimise → solve → diagnose of :mod:`.pipeline` for ``FitOptions.solver ==
+"species"``: one Gaussian per atom, one width per element (optimised on this density unless
+``FitOptions.species_widths`` fixes them), the populations the density leaves free on the neutral atoms. It
+leaves the state as those stages do, so that :func:`.pipeline.reconstruct` and :func:`.pipeline.report`
+write an ordinary ``results.json`` (docs/results-schema.md): K = the number of elements, ``radii`` = their
+widths sorted by element, ``coefficients[α, s(α)] = p_α`` and zeros elsewhere (exact: the model density,
+its reconstruction and planar averages are those of the species model), ``parameters`` =
+``{"sigma_start": None, "factor": None, "n_gauss": K, "gcut": g_c}`` and the keys ``species_widths``,
+``species_usable``, ``species_at_bound``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .ddap import resolve_device, spectrum
+from .pipeline import UNCERTAINTY_WARNING, FitState, _finite_or_none, reconstruct
+from .species import SpeciesEquations, fit_species, species_of, width_bounds
+
+
+@dataclass(frozen=True)
+class SpeciesParameters:
+    """The species model's parameters in the place of :class:`.ddap.Parameters`: widths (element → Å), g_c."""
+
+    widths: dict
+    gcut: float
+
+    def as_dict(self) -> dict:
+        return {"sigma_start": None, "factor": None, "n_gauss": len(self.widths), "gcut": self.gcut}
+
+
+@dataclass(frozen=True)
+class WidthBounds:
+    """The box of the width search, Å (the same for every element)."""
+
+    lower: float
+    upper: float
+
+    def as_dict(self) -> dict:
+        return {"species_width": [self.lower, self.upper]}
+
+
+@dataclass
+class WidthSearch:
+    """What :func:`.pipeline.report` reads of an optimisation (``chosen``): the width search is a deterministic
+    grid + Nelder–Mead (engine/species.py), so it has no trajectory or starts of its own."""
+
+    initial: SpeciesParameters
+    history: list
+    stop_reason: str = "converged"
+
+
+def _check(state: FitState) -> dict[str, float] | None:
+    """The fixed widths of the present elements (None: optimise them); ValueError for what cannot be fitted."""
+    options, density = state.options, state.density
+    if state.mode != "absolute":
+        raise ValueError("the species definition fits an absolute density against its neutral atoms; a difference "
+                         "density has no such reference: use the restrained definition for Δρ")
+    if state.zval is None:
+        raise ValueError("the species definition needs Z_val of every element (its neutral reference): give --zval")
+    state.zval.per_atom(density.symbols)  # ValueError naming an element without Z_val
+    if options.species_widths is None:
+        if not options.optimize:
+            raise ValueError("species_widths: without optimisation the species definition needs the widths "
+                             "(--species-widths El=Å,...)")
+        return None
+    given = dict(options.species_widths)
+    missing = [s for s in species_of(density.symbols)[0] if s not in given]
+    if missing:
+        raise ValueError(f"species_widths has no width for {', '.join(missing)}")
+    return {s: float(given[s]) for s in species_of(density.symbols)[0]}
+
+
+def fit(state: FitState) -> None:
+    """The species-width fit; fills ``parameters``, ``fit``, ``net_charges``, ``uncertainty``, ``species``."""
+    clock = time.perf_counter()
+    options, density = state.options, state.density
+    fixed = _check(state)
+    state.device = resolve_device(options.device)
+    symbols = list(density.symbols)
+    species, index = species_of(symbols)
+    zvals = {s: float(state.zval.values[s]) for s in species}
+    result = fit_species(density, zvals, widths=fixed, gcut=options.gcut, tau=options.tau, device=state.device.type)
+    frame = result.frames[0]
+    widths = np.array([result.widths[s] for s in species])
+    # A, b at the reported widths for the diagnostics every definition reports (κ, rank, 1ᵀA⁺b)
+    table = SpeciesEquations(density, options.gcut, state.device.type)
+    a, b, _ = table.equations(torch.as_tensor(widths[index], device=table.g2.device))
+    spec = spectrum(a[None], options.rtol)
+    total_u = float(torch.linalg.pinv(a, rtol=options.rtol, hermitian=True).matmul(b).sum())
+    populations = np.asarray(frame["populations"], dtype=np.float64)
+    coefficients = np.zeros((len(symbols), len(species)))
+    coefficients[np.arange(len(symbols)), index] = populations
+    n = table.n_electrons
+    state.problem = table  # report reads n_electrons
+    state.fit = {
+        "coefficients": coefficients, "populations": populations, "radii": widths,
+        "condition_number": float(spec.condition_number[0]), "rank": int(spec.rank[0]),
+        "n_coefficients": len(symbols), "smallest_eigenvalues": spec.smallest[0].tolist(),
+        "unconstrained_total": total_u, "renormalisation": n - total_u, "n_gvectors": 2 * int(table.g2.shape[0]),
+        "fit_residual": float(frame["misfit"]), "restraint": None, "uncertainty_fit": frame["uncertainty"],
+    }
+    state.net_charges = np.asarray(frame["net_charges"], dtype=np.float64)
+    state.parameters = SpeciesParameters(dict(result.widths), float(options.gcut))
+    if fixed is None:
+        state.bounds = WidthBounds(*width_bounds([density]))
+        start = SpeciesParameters({s: None for s in species}, float(options.gcut))
+        state.chosen = WidthSearch(initial=start, history=[])
+    state.species = {"widths": dict(result.widths), "usable": result.usable, "at_bound": list(result.at_bound),
+                     "optimized": fixed is None}
+    _diagnose(state, frame, result)
+    state.lap("fit", clock)
+
+
+def _diagnose(state: FitState, frame: dict, result) -> None:
+    """``uncertainty`` (the format of the restrained definition) and the warnings."""
+    u = np.asarray(frame["uncertainty"], dtype=np.float64)
+    state.uncertainty = {
+        "per_atom": [_finite_or_none(x) for x in u],
+        "max": _finite_or_none(float(u.max())) if len(u) else None,
+        "determined": bool(np.all(np.isfinite(u))),
+        "tau": state.options.tau,
+        "definition": "how far each population can move while Blöchl's misfit rises by δ = τ·F_min at the "
+                      "reported species widths (held fixed); null (∞) where the density leaves it free",
+        "per_atom_with_widths": [_finite_or_none(x) for x in frame["uncertainty_with_widths"]],
+    }
+    warnings, fit = state.warnings, state.fit
+    if result.at_bound:
+        lo, hi = state.bounds.lower, state.bounds.upper
+        warnings.append(
+            f"the width of {', '.join(result.at_bound)} sits on a bound of its search ({lo:.3g}–{hi:.3g} Å): the species "
+            "model cannot place that element (species_usable is false; e.g. a cation left with a fraction of an "
+            "electron); use the restrained default (--definition restrained), which is determined there")
+    if fit["rank"] < fit["n_coefficients"]:
+        warnings.append(f"A is rank-deficient ({fit['rank']} of {fit['n_coefficients']}): populations in its null "
+                        "space stay on the neutral atoms (see `uncertainty`)")
+    worst = float(u.max()) if len(u) else 0.0
+    if worst > UNCERTAINTY_WARNING:
+        free = "are not determined by the density" if not math.isfinite(worst) else f"move by up to {worst:.3f} e"
+        warnings.append(f"some populations {free} at nearly equal misfit (τ = {state.options.tau:g}) at these widths")
+
+
+#: The stages of the ``species`` definition, in order (:func:`.pipeline.report` builds the result).
+STAGES = (fit, reconstruct)
