@@ -94,3 +94,30 @@ def test_dataset_rejects_an_unknown_joint_mode(optddap_code, frames):
     builder.optddap.fit.code = optddap_code
     with pytest.raises(ValueError, match="joint must be one of auto, species, sigma_start, none"):
         builder.joint = orm.Str("everything")
+
+
+def test_dataset_auto_fits_rock_salt_frames_with_joint_species_widths(optddap_code, frames):
+    """auto on NaCl frames: the species model places both elements, every frame is fitted with the same widths,
+    the perfect frame is determined with the right sign and the labels pass the default gates."""
+    builder = WorkflowFactory("optddap.dataset").get_builder()
+    builder.densities = frames
+    builder.optddap.fit.code = optddap_code
+    builder.optddap.fit.parameters = orm.Dict({"device": "cpu"})
+    builder.optddap.fit.zval = orm.Dict(ZVAL)
+    builder.joint = orm.Str("auto")
+    results, node = run_get_node(builder)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    joint = results["joint_parameters"]
+    assert joint["model"] == "species"
+    widths = joint["fit_parameters"]["species_widths"]
+    for fit in (n for n in node.called if n.process_label == "OptDdapBaseWorkChain"):
+        out = fit.outputs.output_parameters.get_dict()
+        assert out["charge_definition"] == "species"
+        assert out["species_widths"] == pytest.approx(widths, abs=1e-12)
+    dataset = results["dataset"]
+    assert dataset.n_frames == len(FRAMES) and dataset.base.attributes.get("excluded") == []
+    perfect = next(f for f in dataset.read(":") if f.info["label"] == "nacl_000")
+    charges = perfect.arrays["REF_charges"]
+    symbols = np.array(perfect.get_chemical_symbols())
+    assert np.all(charges[symbols == "Na"] > 0.5) and np.all(charges[symbols == "Cl"] < -0.5)  # Bader ±0.887
+    assert abs(charges.sum()) < 1e-6
