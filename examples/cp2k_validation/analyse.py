@@ -227,6 +227,9 @@ def summarise(results: dict, site: np.ndarray) -> dict:
         "stop_reason": results["stop_reason"],
         "warnings": results["warnings"],
         "seconds": results["timings"]["total"],
+        "charge_definition": results.get("charge_definition"),
+        "uncertainty_max": (results.get("uncertainty") or {}).get("max"),
+        "species_widths": results.get("species_widths"),
     }
     if results["start_spread"]:
         summary["start_spread_max"] = results["start_spread"]["max_abs"]
@@ -256,9 +259,12 @@ def fixed(params: dict) -> dict:
     return {"definition": "paper", "optimize": False, **{k: params[k] for k in ("sigma_start", "factor", "gcut")}}
 
 
-#: The package's default charge definition (engine/fit.py DEFINITIONS["restrained"]), beside the paper's
+#: The package's default charge definition (engine/fit.py DEFINITIONS["restrained"]), beside the paper's, and
+#: the species-width model (one Gaussian per atom, one width per element; absolute densities only)
 RESTRAINED = {"definition": "restrained"}
-MODES = ("classic", "opt", "restrained")
+SPECIES = {"definition": "species"}
+MODES = ("classic", "opt", "restrained", "species")
+DIFFERENCE_MODES = ("classic", "opt", "restrained")
 
 
 def run_pair(label: str, backend, opt: dict, log, host_opt=tuple(PAIRS)) -> dict:
@@ -276,23 +282,28 @@ def run_pair(label: str, backend, opt: dict, log, host_opt=tuple(PAIRS)) -> dict
         if not path.is_file() or (hostpath is not None and not hostpath.is_file()):
             log(f"  {label}: {key} skipped (missing cube)")
             continue
-        for mode, params in (("classic", fixed(CLASSIC)), ("opt", opt), ("restrained", RESTRAINED)):
+        for mode, params in (("classic", fixed(CLASSIC)), ("opt", opt), ("restrained", RESTRAINED),
+                             ("species", SPECIES)):
             if key == "host" and mode == "opt" and label not in host_opt:
+                continue
+            if key == "difference" and mode not in DIFFERENCE_MODES:
                 continue
             clock = time.time()
             results = backend.fit(path, hostpath, params)
             if key in ("host", "difference"):  # the host's atom ``index`` is the vacancy site
                 site = np.array(results["positions"][index])
             full[f"{key}_{mode}"] = results
-            log(f"  {label}: {key} {mode}: {time.time() - clock:.0f} s, σ_start "
-                f"{results['parameters']['sigma_start']:.3f}, κ {results['condition_number'] or float('inf'):.3g}, "
-                f"N {results['n_electrons']:.4f}")
+            widths = results.get("species_widths")
+            model = (f"widths {', '.join(f'{el} {w:.3f}' for el, w in widths.items())}" if widths
+                     else f"σ_start {results['parameters']['sigma_start']:.3f}")
+            log(f"  {label}: {key} {mode}: {time.time() - clock:.0f} s, {model}, "
+                f"κ {results['condition_number'] or float('inf'):.3g}, N {results['n_electrons']:.4f}")
     if site is None:  # no host: the vacancy site from the generator's geometry
         site = np.zeros(3)
     for key, results in full.items():
         out[key] = summarise(results, site)
     if "difference_classic" in full:
-        for mode in MODES:
+        for mode in DIFFERENCE_MODES:
             r = full[f"difference_{mode}"]
             out[f"difference_{mode}"]["total"] = float(sum(r["populations"]))
             out[f"difference_{mode}"]["vacancy_site_population"] = r["populations"][index]
@@ -595,6 +606,13 @@ def fmt(x, spec=".3f"):
     return "–" if x is None else format(x, spec)
 
 
+def unc(r: dict) -> str:
+    """The largest per-atom uncertainty of a restrained/species fit: '–' when not reported, 'free' when ∞."""
+    if r.get("charge_definition") not in ("restrained", "species"):
+        return "–"
+    return "free" if r.get("uncertainty_max") is None else f"{r['uncertainty_max']:.3g}"
+
+
 def arrived(r: dict) -> str:
     if "arrived_starts" not in r:
         return "–"
@@ -610,8 +628,8 @@ def markdown(summary: dict) -> str:
         for name, c in s["cp2k"].items():
             lines.append(f"| {name} | {c['wall_seconds']:.0f} | {c['scf']} | {c['integral_committed']:.4f} | "
                          f"{c['n_valence_electrons']} | {'×'.join(map(str, c['grid_committed']))} (stride {c['stride']}) |")
-    lines += ["", "| fit | σ_start (Å) | f | g_c (Å⁻¹) | κ(A) | rank | loss | net charges by shell (e) | spread, all starts (e) | starts within 5 % of best loss: n, spread (e), σ_start range (Å) |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| fit | σ_start (Å) | f | g_c (Å⁻¹) | κ(A) | rank | loss | net charges by shell (e) | largest ± (e) | spread, all starts (e) | starts within 5 % of best loss: n, spread (e), σ_start range (Å) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, s in summary["pairs"].items():
         for key in [f"{kind}_{mode}" for kind in ("vacancy", "host") for mode in MODES]:
             if key not in s:
@@ -619,13 +637,15 @@ def markdown(summary: dict) -> str:
             r = s[key]
             p = r["parameters"]
             shells_ = ", ".join(f"{n} {v[0]:+.3f}" for n, v in r["net_charges_by_shell"].items())
-            lines.append(f"| {label} {key.replace('_', ' ')} | {p['sigma_start']:.3f} | {p['factor']:.3f} | "
+            sigma = (", ".join(f"{el} {w:.3f}" for el, w in r["species_widths"].items()) if r.get("species_widths")
+                     else fmt(p["sigma_start"]))
+            lines.append(f"| {label} {key.replace('_', ' ')} | {sigma} | {fmt(p['factor'])} | "
                          f"{p['gcut']:.3f} | {fmt(r['condition_number'], '.3g')} | {r['rank']}/{r['n_coefficients']} | "
-                         f"{r['loss']:.4g} | {shells_} | {fmt(r.get('start_spread_max'), '.3g')} | {arrived(r)} |")
+                         f"{r['loss']:.4g} | {shells_} | {unc(r)} | {fmt(r.get('start_spread_max'), '.3g')} | {arrived(r)} |")
     lines += ["", "| Δρ fit | σ_start (Å) | f | g_c (Å⁻¹) | κ(A) | rank | Δρ total (e) | expected (e) | vacancy site (e) | loss | spread, all starts (e) | within 5 %: n, spread (e), σ_start range (Å) |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, s in summary["pairs"].items():
-        for key in [f"difference_{mode}" for mode in MODES]:
+        for key in [f"difference_{mode}" for mode in DIFFERENCE_MODES]:
             if key not in s:
                 continue
             r = s[key]
