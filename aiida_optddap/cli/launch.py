@@ -8,6 +8,7 @@
     aiida-optddap launch difference CHGCAR_host CHGCAR_defect --daemon
     aiida-optddap launch vasp POSCAR --vasp-code vasp@cluster --potential-family PBE.54 --daemon
     aiida-optddap launch dataset frames/*/CHGCAR --output-group nacl-frames --daemon
+    aiida-optddap launch mlip data/*.cube.gz --labels data/nacl.json --labels data/mgo.json --max-concurrent 2
     aiida-optddap show PK
 
 ``-h`` and ``--help`` work on every command.
@@ -344,7 +345,7 @@ def setup(ctx, workdir, executable):
 
 @main.group()
 def launch():
-    """Launch opt-DDAP work chains (fit, difference, vasp, dataset), built from a protocol.
+    """Launch opt-DDAP work chains (fit, difference, vasp, dataset, mlip), built from a protocol.
 
     Every command takes --protocol fast|moderate|precise, --overrides FILE / --override PATH=VALUE, --param,
     --zval, the scheduler options (--walltime, --gpus, --queue/--partition, --account, --qos, --memory,
@@ -486,6 +487,172 @@ def launch_dataset(ctx, sources, group_label, output_group, **kw):
     _launch(builder, daemon, wait, timeout)
 
 
+_COMPRESSED = (".gz", ".bz2", ".xz")
+
+
+def _aliases(label: str, node) -> set[str]:
+    """Names a labels file may use for a density: its label, its file name with and without compression suffix
+    and without any suffix."""
+    names = {label}
+    for name in (getattr(node, "filename", None), node.label):
+        if not name:
+            continue
+        names.add(name)
+        stripped = name
+        for suffix in _COMPRESSED:
+            if stripped.endswith(suffix):
+                stripped = stripped[: -len(suffix)]
+        names.add(stripped)
+        names.add(stripped.split(".")[0])
+    return names
+
+
+def _density_label(node, used: set) -> str:
+    from ..workflows.dataset import _link_label
+
+    name = node.filename or node.label or f"density_{node.pk}"
+    for suffix in _COMPRESSED:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    stem = name.split(".")[0] if "." in name and not name.startswith(".") else name
+    label = _link_label(stem)
+    if label in used:
+        parent = pathlib.Path(node.description.rsplit(" ", 1)[-1]).parent.name if node.description else ""
+        label = _link_label(f"{parent}_{stem}") if parent else label
+    while label in used:
+        label += "_"
+    used.add(label)
+    return label
+
+
+def match_properties(records, densities: dict) -> dict:
+    """``{density label: properties}`` for the ``(key, properties)`` of :func:`read_properties`: a key names a
+    density (label, file name or stem); an int is the position among the densities. Records that name no given
+    density are ignored with a note (a labels file may cover more frames than are launched); none matching
+    raises."""
+    labels = list(densities)
+    lookup: dict[str, str] = {}
+    for label, node in densities.items():
+        for alias in _aliases(label, node):
+            lookup.setdefault(alias, label)
+    matched, unknown = {}, []
+    for key, properties in records:
+        if isinstance(key, int):
+            label = labels[key] if key < len(labels) else None
+        else:
+            label = lookup.get(str(key)) or lookup.get(str(key).split(".")[0])
+        if label is None:
+            unknown.append(str(key))
+        elif label in matched:
+            raise click.UsageError(f"two records of the labels files name the density {label}")
+        else:
+            matched[label] = properties
+    if unknown and not matched:
+        raise click.UsageError(f"the labels name no given density: {', '.join(unknown[:10])}"
+                               + (" …" if len(unknown) > 10 else "") + f" (densities: {', '.join(labels[:10])})")
+    if unknown:
+        click.echo(f"note: {len(unknown)} record(s) of the labels name no given density, ignored: "
+                   f"{', '.join(unknown[:5])}{' …' if len(unknown) > 5 else ''}", err=True)
+    return matched
+
+
+@launch.command("mlip")
+@click.argument("sources", nargs=-1)
+@click.option("--labels", "labels_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Energies/forces/stress per density: JSON ({'frames': [...]} or {label: {...}}) or a file ASE "
+                   "reads (extxyz: by info['label'], else in order). Repeatable.")
+@click.option("--mace-code", default="mace_run_train@localhost", show_default=True,
+              help="The `mace_run_train` code (label@computer, PK or UUID).")
+@click.option("--max-concurrent", type=click.IntRange(min=1), default=None,
+              help="Fits running at the same time (default: the protocol's: fast 8, moderate/precise 4).")
+@click.option("--baseline/--no-baseline", "use_baseline", default=None,
+              help="Train on REF − electrostatics and add it back (default), or MACE alone on REF.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="MACE max_num_epochs (default: the protocol's).")
+@click.option("--mace-option", "mace_options", multiple=True, metavar="KEY=VALUE",
+              help="MACE option of the training, e.g. `num_channels=16` (repeatable; JSON values).")
+@click.option("--split", default=None, help="Train/valid/test fractions, e.g. 0.8,0.1,0.1.")
+@click.option("--output-group", default=None, help="Group that collects the ChargesData and the dataset.")
+@click.option("--train-walltime", default=None, help="Wall time of the training job (default: the protocol's).")
+@click.option("--train-gpus", type=click.IntRange(min=0), default=None,
+              help="GPUs of the training job (the scheduler's request line; MACE device cuda).")
+@launch_options
+@click.pass_context
+def launch_mlip(ctx, sources, labels_files, mace_code, max_concurrent, use_baseline, epochs, mace_options, split,
+                output_group, train_walltime, train_gpus, **kw):
+    """Run `optddap.mlip` on SOURCES (density files or PKs/UUIDs of densities): fits → dataset (+ --labels) →
+    electrostatic baseline → MACE training → evaluation. The scheduler options above apply to every job (the
+    fits and the training) except --walltime/--gpus, which are the fits'; --train-walltime/--train-gpus the
+    training's."""
+    load_profile(ctx.obj["profile"])
+    from aiida import orm
+
+    from ..workflows.mlip import MlipWorkChain, read_properties
+
+    if not sources:
+        raise click.UsageError("give the densities (files or node PKs/UUIDs)")
+    daemon, wait, timeout = kw.pop("daemon"), kw.pop("wait"), kw.pop("timeout")
+    shared = {k: kw[k] for k in ("queue", "account", "qos", "memory", "scheduler_commands")}
+    common = _common(kw, fit_path=("dataset", "optddap", "fit"))
+    overrides = common["overrides"]
+    dataset_overrides = overrides.setdefault("dataset", {})
+    if max_concurrent is not None:
+        dataset_overrides["max_concurrent"] = max_concurrent
+    if output_group:
+        dataset_overrides["output_group"] = output_group
+    if split:
+        from ..data.dataset import parse_split
+
+        try:
+            fractions = list(parse_split(split))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--split") from exc
+        dataset_overrides.setdefault("dataset_parameters", {})["split"] = fractions
+    if use_baseline is not None:
+        overrides["use_baseline"] = use_baseline
+    parameters = dict(parse_param(item) for item in mace_options)
+    if epochs is not None:
+        parameters["max_num_epochs"] = epochs
+    if parameters:
+        overrides.setdefault("train", {}).setdefault("train", {}).setdefault("parameters", {}).update(parameters)
+    densities, used = {}, set()
+    for source in sources:
+        node = _density_node(source)
+        densities[_density_label(node, used)] = node
+    properties, extra = {}, {}
+    records = []
+    for path in labels_files:
+        try:
+            found, more = read_properties(path)
+        except Exception as exc:  # noqa: BLE001 - JSON and ASE raise many kinds
+            raise click.BadParameter(f"{path}: {exc}", param_hint="--labels") from exc
+        records.extend(found)
+        extra.setdefault("zval", {}).update(more.get("zval") or {})
+    if records:
+        properties = match_properties(records, densities)
+        missing = sorted(set(densities) - set(properties))
+        if missing:
+            click.echo(f"warning: no labels for {len(missing)} densit{'y' if len(missing) == 1 else 'ies'}: "
+                       f"{', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}", err=True)
+    if common["zval"] is None and extra.get("zval"):
+        common["zval"] = {k: v for k, v in extra["zval"].items()}
+        click.echo(f"Z_val from the labels file: {', '.join(f'{k}={v}' for k, v in common['zval'].items())}")
+    try:
+        mace = orm.load_code(mace_code)
+    except Exception as exc:  # noqa: BLE001
+        raise click.BadParameter(f"{exc} (register mace_run_train as an InstalledCode)",
+                                 param_hint="--mace-code") from exc
+    train_options = scheduler_option_values(train_walltime, shared["queue"], shared["account"], shared["qos"],
+                                            shared["memory"], shared["scheduler_commands"])
+    code = common.pop("code")
+    try:
+        builder = MlipWorkChain.get_builder_from_protocol(code, densities, mace_code=mace, properties=properties,
+                                                          train_options=train_options or None,
+                                                          train_gpus=train_gpus, **common)
+    except (ValueError, TypeError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    _launch(builder, daemon, wait, timeout)
+
+
 def _summary_value(value, digits: int = 4) -> str:
     """A value of the one-line summary: numbers to ``digits`` significant digits, κ stored as 1e300 as ``inf``
     (also when PostgreSQL's JSONB returns it as a 301-digit integer), anything else as it is."""
@@ -505,6 +672,17 @@ def _show(node) -> None:
         click.echo(f"{node.process_label}<{node.pk}>: {node.process_state.value if node.process_state else '?'}"
                    f" [{node.exit_status}] {node.exit_message or ''}".rstrip())
         charges = node.outputs.charges if "charges" in node.outputs else None
+        if charges is not None and not isinstance(charges, ChargesData):  # a namespace (optddap.dataset, .mlip)
+            click.echo(f"charges: {len(charges)} ChargesData (outputs charges.*)")
+            for key in ("dataset", "model", "evaluation"):
+                if key in node.outputs:
+                    click.echo(f"{key}: {type(node.outputs[key]).__name__}<{node.outputs[key].pk}>")
+            if "evaluation" in node.outputs:
+                values = node.outputs.evaluation.get_dict()
+                click.echo(f"{values.get('split')} set, {values.get('n_frames')} frame(s): RMSE E "
+                           f"{_summary_value(values.get('rmse_e_per_atom'))} eV/atom, F "
+                           f"{_summary_value(values.get('rmse_f'))} eV/Å")
+            return
         if "output_parameters" in node.outputs:
             out = node.outputs.output_parameters.get_dict()
             keys = ("sigma_start", "factor", "gcut", "n_gauss", "condition_number", "loss", "converged", "device")
