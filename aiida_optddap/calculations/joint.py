@@ -13,7 +13,8 @@ calcfunction reads every frame's density and chooses the parameters once, as a f
 
 The output Dict holds ``fit_parameters``, the ``optddap.fit`` parameters every frame is then fitted with
 (``{"definition": "species", "species_widths": {...}}`` or ``{"definition": "restrained", "optimize":
-False, "sigma_start": ...}``), and the evidence of the choice (model, widths or σ_start, misfit, bounds).
+False, "sigma_start": ...}``), and the evidence of the choice (model, widths or σ_start, misfit, bounds); densities that cannot be read are
+left out of the choice and listed under ``unreadable`` (their own fits then fail and are reported).
 Like ``optddap.fit_inline`` it runs in this Python process (the engine is imported lazily).
 """
 
@@ -58,14 +59,19 @@ def joint_parameters(parameters: orm.Dict, zval: orm.Dict, **densities: orm.Sing
         raise ValueError(f"joint mode {mode!r}: use one of {', '.join(JOINT_MODES)}")
     device = params.get("device", "cpu")
     values = {element: float(value) for element, value in zval.get_dict().items()}
+    frames, unreadable = [], {}
     with tempfile.TemporaryDirectory(prefix="optddap-joint-") as tmpdir:
-        frames = [_read(node, pathlib.Path(tmpdir), i) for i, (_, node) in enumerate(sorted(densities.items()))]
-    if not frames:
-        raise ValueError("no densities given")
+        for i, (label, node) in enumerate(sorted(densities.items())):
+            try:
+                frames.append(_read(node, pathlib.Path(tmpdir), i))
+            except ValueError as exc:  # DensityError too: that frame's own fit fails and reports it
+                unreadable[label] = str(exc)
+    if not frames:  # nothing to choose from: every frame's own fit will fail and say why
+        return orm.Dict({"mode": mode, "n_frames": 0, "unreadable": unreadable, "model": None, "fit_parameters": {}})
     missing = sorted({s for d in frames for s in d.symbols} - set(values))
     if missing:
         raise ValueError(f"no Z_val for {', '.join(missing)}")
-    out: dict = {"mode": mode, "n_frames": len(frames)}
+    out: dict = {"mode": mode, "n_frames": len(frames), "unreadable": unreadable}
     if mode in ("auto", "species"):
         fit = fit_species(frames, values, device=device)
         out["species"] = {"widths": fit.widths, "misfit": fit.misfit, "at_bound": fit.at_bound,

@@ -229,11 +229,11 @@ class ChargeDatasetWorkChain(ProtocolMixin, WorkChain):
         spec.input("dataset_parameters", valid_type=orm.Dict, required=False, serializer=orm.to_aiida_type,
                    validator=_validate_dataset_parameters,
                    help="`split` (three fractions), `seed`, `energy_type` for optddap.build_dataset.")
-        spec.input("joint", valid_type=orm.Str, default=lambda: orm.Str("none"), serializer=orm.to_aiida_type,
+        spec.input("joint", valid_type=orm.Str, default=lambda: orm.Str("auto"), serializer=orm.to_aiida_type,
                    validator=_validate_joint,
-                   help="One parameter set for every fitted frame (optddap.joint_parameters): `auto` (the species-"
-                        "width model when it places every element, else one σ_start), `species`, `sigma_start`; "
-                        "`none` (default): every frame optimised on its own.")
+                   help="One parameter set for every fitted frame (optddap.joint_parameters): `auto` (default: the "
+                        "species-width model when it places every element, else one σ_start), `species`, "
+                        "`sigma_start`; `none`: every frame optimised on its own (the per-frame mode).")
         spec.inputs.validator = _validate_inputs
         spec.outline(
             cls.setup,
@@ -329,9 +329,12 @@ class ChargeDatasetWorkChain(ProtocolMixin, WorkChain):
                                       zval=orm.Dict(zval), **densities)
         except ValueError as exc:
             return self.exit_codes.ERROR_JOINT_PARAMETERS_FAILED.format(details=str(exc))
+        self.out("joint_parameters", result)
+        if not result["fit_parameters"]:
+            self.report(f"joint parameters: no readable density among {len(pending)} frame(s); fitting each alone")
+            return None
         self.ctx.joint_fit_parameters = result["fit_parameters"]
         self.ctx.joint_uuid = result.uuid
-        self.out("joint_parameters", result)
         reused = [item["label"] for item in self.ctx.sources if item["state"] == "done"]
         self.report(f"joint parameters ({result['model']}) for {len(pending)} frame(s): {result['fit_parameters']}"
                     + (f"; reused ChargesData keep their own: {', '.join(reused)}" if reused else ""))

@@ -158,6 +158,7 @@ def test_dataset_from_densities_with_bounded_concurrency(optddap_code, singlefil
     builder.optddap.fit.parameters = orm.Dict(NO_FIT)
     builder.optddap.fit.zval = orm.Dict({"Na": 1.0, "Cl": 7.0})
     builder.max_concurrent = orm.Int(2)
+    builder.joint = orm.Str("none")  # per-frame fits: each synthetic frame returns its own generating charges
     builder.output_group = orm.Str("optddap-test/nacl-dataset")
     builder.dataset_parameters = orm.Dict({"split": [0.5, 0.25, 0.25], "seed": 2})
     results, node = run_get_node(builder)
@@ -237,6 +238,7 @@ def test_dataset_from_a_group_of_vasp_work_chains(optddap_code, mock_vasp_code, 
     builder.group = orm.Str(group.label)
     builder.optddap.fit.code = optddap_code
     builder.optddap.fit.parameters = orm.Dict(NO_FIT)
+    builder.joint = orm.Str("none")  # the refit must equal the reused optddap.vasp charges
     results, node = run_get_node(builder)
     assert node.is_finished_ok, (node.exit_status, node.exit_message)
     refits = [n for n in node.called if n.process_label == "OptDdapBaseWorkChain"]

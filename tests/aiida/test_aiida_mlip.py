@@ -343,6 +343,7 @@ def test_mlip_from_densities_to_an_evaluated_model(optddap_code, mace_code, sing
     builder.dataset.optddap.fit.parameters = orm.Dict({"optimize": False, "device": "cpu"})
     builder.dataset.optddap.fit.zval = orm.Dict(ZVAL)
     builder.dataset.max_concurrent = orm.Int(2)
+    builder.dataset.joint = orm.Str("none")  # synthetic 3-Gaussian frames: per-frame fits recover their charges
     builder.dataset.dataset_parameters = orm.Dict({"split": [0.6, 0.2, 0.2], "seed": 0})
     builder.properties = properties
     builder.train.train.code = mace_code
