@@ -30,11 +30,14 @@ def _engine_report(path: pathlib.Path, parameters: dict, zval: dict | None) -> d
     import time
 
     from aiida_optddap.engine.fit import FitOptions, run_fit  # lazy: the engine imports torch
+    from aiida_optddap.engine.density import check_charge_density
     from aiida_optddap.engine.io import read_density
     from aiida_optddap.engine.zval import resolve_zval
 
     clock = time.perf_counter()
     density = read_density(path, format=parameters.get("format", "auto"), species=parameters.get("species"))
+    if density.metadata.get("format") == "chgcar":  # as `optddap fit`: a LOCPOT by another name is refused
+        check_charge_density(density)
     timings = {"read": time.perf_counter() - clock}
     options = engine_options(parameters)
     fields = {f.name for f in dataclasses.fields(FitOptions)}

@@ -80,3 +80,16 @@ def test_plugin_import_does_not_import_torch():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_inline_refuses_a_potential_named_like_a_density(singlefile, tmp_path):
+    """As `optddap fit` does (tests/test_bad_input.py): a LOCPOT-shaped grid in a CHGCAR is not a density."""
+    import numpy as np
+    from helpers import gaussian_density, write_chgcar
+
+    cell, positions = np.eye(3) * 4.0, np.array([[0.0, 0.0, 0.0], [2.0, 2.0, 2.0]])
+    q = np.array([[0.1, 0.15, 0.05], [2.4, 3.0, 2.3]])
+    density = gaussian_density(cell, ["Na", "Cl"], positions, q, np.array([0.5, 0.75, 1.125]), (16, 16, 16))
+    path = write_chgcar(tmp_path / "G_CHGCAR", cell, ["Na", "Cl"], positions, density.grid.mean() - density.grid)
+    _, node = fit_charge_density.run_get_node(singlefile(path), orm.Dict({"optimize": False}))
+    assert node.exit_status == 302 and "not a charge density" in node.exit_message
