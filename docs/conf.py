@@ -191,6 +191,16 @@ def _entry_point_table() -> str:
     return text
 
 
+def _flatten_help(namespace) -> None:
+    """One-line help texts for the ports of ``namespace`` (recursively): help exposed from other plugins
+    (aiida-vasp's ``ldau_mapping``) is indented plain text that reStructuredText reads as a broken block."""
+    for port in namespace.values():
+        if getattr(port, "help", None) and "\n" in port.help:
+            port.help = " ".join(port.help.split())
+        if hasattr(port, "values") and callable(port.values):
+            _flatten_help(port)
+
+
 def _process_sections() -> str:
     out = []
     for group, name, value in _entry_points():
@@ -199,6 +209,9 @@ def _process_sections() -> str:
         obj = _resolve(value)
         if obj is None:
             continue
+        if hasattr(obj, "spec") and callable(obj.spec):
+            _flatten_help(obj.spec().inputs)
+            _flatten_help(obj.spec().outputs)
         module, _, attr = value.partition(":")
         kind = _kind(obj)
         out.append(f"## `{name}` ({kind})\n")
