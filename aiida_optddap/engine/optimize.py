@@ -273,60 +273,10 @@ def minimise_sigma_start(
     A log-spaced scan of :data:`SCAN_POINTS` values brackets the best point, then Brent's bounded method
     (scipy) refines it to :data:`SIGMA_XTOL`. Deterministic and independent of any starting value, so
     the result is a function of the density and (f, g_c) alone; ``history`` holds every evaluation.
+    The one-frame case of :func:`minimise_sigma_start_frames`.
     """
-    from scipy.optimize import minimize_scalar
-
-    device = problem.device
-    n_gauss = start.n_gauss
-    fast_loss = loss == "density" and DensityLoss.fits(problem, 1, n_gauss)
-    loss_terms = DensityLoss(problem) if fast_loss else LossTerms(problem, loss)
-    equations = FitShells(problem).normal_equations if FitShells.fits(problem) else partial(normal_equations, problem)
-    ref = None if reference is None else torch.as_tensor(np.asarray(reference, dtype=np.float64), device=device)
-    history: list[dict] = []
-    cache: dict[float, tuple[float, np.ndarray]] = {}
-    total = SCAN_POINTS + 40
-
-    def evaluate(sigma: float) -> float:
-        sigma = float(sigma)
-        if sigma in cache:
-            return cache[sigma][0]
-        opts = {"dtype": torch.float64, "device": device}
-        with torch.no_grad():
-            radii = radii_from(torch.tensor([sigma], **opts), torch.tensor([start.factor], **opts), n_gauss)
-            a, b, norm = equations(radii, torch.tensor([start.gcut], **opts))
-            diag = spectrum(a, rtol)
-            sol = solve_charges(a, b, norm, problem.n_electrons, n_gauss, solver, rtol, diag, ref, tau,
-                                with_diagnostics=False)
-            value = float(loss_terms(problem, sol.q, radii)[0])
-        populations = sol.q.reshape(problem.n_atoms, n_gauss).sum(-1).cpu().numpy()
-        cache[sigma] = (value if math.isfinite(value) else math.inf, populations)
-        history.append({"step": len(history), "sigma_start": sigma, "factor": start.factor, "gcut": start.gcut,
-                        "loss": value, "condition_number": float(diag.condition_number[0]),
-                        "rank": int(diag.rank[0]), "unconstrained_total": None})
-        if progress is not None:
-            progress(min(len(history), total), total, min(v for v, _ in cache.values()))
-        return cache[sigma][0]
-
-    lo, hi = bounds.sigma_start
-    grid = np.geomspace(lo, hi, SCAN_POINTS)
-    values = [evaluate(x) for x in grid]
-    best = int(np.argmin(values))
-    if not math.isfinite(values[best]):
-        raise ArithmeticError("the loss is not finite anywhere on the σ_start scan")
-    left, right = grid[max(best - 1, 0)], grid[min(best + 1, SCAN_POINTS - 1)]
-    result = minimize_scalar(evaluate, bounds=(left, right), method="bounded",
-                             options={"xatol": SIGMA_XTOL, "maxiter": 40})
-    sigma = min(cache, key=lambda s: cache[s][0])
-    converged = bool(result.success)
-    return StartResult(
-        initial=start,
-        final=Parameters(sigma, start.factor, n_gauss, start.gcut),
-        loss=cache[sigma][0],
-        populations=cache[sigma][1],
-        steps=len(history),
-        stop_reason="converged" if converged else "max_steps",
-        history=history,
-    )
+    return minimise_sigma_start_frames([problem], start, bounds=bounds, loss=loss, solver=solver, rtol=rtol,
+                                       references=[reference], tau=tau, progress=progress)
 
 
 def minimise_sigma_start_frames(
@@ -346,9 +296,9 @@ def minimise_sigma_start_frames(
 
     The same deterministic search as :func:`minimise_sigma_start` (a log-spaced scan of :data:`SCAN_POINTS`
     values, then Brent's bounded method to :data:`SIGMA_XTOL`), on the sum of every frame's loss at its own
-    fit; with one problem it is :func:`minimise_sigma_start`. ``references`` are the restraint's reference
-    populations per frame (e). Returns a :class:`StartResult` whose ``loss`` is the summed loss and whose
-    ``populations`` are those of the first frame; ``history`` rows carry the summed loss.
+    fit. ``references`` are the restraint's reference populations per frame (e). Returns a
+    :class:`StartResult` whose ``loss`` is the summed loss and whose ``populations`` are those of the first
+    frame; ``history`` rows carry the summed loss and the first frame's κ(A) and rank.
     """
     from scipy.optimize import minimize_scalar
 
@@ -375,7 +325,7 @@ def minimise_sigma_start_frames(
         sigma = float(sigma)
         if sigma in cache:
             return cache[sigma][0]
-        value, first = 0.0, None
+        value, first, first_diag = 0.0, None, None
         for problem, loss_terms, equations, ref in frames:
             opts = {"dtype": torch.float64, "device": problem.device}
             with torch.no_grad():
@@ -387,9 +337,11 @@ def minimise_sigma_start_frames(
                 value += float(loss_terms(problem, sol.q, radii)[0])
             if first is None:
                 first = sol.q.reshape(problem.n_atoms, n_gauss).sum(-1).cpu().numpy()
+                first_diag = diag
         cache[sigma] = (value if math.isfinite(value) else math.inf, first)
         history.append({"step": len(history), "sigma_start": sigma, "factor": start.factor, "gcut": start.gcut,
-                        "loss": value, "condition_number": None, "rank": None, "unconstrained_total": None})
+                        "loss": value, "condition_number": float(first_diag.condition_number[0]),
+                        "rank": int(first_diag.rank[0]), "unconstrained_total": None})
         if progress is not None:
             progress(min(len(history), total), total, min(v for v, _ in cache.values()))
         return cache[sigma][0]
@@ -399,7 +351,7 @@ def minimise_sigma_start_frames(
     values = [evaluate(x) for x in grid]
     best = int(np.argmin(values))
     if not math.isfinite(values[best]):
-        raise ArithmeticError("the summed loss is not finite anywhere on the σ_start scan")
+        raise ArithmeticError("the loss is not finite anywhere on the σ_start scan")
     left, right = grid[max(best - 1, 0)], grid[min(best + 1, SCAN_POINTS - 1)]
     result = minimize_scalar(evaluate, bounds=(left, right), method="bounded",
                              options={"xatol": SIGMA_XTOL, "maxiter": 40})
