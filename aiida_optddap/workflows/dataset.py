@@ -297,12 +297,23 @@ class ChargeDatasetWorkChain(ProtocolMixin, WorkChain):
         return None
 
     # ------------------------------------------------------------------ joint parameters
+    @staticmethod
+    def _outcar_zval(item) -> tuple[orm.Dict | None, str | None]:
+        """:func:`.vasp.outcar_zval` of a VASP frame, once per frame (the joint choice and the fit share it)."""
+        if "zval" not in item:
+            zval, reason = outcar_zval(orm.load_node(item["retrieved"]) if item.get("retrieved") else None)
+            item.update(zval=zval.pk if zval is not None else None, zval_reason=reason)
+        return (orm.load_node(item["zval"]) if item["zval"] is not None else None), item["zval_reason"]
+
     def _frame_zval(self, item) -> dict:
         """Z_val (element → e) of a pending frame: the user's, else its VASP run's OUTCAR; {} when unknown."""
         user = self.inputs.optddap.fit.zval.get_dict() if "zval" in self.inputs.optddap.fit else {}
         if user or item["kind"] != "vasp" or not self.inputs.zval_from_outcar.value:
             return user
-        zval, _ = outcar_zval(orm.load_node(item["retrieved"]) if item.get("retrieved") else None)
+        try:
+            zval, _ = self._outcar_zval(item)
+        except ValueError:  # an ambiguous OUTCAR: that frame's own fit reports it
+            return {}
         return zval.get_dict() if zval is not None else {}
 
     def choose_joint_parameters(self):
@@ -355,7 +366,7 @@ class ChargeDatasetWorkChain(ProtocolMixin, WorkChain):
             inputs.fit.structure = orm.load_node(item["structure"])
         if item["kind"] == "vasp" and "zval" not in inputs.fit and self.inputs.zval_from_outcar.value:
             try:
-                zval, reason = outcar_zval(orm.load_node(item["retrieved"]) if item.get("retrieved") else None)
+                zval, reason = self._outcar_zval(item)
             except ValueError as exc:
                 raise _SourceError(f"Z_val: {exc}") from exc
             if zval is not None:
