@@ -21,7 +21,16 @@ from aiida.engine import ExitCode, Process, calcfunction
 from ..data.results import CHARGE_TOLERANCE, build_outputs, charge_error, condition_check
 from .schema import AIIDA_DEFAULT_DEFINITION, engine_options, validate_parameters, validate_zval
 
-__all__ = ("fit_charge_density",)
+__all__ = ("density_file", "fit_charge_density")
+
+
+def density_file(node: orm.SinglefileData, directory: pathlib.Path, prefix: str = "") -> pathlib.Path:
+    """Copy a density node into ``directory`` under its own file name (``CHGCAR`` when it has none), so that
+    the engine reads it as the CLI would (format detection and compression by name); returns the path."""
+    path = directory / f"{prefix}{pathlib.Path(node.filename).name or 'CHGCAR'}"
+    with node.open(mode="rb") as source, path.open("wb") as target:
+        shutil.copyfileobj(source, target)
+    return path
 
 
 def _engine_report(path: pathlib.Path, parameters: dict, zval: dict | None) -> dict:
@@ -98,9 +107,7 @@ def fit_charge_density(
         params["species"] = [s.strip() for s in params["species"].split(",")]
 
     with tempfile.TemporaryDirectory(prefix="optddap-inline-") as tmpdir:
-        path = pathlib.Path(tmpdir) / (pathlib.Path(charge_density.filename).name or "CHGCAR")
-        with charge_density.open(mode="rb") as source, path.open("wb") as target:
-            shutil.copyfileobj(source, target)
+        path = density_file(charge_density, pathlib.Path(tmpdir))
         try:
             results = _engine_report(path, params, zval_dict)
         except Exception as exc:  # noqa: BLE001 - mapped to the exit codes of optddap.fit, or re-raised

@@ -21,11 +21,12 @@ Like ``optddap.fit_inline`` it runs in this Python process (the engine is import
 from __future__ import annotations
 
 import pathlib
-import shutil
 import tempfile
 
 from aiida import orm
 from aiida.engine import calcfunction
+
+from .inline import density_file
 
 __all__ = ("JOINT_MODES", "joint_parameters")
 
@@ -35,10 +36,7 @@ JOINT_MODES = ("auto", "species", "sigma_start")
 def _read(node: orm.SinglefileData, directory: pathlib.Path, index: int):
     from aiida_optddap.engine.io import read_density  # lazy: the engine imports torch
 
-    path = directory / f"{index:04d}_{pathlib.Path(node.filename).name or 'CHGCAR'}"
-    with node.open(mode="rb") as source, path.open("wb") as target:
-        shutil.copyfileobj(source, target)
-    return read_density(path)
+    return read_density(density_file(node, directory, prefix=f"{index:04d}_"))
 
 
 @calcfunction
