@@ -1,5 +1,6 @@
-"""The default charge definition (``restrained``): unique, restrained where the density is silent, with an
-uncertainty; the ``paper`` and ``classic`` definitions stay available (issue 9)."""
+"""The ``restrained`` charge definition (the default ``auto``'s model where the species model cannot place every
+element): unique, restrained where the density is silent, with an uncertainty; the ``paper`` and ``classic``
+definitions stay available (issue 9). The ``auto`` rule itself: tests/test_auto_definition.py."""
 
 from __future__ import annotations
 
@@ -26,11 +27,13 @@ def _equations(density, parameters):
     return problem, a, b, norm
 
 
-def test_defaults_are_the_restrained_definition():
+def test_defaults_are_the_auto_definition_with_restrained_settings():
     options = FitOptions()
     for key, value in DEFINITIONS["restrained"].items():
         assert getattr(options, key) == value
-    assert options.definition == "restrained"
+    assert DEFINITIONS["auto"] == DEFINITIONS["restrained"]
+    assert options.definition == "auto" and FitOptions.for_definition().definition == "auto"
+    assert FitOptions.for_definition("auto", solver="pinv").definition == "custom"
     paper = FitOptions.for_definition("paper")
     assert (paper.solver, paper.starts, paper.free_parameters) == ("pinv", 4, ("sigma_start", "factor", "gcut"))
     assert FitOptions.for_definition("classic").solver == "lagrange"
@@ -112,7 +115,7 @@ def test_default_charges_do_not_depend_on_seed_or_starts(namgf3):
         assert np.abs(np.array(r["populations"]) - base).max() <= 1e-5
         assert r["parameters"] == runs[0]["parameters"]
     r = runs[0]
-    assert r["converged"] and r["charge_definition"] == "restrained"
+    assert r["converged"] and r["charge_definition"] == "auto" and r["charge_model"] == "restrained"
     assert r["parameters"]["factor"] == 1.5 and r["parameters"]["gcut"] == FitOptions().gcut
     assert r["restraint"]["reference"] == "neutral" and r["restraint"]["tau"] == 1e-3
     u = r["uncertainty"]

@@ -50,7 +50,7 @@ def test_definition_and_options():
     assert fixed.species_widths == (("Cl", 0.9), ("Na", 0.4)) and fixed.definition == "species"
     assert hash(fixed) == hash(FitOptions.for_definition("species", species_widths=[("Na", 0.4), ("Cl", 0.9)]))
     assert FitOptions.for_definition("species", gcut=4.6).definition == "custom"
-    assert FitOptions().definition == "restrained"  # the default is unchanged
+    assert FitOptions().definition == "auto" and FitOptions().solver == "restrained"  # species only via auto
     for bad in ({"Na": 0.0}, {"Na": -1.0}, {"Na": float("inf")}, {"Na": float("nan")}, {"Na": "0.4"}, {}):
         with pytest.raises(ValueError, match="species_widths"):
             FitOptions.for_definition("species", species_widths=bad)

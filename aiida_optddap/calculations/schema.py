@@ -21,10 +21,10 @@ __all__ = (
 )
 
 SOLVERS = ("restrained", "pinv", "lagrange", "scale", "shift", "kkt")
-DEFINITIONS = ("restrained", "paper", "classic", "species")
+DEFINITIONS = ("auto", "restrained", "paper", "classic", "species")
 #: The charge definition of the AiiDA layer when ``parameters`` names none: the engine's default
 #: (engine/fit.py DEFINITIONS), written out on the command line so that the stored inputs say which one ran.
-AIIDA_DEFAULT_DEFINITION = "restrained"
+AIIDA_DEFAULT_DEFINITION = "auto"
 REFERENCES = ("auto", "neutral", "zero", "uniform")
 LOSSES = ("density", "coulomb", "planar")
 DEVICES = ("auto", "cpu", "cuda")
@@ -67,7 +67,8 @@ class _Spec:
 
 #: key -> specification. ``format`` and ``plot`` go beyond the issue's list (documented in docs/plugin.md).
 PARAMETER_SCHEMA: dict[str, _Spec] = {
-    "definition": _Spec("str", "charge definition (restrained, paper opt-DDAP, classic DDAPC or species: one Gaussian "
+    "definition": _Spec("str", "charge definition (auto: species where that model places every element, else "
+                        "restrained; restrained, paper opt-DDAP, classic DDAPC or species: one Gaussian "
                         "per atom, one width per element)", choices=DEFINITIONS, cli="--definition"),
     "species_widths": _Spec("widths", "fixed widths of the species definition, element → Å (absent: optimised)",
                             cli="--species-widths"),

@@ -32,6 +32,12 @@ def format_number(value, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
+def definition_text(attrs) -> str:
+    """``auto (species)`` where the ``auto`` definition chose a model, else the stored definition."""
+    definition, model = attrs.get("charge_definition") or "", attrs.get("charge_model")
+    return f"{definition} ({model})" if model and model != definition else definition
+
+
 def hill_formula(formula: str) -> str:
     """A user's formula (``NaCl``, ``Na4Cl4``, ``ClNa``) in AiiDA's Hill notation (``ClNa``, ``Cl4Na4``)."""
     tokens = re.findall(r"([A-Z][a-z]?)(\d*)", formula.replace(" ", ""))
@@ -151,7 +157,7 @@ def data_optddap_list(past_days, groups, all_users, elements, elements_exclusive
         kappa = "inf" if attrs.get("singular", False) else format_number(attrs.get("condition_number"), 3)
         row = [
             str(node.pk), attrs.get("formula", ""), str(attrs.get("n_atoms", "")),
-            str(attrs.get("charge_definition") or ""), str(attrs.get("solver", "")), kappa,
+            definition_text(attrs), str(attrs.get("solver", "")), kappa,
             format_number(attrs.get("loss"), 3), str(attrs.get("device", "")), attrs.get("summary_of", ""),
             node.ctime.strftime("%Y-%m-%d %H:%M"),
         ]
@@ -179,7 +185,7 @@ def _summary_lines(node) -> list[str]:
     kappa = "inf (singular)" if attrs.get("singular", False) else number(attrs.get("condition_number"))
     lines = [
         f"ChargesData<{node.pk}> {attrs.get('formula', '')}  ({attrs.get('n_atoms')} atoms, {attrs.get('mode')}, "
-        f"definition {attrs.get('charge_definition')})",
+        f"definition {definition_text(attrs)})",
         f"solver {attrs.get('solver')}, κ = {kappa}, rank {attrs.get('rank')}, device {attrs.get('device')}",
         f"σ_start = {number(attrs.get('sigma_start'))} Å, f = {number(attrs.get('factor'))}, K = {attrs.get('n_gauss')}, "
         f"g_c = {number(attrs.get('gcut'))} Å⁻¹, optimised {attrs.get('optimized')}",

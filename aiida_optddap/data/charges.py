@@ -88,7 +88,8 @@ class ChargesData(ArrayData):
     ``n_electrons``, ``total_population``, ``solver``, ``loss``, ``loss_kind``, ``condition_number``
     (``1e300`` when infinite), ``singular``, ``rank``, ``sigma_start``, ``factor``, ``gcut``, ``n_gauss``,
     ``optimized``, ``converged``, ``device``, ``engine_version``, ``mode``, ``has_net_charges``,
-    ``charge_definition``, ``start_spread_max_abs`` (e, None with one start), ``uncertainty_max`` (e),
+    ``charge_definition``, ``charge_model`` (the definition that produced the charges: ``species`` or ``restrained``
+    under ``auto``, else the definition itself), ``start_spread_max_abs`` (e, None with one start), ``uncertainty_max`` (e),
     ``determined``, ``restraint_reference``, ``species_widths`` (element → Å, the ``species`` definition only;
     otherwise None), ``warnings`` (the engine's) and ``n_warnings``,
     ``summary_of`` (``'net_charges'`` or ``'populations'``), ``zval`` / ``zval_source`` (element → e, and
@@ -192,6 +193,7 @@ class ChargesData(ArrayData):
             "engine_version": program.get("version"),
             "has_net_charges": net is not None,
             "charge_definition": results.get("charge_definition"),
+            "charge_model": results.get("charge_model", results.get("charge_definition")),
             "uncertainty_max": finite_or_none((results.get("uncertainty") or {}).get("max")),
             "determined": (results.get("uncertainty") or {}).get("determined"),
             "restraint_reference": (results.get("restraint") or {}).get("reference"),

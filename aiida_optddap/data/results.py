@@ -145,6 +145,8 @@ def output_parameters(results: dict) -> dict:
         "n_starts": len(results.get("starts") or []) or None,
         "start_spread_max_abs": finite_or_none((results.get("start_spread") or {}).get("max_abs")),
         "charge_definition": results.get("charge_definition"),
+        "charge_model": results.get("charge_model", results.get("charge_definition")),
+        "model_choice_reason": (results.get("model_choice") or {}).get("reason"),
         "uncertainty_max": finite_or_none((results.get("uncertainty") or {}).get("max")),
         "determined": (results.get("uncertainty") or {}).get("determined"),
         "restraint_reference": (results.get("restraint") or {}).get("reference"),

@@ -37,9 +37,10 @@ def fit_options(command):
         click.option("--format", "file_format", type=click.Choice(["auto", "chgcar", "cube"]), default="auto",
                      show_default=True, help="Density file format."),
         click.option("--species", default=None, help="Comma-separated species for VASP 4 headers, e.g. Na,Cl."),
-        click.option("--definition", type=click.Choice(["restrained", "paper", "classic", "species"]),
-                     default="restrained", show_default=True,
-                     help="Charge definition: restrained (σ_start optimised, restrained solve; seed-free), "
+        click.option("--definition", type=click.Choice(["auto", "restrained", "paper", "classic", "species"]),
+                     default="auto", show_default=True,
+                     help="Charge definition: auto (species where that model places every element, else "
+                          "restrained), restrained (σ_start optimised, restrained solve; seed-free), "
                           "paper (opt-DDAP: Adam over σ_start, f, g_c from 4 starts, pinv), classic (CP2K DDAPC), "
                           "species (one Gaussian per atom, one width per element; needs Z_val)."),
         click.option("--species-widths", "species_widths", default=None,
@@ -145,6 +146,12 @@ def _options_from(kwargs):
     if kwargs.get("species_widths") is not None:
         given["species_widths"] = _parse_widths(kwargs["species_widths"])
     return FitOptions.for_definition(kwargs["definition"], **given)
+
+
+def _definition_text(results: dict) -> str:
+    """``auto (species)``, ``auto (restrained)`` or the definition's name."""
+    definition, model = results["charge_definition"], results.get("charge_model")
+    return f"{definition} ({model})" if model and model != definition else definition
 
 
 def _parse_widths(text: str) -> dict[str, float]:
@@ -318,7 +325,7 @@ def _summary(results: dict, output: Path) -> None:
              f"({'optimised' if results['optimized'] else 'fixed'}"
              f"{'; on a bound: ' + ', '.join(results['species_at_bound']) if results['species_at_bound'] else ''})",
         f"N {results['n_electrons']:.6f} e   Σ populations {sum(results['populations']):.6f} e   "
-        f"definition {results['charge_definition']}   solver {results['solver']}",
+        f"definition {_definition_text(results)}   solver {results['solver']}",
         f"κ(A) {'inf' if kappa is None else f'{kappa:.4g}'}   rank {results['rank']}/{results['n_coefficients']}   "
         f"1ᵀq_u {_number(results['unconstrained_total'], '.6f')} e   fit residual {results['fit_residual']:.3e}",
         f"{results['loss_kind']} loss {results['loss']:.4e}   device {results['device']}   "
@@ -327,6 +334,8 @@ def _summary(results: dict, output: Path) -> None:
     if results["zval"]:
         sources = ", ".join(f"{el}={results['zval']['values'][el]:g} ({src})" for el, src in results["zval"]["source"].items())
         lines.append(f"Z_val: {sources}")
+    if results.get("model_choice") and results["charge_model"] != "species":
+        lines.append(f"auto: restrained model because {results['model_choice']['reason']}")
     if results.get("restraint"):
         r = results["restraint"]
         lines.append(f"restraint: reference {r['reference']}, τ {r['tau']:g}, strength λ {r['strength']:.3g}; "

@@ -21,7 +21,10 @@ from .restraint import DEFAULT_TAU
 from .species import SPECIES_GCUT
 
 #: Charge definitions (``FitOptions.definition``) and the options each one fixes; everything else keeps
-#: its FitOptions default. ``restrained`` is the default: σ_start optimised from the documented start
+#: its FitOptions default. ``auto`` is the default: the ``species`` definition where that model places every
+#: element (no optimised width on a bound, ``SpeciesFit.usable``), otherwise ``restrained`` with the options
+#: given (the rule of ``optddap.dataset``'s joint=auto, applied to one density; :func:`run_fit` records the
+#: model that ran as ``charge_model`` and why as ``model_choice``). ``restrained``: σ_start optimised from the documented start
 #: (f = 1.5, g_c = √6 bohr⁻¹ fixed: with them free the loss has a flat valley along which the charges
 #: move by ~1 e, docs/validation.md), then the restrained solve (engine/restraint.py); the charges
 #: depend on neither a seed nor the number of starts (other starts only measure ``start_spread``). ``paper`` is the opt-DDAP of arXiv 2604.10984 as this package ran it
@@ -31,8 +34,12 @@ from .species import SPECIES_GCUT
 #: ``species_widths`` fixes them; the populations the density leaves free stay on the neutral atoms, so it
 #: needs Z_val): it determines perfect rock salts, where ``restrained`` cannot (docs/method.md).
 ALL_PARAMETERS = ("sigma_start", "factor", "gcut")
+#: The default charge definition (engine CLI, AiiDA parameters without ``definition``, :class:`FitOptions`).
+AUTO = "auto"
+RESTRAINED = {"solver": "restrained", "free_parameters": ("sigma_start",), "tolerance": 1e-9}
 DEFINITIONS = {
-    "restrained": {"solver": "restrained", "free_parameters": ("sigma_start",), "tolerance": 1e-9},
+    AUTO: RESTRAINED,
+    "restrained": RESTRAINED,
     "paper": {"solver": "pinv", "starts": 4, "free_parameters": ALL_PARAMETERS, "tolerance": 1e-6},
     "classic": {"solver": "lagrange", "optimize": False, "sigma_start": 0.5, "factor": 1.5, "n_gauss": 3,
                 "gcut": DEFAULT_GCUT},
@@ -73,7 +80,7 @@ class FitOptions:
     reference_charges: tuple[float, ...] | None = None
     tau: float = DEFAULT_TAU
     free_parameters: tuple[str, ...] = ("sigma_start",)
-    definition: str = "restrained"
+    definition: str = AUTO
     species_widths: tuple[tuple[str, float], ...] | None = None
 
     def __post_init__(self):
@@ -127,7 +134,7 @@ class FitOptions:
                 raise ValueError(message)
 
     @classmethod
-    def for_definition(cls, definition: str = "restrained", **overrides) -> FitOptions:
+    def for_definition(cls, definition: str = AUTO, **overrides) -> FitOptions:
         """Options of a named charge definition (:data:`DEFINITIONS`), then ``overrides``; an override
         of a setting the definition fixes makes the definition ``custom``."""
         if definition not in DEFINITIONS:
@@ -166,11 +173,71 @@ def run_fit(
     """Fit (and optionally optimise) the DDAP charges of ``density``; returns the results dict.
 
     Runs the stages of :mod:`.pipeline` (prepare → optimise → solve → diagnose → reconstruct → report), or for the
-    ``species`` definition those of :mod:`.species_definition` (needs ``zval``; absolute densities only).
+    ``species`` definition those of :mod:`.species_definition` (needs ``zval``; absolute densities only); the
+    ``auto`` definition runs the species stages first and keeps them where the model places every element
+    (:func:`species_inapplicable`, :data:`DEFINITIONS`), else the restrained ones.
     ``zval`` is a :class:`~aiida_optddap.engine.zval.ZvalInfo` (net charges, neutral reference) or None;
     ``progress(step, steps, best_loss)`` is called during the optimisation; ``timings`` are stage timings
     measured by the caller (e.g. ``read``), merged into the result.
     """
+    run = dict(zval=zval, progress=progress, timings=timings, mode=mode, host_source=host_source,
+               source_format=source_format)
+    if options.definition != AUTO:
+        return _with_model(_run_stages(density, options, **run), options.definition, None)
+    reason = species_inapplicable(options, zval, mode)
+    attempt = None
+    if reason is None:
+        species = _run_stages(density, species_options(options), **run)
+        attempt = {"widths": species["species_widths"], "at_bound": species["species_at_bound"],
+                   "seconds": species["timings"]["total"]}
+        if species["species_usable"]:
+            species["charge_definition"] = AUTO
+            return _with_model(species, "species", {**attempt, "reason": "the species model places every element"})
+        reason = (f"the species model cannot place {', '.join(species['species_at_bound'])} (its width sits on a "
+                  "bound of the search)")
+    results = _run_stages(density, options, **run)
+    if attempt is not None:
+        results["timings"]["species_attempt"] = attempt["seconds"]
+        results["timings"]["total"] += attempt["seconds"]
+    attempt = attempt or {"widths": None, "at_bound": None, "seconds": None}
+    return _with_model(results, "restrained", {**attempt, "reason": reason})
+
+
+#: FitOptions fields of the restrained (K-Gaussian) model: set away from their defaults, they make the ``auto``
+#: definition skip the species model (which has none of them) rather than ignore them.
+GAUSSIAN_MODEL_FIELDS = ("sigma_start", "factor", "n_gauss", "gcut", "optimize", "loss", "free_parameters")
+
+
+def species_inapplicable(options: FitOptions, zval, mode: str) -> str | None:
+    """Why the ``auto`` definition cannot try the species model on this fit (None: it can)."""
+    if mode != "absolute":
+        return "a difference density has no neutral-atom reference (the species model needs one)"
+    if zval is None:
+        return "no Z_val (the species model's neutral reference): give --zval or a POTCAR"
+    if options.reference not in ("auto", "neutral"):
+        return f"reference {options.reference!r} (the species model keeps free populations on the neutral atoms)"
+    default = FitOptions()
+    given = [name for name in GAUSSIAN_MODEL_FIELDS if getattr(options, name) != getattr(default, name)]
+    if given:
+        return f"options of the three-Gaussian model were given ({', '.join(given)})"
+    return None
+
+
+def species_options(options: FitOptions) -> FitOptions:
+    """The species definition's options for the ``auto`` definition's first attempt: the device, rtol and τ given."""
+    return FitOptions.for_definition("species", device=options.device, rtol=options.rtol, tau=options.tau)
+
+
+def _with_model(results: dict, model: str, choice: dict | None) -> dict:
+    """``charge_model`` (the definition that produced the charges) and ``model_choice`` (``auto`` only)."""
+    results["charge_model"] = model
+    results["model_choice"] = choice
+    return results
+
+
+def _run_stages(density: Density, options: FitOptions, *, zval, progress, timings, mode, host_source,
+                source_format) -> dict:
+    """One definition's stages on ``density`` (see :func:`run_fit`)."""
     state = pipeline.FitState(density, options, zval=zval, mode=mode, progress=progress, timings=dict(timings or {}))
     species = options.solver == SPECIES_SOLVER
     for stage in species_definition.STAGES if species else pipeline.STAGES:

@@ -130,9 +130,12 @@ def test_run_success_provenance(optddap_code, nacl_chgcar, nacl_system, singlefi
     assert abs(charges.populations.sum() - 8.0) < 1e-6
     assert charges.base.attributes.get("elements")["Na"]["mean"] > 0.8
     out = node.outputs.output_parameters.get_dict()
-    # the AiiDA layer's default charge definition is the engine's: restrained
+    # the AiiDA layer's default charge definition is the engine's: auto; optimize=False is an option of the
+    # three-Gaussian model, so auto runs the restrained model and says why (queryable attribute charge_model)
     assert out["device"] == "cpu" and out["solver"] == "restrained" and out["n_gauss"] == 3
-    assert out["charge_definition"] == "restrained" and node.inputs.parameters.get("definition") is None
+    assert out["charge_definition"] == "auto" and node.inputs.parameters.get("definition") is None
+    assert out["charge_model"] == "restrained" and "optimize" in out["model_choice_reason"]
+    assert charges.base.attributes.get("charge_model") == "restrained"
     assert abs(out["charge_error"]) < 1e-6
     assert "planar_averages" in node.outputs
     assert node.outputs.structure.get_formula() == "ClNa"

@@ -263,7 +263,8 @@ def test_two_vasp_runs_polarized_minus_unpolarized(optddap_code, mock_vasp_code,
     # the default (restrained, zero reference for Δρ) against the pseudo-inverse `optddap diff` recording at the
     # classic DDAP radii: the restraint (τ = 1e-3 of the misfit) shrinks this weakly determined transfer by 2 %
     np.testing.assert_allclose(dq, [-0.040706, 0.040706], atol=5e-5)
-    assert charges.base.attributes.get("charge_definition") == "restrained"
+    assert charges.base.attributes.get("charge_definition") == "auto"
+    assert charges.base.attributes.get("charge_model") == "restrained"  # Δρ: no species model
 
     summary = results["summary"].get_dict()
     assert summary["delta_electrons"] == pytest.approx(0.0, abs=1e-6)

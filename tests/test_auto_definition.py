@@ -1,0 +1,135 @@
+"""The default charge definition ``auto`` (issue 9, items 1 and 3): the species model where it places every
+element, else the restrained model; the choice, its reason and both models' cost are recorded."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from aiida_optddap.engine.cli import main
+from aiida_optddap.engine.fit import FitOptions, run_difference_fit, run_fit, species_inapplicable
+from aiida_optddap.engine.io import read_density
+from aiida_optddap.engine.zval import ZvalInfo, resolve_zval
+
+from helpers import DATA
+
+ROOT = DATA.parent.parent
+NACL = ROOT / "examples" / "cp2k_validation" / "data" / "nacl_1x1x1_host.cube.gz"
+NACL_VNA = ROOT / "examples" / "cp2k_validation" / "data" / "nacl_1x1x1_vna.cube.gz"
+NAMGF3 = ROOT / "examples" / "NaMgF3_CHG.gz"
+GTH = ZvalInfo(values={"Na": 9.0, "Cl": 7.0}, source={"Na": "user", "Cl": "user"})
+
+
+@pytest.fixture(scope="module")
+def nacl():
+    return read_density(NACL)
+
+
+@pytest.fixture(scope="module")
+def namgf3():
+    density = read_density(NAMGF3)
+    return density, resolve_zval(density, path=NAMGF3)
+
+
+def _same_charges(a: dict, b: dict) -> None:
+    np.testing.assert_array_equal(np.array(a["populations"]), np.array(b["populations"]))
+    np.testing.assert_array_equal(np.array(a["net_charges"]), np.array(b["net_charges"]))
+
+
+def test_perfect_rock_salt_gets_the_species_model(nacl):
+    """Perfect CP2K NaCl (8 atoms): determined, right sign (Bader +0.887 e), identical to the species definition."""
+    auto = run_fit(nacl, FitOptions(device="cpu"), zval=GTH)
+    assert (auto["charge_definition"], auto["charge_model"], auto["solver"]) == ("auto", "species", "species")
+    assert auto["model_choice"]["reason"] == "the species model places every element"
+    assert auto["model_choice"]["at_bound"] == [] and set(auto["model_choice"]["widths"]) == {"Na", "Cl"}
+    q = np.array(auto["net_charges"])
+    assert np.all(q[:4] == pytest.approx(1.089, abs=0.01)) and np.all(q[4:] == pytest.approx(-1.089, abs=0.01))
+    assert auto["uncertainty"]["determined"] and auto["uncertainty"]["max"] < 0.01
+    _same_charges(auto, run_fit(nacl, FitOptions.for_definition("species", device="cpu"), zval=GTH))
+    # the restrained model alone leaves this crystal free at the neutral reference: what auto avoids
+    restrained = run_fit(nacl, FitOptions.for_definition("restrained", device="cpu"), zval=GTH)
+    assert not restrained["uncertainty"]["determined"] and abs(restrained["net_charges"][0]) < 0.05
+
+
+def test_seed_and_starts_do_not_change_the_default(nacl):
+    runs = [run_fit(nacl, FitOptions(device="cpu", **kw), zval=GTH) for kw in ({"seed": 3}, {"starts": 8, "seed": 9})]
+    _same_charges(*runs)
+
+
+def test_species_model_that_cannot_place_an_element_falls_back_to_restrained(namgf3):
+    """NaMgF₃ (VASP, Na and Mg with 1 and 2 valence electrons): the species widths of Na and Mg sit on a bound,
+    so auto runs the restrained model and says why; its charges are the restrained definition's."""
+    density, zval = namgf3
+    auto = run_fit(density, FitOptions(device="cpu"), zval=zval)
+    assert (auto["charge_definition"], auto["charge_model"], auto["solver"]) == ("auto", "restrained", "restrained")
+    assert auto["model_choice"]["at_bound"] == ["Mg", "Na"]
+    assert "cannot place Mg, Na" in auto["model_choice"]["reason"]
+    assert auto["timings"]["species_attempt"] > 0
+    assert auto["timings"]["total"] >= auto["timings"]["species_attempt"]
+    _same_charges(auto, run_fit(density, FitOptions.for_definition("restrained", device="cpu"), zval=zval))
+    assert auto["uncertainty"]["determined"] and auto["net_charges"][5] == pytest.approx(1.34, abs=0.02)  # Mg
+
+
+def test_when_the_species_model_is_not_tried(nacl):
+    """No Z_val, a difference density, another reference, or options of the three-Gaussian model: restrained."""
+    base = FitOptions(device="cpu")
+    assert species_inapplicable(base, GTH, "absolute") is None
+    assert "no Z_val" in species_inapplicable(base, None, "absolute")
+    assert "difference density" in species_inapplicable(base, GTH, "difference")
+    assert "reference 'uniform'" in species_inapplicable(base.with_changes(reference="uniform"), GTH, "absolute")
+    given = species_inapplicable(base.with_changes(gcut=5.0, optimize=False), GTH, "absolute")
+    assert given == "options of the three-Gaussian model were given (gcut, optimize)"
+    fixed = run_fit(nacl, base.with_changes(optimize=False), zval=GTH)
+    assert fixed["charge_model"] == "restrained" and "optimize" in fixed["model_choice"]["reason"]
+    assert fixed["model_choice"]["widths"] is None and "species_attempt" not in fixed["timings"]
+    vacancy = read_density(NACL_VNA)
+    diff = run_difference_fit(vacancy, nacl, base.with_changes(optimize=False))
+    assert diff["charge_model"] == "restrained" and "difference density" in diff["model_choice"]["reason"]
+
+
+def test_other_definitions_report_themselves_as_the_model(nacl):
+    r = run_fit(nacl, FitOptions.for_definition("paper", device="cpu", optimize=False), zval=GTH)
+    assert r["charge_definition"] == r["charge_model"] == "paper" and r["model_choice"] is None
+
+
+def test_cli_default_is_auto_and_names_the_model(tmp_path):
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(main, ["fit", str(NACL), "--zval", "Na=9,Cl=7", "--device", "cpu", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "definition auto (species)" in result.output
+    data = json.loads(out.read_text())
+    assert data["charge_definition"] == "auto" and data["charge_model"] == "species"
+    fallback = CliRunner().invoke(main, ["fit", str(NAMGF3), "--device", "cpu", "-o", str(tmp_path / "n.json")])
+    assert fallback.exit_code == 0, fallback.output
+    assert "auto: restrained model because the species model cannot place Mg, Na" in " ".join(fallback.output.split())
+
+
+def test_aiida_default_is_auto_and_the_model_is_queryable(singlefile):
+    """optddap.fit_inline without ``definition``: auto; the model that ran is the queryable ``charge_model``."""
+    from aiida import orm
+    from aiida.plugins import CalculationFactory
+
+    from aiida_optddap.calculations.schema import AIIDA_DEFAULT_DEFINITION, cli_arguments
+    from aiida_optddap.data.charges import ChargesData
+
+    assert AIIDA_DEFAULT_DEFINITION == "auto" and cli_arguments({}, None)[:2] == ["--definition", "auto"]
+    fit = CalculationFactory("optddap.fit_inline")
+    outputs, node = fit.run_get_node(singlefile(NACL), orm.Dict({"device": "cpu"}), zval=orm.Dict({"Na": 9, "Cl": 7}))
+    assert node.is_finished_ok, node.exit_message
+    charges = outputs["charges"]
+    assert charges.base.attributes.get("charge_definition") == "auto"
+    assert outputs["output_parameters"]["charge_model"] == "species"
+    found = orm.QueryBuilder().append(ChargesData, filters={"attributes.charge_model": "species", "id": charges.pk})
+    assert found.count() == 1
+    assert charges.net_charges[0] == pytest.approx(1.089, abs=0.01)
+
+
+def test_verdi_columns_name_the_model():
+    from aiida_optddap.cli.data import definition_text
+
+    assert definition_text({"charge_definition": "auto", "charge_model": "species"}) == "auto (species)"
+    assert definition_text({"charge_definition": "paper", "charge_model": "paper"}) == "paper"
+    assert definition_text({"charge_definition": "restrained"}) == "restrained"  # stored before charge_model
