@@ -14,7 +14,7 @@ from aiida_optddap.engine.fit import FitOptions, run_difference_fit, run_fit, sp
 from aiida_optddap.engine.io import read_density
 from aiida_optddap.engine.zval import ZvalInfo, resolve_zval
 
-from helpers import DATA
+from helpers import DATA, gaussian_density
 
 ROOT = DATA.parent.parent
 NACL = ROOT / "examples" / "cp2k_validation" / "data" / "nacl_1x1x1_host.cube.gz"
@@ -133,3 +133,13 @@ def test_verdi_columns_name_the_model():
     assert definition_text({"charge_definition": "auto", "charge_model": "species"}) == "auto (species)"
     assert definition_text({"charge_definition": "paper", "charge_model": "paper"}) == "paper"
     assert definition_text({"charge_definition": "restrained"}) == "restrained"  # stored before charge_model
+
+
+def test_one_atom_cell_is_fixed_by_the_charge_constraint():
+    """One atom: no population is free (Σq = N fixes it, uncertainty 0); the species search does not fail."""
+    cell = np.eye(3) * 3.0
+    density = gaussian_density(cell, ["Al"], [[0.0, 0.0, 0.0]], [[1.0, 1.5, 0.5]], (0.4, 0.6, 0.9), (24, 24, 24))
+    zval = ZvalInfo(values={"Al": 3.0}, source={"Al": "user"})
+    for options in (FitOptions(device="cpu"), FitOptions.for_definition("species", device="cpu")):
+        r = run_fit(density, options, zval=zval)
+        assert r["net_charges"][0] == pytest.approx(0.0, abs=1e-8) and r["uncertainty"]["per_atom"] == [0.0]

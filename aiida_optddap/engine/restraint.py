@@ -187,7 +187,10 @@ def restrained_solve(
 
 
 def population_uncertainty(a_t: torch.Tensor, z: torch.Tensor, p: torch.Tensor, delta: np.ndarray) -> np.ndarray:
-    """u_α = √(δ·[P Z (ZᵀAZ)⁺ ZᵀPᵀ]_αα) (B, n_atoms), e; ∞ where the density leaves the population free."""
+    """u_α = √(δ·[P Z (ZᵀAZ)⁺ ZᵀPᵀ]_αα) (B, n_atoms), e; ∞ where the density leaves the population free; 0 where
+    the charge constraint alone fixes it (one coefficient: ZᵀAZ is 0×0)."""
+    if a_t.shape[-1] == 0:
+        return np.zeros((a_t.shape[0], p.shape[0]))
     w, u = torch.linalg.eigh(a_t)  # (B, n), (B, n, n)
     pz = p @ z  # (n_atoms, M−1)
     proj = pz @ u  # (B, n_atoms, n): population change per unit eigen-coordinate

@@ -133,7 +133,7 @@ def _constrained_minimum(a, b, norm, n_electrons, reference):
     w, u = torch.linalg.eigh(z.T @ a @ z)
     coords = u.T @ (z.T @ (b - a @ q_part))
     ref_coords = u.T @ (z.T @ (reference.to(a) - q_part))
-    determined = w > NULL_RTOL * max(float(w[-1]), 0.0)
+    determined = w > NULL_RTOL * max(float(w[-1]), 0.0) if len(w) else w.bool()  # one atom: q = N
     y = u @ torch.where(determined, coords / torch.where(determined, w, torch.ones_like(w)), ref_coords)
     q = q_part + z @ y
     misfit = float((norm - 2.0 * b @ q + q @ a @ q) / norm)
