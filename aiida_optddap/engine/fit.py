@@ -243,12 +243,11 @@ def _run_stages(density: Density, options: FitOptions, *, zval, progress, timing
     for stage in species_definition.STAGES if species else pipeline.STAGES:
         stage(state)
     spin = None
-    if density.magnetisation is not None and mode == "absolute" and species:
-        state.warnings.append("spin-polarised file: the species definition fits the charge density only (no `spin`)")
-    elif density.magnetisation is not None and mode == "absolute":
-        from .spin import fit_magnetisation
+    if density.magnetisation is not None and mode == "absolute":
+        from .spin import fit_magnetisation, fit_magnetisation_species
 
-        spin = fit_magnetisation(density, state.parameters, options)
+        spin = (fit_magnetisation_species(density, state.parameters.widths, state.parameters.gcut, state.device.type)
+                if species else fit_magnetisation(density, state.parameters, options))
         state.timings["spin"] = spin.pop("time")
     results = pipeline.report(state, {"density": density.source, "host": host_source, "format": source_format})
     results["spin"] = spin

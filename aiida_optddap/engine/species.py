@@ -120,7 +120,7 @@ class SpeciesEquations:
         return torch.sqrt(delta * variance).cpu().numpy()
 
 
-def _constrained_minimum(a, b, norm, n_electrons, reference):
+def constrained_minimum(a, b, norm, n_electrons, reference):
     """q₀ (n,) = argmin F(q) subject to Σq = N, and its relative misfit F(q₀)/Σ_S W|C|².
 
     Solved in the constraint subspace q = N/n + Z y from one eigendecomposition of ZᵀAZ; directions
@@ -168,7 +168,7 @@ def species_misfit(tables: list[SpeciesEquations], index: list[np.ndarray], refe
     for table, idx, ref in zip(tables, index, references):
         per_atom = torch.as_tensor(np.asarray(widths, dtype=np.float64)[idx], device=table.g2.device)
         a, b, norm = table.equations(per_atom)
-        total += _constrained_minimum(a, b, norm, table.n_electrons, ref)[1]
+        total += constrained_minimum(a, b, norm, table.n_electrons, ref)[1]
     return total
 
 
@@ -264,7 +264,7 @@ def fit_species(densities, zvals, *, widths: dict[str, float] | None = None, gcu
     out = SpeciesFit(widths=dict(zip(species, map(float, w))), misfit=total, at_bound=at_bound, history=history)
     for density, table, idx, ref in zip(densities, tables, index, refs):
         a, b, norm = table.equations(torch.as_tensor(w[idx], device=table.g2.device))
-        q, misfit = _constrained_minimum(a, b, norm, table.n_electrons, ref)
+        q, misfit = constrained_minimum(a, b, norm, table.n_electrons, ref)
         n = len(q)
         z = constraint_basis(n, a)
         delta = np.array([tau * max(misfit, 1e-12) * float(norm)])

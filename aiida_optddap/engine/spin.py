@@ -23,6 +23,15 @@ from .density import Density
 NEGLIGIBLE = 1e-10
 
 
+def _negligible(density: Density) -> bool:
+    return bool(np.abs(density.magnetisation).max() <= NEGLIGIBLE * max(np.abs(density.grid).max(), 1.0))
+
+
+def _spin_density(density: Density) -> Density:
+    return Density(cell=density.cell, symbols=density.symbols, positions=density.positions, grid=density.magnetisation,
+                   source=f"{density.source} (magnetisation)")
+
+
 def fit_magnetisation(density: Density, parameters, options) -> dict:
     """The ``spin`` entry of results.json for ``density.magnetisation`` (see docs/results-schema.md).
 
@@ -32,19 +41,16 @@ def fit_magnetisation(density: Density, parameters, options) -> dict:
     from .ddap import fit_coefficients, problem_for
 
     clock = time.perf_counter()
-    m = density.magnetisation
-    total = float(m.mean())
+    total = float(density.magnetisation.mean())
     solver = {"scale": "pinv"}.get(options.solver, options.solver)
     base = {"total_moment": total, "solver": solver,
             "definition": "per-atom moments (μB) from fitting ρ↑ − ρ↓ with the charge fit's Gaussians "
                           "(same σ_start, f, g_c, K), constrained to sum to the net moment"}
-    if np.abs(m).max() <= NEGLIGIBLE * max(np.abs(density.grid).max(), 1.0):
+    if _negligible(density):
         zeros = [0.0] * density.n_atoms
         return {**base, "moments": zeros, "coefficients": [[0.0] * parameters.n_gauss] * density.n_atoms,
                 "fit_residual": 0.0, "negligible": True, "time": time.perf_counter() - clock}
-    spin = Density(cell=density.cell, symbols=density.symbols, positions=density.positions, grid=m,
-                   source=f"{density.source} (magnetisation)")
-    problem = problem_for(spin, parameters, device=options.device, chunk_size=options.chunk_size)
+    problem = problem_for(_spin_density(density), parameters, device=options.device, chunk_size=options.chunk_size)
     reference = np.zeros(density.n_atoms) if solver == "restrained" else None
     fit = fit_coefficients(problem, parameters, solver, options.rtol, reference=reference, tau=options.tau)
     return {
@@ -55,3 +61,31 @@ def fit_magnetisation(density: Density, parameters, options) -> dict:
         "negligible": False,
         "time": time.perf_counter() - clock,
     }
+
+
+def fit_magnetisation_species(density: Density, widths: dict, gcut: float, device: str = "cpu") -> dict:
+    """The ``spin`` entry for the species model: m fitted with one Gaussian per atom at the charge fit's species
+    ``widths`` (element → Å) and g_c (Å⁻¹), Σ moments = M; moments the magnetisation leaves free stay at 0 μB."""
+    import torch
+
+    from .species import SpeciesEquations, constrained_minimum, species_of
+
+    clock = time.perf_counter()
+    total = float(density.magnetisation.mean())
+    n = density.n_atoms
+    species, index = species_of(density.symbols)
+    base = {"total_moment": total, "solver": "species",
+            "definition": "per-atom moments (μB) from fitting ρ↑ − ρ↓ with the charge fit's species Gaussians "
+                          "(one per atom, same widths and g_c), constrained to sum to the net moment"}
+    coefficients = np.zeros((n, len(species)))
+    if _negligible(density):
+        return {**base, "moments": [0.0] * n, "coefficients": coefficients.tolist(), "fit_residual": 0.0,
+                "negligible": True, "time": time.perf_counter() - clock}
+    table = SpeciesEquations(_spin_density(density), gcut, device)
+    per_atom = torch.as_tensor(np.array([widths[s] for s in species])[index], device=table.g2.device)
+    a, b, norm = table.equations(per_atom)
+    moments, misfit = constrained_minimum(a, b, norm, total, torch.zeros(n, dtype=a.dtype, device=a.device))
+    moments = moments.cpu().numpy()
+    coefficients[np.arange(n), index] = moments
+    return {**base, "moments": moments.tolist(), "coefficients": coefficients.tolist(), "fit_residual": misfit,
+            "negligible": False, "time": time.perf_counter() - clock}
