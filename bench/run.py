@@ -13,7 +13,9 @@ Parts (sub-commands):
   gpu       the fixed fit and the optimisation on cuda vs cpu (speed-up), when torch sees a CUDA device;
             otherwise it says so and records that nothing was run.
   reproducibility  5 seeds × starts 1/4/8 per charge definition on every shared density: the largest charge
-            difference between runs, and the cost of the restrained default against the paper's optimisation.
+            difference between runs, and the cost of each definition against the restrained one.
+  joint     the joint species-width search over a dataset's frames (examples/cp2k_rattled), frames stacked vs
+            frame by frame: one misfit evaluation, the whole search, the speed-up.
   all       the parts in sequence.
 
 Every part prints rich tables and writes bench/results/<name>.json (name: the part, with ``-quick`` for
@@ -37,10 +39,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/run.py` finds the package
 
-from bench import gpu, harness, optimize, parse, reproducibility, scaling  # noqa: E402
+from bench import gpu, harness, joint, optimize, parse, reproducibility, scaling  # noqa: E402
 
 #: The parts in the order ``all`` runs them.
-PARTS = {"parse": parse, "optimize": optimize, "scaling": scaling, "gpu": gpu, "reproducibility": reproducibility}
+PARTS = {"parse": parse, "optimize": optimize, "scaling": scaling, "gpu": gpu, "reproducibility": reproducibility,
+         "joint": joint}
 #: The parts ``all`` runs (reproducibility takes its own options and an hour: run it by name).
 ALL = ("parse", "optimize", "scaling", "gpu")
 HELP = {
@@ -49,6 +52,7 @@ HELP = {
     "scaling": "part 3: time and memory per stage vs atoms",
     "gpu": "part 4: CPU vs CUDA",
     "reproducibility": "part 6: charges over seeds × starts per definition, and the default's cost",
+    "joint": "part 7: joint species widths over frames, stacked vs frame by frame",
 }
 
 

@@ -93,9 +93,8 @@ class SpeciesEquations:
         self.norm = (self.wt * target).sum()
 
     def equations(self, widths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        form = torch.exp(-0.25 * self.g2[:, None] * widths[None] ** 2)  # (n_G, atoms)
-        f = self.phase * torch.cat([form, form])
-        return f.T @ (f * self.w2[:, None]), f.T @ self.wt, self.norm
+        a, b = stacked_equations(self.g2, self.w2, self.phase[None], self.wt[None], widths)
+        return a[0], b[0], self.norm
 
     def uncertainty_with_widths(self, widths: torch.Tensor, q: torch.Tensor, index: np.ndarray, n_species: int,
                                 delta: float) -> np.ndarray:
@@ -120,24 +119,93 @@ class SpeciesEquations:
         return torch.sqrt(delta * variance).cpu().numpy()
 
 
-def constrained_minimum(a, b, norm, n_electrons, reference):
-    """q₀ (n,) = argmin F(q) subject to Σq = N, and its relative misfit F(q₀)/Σ_S W|C|².
+def stacked_equations(g2, w2, phase, wt, widths) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (B, n, n) and b (B, n) of B frames that share one G set (|G|² ``g2`` (n_G,), weights ``w2`` (2n_G,)):
+    ``phase`` (B, 2n_G, n) cos/sin of G·R, ``wt`` (B, 2n_G) the weighted target, ``widths`` (n,) per atom, Å."""
+    form = torch.exp(-0.25 * g2[:, None] * widths[None] ** 2)  # (n_G, n)
+    f = phase * torch.cat([form, form])[None]
+    ft = f.transpose(1, 2)
+    return ft @ (f * w2[None, :, None]), (ft @ wt[..., None])[..., 0]
 
-    Solved in the constraint subspace q = N/n + Z y from one eigendecomposition of ZᵀAZ; directions
-    with eigenvalue ≤ NULL_RTOL·max (the density does not fix them) are put on the reference, which is
-    the λ → 0 limit of :func:`.restraint.restrained_solve` with n_gauss = 1.
+
+def constrained_minima(a, b, norm, n_electrons, reference) -> tuple[torch.Tensor, torch.Tensor]:
+    """q₀ (B, n) = argmin F(q) subject to Σq = N for each of B frames, and the relative misfits F(q₀)/Σ_S W|C|² (B,).
+
+    ``a`` (B, n, n), ``b`` (B, n), ``norm`` and ``n_electrons`` (B,), ``reference`` (B, n). Solved in the
+    constraint subspace q = N/n + Z y from one batched eigendecomposition of ZᵀAZ; directions with eigenvalue
+    ≤ NULL_RTOL·max (the density does not fix them) are put on the reference, which is the λ → 0 limit of
+    :func:`.restraint.restrained_solve` with n_gauss = 1. One atom: q = N (ZᵀAZ is 0×0).
     """
-    n = len(b)
+    n = b.shape[-1]
     z = constraint_basis(n, a)
-    q_part = a.new_full((n,), n_electrons / n)
+    q_part = (n_electrons / n)[:, None].expand(-1, n)
     w, u = torch.linalg.eigh(z.T @ a @ z)
-    coords = u.T @ (z.T @ (b - a @ q_part))
-    ref_coords = u.T @ (z.T @ (reference.to(a) - q_part))
-    determined = w > NULL_RTOL * max(float(w[-1]), 0.0) if len(w) else w.bool()  # one atom: q = N
-    y = u @ torch.where(determined, coords / torch.where(determined, w, torch.ones_like(w)), ref_coords)
-    q = q_part + z @ y
-    misfit = float((norm - 2.0 * b @ q + q @ a @ q) / norm)
+    ut = u.transpose(1, 2)
+    coords = (ut @ (z.T @ (b - (a @ q_part[..., None])[..., 0])[..., None]))[..., 0]
+    ref_coords = (ut @ (z.T @ (reference - q_part)[..., None]))[..., 0]
+    determined = w > NULL_RTOL * w[:, -1:].clamp(min=0.0)
+    step = torch.where(determined, coords / torch.where(determined, w, torch.ones_like(w)), ref_coords)
+    q = q_part + (u @ step[..., None])[..., 0] @ z.T
+    misfit = (norm - 2.0 * (b * q).sum(-1) + (q[:, None, :] @ a @ q[..., None])[:, 0, 0]) / norm
     return q, misfit
+
+
+def constrained_minimum(a, b, norm, n_electrons, reference) -> tuple[torch.Tensor, float]:
+    """:func:`constrained_minima` of one frame: q₀ (n,) and its relative misfit."""
+    q, misfit = constrained_minima(a[None], b[None], torch.as_tensor(norm, dtype=a.dtype, device=a.device)[None],
+                                   torch.as_tensor(float(n_electrons), dtype=a.dtype, device=a.device)[None],
+                                   reference.to(a)[None])
+    return q[0], float(misfit[0])
+
+
+@dataclass
+class FrameStack:
+    """Frames with the same G set (cell and grid) and the same atoms in the same order, stacked so that one batched
+    product and one batched eigendecomposition give all their misfits (issue 9 item 5: batched over frames, on the
+    tables' device). ``frames`` are their positions in the caller's list."""
+
+    g2: torch.Tensor
+    w2: torch.Tensor
+    phase: torch.Tensor  # (B, 2n_G, n)
+    wt: torch.Tensor  # (B, 2n_G)
+    norm: torch.Tensor  # (B,)
+    n_electrons: torch.Tensor  # (B,)
+    reference: torch.Tensor  # (B, n)
+    index: np.ndarray  # (n,) species of each atom
+    frames: list[int]
+
+    def misfits(self, widths: np.ndarray) -> torch.Tensor:
+        """F(q₀)/Σ_S W|C|² (B,) at the species widths ``widths`` (Å, one per species)."""
+        per_atom = torch.as_tensor(np.asarray(widths, dtype=np.float64)[self.index], device=self.g2.device)
+        a, b = stacked_equations(self.g2, self.w2, self.phase, self.wt, per_atom)
+        return constrained_minima(a, b, self.norm, self.n_electrons, self.reference)[1]
+
+
+def stack_frames(tables: list[SpeciesEquations], index: list[np.ndarray], references: list[torch.Tensor]) -> list[FrameStack]:
+    """Group the frames into :class:`FrameStack` s; each table's phases become a view into its stack (no second copy)."""
+    groups: list[list[int]] = []
+    for i, (table, idx) in enumerate(zip(tables, index)):
+        for group in groups:
+            first = tables[group[0]]
+            if (np.array_equal(index[group[0]], idx) and first.g2.shape == table.g2.shape
+                    and torch.equal(first.g2, table.g2) and torch.equal(first.w2, table.w2)):
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    stacks = []
+    for group in groups:
+        first = tables[group[0]]
+        phase = torch.stack([tables[i].phase for i in group])
+        for k, i in enumerate(group):
+            tables[i].phase = phase[k]
+        stacks.append(FrameStack(
+            g2=first.g2, w2=first.w2, phase=phase, wt=torch.stack([tables[i].wt for i in group]),
+            norm=torch.stack([tables[i].norm for i in group]),
+            n_electrons=torch.tensor([float(tables[i].n_electrons) for i in group], dtype=phase.dtype,
+                                     device=phase.device),
+            reference=torch.stack([references[i].to(phase) for i in group]), index=index[group[0]], frames=group))
+    return stacks
 
 
 @dataclass
@@ -161,15 +229,9 @@ class SpeciesFit:
         return not self.at_bound
 
 
-def species_misfit(tables: list[SpeciesEquations], index: list[np.ndarray], references: list[torch.Tensor],
-                   widths: np.ndarray) -> float:
+def species_misfit(stacks: list[FrameStack], widths: np.ndarray) -> float:
     """Σ_frames F(q₀)/Σ_S W|C|² at the species widths ``widths`` (Å, one per species)."""
-    total = 0.0
-    for table, idx, ref in zip(tables, index, references):
-        per_atom = torch.as_tensor(np.asarray(widths, dtype=np.float64)[idx], device=table.g2.device)
-        a, b, norm = table.equations(per_atom)
-        total += constrained_minimum(a, b, norm, table.n_electrons, ref)[1]
-    return total
+    return float(sum(float(stack.misfits(widths).sum()) for stack in stacks))
 
 
 @contextmanager
@@ -186,7 +248,7 @@ def _one_thread():
             torch.set_num_threads(previous)
 
 
-def optimise_widths(tables, index, references, n_species: int, bounds: tuple[float, float]) -> tuple[np.ndarray, float, list]:
+def optimise_widths(stacks: list[FrameStack], n_species: int, bounds: tuple[float, float]) -> tuple[np.ndarray, float, list]:
     """The species widths (Å) minimising :func:`species_misfit`: grid, then Nelder–Mead in log σ (bounded)."""
     from scipy.optimize import minimize
 
@@ -199,7 +261,7 @@ def optimise_widths(tables, index, references, n_species: int, bounds: tuple[flo
         widths = np.clip(np.asarray(widths, dtype=np.float64), lo, hi)
         key = tuple(np.round(widths, 12))
         if key not in cache:
-            v = species_misfit(tables, index, references, widths)
+            v = species_misfit(stacks, widths)
             cache[key] = v if math.isfinite(v) else math.inf
             history.append({"widths": widths.tolist(), "misfit": cache[key]})
         return cache[key]
@@ -252,13 +314,14 @@ def fit_species(densities, zvals, *, widths: dict[str, float] | None = None, gcu
     index = [np.array([species.index(s) for s in d.symbols]) for d in densities]
     refs = [torch.as_tensor([float(zvals[s]) for s in d.symbols], dtype=torch.float64, device=t.g2.device)
             for d, t in zip(densities, tables)]
+    stacks = stack_frames(tables, index, refs)
     history: list[dict] = []
     with _one_thread():
         if widths is None:
-            w, total, history = optimise_widths(tables, index, refs, len(species), width_bounds(densities))
+            w, total, history = optimise_widths(stacks, len(species), width_bounds(densities))
         else:
             w = np.array([float(widths[s]) for s in species])
-            total = species_misfit(tables, index, refs, w)
+            total = species_misfit(stacks, w)
     lo, hi = width_bounds(densities)
     at_bound = [s for s, x in zip(species, w) if widths is None and (x <= lo * (1 + 1e-6) or x >= hi * (1 - 1e-6))]
     out = SpeciesFit(widths=dict(zip(species, map(float, w))), misfit=total, at_bound=at_bound, history=history)
