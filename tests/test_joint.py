@@ -26,7 +26,7 @@ def _frames(n: int = 2):
 
 def test_single_frame_equals_the_per_frame_default():
     density = _frames(1)[0]
-    options = FitOptions(device="cpu")
+    options = FitOptions.for_definition("restrained", device="cpu")
     joint = fit_frames_jointly([density], options, [ZVAL])
     alone = run_fit(density, options, zval=ZVAL)
     assert joint["parameters"]["sigma_start"] == pytest.approx(alone["parameters"]["sigma_start"], abs=1e-6)
@@ -35,7 +35,7 @@ def test_single_frame_equals_the_per_frame_default():
 
 def test_joint_sigma_is_shared_deterministic_and_conserves_charge():
     frames = _frames(2)
-    options = FitOptions(device="cpu")
+    options = FitOptions.for_definition("restrained", device="cpu")
     first = fit_frames_jointly(frames, options, [ZVAL] * 2)
     again = fit_frames_jointly(frames, options.with_changes(seed=7, starts=3), [ZVAL] * 2)
     sigma = first["parameters"]["sigma_start"]
