@@ -76,12 +76,22 @@ def test_species_model_that_cannot_place_an_element_falls_back_to_restrained(nam
 def test_when_the_species_model_is_not_tried(nacl):
     """No Z_val, a difference density, another reference, or options of the three-Gaussian model: restrained."""
     base = FitOptions(device="cpu")
-    assert species_inapplicable(base, GTH, "absolute") is None
-    assert "no Z_val" in species_inapplicable(base, None, "absolute")
-    assert "difference density" in species_inapplicable(base, GTH, "difference")
-    assert "reference 'uniform'" in species_inapplicable(base.with_changes(reference="uniform"), GTH, "absolute")
-    given = species_inapplicable(base.with_changes(gcut=5.0, optimize=False), GTH, "absolute")
+    assert species_inapplicable(nacl, base, GTH, "absolute") is None
+    assert "no Z_val" in species_inapplicable(nacl, base, None, "absolute")
+    assert "difference density" in species_inapplicable(nacl, base, GTH, "difference")
+    assert "reference 'uniform'" in species_inapplicable(nacl, base.with_changes(reference="uniform"), GTH, "absolute")
+    given = species_inapplicable(nacl, base.with_changes(gcut=5.0, optimize=False), GTH, "absolute")
     assert given == "options of the three-Gaussian model were given (gcut, optimize)"
+    import aiida_optddap.engine.species as species_module
+
+    values = species_module.table_values(nacl)
+    assert species_module.SpeciesEquations(nacl).phase.numel() == pytest.approx(values, rel=0.1)  # the estimate
+    saved = species_module.MAX_TABLE_VALUES
+    species_module.MAX_TABLE_VALUES = values - 1
+    try:
+        assert "too large" in species_inapplicable(nacl, base, GTH, "absolute")
+    finally:
+        species_module.MAX_TABLE_VALUES = saved
     fixed = run_fit(nacl, base.with_changes(optimize=False), zval=GTH)
     assert fixed["charge_model"] == "restrained" and "optimize" in fixed["model_choice"]["reason"]
     assert fixed["model_choice"]["widths"] is None and "species_attempt" not in fixed["timings"]

@@ -184,7 +184,7 @@ def run_fit(
                source_format=source_format)
     if options.definition != AUTO:
         return _with_model(_run_stages(density, options, **run), options.definition, None)
-    reason = species_inapplicable(options, zval, mode)
+    reason = species_inapplicable(density, options, zval, mode)
     attempt = None
     if reason is None:
         species = _run_stages(density, species_options(options), **run)
@@ -208,8 +208,10 @@ def run_fit(
 GAUSSIAN_MODEL_FIELDS = ("sigma_start", "factor", "n_gauss", "gcut", "optimize", "loss", "free_parameters")
 
 
-def species_inapplicable(options: FitOptions, zval, mode: str) -> str | None:
+def species_inapplicable(density: Density, options: FitOptions, zval, mode: str) -> str | None:
     """Why the ``auto`` definition cannot try the species model on this fit (None: it can)."""
+    from .species import MAX_TABLE_VALUES, table_values
+
     if mode != "absolute":
         return "a difference density has no neutral-atom reference (the species model needs one)"
     if zval is None:
@@ -220,6 +222,9 @@ def species_inapplicable(options: FitOptions, zval, mode: str) -> str | None:
     given = [name for name in GAUSSIAN_MODEL_FIELDS if getattr(options, name) != getattr(default, name)]
     if given:
         return f"options of the three-Gaussian model were given ({', '.join(given)})"
+    if table_values(density) > MAX_TABLE_VALUES:
+        return (f"the cell is too large for the species model's dense tables ({density.n_atoms} atoms; "
+                "--definition species forces it)")
     return None
 
 

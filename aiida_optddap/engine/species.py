@@ -57,6 +57,20 @@ LOG_WIDTH_XTOL = 1e-6
 SPECIES_GCUT = 5.5
 
 
+#: The largest phase table (2·n_G × atoms float64 values, cos and sin over the half sphere) the species model builds
+#: by itself: 2**28 values = 2 GiB, reached near 2000 atoms of rock salt at g_c 5.5 Å⁻¹. Its width search costs
+#: ~n_G·atoms² flops per trial (0.2 s at 512 atoms, ~10 s at 2000 on two cores); the ``auto`` definition runs the
+#: restrained model on larger cells (engine/fit.py).
+MAX_TABLE_VALUES = 2**28
+
+
+def table_values(density, gcut: float = SPECIES_GCUT) -> int:
+    """The size of :class:`SpeciesEquations`' phase table for ``density`` (values), from the volume of the G sphere
+    of radius g_c (Å⁻¹): (4/3)π g_c³ · V / (2π)³ vectors, times the atoms."""
+    volume = abs(float(np.linalg.det(np.asarray(density.cell, dtype=float))))
+    return int(4.0 / 3.0 * math.pi * gcut**3 * volume / (2.0 * math.pi) ** 3 * density.n_atoms)
+
+
 def species_of(symbols) -> tuple[list[str], np.ndarray]:
     """The sorted species and the species index of every atom."""
     species = sorted(set(symbols))
