@@ -385,15 +385,17 @@ def solve_charges(
     tau: float | None = None,
     strength: np.ndarray | None = None,
     with_diagnostics: bool = True,
+    metric=None,
 ) -> Solution:
-    """Dispatch to :func:`.restraint.restrained_solve` (needs ``reference`` populations and τ) or :func:`solve`."""
+    """Dispatch to :func:`.restraint.restrained_solve` (needs ``reference`` populations and τ; ``metric``: its
+    :func:`.restraint.restraint_metric`, reused over a scan) or :func:`solve`."""
     if solver == "restrained":
         from .restraint import DEFAULT_TAU, restrained_solve
 
         if reference is None:
             raise ValueError("the restrained solver needs reference populations")
         sol = restrained_solve(a, b, norm, n_electrons, reference, n_gauss, DEFAULT_TAU if tau is None else tau,
-                               strength=strength, pinv_rtol=rtol, with_diagnostics=with_diagnostics)
+                               strength=strength, pinv_rtol=rtol, with_diagnostics=with_diagnostics, metric=metric)
         return Solution(sol.q, sol.unconstrained_total, sol.strength, sol.delta, sol.uncertainty)
     q, total_u = solve(a, b, n_electrons, solver, rtol, spec)
     return Solution(q, total_u)

@@ -21,6 +21,7 @@ import torch
 from .ddap import DEFAULT_RTOL, Parameters, Problem, normal_equations, radii_from, solve_charges, spectrum
 from .gspace import DEFAULT_GCUT, box_gmax
 from .losses import LossTerms
+from .restraint import restraint_metric
 from .shells import DensityLoss, FitShells
 
 #: Ranges the random starting points are drawn from (clipped to the bounds).
@@ -311,11 +312,13 @@ def minimise_sigma_start_frames(
     frames = []
     for problem, reference in zip(problems, references):
         fast = loss == "density" and DensityLoss.fits(problem, 1, n_gauss)
+        like = torch.empty(0, dtype=torch.float64, device=problem.device)
         frames.append((
             problem,
             DensityLoss(problem) if fast else LossTerms(problem, loss),
             FitShells(problem).normal_equations if FitShells.fits(problem) else partial(normal_equations, problem),
             None if reference is None else torch.as_tensor(np.asarray(reference, dtype=np.float64), device=problem.device),
+            restraint_metric(problem.n_atoms * n_gauss, n_gauss, like) if solver == "restrained" else None,
         ))
     history: list[dict] = []
     cache: dict[float, tuple[float, np.ndarray]] = {}
@@ -326,14 +329,14 @@ def minimise_sigma_start_frames(
         if sigma in cache:
             return cache[sigma][0]
         value, first, first_diag = 0.0, None, None
-        for problem, loss_terms, equations, ref in frames:
+        for problem, loss_terms, equations, ref, metric in frames:
             opts = {"dtype": torch.float64, "device": problem.device}
             with torch.no_grad():
                 radii = radii_from(torch.tensor([sigma], **opts), torch.tensor([start.factor], **opts), n_gauss)
                 a, b, norm = equations(radii, torch.tensor([start.gcut], **opts))
                 diag = spectrum(a, rtol)
                 sol = solve_charges(a, b, norm, problem.n_electrons, n_gauss, solver, rtol, diag, ref, tau,
-                                    with_diagnostics=False)
+                                    with_diagnostics=False, metric=metric)
                 value += float(loss_terms(problem, sol.q, radii)[0])
             if first is None:
                 first = sol.q.reshape(problem.n_atoms, n_gauss).sum(-1).cpu().numpy()

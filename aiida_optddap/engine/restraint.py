@@ -69,9 +69,30 @@ def population_matrix(n_atoms: int, n_gauss: int, like: torch.Tensor) -> torch.T
                       like.new_ones(1, n_gauss))
 
 
-def _generalised_eigh(a: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenvalues w (B, n) and vectors V (B, n, n) of A v = w R v with VᵀRV = I (R SPD)."""
-    chol = torch.linalg.cholesky(r)
+@dataclass(frozen=True)
+class RestraintMetric:
+    """The A-independent matrices of the restrained solve for M coefficients: Z (M, M−1) of
+    :func:`constraint_basis`, P (n_atoms, M), R = PᵀP + μI (M, M) and the lower Cholesky factor of ZᵀRZ
+    (M−1, M−1). Built once per problem by :func:`restraint_metric`; a scan that solves many A of one problem
+    passes it to every solve (two M³ products and a factorisation fewer per solve)."""
+
+    z: torch.Tensor
+    p: torch.Tensor
+    r: torch.Tensor
+    r_chol: torch.Tensor
+
+
+def restraint_metric(m: int, n_gauss: int, like: torch.Tensor) -> RestraintMetric:
+    """:class:`RestraintMetric` for M = ``m`` coefficients, ``n_gauss`` per atom (dtype and device of ``like``)."""
+    z = constraint_basis(m, like)
+    p = population_matrix(m // n_gauss, n_gauss, like)
+    r = p.T @ p + SHAPE_WEIGHT * torch.eye(m, dtype=like.dtype, device=like.device)
+    return RestraintMetric(z, p, r, torch.linalg.cholesky(z.T @ r @ z))
+
+
+def _generalised_eigh(a: torch.Tensor, chol: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues w (B, n) and vectors V (B, n, n) of A v = w R v with VᵀRV = I, from R's lower Cholesky
+    factor ``chol`` (B, n, n)."""
     left = torch.linalg.solve_triangular(chol, a, upper=False)
     c = torch.linalg.solve_triangular(chol, left.transpose(-1, -2), upper=False)
     w, u = torch.linalg.eigh(0.5 * (c + c.transpose(-1, -2)))
@@ -121,6 +142,7 @@ def restrained_solve(
     strength: np.ndarray | None = None,
     pinv_rtol: float = 1e-10,
     with_diagnostics: bool = True,
+    metric: RestraintMetric | None = None,
 ) -> RestrainedSolution:
     """Restrained coefficients for a batch of normal equations (see the module docstring).
 
@@ -132,26 +154,25 @@ def restrained_solve(
         tau: the allowed relative misfit increase τ.
         strength: (B,) λ (relative to tr(A)/M) to use instead of the discrepancy principle.
         with_diagnostics: compute the uncertainty and 1ᵀA⁺b (the optimiser's steps skip them: NaN).
+        metric: :func:`restraint_metric` of (M, n_gauss), when the caller reuses it over many solves.
 
     Differentiable with respect to a and b at the λ found (λ itself is not differentiated).
     """
     n_batch, m = b.shape
     n_atoms = m // n_gauss
-    z = constraint_basis(m, a)
-    p = population_matrix(n_atoms, n_gauss, a)
+    metric = metric if metric is not None else restraint_metric(m, n_gauss, a)
+    z, p, r_full = metric.z, metric.p, metric.r
     reference = reference.to(a).expand(n_batch, n_atoms)
     q_ref = torch.repeat_interleave(reference / n_gauss, n_gauss, dim=1)  # (B, M)
     q_part = a.new_full((m,), n_electrons / m)  # 1ᵀq_part = N
-    r_full = p.T @ p + SHAPE_WEIGHT * torch.eye(m, dtype=a.dtype, device=a.device)
     scale = torch.diagonal(a, dim1=-2, dim2=-1).mean(-1)  # s = tr(A)/M (B,)
 
     # In the constraint subspace q = q_part + Z y: F = yᵀÃy − 2b̃ᵀy + const.
     a_t = z.T @ a @ z
     b_t = ((b - a @ q_part) @ z)
-    r_t = z.T @ r_full @ z
     # restraint = yᵀR̃y − 2 r̃ᵀy + const with r̃ = ZᵀR(q_ref − q_part)
     r_lin = (q_ref - q_part) @ r_full @ z
-    w, v = _generalised_eigh(a_t, r_t.expand(n_batch, -1, -1))
+    w, v = _generalised_eigh(a_t, metric.r_chol.expand(n_batch, -1, -1))
     g = (b_t[:, None, :] @ v)[:, 0] / torch.where(w.abs() > 0, w, torch.ones_like(w))  # Vᵀb̃ / w
     h = (r_lin[:, None, :] @ v)[:, 0]  # Vᵀr̃: the reference's coordinates in the eigenbasis (VᵀR̃V = I)
 

@@ -41,10 +41,15 @@ EXP_CUT = 40.0
 PAIR_COST = 8.0
 
 
+#: Elements per block of :func:`_atom_table` (2¹⁸: its ten element-wise passes stay in cache; measured on the
+#: 3.5 M G box of a 512-atom cell, 2 cores: 3.8× faster than ddap.CHUNK_ELEMENTS = 2²², bit-identical).
+TABLE_ELEMENTS = 1 << 18
+
+
 def _atom_table(gs: TorchGSet, ids: torch.Tensor, n_shells: int) -> torch.Tensor:
     """U_s(α) = Σ_{G∈s} w_G (cos(G·R_α) Re C_G − sin(G·R_α) Im C_G), (n_shells, n_atoms)."""
     table = gs.g2.new_zeros(n_shells, gs.n_atoms)
-    for start, end in gs.chunks(gs.n, gs.n_atoms):
+    for start, end in gs.chunks(gs.n, gs.n_atoms, max(1, TABLE_ELEMENTS // max(gs.n_atoms, 1))):
         cos, sin = gs.phases(start, end)
         w = gs.weight[start:end, None]
         table.index_add_(0, ids[start:end], w * (cos * gs.c_re[start:end, None] - sin * gs.c_im[start:end, None]))
