@@ -35,6 +35,12 @@ class SingularMatrixError(ArithmeticError):
     """The explicit-inverse (``lagrange``) solver met a singular or numerically singular A."""
 
 
+def singular_error(kappa: float, rtol: float) -> SingularMatrixError:
+    """The ``lagrange`` solver's error for an A of condition number ``kappa`` beyond 1/rtol."""
+    return SingularMatrixError(f"A is singular (condition number {kappa:.3g} beyond 1/rtol = {1 / rtol:.3g}); "
+                               "the explicit-inverse lagrange solver cannot be used, use --solver pinv")
+
+
 @dataclass(frozen=True)
 class Parameters:
     """The DDAP model parameters: σ_start (Å), f (–), K, g_c (Å⁻¹)."""
@@ -302,11 +308,7 @@ def solve(
     m = a.shape[-1]
     full_rank = spec.rank == m
     if solver == "lagrange" and not full_rank.all():
-        kappa = float(np.max(spec.condition_number))
-        raise SingularMatrixError(
-            f"A is singular (condition number {kappa:.3g} beyond 1/rtol = {1 / rtol:.3g}); "
-            "the explicit-inverse lagrange solver cannot be used, use --solver pinv"
-        )
+        raise singular_error(float(np.max(spec.condition_number)), rtol)
     solution = _apply_inverse(a, torch.stack([b, torch.ones_like(b)], dim=-1), full_rank, rtol)
     q_u, a_ones = solution[..., 0], solution[..., 1]
     total_u = q_u.sum(dim=1)

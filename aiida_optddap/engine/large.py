@@ -13,10 +13,14 @@ returns the same populations with
 
 Where A cannot be factorised (exactly singular) or more than :data:`.conditioning.DEFLATE_MAX` eigenvalues lie
 below the cutoff, it rebuilds A and falls back to :func:`.ddap.fit_coefficients` (eigendecomposition).
-Peak memory ≈ the density grid + A + O(atoms·G) scratch.
+Peak memory ≈ the density grid + A + O(atoms·G) scratch. :func:`.fit.run_fit` takes this route for its
+fixed-parameter ``pinv``/``lagrange`` fits of cells of at least :data:`.nufft.MIN_ATOMS` atoms (:func:`applies`;
+``fit_route`` in results.json).
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import torch
@@ -24,7 +28,7 @@ import torch
 from . import nufft
 from .batch import sphere_coefficients
 from .conditioning import NotPositiveDefiniteError, cholesky_lagrange, estimate_conditioning
-from .ddap import DEFAULT_RTOL, Parameters, Problem, TorchGSet, fit_coefficients, resolve_device
+from .ddap import DEFAULT_RTOL, Parameters, Problem, TorchGSet, fit_coefficients, resolve_device, singular_error
 from .density import Density
 from .gspace import GSet
 
@@ -40,20 +44,43 @@ def lean_problem(density: Density, gcut: float, device: str = "cpu") -> Problem:
                    loss_norm_density=float("nan"), device=dev)
 
 
-def fit_large(density: Density, parameters: Parameters = Parameters(), rtol: float = DEFAULT_RTOL,
-              device: str = "cpu", timings: dict | None = None, probe=None) -> dict:
-    """The ``pinv`` fit of :func:`.ddap.fit_coefficients` (same keys) for a large cell; ``timings`` (a dict)
-    receives the seconds of each stage (setup, normal_equations, solve); ``probe(stage)``, when given, is called
-    at the end of each stage (the benchmark reads the memory high-water mark there)."""
-    import time
+#: The solvers of :func:`fit_problem`: the Lagrange formula of :func:`.ddap.solve` through the Cholesky factor.
+SOLVERS = ("pinv", "lagrange")
 
+
+def applies(n_atoms: int, solver: str, optimize: bool, device: torch.device | str = "cpu") -> bool:
+    """Whether :func:`.fit.run_fit` takes this route for its fit: a fixed-parameter fit (no optimisation) with a
+    solver of :data:`SOLVERS`, at least :data:`.nufft.MIN_ATOMS` atoms (the measured crossing of the NUFFT, 200–300
+    atoms, docs/benchmarks.md) and the NUFFT backend installed."""
+    return not optimize and solver in SOLVERS and n_atoms >= nufft.MIN_ATOMS and nufft.available(device)
+
+
+def fit_large(density: Density, parameters: Parameters = Parameters(), rtol: float = DEFAULT_RTOL,
+              device: str = "cpu", timings: dict | None = None, probe=None, solver: str = "pinv") -> dict:
+    """:func:`fit_problem` on the :func:`lean_problem` of ``density``; ``timings`` (a dict) receives the seconds of
+    each stage (setup, normal_equations, solve); ``probe(stage)``, when given, is called at the end of each stage
+    (the benchmark reads the memory high-water mark there)."""
+    stages = timings if timings is not None else {}
+    start = time.perf_counter()
+    problem = lean_problem(density, parameters.gcut, device)
+    stages["setup"] = time.perf_counter() - start
+    if probe is not None:
+        probe("setup")
+    return fit_problem(problem, parameters, solver, rtol, timings=stages, probe=probe)
+
+
+def fit_problem(problem: Problem, parameters: Parameters = Parameters(), solver: str = "pinv",
+                rtol: float = DEFAULT_RTOL, *, timings: dict | None = None, probe=None) -> dict:
+    """The ``pinv`` or ``lagrange`` fit of :func:`.ddap.fit_coefficients` (same keys, same populations) of a problem
+    (of :func:`lean_problem`: no phase tables), with ``timings`` and ``probe`` as in :func:`fit_large`.
+
+    ``lagrange`` raises :class:`.ddap.SingularMatrixError` where A is rank-deficient under ``rtol``, as
+    :func:`.ddap.solve` does."""
+    if solver not in SOLVERS:
+        raise ValueError(f"the large-cell fit solves {', '.join(SOLVERS)}, not {solver!r}")
     clock = time.perf_counter
     stages = timings if timings is not None else {}
     probe = probe or (lambda stage: None)
-    start = clock()
-    problem = lean_problem(density, parameters.gcut, device)
-    stages["setup"] = clock() - start
-    probe("setup")
     opts = {"dtype": torch.float64, "device": problem.device}
     radii = torch.as_tensor(parameters.radii(), **opts)[None]
     gcut = torch.tensor([parameters.gcut], **opts)
@@ -67,7 +94,10 @@ def fit_large(density: Density, parameters: Parameters = Parameters(), rtol: flo
             cond = estimate_conditioning(a, rtol, overwrite=True)  # a now holds L
         except NotPositiveDefiniteError:
             del a
-            return fit_coefficients(problem, parameters, "pinv", rtol)
+            return fit_coefficients(problem, parameters, solver, rtol)
+        m = problem.n_atoms * parameters.n_gauss
+        if solver == "lagrange" and int(cond.rank[0]) < m:
+            raise singular_error(float(cond.condition_number[0]), rtol)
         q, total_u = cholesky_lagrange(cond.factor, b, problem.n_electrons, cond.null_space)
         lq = cond.factor[0].T @ q[0]  # qᵀAq = |Lᵀq|²
         residual = float((norm[0] - 2.0 * (b[0] @ q[0]) + lq @ lq) / norm[0])
@@ -81,7 +111,7 @@ def fit_large(density: Density, parameters: Parameters = Parameters(), rtol: flo
         "radii": parameters.radii(),
         "condition_number": float(cond.condition_number[0]),
         "rank": int(cond.rank[0]),
-        "n_coefficients": int(problem.n_atoms * parameters.n_gauss),
+        "n_coefficients": m,
         "smallest_eigenvalues": cond.smallest[0].tolist(),
         "unconstrained_total": total,
         "renormalisation": problem.n_electrons - total,

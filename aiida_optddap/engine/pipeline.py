@@ -42,6 +42,7 @@ class FitState:
     # prepare
     device: object = None
     problem: object = None
+    fit_route: str = "standard"  # "large": the fixed fit of engine.large (NUFFT A, b; Cholesky; no eigendecomposition)
     reference: np.ndarray | None = None
     reference_kind: str | None = None
     # optimise
@@ -105,7 +106,11 @@ def reference_populations(density: Density, zval, mode: str, kind: str, user_cha
 
 
 def prepare(state: FitState) -> None:
-    """Device, the G sets (to the largest g_c the optimiser may reach) and the restraint's reference."""
+    """Device, the G sets (to the largest g_c the optimiser may reach) and the restraint's reference.
+
+    A fixed-parameter ``pinv``/``lagrange`` fit of a large cell (:func:`.large.applies`) gets the lean problem of
+    :mod:`.large` (the fit sphere by a pruned DFT, no phase tables) and ``fit_route`` ``large``."""
+    from . import large
     from .ddap import Problem, resolve_device
     from .gspace import box_gmax
 
@@ -116,15 +121,19 @@ def prepare(state: FitState) -> None:
     gcut_max = start.gcut
     if options.optimize:
         gcut_max = max(start.gcut, min(2.0 * DEFAULT_GCUT, 0.98 * box_gmax(density.cell, density.grid.shape)))
-    state.problem = Problem.build(
-        density,
-        gcut_max,
-        device=state.device,
-        with_loss_set=options.optimize,
-        chunk_size=options.chunk_size,
-        # The density loss reads the loss set once (shell tables), so its phases need not be kept.
-        cache_loss_phases=False if options.loss == "density" else None,
-    )
+    if large.applies(density.n_atoms, options.solver, options.optimize, state.device):
+        state.fit_route = "large"
+        state.problem = large.lean_problem(density, start.gcut, state.device.type)
+    else:
+        state.problem = Problem.build(
+            density,
+            gcut_max,
+            device=state.device,
+            with_loss_set=options.optimize,
+            chunk_size=options.chunk_size,
+            # The density loss reads the loss set once (shell tables), so its phases need not be kept.
+            cache_loss_phases=False if options.loss == "density" else None,
+        )
     if state.problem.fit.count_below(start.gcut) == 0:
         g2 = state.problem.fit.g2
         shortest = (f"the shortest is {float(g2[0]) ** 0.5:.4g} Å⁻¹" if len(g2)
@@ -200,13 +209,18 @@ def optimise(state: FitState) -> None:
 
 
 def solve(state: FitState) -> None:
-    """The fit at the final parameters (coefficients, populations, spectrum, restraint)."""
+    """The fit at the final parameters (coefficients, populations, spectrum, restraint); on the ``large`` route
+    by :func:`.large.fit_problem` (κ, rank and the smallest eigenvalues from the Cholesky factor)."""
     from .ddap import fit_coefficients
+    from .large import fit_problem
 
     clock = time.perf_counter()
     options = state.options
-    state.fit = fit_coefficients(state.problem, state.parameters, options.solver, options.rtol,
-                                 reference=state.reference, tau=options.tau)
+    if state.fit_route == "large":
+        state.fit = fit_problem(state.problem, state.parameters, options.solver, options.rtol)
+    else:
+        state.fit = fit_coefficients(state.problem, state.parameters, options.solver, options.rtol,
+                                     reference=state.reference, tau=options.tau)
     state.lap("fit", clock)
 
 
@@ -363,6 +377,7 @@ def report(state: FitState, source: dict) -> dict:
         "warnings": state.warnings,
         "options": asdict(options),
         "device": state.device.type,
+        "fit_route": state.fit_route,
         "timings": timings,
     }
 
