@@ -11,6 +11,8 @@
   problem_for + fit_coefficients; frames per second and the ratio.
 * ``cp2k``: the real 2×2×2 CP2K NaCl cubes and the MoS₂ cubes of examples/cp2k_validation: populations by the
   NUFFT route vs the chunked sums.
+* ``optimise512``: the default definition's optimisation (σ_start scan + Brent) of the 512-atom synthetic rock salt
+  by run_fit, against one fixed fit of the same density in the same run; the parts of one σ_start evaluation.
 
 ``python -m bench.large_cells [--quick] [--sizes 4,5,6,8] [--old-max 1000] [--only sizes,frames,...]``
 """
@@ -311,7 +313,94 @@ def part_cp2k(args, con) -> dict:
     return {"records": records, "torch_threads": torch.get_num_threads()}
 
 
-PARTS = {"sizes": part_sizes, "crossover": part_crossover, "frames": part_frames, "cp2k": part_cp2k}
+def _evaluation_profile(density, options, repeats: int) -> dict:
+    """Median seconds of the four parts of one σ_start evaluation of optimize.minimise_sigma_start_frames at the
+    documented start (normal equations, spectrum, restrained solve, density loss), and the one-off set-up of the
+    scan (shell tables of the loss, the restraint's metric)."""
+    import torch
+
+    from aiida_optddap.engine import ddap, nufft, pipeline, restraint, shells
+
+    state = pipeline.FitState(density, options)
+    pipeline.prepare(state)
+    problem, start = state.problem, state.parameters
+    opts = {"dtype": torch.float64}
+    reference = torch.as_tensor(state.reference, **opts)
+    setup = {}
+    setup["density_loss_s"], loss = harness.timed(lambda: shells.DensityLoss(problem))
+    setup["restraint_metric_s"], metric = harness.timed(
+        lambda: restraint.restraint_metric(problem.n_atoms * start.n_gauss, start.n_gauss, reference))
+    radii = torch.as_tensor(start.radii(), **opts)[None]
+    gcut = torch.tensor([start.gcut], **opts)
+    parts = {"normal_equations": [], "spectrum": [], "restrained_solve": [], "density_loss": []}
+    wait_for_quiet()
+    with torch.no_grad():
+        for _ in range(repeats):
+            t, (a, b, norm) = harness.timed(lambda: ddap.normal_equations(problem, radii, gcut))
+            parts["normal_equations"].append(t)
+            parts["spectrum"].append(harness.timed(lambda: ddap.spectrum(a, options.rtol))[0])
+            t, sol = harness.timed(lambda: ddap.solve_charges(
+                a, b, norm, problem.n_electrons, start.n_gauss, "restrained", options.rtol, None, reference,
+                options.tau, with_diagnostics=False, metric=metric))
+            parts["restrained_solve"].append(t)
+            parts["density_loss"].append(harness.timed(lambda: loss(problem, sol.q, radii))[0])
+    return {"setup": setup, "median_s": {k: median(v) for k, v in parts.items()}, "all_s": parts,
+            "route": "shells" if shells.FitShells.fits(problem) else (
+                "nufft" if nufft.use_nufft(problem.n_atoms, radii, gcut) else "chunked")}
+
+
+def part_optimise512(args, con) -> dict:
+    """The default charge definition's optimisation (σ_start: log scan + Brent) of the 512-atom synthetic rock salt
+    by run_fit, against one fixed fit of the same density in the same run (the restrained definition at its
+    documented start, no optimisation); the parts of one σ_start evaluation."""
+    import torch
+
+    from aiida_optddap.engine.fit import FitOptions, run_fit
+    from bench.synthetic import rocksalt_density
+
+    n = 2 if args.quick else 4
+    repeats = args.repeats or (1 if args.quick else 3)
+    density = rocksalt_density(n, displace=True)
+    options = FitOptions.for_definition("restrained")
+    fixed = options.with_changes(optimize=False)
+    runs, baselines = [], []
+    for _ in range(repeats):
+        wait_for_quiet(con)
+        load = harness.loadavg()
+        t_fixed, base = harness.timed(lambda: run_fit(density, fixed))
+        baselines.append({"wall_s": t_fixed, "timings": base["timings"], "load": load})
+        wait_for_quiet(con)
+        load = harness.loadavg()
+        t_opt, result = harness.timed(lambda: run_fit(density, options))
+        runs.append({"wall_s": t_opt, "timings": result["timings"], "load": load,
+                     "sigma_start": result["parameters"]["sigma_start"], "evaluations": len(result["history"])})
+    profile = _evaluation_profile(density, options, 3 if args.quick else 5)
+    optimise_s, fixed_s = median([r["wall_s"] for r in runs]), median([b["wall_s"] for b in baselines])
+    rec = {"atoms": density.n_atoms, "grid": list(density.grid.shape), "repeats": repeats,
+           "definition": "restrained", "runs": runs, "baseline_fixed_fit": baselines,
+           "optimise_s": optimise_s, "fixed_fit_s": fixed_s, "optimise_over_fixed": optimise_s / fixed_s,
+           "evaluations": runs[-1]["evaluations"], "sigma_start": runs[-1]["sigma_start"],
+           "populations": result["populations"], "evaluation_profile": profile,
+           "torch_threads": torch.get_num_threads()}
+    stages = result["timings"]
+    con.print(table(f"Default optimisation (restrained: σ_start scan + Brent) of the {density.n_atoms}-atom rock salt, "
+                    f"medians of {repeats}",
+                    ["run", "wall", "setup", "optimize", "fit", "reconstruct", "ratio"],
+                    [["fixed fit (baseline)", fmt_s(fixed_s), fmt_s(base["timings"]["setup"]), "–",
+                      fmt_s(base["timings"]["fit"]), fmt_s(base["timings"]["reconstruct"]), "1×"],
+                     ["run_fit, default optimisation", fmt_s(optimise_s), fmt_s(stages["setup"]),
+                      fmt_s(stages["optimize"]), fmt_s(stages["fit"]), fmt_s(stages["reconstruct"]),
+                      fmt_ratio(rec["optimise_over_fixed"])]],
+                    caption=f"{rec['evaluations']} σ_start evaluations; σ_start = {rec['sigma_start']:.10f} Å"))
+    parts = profile["median_s"]
+    con.print(table(f"One σ_start evaluation (normal equations by {profile['route']}), medians",
+                    ["part", "time"], [[k, fmt_s(v)] for k, v in parts.items()]
+                    + [[f"set-up: {k}", fmt_s(v)] for k, v in profile["setup"].items()]))
+    return rec
+
+
+PARTS = {"sizes": part_sizes, "crossover": part_crossover, "frames": part_frames, "cp2k": part_cp2k,
+         "optimise512": part_optimise512}
 
 
 def run(args) -> dict:
