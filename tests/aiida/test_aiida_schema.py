@@ -74,7 +74,7 @@ def test_cli_arguments():
     assert "--chunk-size 256" in joined
     assert "--zval Cl=7.0,Na=7" in joined
     assert "max" not in joined  # parser-only key
-    assert cli_arguments({"optimize": True, "plot": False}) == ["--definition", "restrained", "--optimize"]
+    assert cli_arguments({"optimize": True, "plot": False}) == ["--definition", "auto", "--optimize"]
     assert cli_arguments({"definition": "restrained"}) == ["--definition", "restrained"]
 
 
