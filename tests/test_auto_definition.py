@@ -69,6 +69,9 @@ def test_species_model_that_cannot_place_an_element_falls_back_to_restrained(nam
     assert "cannot place Mg, Na" in auto["model_choice"]["reason"]
     assert auto["timings"]["species_attempt"] > 0
     assert auto["timings"]["total"] >= auto["timings"]["species_attempt"]
+    read = run_fit(density, FitOptions(device="cpu"), zval=zval, timings={"read": 100.0})["timings"]
+    assert read["species_attempt"] < 100.0 and read["read"] == 100.0  # the caller's stages are counted once
+    assert read["total"] == pytest.approx(sum(v for k, v in read.items() if k != "total"))
     _same_charges(auto, run_fit(density, FitOptions.for_definition("restrained", device="cpu"), zval=zval))
     assert auto["uncertainty"]["determined"] and auto["net_charges"][5] == pytest.approx(1.34, abs=0.02)  # Mg
 
