@@ -11,7 +11,11 @@ Checks, per system (8-atom NaCl and MgO, CP2K 2023.1, recipe in examples/cp2k_ra
 * the forces sum to ~0: expected to fail (xfail) with the committed data, whose 300 Ry / REL_CUTOFF 40 grid
   gives egg-box forces of several eV/Å on the semicore Na q9 / Mg q10 atoms (see the README).
 
-Skips with a reason when a data file is missing.
+The same checks run on the soft-pseudopotential set (examples/cp2k_rattled/data_soft/, ``generate.py --set
+soft``: Na q1, Cl q7, Mg q2, O q6, 32 valence electrons per frame; test ids ``soft-<system>``), where the
+forces must sum to ~0 (not xfail) and the recorded ``force_sum`` must be the sum of the forces.
+
+Skips with a reason when a data file (or the whole data_soft/ folder) is missing.
 """
 
 from __future__ import annotations
@@ -22,27 +26,46 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-DATA = Path(__file__).resolve().parents[1] / "examples" / "cp2k_rattled" / "data"
+ROOT = Path(__file__).resolve().parents[1] / "examples" / "cp2k_rattled"
+DATA = ROOT / "data"
+DATA_SOFT = ROOT / "data_soft"
 SYSTEMS = {"nacl": ("Na", "Cl", 5.64, {"Na": 9, "Cl": 7}), "mgo": ("Mg", "O", 4.21, {"Mg": 10, "O": 6})}
+SOFT_ZVAL = {"nacl": {"Na": 1, "Cl": 7}, "mgo": {"Mg": 2, "O": 6}}
 MASSES = {"Na": 22.98976928, "Cl": 35.45, "Mg": 24.305, "O": 15.999}
+CASES = [("semicore", name) for name in SYSTEMS] + [("soft", name) for name in SYSTEMS]
 
 
-@pytest.fixture(scope="module", params=list(SYSTEMS))
+class Case(tuple):
+    """(name, records) as the tests unpack it, plus the set, its data folder and valence counts."""
+
+    def __new__(cls, name, records, set_name, data, zval):
+        self = super().__new__(cls, (name, records))
+        self.set, self.data, self.zval = set_name, data, zval
+        self.n_el = 4 * sum(zval.values())
+        return self
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[n if s == "semicore" else f"{s}-{n}" for s, n in CASES])
 def system(request):
-    name = request.param
-    path = DATA / f"{name}.json"
+    set_name, name = request.param
+    data = DATA if set_name == "semicore" else DATA_SOFT
+    zval = SYSTEMS[name][3] if set_name == "semicore" else SOFT_ZVAL[name]
+    path = data / f"{name}.json"
     if not path.is_file():
-        pytest.skip(f"rattled data missing: {path.relative_to(DATA.parents[2])} (run examples/cp2k_rattled/generate.py)")
+        flag = "" if set_name == "semicore" else " --set soft"
+        pytest.skip(f"rattled data missing: {path.relative_to(ROOT.parents[1])} "
+                    f"(run examples/cp2k_rattled/generate.py{flag})")
     records = json.loads(path.read_text())
-    missing = [f["cube"] for f in records["frames"] if not (DATA / f["cube"]).is_file()]
+    missing = [f["cube"] for f in records["frames"] if not (data / f["cube"]).is_file()]
     if missing:
         pytest.skip(f"rattled cubes missing: {missing}")
-    return name, records
+    return Case(name, records, set_name, data, zval)
 
 
 def test_frames_complete(system):
     name, records = system
-    cation, anion, a, zval = SYSTEMS[name]
+    cation, anion, a, _ = SYSTEMS[name]
+    zval = system.zval
     frames = records["frames"]
     assert len(frames) >= 5
     assert [f["frame"] for f in frames] == list(range(len(frames)))
@@ -55,7 +78,7 @@ def test_frames_complete(system):
         positions, forces = np.array(f["positions"]), np.array(f["forces"])
         assert positions.shape == (8, 3) and forces.shape == (8, 3)
         assert np.isfinite(forces).all() and np.isfinite(f["energy"])
-        assert f["n_valence_electrons"] == 64 and f["total_charge"] == 0
+        assert f["n_valence_electrons"] == system.n_el and f["total_charge"] == 0
         assert f["scf_converged"]
         if f["stress"] is not None:
             stress = np.array(f["stress"])
@@ -79,10 +102,10 @@ def test_cube_integrals(system):
         assert f["integral_committed"] == pytest.approx(f["n_valence_electrons"], rel=1e-3)
     bohr = 0.529177210903
     for f in (frames[0], frames[-1]):
-        density = read_density(DATA / f["cube"])
+        density = read_density(system.data / f["cube"])
         assert list(density.symbols) == f["symbols"]
         assert density.n_electrons == pytest.approx(f["integral_committed"], rel=1e-6)
-        assert density.n_electrons == pytest.approx(64, rel=1e-3)
+        assert density.n_electrons == pytest.approx(system.n_el, rel=1e-3)
         np.testing.assert_allclose(density.cell, f["cell"], atol=1e-4)
         # the cube keeps CP2K's coordinates (bohr, 6 decimals): compare modulo the cell
         frac = (np.array(density.positions) - np.array(f["positions"])) @ np.linalg.inv(f["cell"])
@@ -100,11 +123,29 @@ def test_perfect_bader_charges_symmetric(system):
     assert q[0] > 0.5 and q[4] < -0.5
     for f in records["frames"]:
         assert f["bader_population_sum"] == pytest.approx(f["integral_committed"], abs=1e-4)
-        assert np.sum(f["bader_net_charges"]) == pytest.approx(64 - f["integral_committed"], abs=1e-4)
+        assert np.sum(f["bader_net_charges"]) == pytest.approx(system.n_el - f["integral_committed"], abs=1e-4)
 
 
-@pytest.mark.xfail(reason="300 Ry / REL_CUTOFF 40 egg-box forces on the semicore GTH atoms (README)", strict=False)
-def test_forces_sum_to_zero(system):
+def test_forces_sum_to_zero(system, request):
     _, records = system
+    if system.set == "semicore":
+        request.applymarker(pytest.mark.xfail(
+            reason="300 Ry / REL_CUTOFF 40 egg-box forces on the semicore GTH atoms (README)", strict=False))
     for f in records["frames"]:
         np.testing.assert_allclose(np.sum(f["forces"], axis=0), 0, atol=0.05)  # eV/Å
+
+
+def test_soft_set_records(system):
+    """The soft set's metadata: potentials, bases, grid and the recorded force sums."""
+    name, records = system
+    if system.set != "soft":
+        pytest.skip("soft-set records only")
+    cation, anion = SYSTEMS[name][:2]
+    assert records["set"] == "soft" and records["potential_file"] == "POTENTIAL_UZH"
+    assert records["pseudopotentials"] == {s: f"GTH-PBE-q{z}" for s, z in system.zval.items()}
+    assert set(records["basis_sets"]) == {cation, anion}
+    assert len(records["frames"]) == 20
+    for f in records["frames"]:
+        np.testing.assert_allclose(f["force_sum"], np.sum(f["forces"], axis=0), atol=1e-12)
+        assert f["cutoff_ry"] == records["frames"][0]["cutoff_ry"] and f["rel_cutoff_ry"] == 60
+        assert f["integral_full"] == pytest.approx(system.n_el, rel=1e-4)

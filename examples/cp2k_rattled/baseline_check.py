@@ -24,6 +24,11 @@ Usage::
     python examples/cp2k_rattled/baseline_check.py                       # fits + baseline statistics
     python examples/cp2k_rattled/baseline_check.py --train --epochs 60   # + the two tiny MACE trainings
     python examples/cp2k_rattled/baseline_check.py --train --json out.json --workdir /tmp/bc
+    python examples/cp2k_rattled/baseline_check.py --data examples/cp2k_rattled/data_soft --train  # soft set
+
+``--data`` reads another folder of generate.py's layout (``<system>.json`` + cubes), e.g. the
+soft-pseudopotential set ``data_soft/`` (``generate.py --set soft``: physical forces); Z_val always come from
+the JSON.
 """
 
 from __future__ import annotations
@@ -48,7 +53,8 @@ TINY = {"model": "MACE", "num_channels": 8, "max_L": 0, "r_max": 4.0, "correlati
         "E0s": "average", "lr": 0.01}
 
 
-def fitted_frames(systems=("nacl", "mgo"), skip_suspect: bool = True, charges: str = "species"):
+def fitted_frames(systems=("nacl", "mgo"), skip_suspect: bool = True, charges: str = "species",
+                  data_dir: Path = DATA):
     """ase.Atoms per committed frame with REF_charges (fitted), REF_energy, REF_forces, config_type; and the
     seconds per frame of the fits."""
     from ase import Atoms
@@ -60,13 +66,13 @@ def fitted_frames(systems=("nacl", "mgo"), skip_suspect: bool = True, charges: s
 
     records, densities, zval = [], [], {}
     for system in systems:
-        data = json.loads((DATA / f"{system}.json").read_text())
+        data = json.loads((data_dir / f"{system}.json").read_text())
         zval.update({k: float(v) for k, v in data["zval"].items()})
         for rec in data["frames"]:
             if skip_suspect and rec.get("suspect"):
                 continue
             records.append((system, rec))
-            densities.append(read_density(DATA / rec["cube"]))
+            densities.append(read_density(data_dir / rec["cube"]))
     start = time.perf_counter()
     if charges == "species":
         fit = fit_species(densities, zval)
@@ -185,6 +191,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--charges", choices=("species", "restrained"), default="species",
                         help="Joint species-width charges (default) or the restrained definition frame by frame.")
+    parser.add_argument("--data", type=Path, default=DATA,
+                        help="folder with <system>.json and the cubes (default: the committed data/; "
+                             "data_soft/ for the soft-pseudopotential set)")
+    parser.add_argument("--systems", nargs="+", default=["nacl", "mgo"], help="default: nacl mgo")
     parser.add_argument("--train", action="store_true", help="Also train the two tiny MACE models and compare.")
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--forces-weight", type=float, default=100.0,
@@ -200,12 +210,13 @@ def main(argv=None) -> int:
     from aiida_optddap.engine.electrostatics import add_baseline
 
     start = time.perf_counter()
-    frames, seconds = fitted_frames(skip_suspect=not args.with_suspect, charges=args.charges)
+    frames, seconds = fitted_frames(systems=tuple(args.systems), skip_suspect=not args.with_suspect,
+                                    charges=args.charges, data_dir=args.data)
     t_fit = time.perf_counter() - start
     frames, summary = add_baseline(frames, charges="per_element")
     t_baseline = time.perf_counter() - start - t_fit
     stats = baseline_statistics(frames)
-    report = {"charges": args.charges, "n_frames": len(frames), "fit_seconds_total": t_fit, "fit_seconds_median": float(np.median(seconds)),
+    report = {"data": str(args.data), "charges": args.charges, "n_frames": len(frames), "fit_seconds_total": t_fit, "fit_seconds_median": float(np.median(seconds)),
               "baseline_seconds": t_baseline,
               "charges_per_element": summary["per_element"], "statistics": stats}
     print(f"{len(frames)} frames fitted in {t_fit:.1f} s (median {np.median(seconds):.2f} s), baseline {t_baseline:.1f} s")
@@ -235,7 +246,7 @@ def main(argv=None) -> int:
                   f"meV/atom, F {report[name]['rmse_f']:.3f} eV/Å")
         print(f"trivial (mean E per system, zero F): test RMSE E {report['trivial']['rmse_e_per_atom'] * 1000:.1f} "
               f"meV/atom, F {report['trivial']['rmse_f']:.3f} eV/Å")
-        for s in ("nacl", "mgo"):
+        for s in args.systems:
             print(f"  {s}: " + ", ".join(
                 f"{name} E {report[name][s]['rmse_e_per_atom'] * 1000:.1f} meV/atom F {report[name][s]['rmse_f']:.3f} eV/Å"
                 for name in ("trivial", "mace_alone", "baseline_plus_mace") if s in report[name]))

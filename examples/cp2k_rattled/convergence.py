@@ -24,6 +24,10 @@ CP2K runs in ``--workdir`` (default ``/tmp/cp2k_conv``, outside the repository; 
 there by the shared input writer and deleted after it has been measured unless ``--keep-cubes``). A run with
 a ``result.json`` in its folder is reused. Environment as in generate.py (``CP2K``, ``OMP_NUM_THREADS``,
 ``CP2K_DATA_DIR``). Writes ``--output`` (default ``convergence.json`` next to this script).
+
+``--set soft`` runs generate.py's soft-pseudopotential set instead (its inputs, workdir ``/tmp/cp2k_conv_soft``,
+output ``convergence_soft.json``). The committed convergence_soft.json: ``--set soft --grids 300/60 400/60
+600/60 800/60`` (OMP_NUM_THREADS=1).
 """
 
 from __future__ import annotations
@@ -149,7 +153,8 @@ def compare(runs: list[dict], system: str, frame: int) -> dict:
     out = {"reference": grid_label(ref["cutoff_Ry"], ref["rel_cutoff_Ry"]), "n_atoms": n, "runs": rows,
            "forces_eV_per_A": {grid_label(r["cutoff_Ry"], r["rel_cutoff_Ry"]): np.round(r["forces_eV_per_A"], 4).tolist()
                                for r in runs}}
-    committed = json.loads((gen.DATA / f"{system}.json").read_text())
+    path = gen.DATA / f"{system}.json"
+    committed = json.loads(path.read_text()) if path.is_file() else {"frames": []}
     rec = next((f for f in committed["frames"] if f["frame"] == frame), None)
     rerun = next((r for r in runs if rec and (r["cutoff_Ry"], r["rel_cutoff_Ry"]) ==
                   (rec["cutoff_ry"], rec["rel_cutoff_ry"])), None)
@@ -169,7 +174,10 @@ def compare(runs: list[dict], system: str, frame: int) -> dict:
 
 def committed_steps(system: str) -> list[int]:
     """SCF steps of every committed frame (from the ``scf`` line of data/<system>.json)."""
-    frames = json.loads((gen.DATA / f"{system}.json").read_text())["frames"]
+    path = gen.DATA / f"{system}.json"
+    if not path.is_file():  # a set without frames yet: assume the measured frame's steps for all of them
+        return [None] * gen.N_FRAMES
+    frames = json.loads(path.read_text())["frames"]
     return [int(re.search(r"(\d+) steps", f["scf"]).group(1)) for f in frames]
 
 
@@ -186,7 +194,7 @@ def choose(summary: dict, speedup: float) -> dict:
         run = passing[0] if passing else res["runs"][-1]
         steps = committed_steps(system)
         # frame time ∝ SCF steps of the committed frame (the steps barely depend on the grid: see the runs)
-        one_thread = [run["wall_s"] * n / run["scf_steps"] for n in steps]
+        one_thread = [run["wall_s"] * (n or run["scf_steps"]) / run["scf_steps"] for n in steps]
         seconds = sum(one_thread) / speedup
         total_s += seconds
         total_mb1 += run["cube_gz_MB_stride1"] * len(steps)
@@ -215,16 +223,24 @@ def choose(summary: dict, speedup: float) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("systems", nargs="*", default=list(gen.SYSTEMS), help=f"default: {list(gen.SYSTEMS)}")
+    parser.add_argument("--set", choices=list(gen.SETS), default="semicore",
+                        help="generate.py's pseudopotential set (default semicore)")
     parser.add_argument("--frame", type=int, default=4, help="frame index (default 4, rms 0.15 Å)")
     parser.add_argument("--grids", nargs="+", default=list(DEFAULT_GRIDS),
                         help=f"CUTOFF/REL_CUTOFF in Ry, run in this order (default {' '.join(DEFAULT_GRIDS)})")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/cp2k_conv"), help="CP2K scratch folder")
-    parser.add_argument("--output", type=Path, default=HERE / "convergence.json")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="CP2K scratch folder (default /tmp/cp2k_conv, soft set /tmp/cp2k_conv_soft)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="default convergence.json (soft set: convergence_soft.json) next to this script")
     parser.add_argument("--keep-cubes", action="store_true", help="keep CP2K's density cubes in the workdir")
     parser.add_argument("--no-run", action="store_true", help="do not run CP2K; summarise the finished runs")
     parser.add_argument("--speedup", type=float, default=1.7,
                         help="assumed speed-up of CP2K on 2 OpenMP threads over 1, for the time estimate")
     args = parser.parse_args(argv)
+    gen.use_set(args.set)
+    suffix = "" if args.set == "semicore" else f"_{args.set}"
+    args.workdir = args.workdir or Path(f"/tmp/cp2k_conv{suffix}")
+    args.output = args.output or HERE / f"convergence{suffix}.json"
     grids = [parse_grid(g) for g in args.grids]
     for cutoff, rel in grids:
         for system in args.systems:
@@ -237,6 +253,11 @@ def main(argv=None) -> int:
         "description": "Cutoff convergence of CP2K forces/energies for one rattled frame per system "
                        "(examples/cp2k_rattled/convergence.py); differences against the reference grid",
         "frame": args.frame,
+        **({} if args.set == "semicore" else {"set": args.set, "recipe": gen.RECIPE,
+                                                "pseudopotentials": {k: v[1] for k, v in gen.KINDS.items()},
+                                                "basis_sets": {k: v[0] for k, v in gen.KINDS.items()},
+                                                "basis_set_files": list(gen.BASIS_FILES),
+                                                "potential_file": gen.POTENTIAL_FILE}),
         "criteria": {"max_dF_eV_per_A": F_TOL, "abs_dE_meV_per_atom": E_TOL},
         "definitions": {
             "max_dF_eV_per_A / rms_dF_eV_per_A": "max / rms over atoms of |F - F_ref| (vector norm)",

@@ -16,9 +16,16 @@ Outputs: ``inputs/<system>_<iii>.inp``, ``data/<system>_<iii>.cube.gz`` (the val
 CP2K's full grid unless ``--stride``) and ``data/<system>.json`` (one record per frame, see README.md).
 ``--bader`` adds Bader net charges (baderkit) computed from the committed cubes to the JSON.
 
+``--set soft`` selects the second, soft-pseudopotential set (same geometries and seeds): GTH-PBE Na q1, Cl q7,
+Mg q2, O q6 of POTENTIAL_UZH with TZVP MOLOPT bases (see ``SETS``), CUTOFF per system (``SOFT_CUTOFF``: NaCl
+300, MgO 800 Ry; convergence_soft.json), REL_CUTOFF 60, in ``inputs_soft/``, ``runs_soft/`` and ``data_soft/``;
+its JSON adds ``set``, ``basis_set_files``, ``potential_file``, per frame ``force_sum`` and per system
+``checks`` (max |ΣF|, rms force, ∫ρ range).
+
 Usage::
 
     python examples/cp2k_rattled/generate.py                  # 20 frames per system, then Bader
+    python examples/cp2k_rattled/generate.py --set soft --stride 2          # the soft set
     python examples/cp2k_rattled/generate.py --frames 12 nacl
     python examples/cp2k_rattled/generate.py --inputs-only
     python examples/cp2k_rattled/generate.py --bader-only     # Bader charges of the committed cubes
@@ -120,9 +127,64 @@ def frame_name(system: str, frame: int) -> str:
 
 
 CUTOFF, REL_CUTOFF = 300, 40  # Ry, the validation recipe
+BASIS_FILES, POTENTIAL_FILE = ("BASIS_MOLOPT",), "GTH_POTENTIALS"
+RECIPE = ("examples/cp2k_rattled/generate.py (CP2K 2023.1 Debian; PBE, GTH, DZVP-MOLOPT-SR-GTH, "
+          "CUTOFF 300 Ry, REL_CUTOFF 40, Gamma, OT, ENERGY_FORCE, STRESS_TENSOR ANALYTICAL)")
+
+# The second, soft-pseudopotential set (``--set soft``): same geometries and seeds, valence-only GTH
+# potentials of POTENTIAL_UZH (Na q1, Mg q2 instead of the semicore q9/q10, whose forces need >= 2000 Ry, see
+# convergence.json) with TZVP MOLOPT bases. No single MOLOPT family has all four elements at these valences:
+# BASIS_MOLOPT_UZH has TZVP-MOLOPT-PBE-GTH for Na q1, Cl q7 and O q6 (no DZVP for Na q1) but no Mg q2, whose
+# only MOLOPT bases are BASIS_MOLOPT_UCL's *-MOLOPT-SR-GTH-q2; so Mg takes TZVP-MOLOPT-SR-GTH-q2 (UCL).
+SOFT_CUTOFF = {"nacl": 300, "mgo": 800}  # Ry, per system: the smallest converged grid of convergence_soft.json
+SOFT_REL_CUTOFF = 60
+SETS = {
+    "semicore": {
+        "kinds": dict(KINDS), "zval": dict(ZVAL), "inputs": INPUTS, "runs": RUNS, "data": DATA,
+        "cutoff": CUTOFF, "rel_cutoff": REL_CUTOFF, "basis_files": BASIS_FILES, "potential_file": POTENTIAL_FILE,
+        "recipe": RECIPE,
+    },
+    "soft": {
+        "kinds": {
+            "Na": ("TZVP-MOLOPT-PBE-GTH-q1", "GTH-PBE-q1"),
+            "Cl": ("TZVP-MOLOPT-PBE-GTH-q7", "GTH-PBE-q7"),
+            "Mg": ("TZVP-MOLOPT-SR-GTH-q2", "GTH-PBE-q2"),
+            "O": ("TZVP-MOLOPT-PBE-GTH-q6", "GTH-PBE-q6"),
+        },
+        "zval": {"Na": 1, "Cl": 7, "Mg": 2, "O": 6},
+        "inputs": HERE / "inputs_soft", "runs": HERE / "runs_soft", "data": HERE / "data_soft",
+        "cutoff": SOFT_CUTOFF, "rel_cutoff": SOFT_REL_CUTOFF,
+        "basis_files": ("BASIS_MOLOPT_UZH", "BASIS_MOLOPT_UCL"), "potential_file": "POTENTIAL_UZH",
+        "recipe": (f"examples/cp2k_rattled/generate.py --set soft (CP2K 2023.1 Debian; PBE, GTH-PBE q1/q7/q2/q6 "
+                   f"of POTENTIAL_UZH, TZVP-MOLOPT-PBE-GTH (UZH; Mg: TZVP-MOLOPT-SR-GTH-q2, UCL), "
+                   f"CUTOFF {SOFT_CUTOFF['nacl']} Ry (NaCl) / {SOFT_CUTOFF['mgo']} Ry (MgO), "
+                   f"REL_CUTOFF {SOFT_REL_CUTOFF}, Gamma, OT, ENERGY_FORCE, "
+                   f"STRESS_TENSOR ANALYTICAL)"),
+    },
+}
+SET = "semicore"
 
 
-def cp2k_input(system: str, frame: int, cutoff: float = CUTOFF, rel_cutoff: float = REL_CUTOFF) -> str:
+def use_set(name: str) -> None:
+    """Select the pseudopotential set: rebinds KINDS, ZVAL, the folders, the default grid and the files."""
+    global SET, KINDS, ZVAL, INPUTS, RUNS, DATA, CUTOFF, REL_CUTOFF, BASIS_FILES, POTENTIAL_FILE, RECIPE
+    chosen = SETS[name]
+    SET = name
+    KINDS, ZVAL = dict(chosen["kinds"]), dict(chosen["zval"])
+    INPUTS, RUNS, DATA = chosen["inputs"], chosen["runs"], chosen["data"]
+    CUTOFF, REL_CUTOFF = chosen["cutoff"], chosen["rel_cutoff"]
+    BASIS_FILES, POTENTIAL_FILE, RECIPE = chosen["basis_files"], chosen["potential_file"], chosen["recipe"]
+
+
+def default_grid(system: str) -> tuple[float, float]:
+    """The set's &MGRID CUTOFF and REL_CUTOFF (Ry) for ``system`` (CUTOFF may be given per system)."""
+    cutoff = CUTOFF[system] if isinstance(CUTOFF, dict) else CUTOFF
+    return cutoff, REL_CUTOFF
+
+
+def cp2k_input(system: str, frame: int, cutoff: float | None = None, rel_cutoff: float | None = None) -> str:
+    cutoff = default_grid(system)[0] if cutoff is None else cutoff
+    rel_cutoff = REL_CUTOFF if rel_cutoff is None else rel_cutoff
     symbols, cell, positions, rms, seed = frame_geometry(system, frame)
     fractional = positions @ np.linalg.inv(cell)
     atoms = list(zip(symbols, fractional.tolist()))
@@ -131,7 +193,8 @@ def cp2k_input(system: str, frame: int, cutoff: float = CUTOFF, rel_cutoff: floa
              f"electrons, rms {rms} A, seed {seed} (examples/cp2k_rattled/generate.py)")
     return validation.cp2k_input_text(frame_name(system, frame), cell, atoms, title=title,
                                       run_type="ENERGY_FORCE", stress=True, forces=True, kinds=KINDS,
-                                      cutoff=cutoff, rel_cutoff=rel_cutoff)
+                                      cutoff=cutoff, rel_cutoff=rel_cutoff, basis_files=BASIS_FILES,
+                                      potential_file=POTENTIAL_FILE)
 
 
 def parse_output(text: str, n_atoms: int) -> dict:
@@ -170,8 +233,7 @@ def load_records(system: str) -> dict:
     return {
         "system": system,
         "description": f"8-atom conventional rock-salt {cation}{anion}, a = {a} Å, rattled frames",
-        "recipe": "examples/cp2k_rattled/generate.py (CP2K 2023.1 Debian; PBE, GTH, DZVP-MOLOPT-SR-GTH, "
-                  "CUTOFF 300 Ry, REL_CUTOFF 40, Gamma, OT, ENERGY_FORCE, STRESS_TENSOR ANALYTICAL)",
+        "recipe": RECIPE,
         "units": {"cell": "Å", "positions": "Å", "rms_displacement": "Å", "energy": "eV", "forces": "eV/Å",
                   "stress": "eV/Å³ (ASE sign convention: −CP2K's printed tensor; positive = tensile)",
                   "stress_cp2k_gpa": "GPa, CP2K's sign (positive = compressive)", "cube": "e/bohr³",
@@ -179,6 +241,8 @@ def load_records(system: str) -> dict:
         "zval": {s: ZVAL[s] for s in dict.fromkeys(symbols)},
         "pseudopotentials": {s: KINDS[s][1] for s in dict.fromkeys(symbols)},
         "basis_sets": {s: KINDS[s][0] for s in dict.fromkeys(symbols)},
+        **({} if SET == "semicore" else {"set": SET, "basis_set_files": list(BASIS_FILES),
+                                         "potential_file": POTENTIAL_FILE}),
         "seed_rule": f"numpy.random.default_rng(seed), seed = {SEED} + 1000*system_index + frame "
                      f"(system_index: {list(SYSTEMS).index(system)})",
         "rms_definition": "sqrt(mean over atoms of |u|^2), u the displacement from the perfect site (Å)",
@@ -186,12 +250,35 @@ def load_records(system: str) -> dict:
     }
 
 
+def force_checks(frames: list) -> dict:
+    """Egg-box and size indicators of a system's forces: max over frames of |ΣF| (0 when exact), rms force."""
+    forces = [np.array(f["forces"]) for f in frames]
+    rattled = [F for F, f in zip(forces, frames) if f["rms_displacement"] > 0] or forces
+    flat = np.concatenate(rattled)
+    integrals = [f["integral_full"] for f in frames]
+    return {
+        "frames": len(frames),
+        "max_abs_force_sum_eV_per_A": float(max(np.linalg.norm(F.sum(axis=0)) for F in forces)),
+        "rms_force_norm_eV_per_A": float(np.sqrt(np.mean(np.sum(flat**2, axis=1)))),
+        "rms_force_component_eV_per_A": float(np.sqrt(np.mean(flat**2))),
+        "max_force_norm_eV_per_A": float(np.linalg.norm(flat, axis=1).max()),
+        "integral_full_range_e": [float(min(integrals)), float(max(integrals))],
+        "definitions": "|ΣF|: norm of the sum of a frame's forces; rms/max over the atoms of the rattled frames",
+    }
+
+
 def save_records(system: str, records: dict) -> None:
     records["frames"].sort(key=lambda f: f["frame"])
+    if SET != "semicore" and records["frames"]:
+        records["recipe"] = RECIPE
+        records["checks"] = force_checks(records["frames"])
     (DATA / f"{system}.json").write_text(json.dumps(records, indent=1) + "\n")
 
 
-def run_frame(system: str, frame: int, stride: int, cutoff: float = CUTOFF, rel_cutoff: float = REL_CUTOFF) -> dict:
+def run_frame(system: str, frame: int, stride: int, cutoff: float | None = None,
+              rel_cutoff: float | None = None) -> dict:
+    cutoff = default_grid(system)[0] if cutoff is None else cutoff
+    rel_cutoff = REL_CUTOFF if rel_cutoff is None else rel_cutoff
     name = frame_name(system, frame)
     symbols, cell, positions, rms, seed = frame_geometry(system, frame)
     workdir = RUNS / name
@@ -212,6 +299,7 @@ def run_frame(system: str, frame: int, stride: int, cutoff: float = CUTOFF, rel_
         "rms_displacement": rms,
         "seed": seed if rms > 0 else None,
         "total_charge": 0,
+        **({} if SET == "semicore" else {"force_sum": np.sum(parsed["forces"], axis=0).tolist()}),
         "n_valence_electrons": sum(ZVAL[s] for s in symbols),
         **parsed,
         "cutoff_ry": cutoff,
@@ -227,13 +315,19 @@ def bader_charges(cube_gz: Path) -> dict:
     """Bader populations (baderkit, default neargrid-weight method, no vacuum) of a gzipped cube."""
     import importlib.metadata
 
-    from baderkit import Bader
+    from baderkit import Bader, Grid
 
     with tempfile.TemporaryDirectory() as tmp:
         plain = Path(tmp) / cube_gz.name.removesuffix(".gz")
         with gzip.open(cube_gz, "rb") as src, open(plain, "wb") as dst:
             shutil.copyfileobj(src, dst)
-        bader = Bader.from_cube(charge_grid=str(plain), vacuum_tol=False)
+        grid = Grid.from_cube(plain, data_type="charge")
+        # baderkit's cube reader converts e/bohr³ to its ρ·V convention only when some value lies outside
+        # [-0.01, 1.01] (else it takes the data for an ELF): a soft valence density (the soft set, max ρ < 1
+        # e/bohr³) comes back unconverted, with populations summing to N / V_bohr³. Convert it here.
+        if grid.total.max() <= 1.01 and grid.total.min() >= -0.01:
+            grid.total = grid.total * grid.structure.volume * 1.88973**3
+        bader = Bader.from_cube(charge_grid=grid, vacuum_tol=False)
         populations = np.asarray(bader.atom_charges, dtype=float)
         method = str(getattr(bader.method, "value", bader.method))
     return {"populations": populations.tolist(), "method": method,
@@ -253,7 +347,9 @@ def add_bader(system: str) -> None:
         rec["bader_net_charges"] = (zval - pops).tolist()
         rec["bader_population_sum"] = float(pops.sum())
         records["bader"] = {"program": "baderkit", "version": result["version"], "method": result["method"],
-                            "options": "Bader.from_cube(charge_grid=<cube>, vacuum_tol=False)",
+                            "options": "Bader.from_cube(charge_grid=Grid.from_cube(<cube>, data_type='charge'), "
+                                       "vacuum_tol=False); values converted to e per cell (x V_bohr^3) where "
+                                       "baderkit's reader left them in e/bohr^3 (all values in [0, 1.01])",
                             "net_charge": "ZVAL - Bader population (valence density of the GTH pseudopotentials)"}
         print(f"  {rec['name']}: Bader Σp = {pops.sum():.5f} (cube ∫ρ = {rec['integral_committed']:.5f}), "
               f"Q = {np.round(zval - pops, 4).tolist()}", flush=True)
@@ -265,8 +361,16 @@ def main(argv=None) -> int:
     parser.add_argument("systems", nargs="*", default=list(SYSTEMS), help=f"default: {list(SYSTEMS)}")
     parser.add_argument("--frames", type=int, default=N_FRAMES, help="frames per system including the perfect one")
     parser.add_argument("--stride", type=int, default=1, help="subsampling of the committed cubes (1 = full grid)")
-    parser.add_argument("--cutoff", type=float, default=CUTOFF, help="&MGRID CUTOFF (Ry), default 300")
-    parser.add_argument("--rel-cutoff", type=float, default=REL_CUTOFF, help="&MGRID REL_CUTOFF (Ry), default 40")
+    parser.add_argument("--set", choices=list(SETS), default="semicore",
+                        help="pseudopotential set: semicore (inputs/, data/, runs/; the default) or soft "
+                             "(inputs_soft/, data_soft/, runs_soft/)")
+    parser.add_argument("--cutoff", type=float, default=None,
+                        help=f"&MGRID CUTOFF (Ry), default {CUTOFF} (soft set, per system: {SOFT_CUTOFF})")
+    parser.add_argument("--rel-cutoff", type=float, default=None,
+                        help=f"&MGRID REL_CUTOFF (Ry), default {REL_CUTOFF} (soft set: {SOFT_REL_CUTOFF})")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="write/read the cubes and JSON here instead of the set's data folder (a staging "
+                             "folder for an unfinished system; move the files into data_soft/ when complete)")
     parser.add_argument("--inputs-only", action="store_true", help="write inputs/*.inp and stop")
     parser.add_argument("--force", action="store_true", help="rerun frames that are already in data/")
     parser.add_argument("--bader", action=argparse.BooleanOptionalAction, default=True,
@@ -276,6 +380,11 @@ def main(argv=None) -> int:
     unknown = [s for s in args.systems if s not in SYSTEMS]
     if unknown:
         parser.error(f"unknown systems {unknown}; choose from {list(SYSTEMS)}")
+    use_set(args.set)
+    if args.data is not None:
+        global DATA
+        DATA = args.data.resolve()
+    args.rel_cutoff = REL_CUTOFF if args.rel_cutoff is None else args.rel_cutoff
     if args.bader_only:
         for system in args.systems:
             add_bader(system)

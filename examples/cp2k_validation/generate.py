@@ -151,6 +151,8 @@ def cp2k_input_text(
     kinds: dict | None = None,
     cutoff: float = 300,
     rel_cutoff: float = 40,
+    basis_files: tuple[str, ...] = ("BASIS_MOLOPT",),
+    potential_file: str = "GTH_POTENTIALS",
 ) -> str:
     """A CP2K input of this recipe for any cell and atoms (scaled coordinates), reusable by other examples.
 
@@ -165,6 +167,8 @@ def cp2k_input_text(
         forces: print the atomic forces.
         kinds: element → (basis set, potential); default :data:`KINDS`.
         cutoff, rel_cutoff: &MGRID CUTOFF and REL_CUTOFF (Ry); default the validation's 300 and 40.
+        basis_files: BASIS_SET_FILE_NAME entries (CP2K reads all of them); default the validation's BASIS_MOLOPT.
+        potential_file: POTENTIAL_FILE_NAME; default the validation's GTH_POTENTIALS.
     """
     kinds = KINDS if kinds is None else kinds
     spin = "    UKS\n    MULTIPLICITY 2\n" if uks else ""
@@ -179,6 +183,7 @@ def cp2k_input_text(
     if title is None:
         title = f"opt-DDAP validation: {project}, {len(atoms)} atoms, {n_electrons(atoms)} valence electrons"
     stress_line = "  STRESS_TENSOR ANALYTICAL\n" if stress else ""
+    basis_lines = "\n".join(f"    BASIS_SET_FILE_NAME {name}" for name in basis_files)
     force_print = ""
     if forces or stress:
         force_print = "  &PRINT\n"
@@ -197,8 +202,8 @@ def cp2k_input_text(
 &FORCE_EVAL
   METHOD QS
 {stress_line}{force_print}  &DFT
-    BASIS_SET_FILE_NAME BASIS_MOLOPT
-    POTENTIAL_FILE_NAME GTH_POTENTIALS
+{basis_lines}
+    POTENTIAL_FILE_NAME {potential_file}
     CHARGE 0
 {spin}    &MGRID
       CUTOFF {cutoff:g}
