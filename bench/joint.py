@@ -36,24 +36,6 @@ def _frames(system: str):
     return [read_density(DATA / f["cube"]) for f in frames], {k: float(v) for k, v in record["zval"].items()}
 
 
-def _search(densities, zval, stacked: bool):
-    """fit_species with the frames stacked (the engine) or one stack per frame (the baseline)."""
-    from aiida_optddap.engine import species
-
-    if stacked:
-        return species.fit_species(densities, zval)
-    original = species.stack_frames
-
-    def one_per_frame(tables, index, refs):
-        return [s for i in range(len(tables)) for s in original([tables[i]], [index[i]], [refs[i]])]
-
-    species.stack_frames = one_per_frame
-    try:
-        return species.fit_species(densities, zval)
-    finally:
-        species.stack_frames = original
-
-
 def _misfit_seconds(densities, zval, stacked: bool, repeats: int) -> float:
     import torch
 
@@ -63,8 +45,7 @@ def _misfit_seconds(densities, zval, stacked: bool, repeats: int) -> float:
     tables = [SpeciesEquations(d, SPECIES_GCUT) for d in densities]
     index = [np.array([species.index(s) for s in d.symbols]) for d in densities]
     refs = [torch.as_tensor([zval[s] for s in d.symbols], dtype=torch.float64) for d in densities]
-    stacks = (stack_frames(tables, index, refs) if stacked
-              else [s for i in range(len(tables)) for s in stack_frames([tables[i]], [index[i]], [refs[i]])])
+    stacks = stack_frames(tables, index, refs, stacked)
     widths = np.full(len(species), 0.6)
     times = []
     for _ in range(repeats):
@@ -88,7 +69,7 @@ def run(args) -> dict:
         searches = {}
         for stacked in (False, True, False, True):
             start = time.perf_counter()
-            fit = _search(densities, zval, stacked)
+            fit = fit_species(densities, zval, stacked=stacked)  # False: one stack per frame (baseline)
             searches.setdefault(stacked, []).append((time.perf_counter() - start, fit))
         loop_s, stacked_s = (median([t for t, _ in searches[k]]) for k in (False, True))
         loop_fit, stacked_fit = searches[False][0][1], searches[True][0][1]

@@ -45,9 +45,8 @@ class Case(tuple):
         return self
 
 
-@pytest.fixture(scope="module", params=CASES, ids=[n if s == "semicore" else f"{s}-{n}" for s, n in CASES])
-def system(request):
-    set_name, name = request.param
+def _case(set_name: str, name: str) -> Case:
+    """A system's records, or a skip naming the missing file."""
     data = DATA if set_name == "semicore" else DATA_SOFT
     zval = SYSTEMS[name][3] if set_name == "semicore" else SOFT_ZVAL[name]
     path = data / f"{name}.json"
@@ -60,6 +59,16 @@ def system(request):
     if missing:
         pytest.skip(f"rattled cubes missing: {missing}")
     return Case(name, records, set_name, data, zval)
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[n if s == "semicore" else f"{s}-{n}" for s, n in CASES])
+def system(request):
+    return _case(*request.param)
+
+
+@pytest.fixture(scope="module", params=list(SOFT_ZVAL), ids=[f"soft-{n}" for n in SOFT_ZVAL])
+def soft_system(request):
+    return _case("soft", request.param)
 
 
 def test_frames_complete(system):
@@ -135,11 +144,10 @@ def test_forces_sum_to_zero(system, request):
         np.testing.assert_allclose(np.sum(f["forces"], axis=0), 0, atol=0.05)  # eV/Å
 
 
-def test_soft_set_records(system):
+def test_soft_set_records(soft_system):
     """The soft set's metadata: potentials, bases, grid and the recorded force sums."""
+    system = soft_system
     name, records = system
-    if system.set != "soft":
-        pytest.skip("soft-set records only")
     cation, anion = SYSTEMS[name][:2]
     assert records["set"] == "soft" and records["potential_file"] == "POTENTIAL_UZH"
     assert records["pseudopotentials"] == {s: f"GTH-PBE-q{z}" for s, z in system.zval.items()}

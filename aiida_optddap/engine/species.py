@@ -195,11 +195,14 @@ class FrameStack:
         return constrained_minima(a, b, self.norm, self.n_electrons, self.reference)[1]
 
 
-def stack_frames(tables: list[SpeciesEquations], index: list[np.ndarray], references: list[torch.Tensor]) -> list[FrameStack]:
-    """Group the frames into :class:`FrameStack` s; each table's phases become a view into its stack (no second copy)."""
+def stack_frames(tables: list[SpeciesEquations], index: list[np.ndarray], references: list[torch.Tensor],
+                 stacked: bool = True) -> list[FrameStack]:
+    """Group the frames into :class:`FrameStack` s; each table's phases become a view into its stack (no second copy).
+
+    ``stacked=False`` gives one stack per frame (the unbatched search, the baseline of bench/joint.py)."""
     groups: list[list[int]] = []
     for i, (table, idx) in enumerate(zip(tables, index)):
-        for group in groups:
+        for group in groups if stacked else ():
             first = tables[group[0]]
             if (np.array_equal(index[group[0]], idx) and first.g2.shape == table.g2.shape
                     and torch.equal(first.g2, table.g2) and torch.equal(first.w2, table.w2)):
@@ -298,7 +301,7 @@ def optimise_widths(stacks: list[FrameStack], n_species: int, bounds: tuple[floa
 
 
 def fit_species(densities, zvals, *, widths: dict[str, float] | None = None, gcut: float = SPECIES_GCUT,
-                tau: float = DEFAULT_TAU, device: str = "cpu") -> SpeciesFit:
+                tau: float = DEFAULT_TAU, device: str = "cpu", stacked: bool = True) -> SpeciesFit:
     """Species-width DDAP charges of one or many frames with one width per species shared by all of them.
 
     Args:
@@ -307,6 +310,8 @@ def fit_species(densities, zvals, *, widths: dict[str, float] | None = None, gcu
         widths: fixed species widths (Å); None: optimised jointly over the frames (module docstring).
         gcut: g_c, Å⁻¹ (:data:`SPECIES_GCUT`).
         tau: the misfit increase δ = τ·F(q₀) that defines the uncertainty.
+        stacked: batch frames of one cell, grid and atom order (:func:`stack_frames`); False evaluates them
+            one by one (same result, the baseline of bench/joint.py).
 
     Returns:
         :class:`SpeciesFit`; every frame's dict holds ``populations``, ``net_charges``, ``uncertainty``
@@ -328,7 +333,7 @@ def fit_species(densities, zvals, *, widths: dict[str, float] | None = None, gcu
     index = [np.array([species.index(s) for s in d.symbols]) for d in densities]
     refs = [torch.as_tensor([float(zvals[s]) for s in d.symbols], dtype=torch.float64, device=t.g2.device)
             for d, t in zip(densities, tables)]
-    stacks = stack_frames(tables, index, refs)
+    stacks = stack_frames(tables, index, refs, stacked)
     history: list[dict] = []
     with _one_thread():
         if widths is None:

@@ -47,13 +47,14 @@ def ratio_stats(charges: np.ndarray, rms: np.ndarray) -> dict:
     return {"max": float(ratio.max()), "median": float(np.median(ratio)), "per_frame_max": per_frame.tolist()}
 
 
-def fit_frames(records: dict, fit_options, data: Path = DATA) -> tuple[np.ndarray, list[float]]:
-    """Net charges of every frame by ``run_fit`` with ``fit_options``; also the seconds per fit."""
+def fit_frames(records: dict, fit_options, data: Path = DATA) -> tuple[np.ndarray, list[float], list[str]]:
+    """Net charges of every frame by ``run_fit`` with ``fit_options``; also the seconds per fit and the charge
+    model each fit used (results.json ``charge_model``: ``species`` or ``restrained`` under ``auto``)."""
     from aiida_optddap.engine.fit import run_fit
     from aiida_optddap.engine.io import read_density
     from aiida_optddap.engine.zval import resolve_zval
 
-    charges, seconds = [], []
+    charges, seconds, models = [], [], []
     for rec in records["frames"]:
         density = read_density(Path(data) / rec["cube"])
         if list(density.symbols) != list(rec["symbols"]):
@@ -63,10 +64,11 @@ def fit_frames(records: dict, fit_options, data: Path = DATA) -> tuple[np.ndarra
         result = run_fit(density, fit_options, zval=zval)
         seconds.append(time.perf_counter() - start)
         charges.append(result["net_charges"])
-    return np.array(charges, dtype=float), seconds
+        models.append(result.get("charge_model", fit_options.definition))
+    return np.array(charges, dtype=float), seconds, models
 
 
-def fit_frames_species(records: dict, gcut: float, data: Path = DATA) -> tuple[np.ndarray, list[float]]:
+def fit_frames_species(records: dict, gcut: float, data: Path = DATA) -> tuple[np.ndarray, list[float], list[str]]:
     """Net charges of every frame by the species-width model (:func:`aiida_optddap.engine.species.fit_species`),
     widths optimised jointly over all frames; the seconds are the total divided evenly over the frames."""
     from aiida_optddap.engine.io import read_density
@@ -76,7 +78,8 @@ def fit_frames_species(records: dict, gcut: float, data: Path = DATA) -> tuple[n
     start = time.perf_counter()
     result = fit_species(densities, {k: float(v) for k, v in records["zval"].items()}, gcut=gcut)
     seconds = (time.perf_counter() - start) / len(densities)
-    return np.array([f["net_charges"] for f in result.frames], dtype=float), [seconds] * len(densities)
+    n = len(densities)
+    return np.array([f["net_charges"] for f in result.frames], dtype=float), [seconds] * n, ["species (joint)"] * n
 
 
 def smoothness(fit_options, systems=("nacl", "mgo"), data: Path = DATA, skip_suspect: bool = True,
@@ -94,7 +97,8 @@ def smoothness(fit_options, systems=("nacl", "mgo"), data: Path = DATA, skip_sus
 
     Returns:
         ``{system: {"n_frames", "fit": {"max", "median", "per_frame_max"}, "bader": {...}, "quotient_max",
-        "quotient_median", "fit_net_charges", "bader_net_charges", "rms", "fit_seconds", "skipped"}}``; ratios
+        "quotient_median", "fit_net_charges", "bader_net_charges", "rms", "fit_seconds", "charge_models" (frames per
+        model used), "skipped"}}``; ratios
         in e/Å.
     """
     out = {}
@@ -109,7 +113,7 @@ def smoothness(fit_options, systems=("nacl", "mgo"), data: Path = DATA, skip_sus
         if missing:
             raise ValueError(f"{system}: no Bader charges for {missing}; run generate.py --bader-only")
         bader = np.array([f["bader_net_charges"] for f in frames])
-        fit, seconds = (fit_frames(records, fit_options, data) if species_gcut is None
+        fit, seconds, models = (fit_frames(records, fit_options, data) if species_gcut is None
                         else fit_frames_species(records, species_gcut, data))
         fit_stats, bader_stats = ratio_stats(fit, rms), ratio_stats(bader, rms)
         out[system] = {
@@ -122,6 +126,7 @@ def smoothness(fit_options, systems=("nacl", "mgo"), data: Path = DATA, skip_sus
             "bader_net_charges": bader.tolist(),
             "rms": rms.tolist(),
             "fit_seconds": seconds,
+            "charge_models": {m: models.count(m) for m in dict.fromkeys(models)},
             "skipped": skipped,
         }
     return out
@@ -147,14 +152,15 @@ def main(argv=None) -> int:
         options = options.with_changes(optimize=args.optimize)
     result = smoothness(options, tuple(args.systems), skip_suspect=not args.keep_suspect, species_gcut=args.species)
     label = (f"species widths joint over the frames, g_c {args.species} Å⁻¹" if args.species is not None
-             else f"{options.definition} ({options.solver}, optimize={options.optimize})")
+             else f"{options.definition} (optimize={options.optimize}; model per system in the last column)")
     print(f"charge definition: {label}; ratio = |Q - Q_perfect| / rms displacement (e/Å)")
     print(f"{'system':8s} {'frames':>6s} {'fit max':>9s} {'fit med':>9s} {'Bader max':>10s} {'Bader med':>10s} "
-          f"{'max q':>7s} {'med q':>7s} {'s/fit':>7s}")
+          f"{'max q':>7s} {'med q':>7s} {'s/fit':>7s}  model")
     for system, r in result.items():
         print(f"{system:8s} {r['n_frames']:6d} {r['fit']['max']:9.4f} {r['fit']['median']:9.4f} "
               f"{r['bader']['max']:10.4f} {r['bader']['median']:10.4f} {r['quotient_max']:7.3f} "
-              f"{r['quotient_median']:7.3f} {np.mean(r['fit_seconds']):7.2f}"
+              f"{r['quotient_median']:7.3f} {np.mean(r['fit_seconds']):7.2f}  "
+              + ", ".join(f"{m} ×{n}" for m, n in r["charge_models"].items())
               + (f"  (skipped {', '.join(r['skipped'])})" if r["skipped"] else ""))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
