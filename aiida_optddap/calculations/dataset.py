@@ -44,7 +44,7 @@ from aiida import orm
 from aiida.engine import calcfunction
 
 from ..data.charges import ChargesData
-from ..data.dataset import DEFAULT_SPLIT, ChargeDatasetData, parse_split, set_dipole
+from ..data.dataset import DEFAULT_SPLIT, ChargeDatasetData, frame_total_charge, parse_split, set_dipole
 from ..data.label_gates import check_gates, conserve_total_charge, gate_reasons, zval_problem
 
 __all__ = ("build_dataset", "frame_from_charges", "source_pbc", "vasp_misc_properties", "DEFAULT_ENERGY_TYPE",
@@ -214,7 +214,7 @@ def _conserve_charge(atoms, gates: dict) -> list[str]:
     """Rescale the frame's REF_charges/REF_populations so that Σ REF_charges = total_charge (in place);
     a reason when the rescaling exceeds ``gates['max_population_rescale']``."""
     net, populations = atoms.arrays["REF_charges"], atoms.arrays["REF_populations"]
-    total = float(atoms.info.get("total_charge", round(float(net.sum()))))
+    total = frame_total_charge(atoms)
     net, populations, scale = conserve_total_charge(net, populations, total)
     if abs(scale - 1.0) > gates["max_population_rescale"]:
         return [f"∫ρ = {atoms.arrays['REF_populations'].sum():.6f} e but Σ Z_val − Q = {populations.sum():.6f} e "

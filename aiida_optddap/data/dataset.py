@@ -146,16 +146,20 @@ def frames_to_extxyz(frames) -> str:
     return buffer.getvalue()
 
 
-def _set_charge_state(atoms) -> None:
-    """``config_type``, ``total_charge`` and ``total_spin`` in ``atoms.info`` (MACE's keys) where missing.
+def frame_total_charge(atoms) -> float:
+    """The frame's total charge (e): ``info["total_charge"]`` where given, else the integer nearest to
+    Σ REF_charges (Σ Z_val − N: the fitted charges add up to the system's charge to ~1e-6)."""
+    if "total_charge" in atoms.info:
+        return float(atoms.info["total_charge"])
+    return float(round(float(np.sum(atoms.arrays[CHARGES_KEY]))))
 
-    ``total_charge`` is the integer nearest to Σ REF_charges (Σ Z_val − N: the system's charge; the fitted
-    charges add up to it to ~1e-6); ``total_spin`` is MACE's multiplicity 2S+1, 1 (closed shell) unless given.
-    """
+
+def _set_charge_state(atoms) -> None:
+    """``config_type``, ``total_charge`` (:func:`frame_total_charge`) and ``total_spin`` in ``atoms.info``
+    (MACE's keys) where missing; ``total_spin`` is MACE's multiplicity 2S+1, 1 (closed shell) unless given."""
     info = atoms.info
     info.setdefault("config_type", DEFAULT_CONFIG_TYPE)
-    if "total_charge" not in info:
-        info["total_charge"] = float(round(float(np.sum(atoms.arrays[CHARGES_KEY]))))
+    info["total_charge"] = frame_total_charge(atoms)
     info.setdefault("total_spin", DEFAULT_TOTAL_SPIN)
 
 

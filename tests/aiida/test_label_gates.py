@@ -66,6 +66,20 @@ def test_conserve_total_charge_is_exact():
     np.testing.assert_allclose(new_net + new_pop, [1.0, 7.0])
 
 
+def test_frame_total_charge_rule():
+    """One rule for a frame's total charge (the exporter and the charge conservation use it): the given
+    ``total_charge``, else the integer nearest to Σ REF_charges."""
+    from ase import Atoms
+
+    from aiida_optddap.data.dataset import frame_total_charge
+
+    atoms = Atoms("NaCl", positions=[[0, 0, 0], [2.8, 0, 0]])
+    atoms.arrays["REF_charges"] = np.array([0.9, -1.9 + 2e-6])
+    assert frame_total_charge(atoms) == -1.0
+    atoms.info["total_charge"] = 0
+    assert frame_total_charge(atoms) == 0.0
+
+
 def test_build_dataset_gates_and_total_charge(results_factory):
     kept = _charges(results_factory, populations=(0.2, 7.8001), uncertainty=(0.01, 0.01))  # ∫ρ 1e-4 e over
     free = _charges(results_factory, populations=(0.3, 7.7), uncertainty=(np.inf, np.inf), z=0.1)
