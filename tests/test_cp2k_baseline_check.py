@@ -25,8 +25,9 @@ def check():
 def test_baseline_on_the_cp2k_frames(check):
     from aiida_optddap.engine.electrostatics import add_baseline
 
-    frames, seconds = check.fitted_frames()
+    frames, seconds, model = check.fitted_frames()
     assert len(frames) == 39 and len(seconds) == 39  # mgo_008 (suspect) left out
+    assert model == "species"  # auto: the species model places every element of the semicore set
     frames, summary = add_baseline(frames, charges="per_element")
     per_element = summary["per_element"]
     assert per_element["Na"]["mean"] == pytest.approx(1.086, abs=0.01)

@@ -3,10 +3,11 @@
 
 Engine level (no AiiDA), on the 40 committed frames (20 NaCl + 20 MgO, 8 atoms each):
 
-1. fit every cube, Z_val from the JSON (GTH valence counts): ``--charges species`` (default) with the
-   species-width model, widths joint over all frames (``engine.species.fit_species``: what ``optddap.dataset``
-   with ``joint="auto"`` uses when that model places every element, as here), or ``--charges restrained``,
-   each frame on its own with the engine's default definition (``FitOptions.for_definition()``);
+1. fit every cube, Z_val from the JSON (GTH valence counts): ``--charges auto`` (default) as ``optddap.dataset``
+   with ``joint="auto"``: the species-width model with widths joint over all frames
+   (``engine.species.fit_species``) when it places every element, else one σ_start joint over the frames
+   (``engine.joint.fit_frames_jointly``, the ``restrained`` fit); ``--charges species`` forces the first,
+   ``--charges restrained`` fits each frame on its own (``FitOptions.for_definition("restrained")``);
 2. the electrostatic baseline of those charges (``engine.electrostatics.add_baseline``: point charges, each
    element's mean charge over the frames, Ewald), and how much of the reference energy/force variance it
    explains: RMSE of REF against E_elec/F_elec (energies per atom after removing one constant per system);
@@ -53,14 +54,15 @@ TINY = {"model": "MACE", "num_channels": 8, "max_L": 0, "r_max": 4.0, "correlati
         "E0s": "average", "lr": 0.01}
 
 
-def fitted_frames(systems=("nacl", "mgo"), skip_suspect: bool = True, charges: str = "species",
+def fitted_frames(systems=("nacl", "mgo"), skip_suspect: bool = True, charges: str = "auto",
                   data_dir: Path = DATA):
-    """ase.Atoms per committed frame with REF_charges (fitted), REF_energy, REF_forces, config_type; and the
-    seconds per frame of the fits."""
+    """ase.Atoms per committed frame with REF_charges (fitted), REF_energy, REF_forces, config_type; the
+    seconds per frame of the fits; and the model used (``species`` or ``sigma_start``, ``restrained``)."""
     from ase import Atoms
 
     from aiida_optddap.engine.fit import FitOptions, run_fit
     from aiida_optddap.engine.io import read_density
+    from aiida_optddap.engine.joint import fit_frames_jointly
     from aiida_optddap.engine.species import fit_species
     from aiida_optddap.engine.zval import resolve_zval
 
@@ -74,19 +76,24 @@ def fitted_frames(systems=("nacl", "mgo"), skip_suspect: bool = True, charges: s
             records.append((system, rec))
             densities.append(read_density(data_dir / rec["cube"]))
     start = time.perf_counter()
-    if charges == "species":
+    model = charges
+    if charges in ("auto", "species"):
         fit = fit_species(densities, zval)
         net = [f["net_charges"] for f in fit.frames]
+        model = "species" if fit.usable or charges == "species" else "sigma_start"
+        if model == "sigma_start":  # the model cannot place an element (its width on a bound)
+            zvals = [resolve_zval(d, user={s: zval[s] for s in dict.fromkeys(d.symbols)}) for d in densities]
+            net = [r["net_charges"] for r in fit_frames_jointly(densities, FitOptions(), zvals)["results"]]
         seconds = [(time.perf_counter() - start) / len(densities)] * len(densities)
     elif charges == "restrained":
         net, seconds = [], []
         for density in densities:
             t0 = time.perf_counter()
-            net.append(run_fit(density, FitOptions.for_definition(), zval=resolve_zval(density, user=zval))
+            net.append(run_fit(density, FitOptions.for_definition("restrained"), zval=resolve_zval(density, user=zval))
                        ["net_charges"])
             seconds.append(time.perf_counter() - t0)
     else:
-        raise ValueError(f"charges {charges!r}: species or restrained")
+        raise ValueError(f"charges {charges!r}: auto, species or restrained")
     frames = []
     for (system, rec), q in zip(records, net):
         atoms = Atoms(rec["symbols"], positions=rec["positions"], cell=rec["cell"], pbc=True)
@@ -97,7 +104,7 @@ def fitted_frames(systems=("nacl", "mgo"), skip_suspect: bool = True, charges: s
         atoms.info["config_type"] = system
         atoms.info["label"] = Path(rec["cube"]).name.split(".")[0]
         frames.append(atoms)
-    return frames, seconds
+    return frames, seconds, model
 
 
 def _rmse(x) -> float:
@@ -189,8 +196,9 @@ def _trivial(train, test) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--charges", choices=("species", "restrained"), default="species",
-                        help="Joint species-width charges (default) or the restrained definition frame by frame.")
+    parser.add_argument("--charges", choices=("auto", "species", "restrained"), default="auto",
+                        help="auto (default): joint species widths where that model places every element, else "
+                             "one joint σ_start; species: always the species model; restrained: frame by frame.")
     parser.add_argument("--data", type=Path, default=DATA,
                         help="folder with <system>.json and the cubes (default: the committed data/; "
                              "data_soft/ for the soft-pseudopotential set)")
@@ -210,16 +218,16 @@ def main(argv=None) -> int:
     from aiida_optddap.engine.electrostatics import add_baseline
 
     start = time.perf_counter()
-    frames, seconds = fitted_frames(systems=tuple(args.systems), skip_suspect=not args.with_suspect,
+    frames, seconds, model = fitted_frames(systems=tuple(args.systems), skip_suspect=not args.with_suspect,
                                     charges=args.charges, data_dir=args.data)
     t_fit = time.perf_counter() - start
     frames, summary = add_baseline(frames, charges="per_element")
     t_baseline = time.perf_counter() - start - t_fit
     stats = baseline_statistics(frames)
-    report = {"data": str(args.data), "charges": args.charges, "n_frames": len(frames), "fit_seconds_total": t_fit, "fit_seconds_median": float(np.median(seconds)),
+    report = {"data": str(args.data), "charges": args.charges, "model": model, "n_frames": len(frames), "fit_seconds_total": t_fit, "fit_seconds_median": float(np.median(seconds)),
               "baseline_seconds": t_baseline,
               "charges_per_element": summary["per_element"], "statistics": stats}
-    print(f"{len(frames)} frames fitted in {t_fit:.1f} s (median {np.median(seconds):.2f} s), baseline {t_baseline:.1f} s")
+    print(f"{len(frames)} frames fitted ({model}) in {t_fit:.1f} s (median {np.median(seconds):.2f} s), baseline {t_baseline:.1f} s")
     for el, row in summary["per_element"].items():
         print(f"  {el}: {row['mean']:+.4f} ± {row['std']:.4f} e")
     print("system  std E_ref  std E_elec  std E_sr  (eV/atom) | rms F_ref  rms F_elec  rms F_sr (eV/Å)  corr")
