@@ -11,9 +11,11 @@ The splits (fractions and seed) are kept.
 
 ``parameters`` (all optional): ``charges`` — ``"per_element"`` (default: each element's mean REF_charges over
 the dataset, the charges :class:`~aiida_optddap.engine.electrostatics.ElectrostaticsCalculator` uses at
-inference), ``"frame"`` (each frame's fitted charges) or ``{"Na": 0.8, ...}``; ``width`` — None (point
-charges, default) or a Gaussian width in Å; ``accuracy`` (1e-12). The attribute ``baseline`` records them,
-with the per-element mean, spread (std), min and max of the charges.
+inference), ``"frame"`` (each frame's fitted charges), ``{"Na": 0.8, ...}`` or ``"qeq"`` (predicted charges: a
+charge-equilibration model fitted to the dataset's REF_charges, :mod:`aiida_optddap.engine.qeq`; its χ, J, width
+and fit statistics are stored under ``baseline.qeq`` and used at inference); ``width`` — None (point charges,
+default) or a Gaussian width in Å (for ``qeq`` the width of its Gaussians, default 1 Å); ``accuracy`` (1e-12).
+The attribute ``baseline`` records them, with the per-element mean, spread (std), min and max of the charges.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``evaluate_model(model, dataset, parameters=Dict({"split": "test", "electrostatics": True}))`` loads the model
 with ``MACECalculator`` (CPU, float64), adds the electrostatics of the dataset's ``baseline`` (its per-element
-charges and width) when ``electrostatics`` is true (the default when the dataset has a baseline), and compares
+charges and width, or its QEq model) when ``electrostatics`` is true (the default when the dataset has a baseline), and compares
 with ``REF_energy``/``REF_forces``: ``rmse_e_per_atom`` (eV/atom), ``rmse_f`` (eV/Å), ``mae_*``, per
 ``config_type`` too. An empty split falls back to ``valid``, then ``train`` (recorded in ``split``).
 """
@@ -46,9 +46,10 @@ def evaluate_model(model: orm.SinglefileData, dataset: ChargeDatasetData, parame
     params = parameters.get_dict() if parameters is not None else {}
     baseline = dataset.base.attributes.get("baseline", None)
     add_elec = bool(params.get("electrostatics", baseline is not None))
-    if add_elec and (baseline is None or baseline.get("element_charges") is None):
-        raise ValueError("electrostatics requested but the dataset has no baseline with charges per element "
-                         "(run optddap.electrostatic_baseline with charges 'per_element' or a dict)")
+    charges = None if baseline is None else baseline.get("qeq") or baseline.get("element_charges")
+    if add_elec and charges is None:
+        raise ValueError("electrostatics requested but the dataset has no baseline with charges per element or a "
+                         "QEq model (run optddap.electrostatic_baseline with charges 'per_element', 'qeq' or a dict)")
     splits = dataset.split()
     split = params.get("split", "test")
     for candidate in (split, "valid", "train"):
@@ -58,8 +59,7 @@ def evaluate_model(model: orm.SinglefileData, dataset: ChargeDatasetData, parame
     frames = splits[split]
     with model.as_path() as path:
         mace = MACECalculator(model_paths=str(path), device="cpu", default_dtype="float64")
-        calc = with_electrostatics(mace, baseline["element_charges"], width=baseline.get("width")) if add_elec \
-            else mace
+        calc = with_electrostatics(mace, charges, width=baseline.get("width")) if add_elec else mace
         predicted = []
         for atoms in frames:
             probe = atoms.copy()

@@ -567,6 +567,9 @@ def match_properties(records, densities: dict) -> dict:
               help="Fits running at the same time (default: the protocol's: fast 8, moderate/precise 4).")
 @click.option("--baseline/--no-baseline", "use_baseline", default=None,
               help="Train on REF − electrostatics and add it back (default), or MACE alone on REF.")
+@click.option("--baseline-charges", type=click.Choice(["per_element", "qeq"]), default=None,
+              help="Charges of the baseline: fixed per element (the dataset's means; the protocol's default) or "
+                   "predicted by a charge-equilibration model fitted to the dataset's charges.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="MACE max_num_epochs (default: the protocol's).")
 @click.option("--mace-option", "mace_options", multiple=True, metavar="KEY=VALUE",
               help="MACE option of the training, e.g. `num_channels=16` (repeatable; JSON values).")
@@ -577,8 +580,8 @@ def match_properties(records, densities: dict) -> dict:
               help="GPUs of the training job (the scheduler's request line; MACE device cuda).")
 @launch_options
 @click.pass_context
-def launch_mlip(ctx, sources, labels_files, mace_code, max_concurrent, use_baseline, epochs, mace_options, split,
-                output_group, train_walltime, train_gpus, **kw):
+def launch_mlip(ctx, sources, labels_files, mace_code, max_concurrent, use_baseline, baseline_charges, epochs,
+                mace_options, split, output_group, train_walltime, train_gpus, **kw):
     """Run `optddap.mlip` on SOURCES (density files or PKs/UUIDs of densities): fits → dataset (+ --labels) →
     electrostatic baseline → MACE training → evaluation. The scheduler options above apply to every job (the
     fits and the training) except --walltime/--gpus, which are the fits'; --train-walltime/--train-gpus the
@@ -609,6 +612,8 @@ def launch_mlip(ctx, sources, labels_files, mace_code, max_concurrent, use_basel
         dataset_overrides.setdefault("dataset_parameters", {})["split"] = fractions
     if use_baseline is not None:
         overrides["use_baseline"] = use_baseline
+    if baseline_charges is not None:
+        overrides.setdefault("baseline", {})["charges"] = baseline_charges
     parameters = dict(parse_param(item) for item in mace_options)
     if epochs is not None:
         parameters["max_num_epochs"] = epochs

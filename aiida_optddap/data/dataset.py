@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 from aiida.orm import SinglefileData
 
+from ..engine.electrostatics import frame_total_charge
+
 __all__ = (
     "ChargeDatasetData",
     "DEFAULT_SPLIT",
@@ -144,14 +146,6 @@ def frames_to_extxyz(frames) -> str:
     buffer = io.StringIO()
     write(buffer, list(frames), format="extxyz", write_results=False)
     return buffer.getvalue()
-
-
-def frame_total_charge(atoms) -> float:
-    """The frame's total charge (e): ``info["total_charge"]`` where given, else the integer nearest to
-    Σ REF_charges (Σ Z_val − N: the fitted charges add up to the system's charge to ~1e-6)."""
-    if "total_charge" in atoms.info:
-        return float(atoms.info["total_charge"])
-    return float(round(float(np.sum(atoms.arrays[CHARGES_KEY]))))
 
 
 def _set_charge_state(atoms) -> None:

@@ -24,8 +24,9 @@ A frame with ``pbc`` all False is summed directly (no images); mixed periodicity
 A non-neutral periodic frame gets torch-pme's uniform neutralising background.
 
 :class:`ElectrostaticsCalculator` is an ASE calculator with charges fixed per element (e.g. the mean per
-element of a dataset, :func:`per_element_charges`); :func:`with_electrostatics` adds it to another calculator
-(a MACE model trained on the short-range residual REF − E_elec) with ASE's ``SumCalculator``.
+element of a dataset, :func:`per_element_charges`) or predicted by a charge-equilibration model fitted to the
+dataset's charges (:mod:`.qeq`); :func:`with_electrostatics` adds it to another calculator (a MACE model
+trained on the short-range residual REF − E_elec) with ASE's ``SumCalculator``.
 
 This module imports nothing from AiiDA.
 """
@@ -39,7 +40,9 @@ import numpy as np
 __all__ = (
     "COULOMB_EV_A",
     "ewald",
+    "coulomb_matrix",
     "frame_electrostatics",
+    "frame_total_charge",
     "per_element_charges",
     "charges_for",
     "add_baseline",
@@ -69,6 +72,66 @@ def _neighbors(cell: np.ndarray, positions: np.ndarray, cutoff: float):
     return i, j, shifts
 
 
+def _check_frame(cell, positions, n_charges: int, pbc, width):
+    """(cell, positions) as float arrays and whether the frame is periodic; ValueError on bad input."""
+    cell_np = np.asarray(cell, dtype=float).reshape(3, 3)
+    pos_np = np.asarray(positions, dtype=float).reshape(-1, 3)
+    if n_charges != pos_np.shape[0]:
+        raise ValueError(f"{n_charges} charges for {pos_np.shape[0]} atoms")
+    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    if pbc.any() and not pbc.all():
+        raise ValueError("mixed periodicity is not supported: pbc must be all True or all False")
+    if width is not None and width <= 0:
+        raise ValueError(f"width {width}: must be positive")
+    return cell_np, pos_np, bool(pbc.all())
+
+
+def _potentials(cell_np, pos_np, pos, cell_t, q, *, width, periodic: bool, smearing, accuracy: float, dtype):
+    """Per-atom potentials φ (n × channels, eV/e) of the charge columns ``q`` (n × channels) with
+    E = Σ_i q_i φ_i: half the Coulomb potential of the other charges (and images). ``pos``/``cell_t`` are the
+    torch tensors to differentiate through; ``cell_np``/``pos_np`` their values (neighbour list, k-vectors)."""
+    import torch
+
+    x = _x_for(accuracy)
+    n = pos_np.shape[0]
+    if not periodic:
+        diff = pos.unsqueeze(0) - pos.unsqueeze(1)
+        iu = torch.triu_indices(n, n, offset=1)
+        r = torch.linalg.norm(diff[iu[0], iu[1]], dim=-1)
+        kernel = 1.0 / r if width is None else torch.erf(r / (math.sqrt(2.0) * width)) / r
+        pair = torch.zeros((n, n), dtype=dtype)
+        pair = pair.index_put((iu[0], iu[1]), COULOMB_EV_A * kernel)
+        return 0.5 * (pair + pair.T) @ q
+    from torchpme import CoulombPotential, EwaldCalculator
+    from torchpme.lib import generate_kvectors_for_ewald
+
+    volume = abs(np.linalg.det(cell_np))
+    if width is None:
+        s = smearing if smearing is not None else max(1.0, 0.3 * (volume / n) ** (1 / 3) * n ** (1 / 6))
+    else:
+        s = float(width)
+    k_cut = math.sqrt(2.0) * x / s
+    potential = CoulombPotential(smearing=s, prefactor=COULOMB_EV_A).to(dtype=dtype)
+    calculator = EwaldCalculator(potential, lr_wavelength=2 * math.pi / k_cut, full_neighbor_list=True)
+    calculator = calculator.to(dtype=dtype)
+    if width is None:
+        r_cut = math.sqrt(2.0) * x * s
+        i, j, shifts = _neighbors(cell_np, pos_np, r_cut)
+        i_t, j_t = torch.tensor(i, dtype=torch.long), torch.tensor(j, dtype=torch.long)
+        vectors = pos[j_t] - pos[i_t] + torch.tensor(shifts, dtype=dtype) @ cell_t
+        distances = torch.linalg.norm(vectors, dim=-1)
+        indices = torch.stack([i_t, j_t], dim=1)
+    else:  # Gaussian charges: the long-range kernel is the whole interaction
+        indices = torch.zeros((0, 2), dtype=torch.long)
+        distances = torch.zeros((0,), dtype=dtype)
+    # |n_i| ≤ k_c |a_i| / 2π along b_i; torch-pme's ns counts them all (fftfreq: −ns/2 … ns/2)
+    n_max = np.ceil(k_cut * np.linalg.norm(cell_np, axis=1) / (2 * math.pi)).astype(int)
+    ns = torch.tensor(2 * n_max + 1, dtype=torch.long)
+    kvectors = generate_kvectors_for_ewald(ns=ns, cell=cell_t)
+    return calculator.forward(charges=q, cell=cell_t, positions=pos, neighbor_indices=indices,
+                              neighbor_distances=distances, kvectors=kvectors)
+
+
 def ewald(cell, positions, charges, *, width: float | None = None, pbc=True, smearing: float | None = None,
           accuracy: float = 1e-12, forces: bool = True, stress: bool = True, dtype=None) -> dict:
     """Electrostatic energy (eV), forces (eV/Å) and stress (eV/Å³, ASE sign, 3×3) of charges in a cell.
@@ -80,78 +143,45 @@ def ewald(cell, positions, charges, *, width: float | None = None, pbc=True, sme
     import torch
 
     dtype = dtype or torch.float64
-    cell_np = np.asarray(cell, dtype=float).reshape(3, 3)
-    pos_np = np.asarray(positions, dtype=float).reshape(-1, 3)
     q_np = np.asarray(charges, dtype=float).ravel()
-    if q_np.shape[0] != pos_np.shape[0]:
-        raise ValueError(f"{q_np.shape[0]} charges for {pos_np.shape[0]} atoms")
-    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
-    if pbc.any() and not pbc.all():
-        raise ValueError("mixed periodicity is not supported: pbc must be all True or all False")
-    periodic = bool(pbc.all())
-    if width is not None and width <= 0:
-        raise ValueError(f"width {width}: must be positive")
-
+    cell_np, pos_np, periodic = _check_frame(cell, positions, q_np.shape[0], pbc, width)
     pos0 = torch.tensor(pos_np, dtype=dtype, requires_grad=forces)
-    cell0 = torch.tensor(cell_np, dtype=dtype)
     q = torch.tensor(q_np, dtype=dtype).unsqueeze(-1)
     strain = torch.zeros((3, 3), dtype=dtype, requires_grad=stress and periodic)
     deformation = torch.eye(3, dtype=dtype) + strain
     pos = pos0 @ deformation
-    cell_t = cell0 @ deformation
-    x = _x_for(accuracy)
-
-    if not periodic:
-        diff = pos.unsqueeze(0) - pos.unsqueeze(1)
-        n = len(q_np)
-        iu = torch.triu_indices(n, n, offset=1)
-        r = torch.linalg.norm(diff[iu[0], iu[1]], dim=-1)
-        kernel = 1.0 / r if width is None else torch.erf(r / (math.sqrt(2.0) * width)) / r
-        energy = COULOMB_EV_A * torch.sum(q[iu[0], 0] * q[iu[1], 0] * kernel)
-    else:
-        from torchpme import CoulombPotential, EwaldCalculator
-        from torchpme.lib import generate_kvectors_for_ewald
-
-        volume = abs(np.linalg.det(cell_np))
-        if width is None:
-            s = smearing if smearing is not None else max(1.0, 0.3 * (volume / len(q_np)) ** (1 / 3)
-                                                          * len(q_np) ** (1 / 6))
-        else:
-            s = float(width)
-        k_cut = math.sqrt(2.0) * x / s
-        potential = CoulombPotential(smearing=s, prefactor=COULOMB_EV_A)
-        potential = potential.to(dtype=dtype)
-        calculator = EwaldCalculator(potential, lr_wavelength=2 * math.pi / k_cut, full_neighbor_list=True)
-        calculator = calculator.to(dtype=dtype)
-        if width is None:
-            r_cut = math.sqrt(2.0) * x * s
-            i, j, shifts = _neighbors(cell_np, pos_np, r_cut)
-            i_t, j_t = torch.tensor(i, dtype=torch.long), torch.tensor(j, dtype=torch.long)
-            vectors = pos[j_t] - pos[i_t] + torch.tensor(shifts, dtype=dtype) @ cell_t
-            distances = torch.linalg.norm(vectors, dim=-1)
-            indices = torch.stack([i_t, j_t], dim=1)
-        else:  # Gaussian charges: the long-range kernel is the whole interaction
-            indices = torch.zeros((0, 2), dtype=torch.long)
-            distances = torch.zeros((0,), dtype=dtype)
-        # |n_i| ≤ k_c |a_i| / 2π along b_i; torch-pme's ns counts them all (fftfreq: −ns/2 … ns/2)
-        n_max = np.ceil(k_cut * np.linalg.norm(cell_np, axis=1) / (2 * math.pi)).astype(int)
-        ns = torch.tensor(2 * n_max + 1, dtype=torch.long)
-        kvectors = generate_kvectors_for_ewald(ns=ns, cell=cell_t)
-        phi = calculator.forward(charges=q, cell=cell_t, positions=pos, neighbor_indices=indices,
-                                 neighbor_distances=distances, kvectors=kvectors)
-        energy = torch.sum(q * phi)
+    cell_t = torch.tensor(cell_np, dtype=dtype) @ deformation
+    phi = _potentials(cell_np, pos_np, pos, cell_t, q, width=width, periodic=periodic, smearing=smearing,
+                      accuracy=accuracy, dtype=dtype)
+    energy = torch.sum(q * phi)
 
     wrt = [t for t, want in ((pos0, forces), (strain, stress and periodic)) if want]
-    grads = torch.autograd.grad(energy, wrt) if wrt else []
+    grads = list(torch.autograd.grad(energy, wrt)) if wrt else []
     out = {"energy": float(energy.detach()), "forces": None, "stress": None}
-    grads = list(grads)
     if forces:
         out["forces"] = -grads.pop(0).detach().numpy()
     if stress and periodic:
-        volume = abs(np.linalg.det(cell_np))
-        sigma = grads.pop(0).detach().numpy() / volume
+        sigma = grads.pop(0).detach().numpy() / abs(np.linalg.det(cell_np))
         out["stress"] = 0.5 * (sigma + sigma.T)
     return out
+
+
+def coulomb_matrix(cell, positions, *, width: float | None = None, pbc=True, smearing: float | None = None,
+                   accuracy: float = 1e-12) -> np.ndarray:
+    """The symmetric matrix A (n × n, eV/e²) with E = ½ qᵀ A q for any charges q, the interaction of
+    :func:`ewald` (point or Gaussian charges, images included, no self-energy of the Gaussians): one torch-pme
+    call with the n unit charge vectors as channels."""
+    import torch
+
+    dtype = torch.float64
+    cell_np, pos_np, periodic = _check_frame(cell, positions, np.asarray(positions).reshape(-1, 3).shape[0],
+                                             pbc, width)
+    pos, cell_t = torch.tensor(pos_np, dtype=dtype), torch.tensor(cell_np, dtype=dtype)
+    unit = torch.eye(pos_np.shape[0], dtype=dtype)
+    with torch.no_grad():
+        phi = _potentials(cell_np, pos_np, pos, cell_t, unit, width=width, periodic=periodic, smearing=smearing,
+                          accuracy=accuracy, dtype=dtype).numpy()
+    return phi + phi.T  # φ_ij = ½ A_ij: symmetrised
 
 
 def frame_electrostatics(atoms, charges=None, **kwargs) -> dict:
@@ -159,6 +189,14 @@ def frame_electrostatics(atoms, charges=None, **kwargs) -> dict:
     if charges is None:
         charges = atoms.arrays["REF_charges"]
     return ewald(atoms.cell[:], atoms.positions, charges, pbc=atoms.pbc, **kwargs)
+
+
+def frame_total_charge(atoms, key: str = "REF_charges") -> float:
+    """A frame's total charge (e): ``info["total_charge"]`` where given, else the integer nearest to Σ ``key``
+    (Σ Z_val − N: fitted charges add up to the system's charge to ~1e-6)."""
+    if "total_charge" in atoms.info:
+        return float(atoms.info["total_charge"])
+    return float(round(float(np.sum(atoms.arrays[key]))))
 
 
 def per_element_charges(frames, key: str = "REF_charges") -> dict:
@@ -180,7 +218,18 @@ def charges_for(atoms, charges: dict) -> np.ndarray:
     return np.array([table[s] for s in atoms.get_chemical_symbols()])
 
 
-def add_baseline(frames, *, charges: str | dict = "per_element", width: float | None = None,
+def _charge_model(charges):
+    """A :class:`.qeq.ChargeEquilibration` from itself or its ``as_dict()``; None for fixed charges."""
+    if hasattr(charges, "energy_forces_stress"):
+        return charges
+    if isinstance(charges, dict) and charges.get("model") == "qeq":
+        from .qeq import ChargeEquilibration
+
+        return ChargeEquilibration.from_dict(charges)
+    return None
+
+
+def add_baseline(frames, *, charges="per_element", width: float | None = None,
                  accuracy: float = 1e-12) -> tuple[list, dict]:
     """Copies of ``frames`` with ``E_elec`` (info, eV), ``F_elec`` (arrays, eV/Å), ``S_elec`` (info, 9 numbers,
     eV/Å³, ASE sign; periodic frames) and the short-range residual ``SR_energy``/``SR_forces``/``SR_stress``
@@ -188,22 +237,35 @@ def add_baseline(frames, *, charges: str | dict = "per_element", width: float | 
 
     ``charges``: ``"per_element"`` (default: each element's mean ``REF_charges`` over the frames — what
     :class:`ElectrostaticsCalculator` uses at inference, so training target and inference agree),
-    ``"frame"`` (each frame's own fitted charges: for analysis or a charge-predicting model) or a dict of
-    fixed charges per element. Returns ``(frames, summary)``; ``summary`` has the per-element statistics
-    and the settings.
+    ``"frame"`` (each frame's own fitted charges: analysis only, they are not known at inference), a dict of
+    fixed charges per element, or **predicted** charges: ``"qeq"`` (a charge-equilibration model fitted to the
+    frames' ``REF_charges`` by :func:`.qeq.fit_qeq`, Gaussian width ``width`` or its default) or a
+    :class:`.qeq.ChargeEquilibration` (or its ``as_dict()``); then E_elec is the QEq energy at the predicted
+    charges, which are stored as ``QEq_charges``. Returns ``(frames, summary)``; ``summary`` has the
+    per-element statistics, the settings and, for QEq, the model (``qeq``).
     """
     frames = [a.copy() for a in frames]
     stats = per_element_charges(frames)
-    fixed = None
-    if isinstance(charges, dict):
+    fixed, model = None, _charge_model(charges)
+    if charges == "qeq":
+        from .qeq import DEFAULT_QEQ_WIDTH, fit_qeq
+
+        model = fit_qeq(frames, width=DEFAULT_QEQ_WIDTH if width is None else width)
+    elif model is not None:
+        pass
+    elif isinstance(charges, dict):
         fixed = charges
     elif charges == "per_element":
         fixed = stats
     elif charges != "frame":
-        raise ValueError(f"charges {charges!r}: 'per_element', 'frame' or a dict per element")
+        raise ValueError(f"charges {charges!r}: 'per_element', 'frame', 'qeq', a QEq model or a dict per element")
     for atoms in frames:
-        q = atoms.arrays["REF_charges"] if fixed is None else charges_for(atoms, fixed)
-        result = frame_electrostatics(atoms, q, width=width, accuracy=accuracy)
+        if model is not None:
+            result = model.energy_forces_stress(atoms, accuracy=accuracy)
+            atoms.arrays["QEq_charges"] = result["charges"]
+        else:
+            q = atoms.arrays["REF_charges"] if fixed is None else charges_for(atoms, fixed)
+            result = frame_electrostatics(atoms, q, width=width, accuracy=accuracy)
         atoms.info["E_elec"] = result["energy"]
         atoms.arrays["F_elec"] = result["forces"]
         if "REF_energy" in atoms.info:
@@ -216,13 +278,15 @@ def add_baseline(frames, *, charges: str | dict = "per_element", width: float | 
                 atoms.info["SR_stress"] = np.asarray(atoms.info["REF_stress"], dtype=float).ravel() \
                     - result["stress"].ravel()
     summary = {
-        "method": "ewald (torch-pme)" if width is None else "gaussian charges (torch-pme reciprocal sum)",
-        "charges": charges if isinstance(charges, str) else "fixed",
-        "width": width,
+        "method": ("charge equilibration (Gaussian charges, torch-pme)" if model is not None
+                   else "ewald (torch-pme)" if width is None else "gaussian charges (torch-pme reciprocal sum)"),
+        "charges": "qeq" if model is not None else charges if isinstance(charges, str) else "fixed",
+        "width": model.width if model is not None else width,
         "accuracy": accuracy,
         "per_element": stats,
         "element_charges": {k: (v["mean"] if isinstance(v, dict) else float(v)) for k, v in fixed.items()}
         if fixed is not None else None,
+        "qeq": model.as_dict() if model is not None else None,
     }
     return frames, summary
 
@@ -235,36 +299,47 @@ except ImportError:  # pragma: no cover - ase is a dependency
 
 
 class ElectrostaticsCalculator(_AseCalculator):
-    """ASE calculator: the Ewald energy/forces/stress of charges fixed per element.
+    """ASE calculator: the electrostatic energy/forces/stress of fixed or predicted charges.
 
-    ``charges``: ``{"Na": 0.81, "Cl": -0.81}`` or the output of :func:`per_element_charges` (its means are
-    used); ``width``: None (point charges) or a Gaussian width (Å), as in :func:`ewald`.
+    ``charges``: fixed per element — ``{"Na": 0.81, "Cl": -0.81}`` or the output of
+    :func:`per_element_charges` (its means are used), with ``width`` None (point charges) or a Gaussian width
+    (Å) as in :func:`ewald`; or predicted — a :class:`.qeq.ChargeEquilibration` (or its ``as_dict()``, e.g. the
+    ``qeq`` entry of :func:`add_baseline`'s summary): the QEq energy at its charges, which are left in
+    ``results["charges"]`` (its own width is used).
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "charges"]
 
-    def __init__(self, charges: dict, width: float | None = None, accuracy: float = 1e-12, **kwargs):
+    def __init__(self, charges, width: float | None = None, accuracy: float = 1e-12, **kwargs):
         super().__init__(**kwargs)
-        self.element_charges = {k: (v["mean"] if isinstance(v, dict) else float(v)) for k, v in charges.items()}
+        self.model = _charge_model(charges)
+        self.element_charges = None if self.model is not None else {
+            k: (v["mean"] if isinstance(v, dict) else float(v)) for k, v in charges.items()}
         self.width = width
         self.accuracy = accuracy
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=_all_changes):
         super().calculate(atoms, properties, system_changes)
-        q = charges_for(self.atoms, self.element_charges)
-        want_stress = "stress" in properties and bool(np.all(self.atoms.pbc))
-        result = ewald(self.atoms.cell[:], self.atoms.positions, q, width=self.width, pbc=self.atoms.pbc,
-                       accuracy=self.accuracy, stress=want_stress)
+        if self.model is not None:
+            result = self.model.energy_forces_stress(self.atoms, accuracy=self.accuracy)
+            q = result["charges"]
+        else:
+            q = charges_for(self.atoms, self.element_charges)
+            want_stress = "stress" in properties and bool(np.all(self.atoms.pbc))
+            result = ewald(self.atoms.cell[:], self.atoms.positions, q, width=self.width, pbc=self.atoms.pbc,
+                           accuracy=self.accuracy, stress=want_stress)
         self.results["energy"] = self.results["free_energy"] = result["energy"]
         self.results["forces"] = result["forces"]
+        self.results["charges"] = np.asarray(q, dtype=float)
         if result["stress"] is not None:
             s = result["stress"]
             self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
 
 
-def with_electrostatics(calculator, charges: dict, width: float | None = None, **kwargs):
+def with_electrostatics(calculator, charges, width: float | None = None, **kwargs):
     """``calculator`` (e.g. a MACECalculator trained on SR_* = REF − E_elec) plus the electrostatics of
-    ``charges`` per element: an ASE ``SumCalculator``."""
+    ``charges`` (fixed per element or a QEq model, as :class:`ElectrostaticsCalculator`): an ASE
+    ``SumCalculator``."""
     from ase.calculators.mixing import SumCalculator
 
     return SumCalculator([calculator, ElectrostaticsCalculator(charges, width=width, **kwargs)])

@@ -109,6 +109,26 @@ def test_electrostatic_baseline_on_a_dataset(labelled_dataset, tmp_path):
     assert yaml.safe_dump(config)
 
 
+def test_electrostatic_baseline_with_predicted_charges(labelled_dataset):
+    """charges "qeq": a charge-equilibration model fitted to the dataset's charges is stored on the node and
+    reproduces E_elec/F_elec at inference (ElectrostaticsCalculator from the stored dict)."""
+    from aiida_optddap.engine.electrostatics import ElectrostaticsCalculator
+
+    dataset = labelled_dataset(6)
+    result = CalculationFactory("optddap.electrostatic_baseline")(dataset, orm.Dict({"charges": "qeq"}))
+    summary = result.base.attributes.get("baseline")
+    assert summary["charges"] == "qeq" and summary["width"] == 1.0
+    qeq = summary["qeq"]
+    assert set(qeq["electronegativity"]) == {"Cl", "Mg", "Na", "O"} and qeq["report"]["n_frames"] == 6
+    assert qeq["report"]["rmse"] < qeq["report"]["reference_std"] + 0.05  # bounded by the data's own spread
+    assert "QEq_charges" in result.per_atom_keys
+    for frame in result.read(":"):
+        assert abs(frame.arrays["QEq_charges"].sum()) < 1e-7  # extxyz: 8 decimals
+        frame.calc = ElectrostaticsCalculator(qeq)
+        assert frame.get_potential_energy() == pytest.approx(frame.info["E_elec"], rel=1e-10)
+        np.testing.assert_allclose(frame.get_forces(), frame.arrays["F_elec"], atol=1e-7)
+
+
 # ----------------------------------------------------------------------------------------- optddap.mace_train
 import json  # noqa: E402
 import math  # noqa: E402

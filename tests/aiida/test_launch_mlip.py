@@ -130,6 +130,15 @@ def test_launch_mlip_builds(aiida_profile, aiida_computer, cubes, captured_build
     assert builder.train.train.metadata.options.max_wallclock_seconds == 14400
     assert builder.train.train.parameters.get_dict() == {}
 
+    # predicted charges for the baseline (a QEq model fitted to the dataset's charges)
+    result = runner.invoke(main, ["-p", aiida_profile.name, "launch", "mlip", *map(str, cubes[:2]), "--labels",
+                                  str(tmp_path / "labels.extxyz"), "--code", str(code.pk), "--mace-code",
+                                  str(mace.pk), "--baseline-charges", "qeq", "--zval", "Na=9,Cl=7"],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    builder = captured_builders.pop()
+    assert builder.use_baseline.value is True and builder.baseline["charges"] == "qeq"
+
     # errors: no density, labels that name none of the densities, an unknown code
     result = runner.invoke(main, ["-p", aiida_profile.name, "launch", "mlip", "--code", str(code.pk)])
     assert result.exit_code == 2 and "give the densities" in result.output
