@@ -12,7 +12,7 @@ One module per format, each with ``FORMAT``, ``DESCRIPTION``, ``sniff(rows)``, `
   count.
 
 :mod:`.outcar` reads the POTCAR and OUTCAR beside a VASP density, :mod:`.common` what the readers share.
-Every problem with a file raises :class:`DensityError` with a one-line message that starts with the path.
+Every problem with a file raises :class:`~aiida_optddap.engine.density.DensityError` with a one-line message that starts with the path.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def detect_format(path) -> str:
     in .cube/.cub does. Compressed files are recognised by their magic bytes.
 
     Raises:
-        DensityError: the file is missing, unreadable or of neither kind.
+        ~aiida_optddap.engine.density.DensityError: the file is missing, unreadable or of neither kind.
     """
     path = Path(path)
     return _detect(path, compression(path))
@@ -83,7 +83,7 @@ def read_density(path, *, format: str = "auto", species=None) -> Density:
         subtracted from the positions).
 
     Raises:
-        DensityError: one line starting with the path, naming the problem.
+        ~aiida_optddap.engine.density.DensityError: one line starting with the path, naming the problem.
     """
     path = Path(path)
     if format not in ("auto", *FORMATS):

@@ -25,7 +25,7 @@ READ_ERRORS = (OSError, EOFError, lzma.LZMAError)
 
 
 def error(path, problem) -> DensityError:
-    """A :class:`DensityError` whose single-line message starts with ``path``."""
+    """A :class:`~aiida_optddap.engine.density.DensityError` whose single-line message starts with ``path``."""
     return DensityError(f"{path}: " + " ".join(str(problem).split()))
 
 
