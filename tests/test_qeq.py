@@ -1,4 +1,4 @@
-"""engine.qeq (issue 10 item 2, predicted charges) and engine.electrostatics.coulomb_matrix.
+"""engine.qeq (issue 10 item 2, predicted charges) and engine.coulomb.coulomb_matrix.
 
 * the Coulomb matrix reproduces :func:`ewald` (½ qᵀAq = E) for point and Gaussian charges, periodic or not,
   neutral or not;

@@ -6,13 +6,13 @@ for a frame of total charge Q the charges minimise
     E(q) = Σ_i (χ_i q_i + ½ (J_i + s) q_i²) + ½ qᵀ A q   subject to   Σ_i q_i = Q,
 
 with χ (electronegativity, eV/e) and J (hardness, eV/e², ≥ 0) one value per element, A the Coulomb matrix of
-Gaussian charges exp(−r²/a²) of one width ``a`` (:func:`.electrostatics.coulomb_matrix`: periodic images
+Gaussian charges exp(−r²/a²) of one width ``a`` (:func:`.coulomb.coulomb_matrix`: periodic images
 included, no self-energy) and s = k √(2/π)/a their self-energy (k = e²/4πε₀). Gaussian charges with J ≥ 0 make
 the quadratic form positive definite, so the minimiser is unique: the linear system
 [A + diag(J + s), 1; 1ᵀ, 0] [q; −μ] = [−χ; Q].
 
 Forces and stress of E(q*) need no ∂q/∂r: q* is stationary under a constraint that does not depend on the
-positions, so they are those of the Coulomb energy at fixed q* (:func:`.electrostatics.ewald`; tested against
+positions, so they are those of the Coulomb energy at fixed q* (:func:`.coulomb.ewald`; tested against
 finite differences of E(q*(r))).
 
 :func:`fit_qeq` fits χ and J to the ``REF_charges`` of a set of frames (least squares over all atoms,
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .electrostatics import COULOMB_EV_A, coulomb_matrix, ewald, frame_total_charge
+from .coulomb import COULOMB_EV_A, coulomb_matrix, ewald, frame_total_charge
 
 #: Default Gaussian width a (Å) of the QEq charges.
 DEFAULT_QEQ_WIDTH = 1.0
