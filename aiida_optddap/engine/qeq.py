@@ -41,7 +41,7 @@ def self_energy(width: float) -> float:
 
 
 def _solve(hessian, chi, total_charge: float):
-    """q* (n,) of min ½ qᵀ H q + χᵀ q subject to Σ q = Q (torch or numpy, by the KKT system)."""
+    """q* (n,) of min ½ qᵀ H q + χᵀ q subject to Σ q = Q: the KKT system solved in torch (differentiable)."""
     import torch
 
     n = hessian.shape[0]
