@@ -11,6 +11,9 @@ included, no self-energy) and s = k √(2/π)/a their self-energy (k = e²/4πε
 the quadratic form positive definite, so the minimiser is unique: the linear system
 [A + diag(J + s), 1; 1ᵀ, 0] [q; −μ] = [−χ; Q].
 
+The solve is dense (the n × n Coulomb matrix from one torch-pme call with n unit-charge channels, then an
+O(n³) linear solve): meant for training cells of up to a few thousand atoms.
+
 Forces and stress of E(q*) need no ∂q/∂r: q* is stationary under a constraint that does not depend on the
 positions, so they are those of the Coulomb energy at fixed q* (:func:`.coulomb.ewald`; tested against
 finite differences of E(q*(r))).
