@@ -70,3 +70,23 @@ def test_species_charges_reproduce_the_molecular_dipoles(records):
     species = result["models"]["species"]
     assert 0.94 <= species["ratio_min"] and species["ratio_max"] <= 1.06, species["ratios"]
     assert species["angle_max_deg"] < 5.0
+
+
+def test_joint_choice_on_the_pairs(records):
+    """engine.joint.choose_joint_parameters (the rule of optddap.dataset's ``joint``): ``auto`` rejects the
+    species model here (the q1 Na width on its bound) and takes one σ_start; ``species`` forces it; bad input
+    fails before any fit."""
+    pytest.importorskip("torch")
+    from aiida_optddap.engine.io import read_density
+    from aiida_optddap.engine.joint import choose_joint_parameters
+
+    densities = [read_density(DATA / f["cube"]) for f in records["frames"][:4]]
+    auto = choose_joint_parameters(densities, records["zval"])
+    assert auto["model"] == "sigma_start" and auto["species"]["at_bound"] == ["Na"]
+    assert auto["fit_parameters"]["definition"] == "restrained" and auto["fit_parameters"]["optimize"] is False
+    forced = choose_joint_parameters(densities, records["zval"], "species")
+    assert forced["model"] == "species" and forced["fit_parameters"]["species_widths"]["Na"] == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="joint mode"):
+        choose_joint_parameters(densities, records["zval"], "best")
+    with pytest.raises(ValueError, match="no Z_val for Cl"):
+        choose_joint_parameters(densities, {"Na": 1})

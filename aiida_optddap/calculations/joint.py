@@ -2,7 +2,8 @@
 
 Per-frame optimisation lets the Gaussians follow each frame, so two frames of nearly equal geometry can be
 fitted with different models and their charges jump (docs/validation.md, "Smoothness in geometry"). This
-calcfunction reads every frame's density and chooses the parameters once, as a function of the frames only:
+calcfunction reads every frame's density and chooses the parameters once, as a function of the frames only
+(:func:`aiida_optddap.engine.joint.choose_joint_parameters`):
 
 * ``species`` — the species-width model (:func:`aiida_optddap.engine.species.fit_species`): one Gaussian per
   atom, one width per element, the widths optimised jointly over the frames;
@@ -26,11 +27,10 @@ import tempfile
 from aiida import orm
 from aiida.engine import calcfunction
 
+from ..engine.joint import JOINT_MODES
 from .inline import density_file
 
 __all__ = ("JOINT_MODES", "joint_parameters")
-
-JOINT_MODES = ("auto", "species", "sigma_start")
 
 
 def _read(node: orm.SinglefileData, directory: pathlib.Path, index: int):
@@ -46,17 +46,12 @@ def joint_parameters(parameters: orm.Dict, zval: orm.Dict, **densities: orm.Sing
     :param parameters: ``mode`` (``auto``, ``species`` or ``sigma_start``) and optionally ``device``.
     :param zval: Z_val (e) of every element of the frames (the neutral reference; no fallback table).
     """
-    from aiida_optddap.engine.fit import FitOptions
-    from aiida_optddap.engine.joint import joint_sigma_start
-    from aiida_optddap.engine.species import fit_species
-    from aiida_optddap.engine.zval import resolve_zval
+    from aiida_optddap.engine.joint import choose_joint_parameters
 
     params = parameters.get_dict()
     mode = params.get("mode", "auto")
     if mode not in JOINT_MODES:
         raise ValueError(f"joint mode {mode!r}: use one of {', '.join(JOINT_MODES)}")
-    device = params.get("device", "cpu")
-    values = {element: float(value) for element, value in zval.get_dict().items()}
     frames, unreadable = [], {}
     with tempfile.TemporaryDirectory(prefix="optddap-joint-") as tmpdir:
         for i, (label, node) in enumerate(sorted(densities.items())):
@@ -66,23 +61,5 @@ def joint_parameters(parameters: orm.Dict, zval: orm.Dict, **densities: orm.Sing
                 unreadable[label] = str(exc)
     if not frames:  # nothing to choose from: every frame's own fit will fail and say why
         return orm.Dict({"mode": mode, "n_frames": 0, "unreadable": unreadable, "model": None, "fit_parameters": {}})
-    missing = sorted({s for d in frames for s in d.symbols} - set(values))
-    if missing:
-        raise ValueError(f"no Z_val for {', '.join(missing)}")
-    out: dict = {"mode": mode, "n_frames": len(frames), "unreadable": unreadable}
-    if mode in ("auto", "species"):
-        fit = fit_species(frames, values, device=device)
-        out["species"] = {"widths": fit.widths, "misfit": fit.misfit, "at_bound": fit.at_bound,
-                          "usable": fit.usable}
-        if fit.usable or mode == "species":
-            out["model"] = "species"
-            out["fit_parameters"] = {"definition": "species", "species_widths": fit.widths}
-            return orm.Dict(out)
-    options = FitOptions(device=device)
-    zvals = [resolve_zval(d, user={s: values[s] for s in dict.fromkeys(d.symbols)}) for d in frames]
-    joint = joint_sigma_start(frames, options, zvals)
-    out["model"] = "sigma_start"
-    out["sigma_start"] = {"parameters": joint["parameters"], "loss": joint["loss"], "bounds": joint["bounds"]}
-    out["fit_parameters"] = {"definition": "restrained", "optimize": False,
-                             "sigma_start": float(joint["parameters"]["sigma_start"])}
-    return orm.Dict(out)
+    choice = choose_joint_parameters(frames, zval.get_dict(), mode, params.get("device", "cpu"))
+    return orm.Dict({**choice, "unreadable": unreadable})

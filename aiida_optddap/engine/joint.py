@@ -9,7 +9,8 @@ ordinary ``results.json`` dictionary. The whole is a function of the frames and 
 same frames give the same labels.
 
 For the species-width model (one Gaussian per atom, one width per species, widths joint over frames) see
-:func:`.species.fit_species`.
+:func:`.species.fit_species`. :func:`choose_joint_parameters` picks between the two for a set of frames (the
+rule of ``optddap.dataset``'s ``joint`` input).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .density import Density
+
+#: How :func:`choose_joint_parameters` chooses: ``auto`` (species where usable, else sigma_start) or forced.
+JOINT_MODES = ("auto", "species", "sigma_start")
 
 
 def joint_sigma_start(densities: Sequence[Density], options=None, zvals: Sequence | None = None) -> dict:
@@ -88,3 +92,43 @@ def fit_frames_jointly(densities: Sequence[Density], options=None, zvals: Sequen
     with _single_thread(serial):
         results = [run_fit(d, fixed, zval=z) for d, z in zip(densities, zvals)]
     return {**joint, "results": results}
+
+
+def choose_joint_parameters(densities: Sequence[Density], zval: dict, mode: str = "auto", device: str = "cpu") -> dict:
+    """One set of fit parameters for all ``densities`` (the frames of a dataset), chosen from the frames only.
+
+    ``mode``: ``species`` — the species-width model, widths optimised jointly (:func:`.species.fit_species`);
+    ``sigma_start`` — the restrained definition at one joint σ_start (:func:`joint_sigma_start`); ``auto`` —
+    ``species`` when that model places every element (``SpeciesFit.usable``: no width on a bound), else
+    ``sigma_start``. ``zval``: Z_val (e) of every element of the frames.
+
+    Returns ``{"mode", "n_frames", "model", "fit_parameters", "species"?, "sigma_start"?}``:
+    ``fit_parameters`` are the options every frame is then fitted with
+    (``FitOptions.for_definition(**fit_parameters)``), the rest the evidence of the choice.
+    """
+    from .fit import FitOptions
+    from .species import fit_species
+    from .zval import resolve_zval
+
+    if mode not in JOINT_MODES:
+        raise ValueError(f"joint mode {mode!r}: use one of {', '.join(JOINT_MODES)}")
+    densities = list(densities)
+    values = {element: float(value) for element, value in zval.items()}
+    missing = sorted({s for d in densities for s in d.symbols} - set(values))
+    if missing:
+        raise ValueError(f"no Z_val for {', '.join(missing)}")
+    out: dict = {"mode": mode, "n_frames": len(densities)}
+    if mode in ("auto", "species"):
+        fit = fit_species(densities, values, device=device)
+        out["species"] = {"widths": fit.widths, "misfit": fit.misfit, "at_bound": fit.at_bound, "usable": fit.usable}
+        if fit.usable or mode == "species":
+            out["model"] = "species"
+            out["fit_parameters"] = {"definition": "species", "species_widths": fit.widths}
+            return out
+    zvals = [resolve_zval(d, user={s: values[s] for s in dict.fromkeys(d.symbols)}) for d in densities]
+    joint = joint_sigma_start(densities, FitOptions(device=device), zvals)
+    out["model"] = "sigma_start"
+    out["sigma_start"] = {"parameters": joint["parameters"], "loss": joint["loss"], "bounds": joint["bounds"]}
+    out["fit_parameters"] = {"definition": "restrained", "optimize": False,
+                             "sigma_start": float(joint["parameters"]["sigma_start"])}
+    return out

@@ -7,9 +7,9 @@ soft-pseudopotential set; ``--data examples/cp2k_pairs/data --systems pairs`` th
 molecules sit beyond the MACE cutoff (examples/cp2k_pairs/README.md):
 
 1. fit every cube, Z_val from the JSON (GTH valence counts): ``--charges auto`` (default) as ``optddap.dataset``
-   with ``joint="auto"``: the species-width model with widths joint over all frames
-   (``engine.species.fit_species``) when it places every element, else one σ_start joint over the frames
-   (``engine.joint.fit_frames_jointly``, the ``restrained`` fit); ``--charges species`` forces the first,
+   with ``joint="auto"`` (``engine.joint.choose_joint_parameters``, then every frame fitted with the chosen
+   parameters): the species-width model with widths joint over all frames when it places every element, else
+   one σ_start joint over the frames (the ``restrained`` fit); ``--charges species`` forces the first,
    ``--charges restrained`` fits each frame on its own (``FitOptions.for_definition("restrained")``);
 2. the electrostatic baseline of those charges (``engine.electrostatics.add_baseline``: point charges, each
    element's mean charge over the frames, Ewald; ``--baseline qeq``: charges predicted by a charge-equilibration
@@ -64,13 +64,13 @@ TINY = {"model": "MACE", "num_channels": 8, "max_L": 0, "r_max": 4.0, "correlati
 def fitted_frames(systems=("nacl", "mgo"), skip_suspect: bool = True, charges: str = "auto",
                   data_dir: Path = DATA):
     """ase.Atoms per committed frame with REF_charges (fitted), REF_energy, REF_forces, config_type; the
-    seconds per frame of the fits; and the model used (``species`` or ``sigma_start``, ``restrained``)."""
+    seconds per frame of the fits (the joint choice spread over the frames); and the model used (``species``,
+    ``sigma_start`` or ``restrained``)."""
     from ase import Atoms
 
     from aiida_optddap.engine.fit import FitOptions, run_fit
     from aiida_optddap.engine.io import read_density
-    from aiida_optddap.engine.joint import fit_frames_jointly
-    from aiida_optddap.engine.species import fit_species
+    from aiida_optddap.engine.joint import choose_joint_parameters
     from aiida_optddap.engine.zval import resolve_zval
 
     records, densities, zval = [], [], {}
@@ -82,25 +82,21 @@ def fitted_frames(systems=("nacl", "mgo"), skip_suspect: bool = True, charges: s
                 continue
             records.append((system, rec))
             densities.append(read_density(data_dir / rec["cube"]))
-    start = time.perf_counter()
-    model = charges
-    if charges in ("auto", "species"):
-        fit = fit_species(densities, zval)
-        net = [f["net_charges"] for f in fit.frames]
-        model = "species" if fit.usable or charges == "species" else "sigma_start"
-        if model == "sigma_start":  # the model cannot place an element (its width on a bound)
-            zvals = [resolve_zval(d, user={s: zval[s] for s in dict.fromkeys(d.symbols)}) for d in densities]
-            net = [r["net_charges"] for r in fit_frames_jointly(densities, FitOptions(), zvals)["results"]]
-        seconds = [(time.perf_counter() - start) / len(densities)] * len(densities)
-    elif charges == "restrained":
-        net, seconds = [], []
-        for density in densities:
-            t0 = time.perf_counter()
-            net.append(run_fit(density, FitOptions.for_definition("restrained"), zval=resolve_zval(density, user=zval))
-                       ["net_charges"])
-            seconds.append(time.perf_counter() - t0)
-    else:
+    if charges not in ("auto", "species", "restrained"):
         raise ValueError(f"charges {charges!r}: auto, species or restrained")
+    start = time.perf_counter()
+    if charges == "restrained":  # each frame on its own, σ_start optimised per frame
+        model, options = "restrained", FitOptions.for_definition("restrained")
+    else:  # as optddap.dataset's joint input: one parameter set chosen from all frames
+        choice = choose_joint_parameters(densities, zval, charges)
+        model, options = choice["model"], FitOptions.for_definition(**choice["fit_parameters"])
+    choose_seconds = time.perf_counter() - start
+    net, seconds = [], []
+    for density in densities:
+        t0 = time.perf_counter()
+        own = resolve_zval(density, user={s: zval[s] for s in dict.fromkeys(density.symbols)})
+        net.append(run_fit(density, options, zval=own)["net_charges"])
+        seconds.append(time.perf_counter() - t0 + choose_seconds / len(densities))
     frames = []
     for (system, rec), q in zip(records, net):
         atoms = Atoms(rec["symbols"], positions=rec["positions"], cell=rec["cell"], pbc=True)
