@@ -132,5 +132,7 @@ def test_bad_qeq_input():
         ChargeEquilibration({"Na": 0.0}, {"Na": 1.0}, width=0.0)
     with pytest.raises(ValueError, match="no QEq parameters for Cl"):
         ChargeEquilibration({"Na": 0.0}, {"Na": 1.0}).charges(_rocksalt(0))
+    with pytest.raises(ValueError, match="Gaussians are its own"):
+        ElectrostaticsCalculator(KNOWN, width=0.5)
     with pytest.raises(ValueError, match="no REF_charges"):
         fit_qeq([_rocksalt(0)])

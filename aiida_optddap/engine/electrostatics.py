@@ -94,17 +94,18 @@ def add_baseline(frames, *, charges="per_element", width: float | None = None,
     """
     frames = [a.copy() for a in frames]
     stats = per_element_charges(frames)
-    fixed, model = None, _charge_model(charges)
-    if charges == "qeq":
+    fixed = None
+    if isinstance(charges, str) and charges == "qeq":
         model = fit_qeq(frames, width=DEFAULT_QEQ_WIDTH if width is None else width)
-    elif model is not None:
-        pass
-    elif isinstance(charges, dict):
-        fixed = charges
-    elif charges == "per_element":
-        fixed = stats
-    elif charges != "frame":
-        raise ValueError(f"charges {charges!r}: 'per_element', 'frame', 'qeq', a QEq model or a dict per element")
+    else:
+        model = _charge_model(charges)
+    if model is None:
+        if isinstance(charges, dict):
+            fixed = charges
+        elif charges == "per_element":
+            fixed = stats
+        elif charges != "frame":
+            raise ValueError(f"charges {charges!r}: 'per_element', 'frame', 'qeq', a QEq model or a dict per element")
     for atoms in frames:
         if model is not None:
             result = model.energy_forces_stress(atoms, accuracy=accuracy)
@@ -159,6 +160,9 @@ class ElectrostaticsCalculator(_AseCalculator):
     def __init__(self, charges, width: float | None = None, accuracy: float = 1e-12, **kwargs):
         super().__init__(**kwargs)
         self.model = _charge_model(charges)
+        if self.model is not None and width is not None and width != self.model.width:
+            raise ValueError(f"width {width} Å given with a QEq model of width {self.model.width} Å: the model's "
+                             "Gaussians are its own")
         self.element_charges = None if self.model is not None else {
             k: (v["mean"] if isinstance(v, dict) else float(v)) for k, v in charges.items()}
         self.width = width
