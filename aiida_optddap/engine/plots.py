@@ -38,30 +38,54 @@ def plot_planar_averages(results: dict, path) -> Path:
     return path
 
 
+def _search(results: dict) -> str:
+    """``scan`` when σ_start alone was free (a log-spaced scan, then Brent's method: engine/optimize.py), else
+    ``adam`` (Adam steps over the free parameters)."""
+    free = tuple((results.get("options") or {}).get("free_parameters") or ())
+    return "scan" if free == ("sigma_start",) else "adam"
+
+
 def plot_trajectory(results: dict, path) -> Path | None:
-    """σ_start, f, g_c and the loss per Adam step of the winning start; None without optimisation."""
+    """Write :func:`trajectory_figure` to ``path``; None (nothing written) without optimisation."""
+    fig = trajectory_figure(results)
+    if fig is None:
+        return None
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
+def trajectory_figure(results: dict):
+    """The loss and the parameters along the search of the winning start (a matplotlib Figure); None without
+    optimisation.
+
+    Adam (several free parameters): σ_start, f, g_c and the loss per Adam step. σ_start alone: σ_start and the
+    loss per loss evaluation of the scan and Brent's method (f and g_c are fixed there)."""
     history = results.get("history") or []
     if not history:
         return None
     plt = _pyplot()
     steps = [row["step"] for row in history]
-    fig, axes = plt.subplots(4, 1, figsize=(7, 9), sharex=True)
-    for ax, key, label in zip(
-        axes,
-        ("sigma_start", "factor", "gcut", "loss"),
-        ("σ_start (Å)", "f", "g_c (Å⁻¹)", f"{results['loss_kind']} loss (relative)"),
-    ):
-        ax.plot(steps, [row[key] for row in history])
-        ax.set_ylabel(label)
+    scan = _search(results) == "scan"
+    keys = ("sigma_start", "loss") if scan else ("sigma_start", "factor", "gcut", "loss")
+    labels = {"sigma_start": "σ_start (Å)", "factor": "f", "gcut": "g_c (Å⁻¹)",
+              "loss": f"{results['loss_kind']} loss (relative)"}
+    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.25 * len(keys)), sharex=True)
+    for ax, key in zip(axes, keys):
+        ax.plot(steps, [row[key] for row in history], "o-" if scan else "-", ms=3)
+        ax.set_ylabel(labels[key])
         ax.grid(alpha=0.3)
     axes[-1].set_yscale("log")
-    axes[-1].set_xlabel("Adam step")
-    fig.suptitle("opt-DDAP optimisation trajectory")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    if scan:
+        params = results["parameters"]
+        axes[-1].set_xlabel("loss evaluation (log-spaced σ_start scan, then Brent's method)")
+        fig.suptitle(f"opt-DDAP σ_start search (f {params['factor']:.3f}, g_c {params['gcut']:.3f} Å⁻¹ fixed)")
+    else:
+        axes[-1].set_xlabel("Adam step")
+        fig.suptitle("opt-DDAP optimisation trajectory")
+    return fig
 
 
 def write_figures(results: dict, directory) -> list[Path]:
