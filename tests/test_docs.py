@@ -38,3 +38,10 @@ def test_docs_build_without_warnings(tmp_path):
     # the process specifications are generated from the code by aiida.sphinxext
     reference = (out / "plugin-reference.html").read_text(encoding="utf-8")
     assert "ERROR_NOT_CONVERGED" in reference and "OptDdapBaseWorkChain" in reference
+
+
+def test_caching_section_says_the_daemon_needs_a_restart():
+    """Issue 19: `verdi config set caching…` reaches the daemon's workers only after `verdi daemon restart`."""
+    caching = (DOCS / "plugin.md").read_text().split("\n## Caching\n")[1].split("\n## ")[0]
+    assert "verdi config set caching.enabled_for" in caching
+    assert "verdi daemon restart" in caching
