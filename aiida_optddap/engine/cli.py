@@ -72,6 +72,11 @@ def fit_options(command):
         click.option("--chunk-size", type=click.IntRange(1), default=None, help="G vectors per chunk (memory)."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
         click.option("--zval", "zval_text", default=None, help="Valence charges, e.g. Na=7,Cl=7 (overrides files)."),
+        click.option("--guess-zval", is_flag=True, help="Where nothing gives Z_val (--zval, POTCAR, OUTCAR, CP2K "
+                     "input beside the file), take it from pymatgen's POTCAR summary (recorded as guessed)."),
+        click.option("--total-charge", type=float, default=None,
+                     help="Charge of the cell, e (declares a charged cell; an OUTCAR's NELECT or a CP2K CHARGE "
+                          "beside the file also does) [default: neutral]."),
         click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("results.json"),
                      show_default=True, help="Results file (JSON, docs/results-schema.md)."),
         click.option("--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -211,15 +216,15 @@ def _fit_and_write(kwargs, options, densities: list[Path], difference: bool) -> 
                    for path in densities]
         file_format = formats[0]
         for density, kind in zip(loaded, formats):
-            if kind == "chgcar":  # cube files may hold signed spin densities (ρ↑ − ρ↓): not checked
+            if kind == "chgcar" and difference:  # run_fit checks an absolute density (engine/checks.py)
                 check_charge_density(density)
-        zval = None if difference else resolve_zval(loaded[0], path=densities[0], user=user_zval)
+        zval = None if difference else resolve_zval(loaded[0], user=user_zval, guess=kwargs["guess_zval"])
         with _progress(kwargs["quiet"] or not options.optimize) as progress:
             common = {"progress": progress, "timings": timings, "source_format": file_format}
             if difference:
                 results = run_difference_fit(loaded[0], loaded[1], options, **common)
             else:
-                results = run_fit(loaded[0], options, zval=zval, **common)
+                results = run_fit(loaded[0], options, zval=zval, total_charge=kwargs["total_charge"], **common)
     except DensityError as exc:
         _fail(str(exc), EXIT_INPUT)
     except torch.cuda.OutOfMemoryError as exc:
@@ -333,7 +338,11 @@ def _summary(results: dict, output: Path) -> None:
     ]
     if results["zval"]:
         sources = ", ".join(f"{el}={results['zval']['values'][el]:g} ({src})" for el, src in results["zval"]["source"].items())
-        lines.append(f"Z_val: {sources}")
+        charge = results.get("total_charge") or {}
+        lines.append(f"Z_val: {sources}; cell charge {charge.get('value', 0):+g} e ({charge.get('source', 'neutral')})")
+    elif results["mode"] == "absolute":
+        lines.append("Z_val unknown: populations only (give --zval, a POTCAR/OUTCAR or CP2K input beside the file, "
+                     "or --guess-zval)")
     if results.get("model_choice") and results["charge_model"] != "species":
         lines.append(f"auto: restrained model because {results['model_choice']['reason']}")
     if results.get("restraint"):

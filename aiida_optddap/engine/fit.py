@@ -164,6 +164,8 @@ def run_fit(
     options: FitOptions = FitOptions(),
     *,
     zval=None,
+    total_charge: float | None = None,
+    guess_zval: bool = False,
     progress: Callable[[int, int, float], None] | None = None,
     timings: dict | None = None,
     mode: str = "absolute",
@@ -176,12 +178,34 @@ def run_fit(
     ``species`` definition those of :mod:`.species_definition` (needs ``zval``; absolute densities only); the
     ``auto`` definition runs the species stages first and keeps them where the model places every element
     (:func:`species_inapplicable`, :data:`DEFINITIONS`), else the restrained ones.
-    ``zval`` is a :class:`~aiida_optddap.engine.zval.ZvalInfo` (net charges, neutral reference) or None;
+    ``zval`` is a :class:`~aiida_optddap.engine.zval.ZvalInfo` (net charges, neutral reference), a mapping or
+    ``"Na=7,Cl=7"`` string of user values, or None: an absolute fit then resolves Z_val as the ``optddap`` CLI
+    does (:func:`~aiida_optddap.engine.zval.resolve_zval`: the POTCAR/OUTCAR/CP2K input beside the file the
+    density was read from; the fallback table only with ``guess_zval``). ``total_charge`` declares a charged
+    cell (e). Before the fit, :func:`.checks.prepare_valence` refuses an impossible density or valence count
+    (one-line DensityError); after it, :func:`.checks.check_populations` refuses impossible charges (``paper``,
+    ``classic`` and ``custom`` only flag them in ``implausible_populations``).
     ``progress(step, steps, best_loss)`` is called during the optimisation; ``timings`` are stage timings
     measured by the caller (e.g. ``read``), merged into the result.
     """
+    from .checks import check_populations, prepare_valence
+
+    charge = None
+    if mode == "absolute":
+        zval, charge = prepare_valence(density, zval, total_charge=total_charge, guess_zval=guess_zval)
     run = dict(zval=zval, progress=progress, timings=timings, mode=mode, host_source=host_source,
                source_format=source_format)
+    results = _run_definition(density, options, run)
+    if results["zval"] is not None:
+        results["zval"]["guessed"] = zval.guessed
+    results["total_charge"] = charge
+    check_populations(results, options.definition)
+    return results
+
+
+def _run_definition(density: Density, options: FitOptions, run: dict) -> dict:
+    """The definition's stages; ``auto``: the species model where it places every element, else restrained."""
+    zval, timings, mode = run["zval"], run["timings"], run["mode"]
     if options.definition != AUTO:
         return _with_model(_run_stages(density, options, **run), options.definition, None)
     reason = species_inapplicable(density, options, zval, mode)

@@ -1,9 +1,20 @@
-"""Valence charges Z_val per element, so that net charges Q = Z_val − p can be reported (docs/conventions.md, "Populations, net charges and electronic charges").
+"""Valence charges Z_val per element, so that net charges Q = Z_val − p can be reported (docs/conventions.md,
+"Populations, net charges and electronic charges"). One resolver for every door: the ``optddap`` CLI, the
+Python API (:func:`~aiida_optddap.engine.fit.run_fit` with ``zval=None`` on a density read from a file), the
+``optddap.fit`` CalcJob (it copies the POTCAR/OUTCAR/CP2K input it was given beside the density) and the dataset.
 
-Precedence, per element: the user's mapping > a POTCAR beside the density file > an OUTCAR beside it >
-pymatgen's bundled POTCAR summary (VASP densities only; keyed by the POTCAR label the file names, such as
-``Na_pv``, else by the element's standard POTCAR). Cube files (CP2K, Quantum ESPRESSO, ...) use other
-pseudopotentials, so for them only the user's mapping counts.
+Precedence, per element:
+
+1. the user's mapping (``--zval``, the ``zval`` input) — source ``user``;
+2. a POTCAR beside the density file (VASP files) — ``POTCAR``;
+3. an OUTCAR beside it (VASP files) — ``OUTCAR``;
+4. the CP2K input beside a cube file (``POTENTIAL GTH-…-qN`` of each kind) — ``CP2K input (<potential>)``;
+5. only when asked (``guess=True``: ``--guess-zval``, ``guess_zval``), pymatgen's bundled POTCAR summary for
+   VASP files (keyed by the POTCAR label the file names, such as ``Na_pv``, else by the element's standard
+   POTCAR) — ``pymatgen POTCAR summary (<label>)``, listed in :attr:`ZvalInfo.guessed`.
+
+Every value must lie in 0 < Z_val ≤ Z (the atomic number); anything else is refused with a one-line
+``invalid valence:`` message (:data:`INVALID_VALENCE`).
 """
 
 from __future__ import annotations
@@ -20,10 +31,14 @@ import numpy as np
 from ase.data import atomic_numbers
 
 from .density import Density
-from .io import find_beside, read_outcar_header, read_potcar, split_species_label
+from .io import cp2k_input_beside, find_beside, read_cp2k_input, read_outcar_header, read_potcar, split_species_label
 
 # newest PBE sets first: the summary disagrees between sets only for a few GW potentials
 _FUNCTIONAL_ORDER = ("PBE_64", "PBE_54", "PBE_52", "PBE")
+#: The first words of every refusal of a valence count (the AiiDA parser maps them to 307 ERROR_INVALID_VALENCE).
+INVALID_VALENCE = "invalid valence: "
+#: The source prefix of a guessed value (the fallback table, only with ``guess=True``).
+GUESSED_SOURCE = "pymatgen POTCAR summary"
 
 
 @dataclass(frozen=True)
@@ -32,11 +47,21 @@ class ZvalInfo:
 
     Attributes:
         values: element symbol → Z_val (electrons).
-        source: element symbol → "user", "POTCAR", "OUTCAR" or "pymatgen POTCAR summary (<label>)".
+        source: element symbol → "user", "POTCAR", "OUTCAR", "CP2K input (<potential>)" or
+            "pymatgen POTCAR summary (<label>)" (guessed).
     """
 
     values: dict[str, float]
     source: dict[str, str]
+
+    @property
+    def guessed(self) -> list[str]:
+        """The elements whose Z_val came from the fallback table (``guess=True``)."""
+        return [element for element, source in self.source.items() if source.startswith(GUESSED_SOURCE)]
+
+    def describe(self) -> str:
+        """``Li Z_val 3 (OUTCAR), H Z_val 1 (OUTCAR)``: each element, its Z_val and its source."""
+        return ", ".join(f"{el} Z_val {self.values[el]:g} ({self.source[el]})" for el in self.values)
 
     def per_atom(self, symbols) -> np.ndarray:
         """Z_val (electrons) for each atom of ``symbols``; ValueError naming an element without one."""
@@ -62,6 +87,14 @@ def _positive(element: str, value) -> float:
     if not (math.isfinite(number) and number > 0):
         raise ValueError(f"Z_val for {element} must be a positive number, got {value!r}")
     return number
+
+
+def check_range(element: str, value: float, source: str) -> None:
+    """ValueError (``invalid valence: …``) unless 0 < Z_val ≤ Z, the atomic number of ``element``."""
+    limit = atomic_numbers[element]
+    if not 0 < value <= limit:
+        raise ValueError(f"{INVALID_VALENCE}{element} Z_val {value:g} ({source}) is outside 0 < Z_val <= {limit} "
+                         f"(its atomic number)")
 
 
 def parse_zval_option(text: str) -> dict[str, float]:
@@ -120,6 +153,15 @@ def _per_element(entries, elements: list[str], origin, kind: str) -> dict[str, t
     return found
 
 
+def _from_cp2k(path, elements: list[str]) -> dict[str, tuple[float, str]] | None:
+    """Z_val from the CP2K input beside the cube ``path`` (its kinds' GTH ``-qN``); None without one."""
+    found = cp2k_input_beside(path)
+    if found is None:
+        return None
+    record = read_cp2k_input(found)
+    return {el: (record.zvals[el], f"CP2K input ({record.potentials[el]})") for el in elements if el in record.zvals}
+
+
 def _from_files(path, elements: list[str]) -> dict[str, tuple[float, str]] | None:
     """Z_val from a POTCAR, else an OUTCAR, beside ``path``; None when neither is there."""
     potcar = find_beside(path, "POTCAR")
@@ -157,31 +199,33 @@ def _from_summary(density: Density, elements: list[str]) -> dict[str, tuple[floa
                 f"{density.source}: POTCARs {', '.join(known)} of {element} have different Z_val; "
                 "give one with --zval"
             )
-        found[element] = (known[wanted[0]], f"pymatgen POTCAR summary ({', '.join(wanted)})")
+        found[element] = (known[wanted[0]], f"{GUESSED_SOURCE} ({', '.join(wanted)})")
     return found
 
 
 def resolve_zval(
-    density: Density, *, path=None, user: Mapping[str, float] | str | None = None
+    density: Density, *, path=None, user: Mapping[str, float] | str | None = None, guess: bool = False
 ) -> ZvalInfo | None:
     """Valence charges for the elements of ``density``, by the precedence in the module docstring.
 
     Args:
-        density: the density whose elements need Z_val; cube densities (``metadata["format"] == "cube"``)
-            take only ``user`` values.
-        path: the density file; a POTCAR or OUTCAR (plain or compressed) in its folder is used.
+        density: the density whose elements need Z_val.
+        path: the density file, whose folder holds the POTCAR/OUTCAR (VASP) or CP2K input (cube); default:
+            where :func:`~aiida_optddap.engine.io.read_density` read ``density`` from (``metadata["path"]``).
         user: element → Z_val (electrons), or a string such as ``"Na=7,Cl=7"``; may cover some elements
             only, the others then come from the next source.
+        guess: allow the fallback table (pymatgen's POTCAR summary, VASP files) for elements nothing else gives.
 
     Returns:
         A :class:`ZvalInfo` covering every element, or None when nothing at all is known.
 
     Raises:
         ValueError: an element in ``user`` that the structure lacks ("unknown species for --zval: Xx"),
-            a bad ``user`` value, an element no source knows while others are known, or a POTCAR/OUTCAR
-            that does not match the structure.
+            a bad ``user`` value, a Z_val outside 0 < Z_val ≤ Z, an element no source knows while others are
+            known, or a POTCAR/OUTCAR that does not match the structure.
     """
     elements = list(dict.fromkeys(density.symbols))
+    path = path if path is not None else density.metadata.get("path")
     given = parse_zval_option(user) if isinstance(user, str) else dict(user or {})
     values: dict[str, float] = {}
     source: dict[str, str] = {}
@@ -193,8 +237,15 @@ def resolve_zval(
         values[symbol] = _positive(symbol, value)
         source[symbol] = "user"
     missing = [element for element in elements if element not in values]
-    if missing and density.metadata.get("format") != "cube":
-        found = (_from_files(path, elements) if path is not None else None) or _from_summary(density, missing)
+    cube = density.metadata.get("format") == "cube"
+    if missing and path is not None:
+        found = (_from_cp2k(path, elements) if cube else _from_files(path, elements)) or {}
+        for element in missing:
+            if element in found:
+                values[element], source[element] = found[element]
+    missing = [element for element in elements if element not in values]
+    if missing and guess and not cube:
+        found = _from_summary(density, missing)
         for element in missing:
             if element in found:
                 values[element], source[element] = found[element]
@@ -202,8 +253,11 @@ def resolve_zval(
         return None
     unknown = [element for element in elements if element not in values]
     if unknown:
+        hint = "" if guess or cube else " or --guess-zval (pymatgen's POTCAR summary)"
         raise ValueError(
             f"no Z_val known for {', '.join(unknown)}: "
-            f"give it with --zval, e.g. --zval {unknown[0]}=<electrons>"
+            f"give it with --zval, e.g. --zval {unknown[0]}=<electrons>{hint}"
         )
+    for element in elements:
+        check_range(element, values[element], source[element])
     return ZvalInfo(values={e: values[e] for e in elements}, source={e: source[e] for e in elements})

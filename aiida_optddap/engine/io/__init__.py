@@ -11,7 +11,8 @@ One module per format, each with ``FORMAT``, ``DESCRIPTION``, ``sniff(rows)``, `
   are e/bohr³ on a grid given in bohr; they are converted to raw n·V so that the mean is again the electron
   count.
 
-:mod:`.outcar` reads the POTCAR and OUTCAR beside a VASP density, :mod:`.common` what the readers share.
+:mod:`.outcar` reads the POTCAR and OUTCAR beside a VASP density, :mod:`.cp2k` the CP2K input beside a cube,
+:mod:`.common` what the readers share.
 Every problem with a file raises :class:`~aiida_optddap.engine.density.DensityError` with a one-line message that starts with the path.
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 from ..density import Density, DensityError
 from . import cube, vasp
 from .common import READ_ERRORS, compression, error, find_beside, open_text, split_species_label
+from .cp2k import Cp2kInput, cp2k_input_beside, read_cp2k_input
 from .outcar import OutcarHeader, read_outcar_header, read_potcar
 
 #: The readers, by format name, in the order their layouts are tried. A new format: one module, one entry.
@@ -29,8 +31,9 @@ READERS = {reader.FORMAT: reader for reader in (vasp, cube)}
 FORMATS = tuple(READERS)
 
 __all__ = [
-    "FORMATS", "READERS", "Density", "DensityError", "OutcarHeader", "detect_format", "find_beside",
-    "read_density", "read_outcar_header", "read_potcar", "split_species_label",
+    "FORMATS", "READERS", "Cp2kInput", "Density", "DensityError", "OutcarHeader", "cp2k_input_beside",
+    "detect_format", "find_beside", "read_cp2k_input", "read_density", "read_outcar_header", "read_potcar",
+    "split_species_label",
 ]
 
 
@@ -78,7 +81,8 @@ def read_density(path, *, format: str = "auto", species=None) -> Density:
 
     Returns:
         The density; ``nelect`` is set from an OUTCAR beside a VASP file when there is one.
-        ``metadata`` holds ``format`` ("chgcar" or "cube"), for VASP files ``title`` and ``n_blocks``
+        ``metadata`` holds ``format`` ("chgcar" or "cube"), ``path`` (the file's absolute path: the Z_val
+        resolver, :func:`aiida_optddap.engine.zval.resolve_zval`, looks beside it), for VASP files ``title`` and ``n_blocks``
         (1, 2 or 4; block 2 of a 2-block file is ``magnetisation``), for cube files ``origin`` (Å,
         subtracted from the positions).
 
@@ -91,4 +95,6 @@ def read_density(path, *, format: str = "auto", species=None) -> Density:
         raise error(path, f"unknown format {format!r}; use {names} or {FORMATS[-1]!r}")
     kind = compression(path)
     name = _detect(path, kind) if format == "auto" else format
-    return READERS[name].read(path, kind, species)
+    density = READERS[name].read(path, kind, species)
+    density.metadata["path"] = str(path.resolve())  # where it came from: the files beside it give Z_val
+    return density
