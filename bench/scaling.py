@@ -108,14 +108,9 @@ class MemorySampler:
 
 def count_fit_gvectors(cell: np.ndarray, gcut: float) -> int:
     """Half-space G with 0 < |G| < gcut (what the fit's G set holds)."""
-    from aiida_optddap.engine.gspace import _canonical_half, reciprocal_cell
+    from aiida_optddap.engine.gspace import sphere_miller
 
-    extent = np.floor(gcut * np.linalg.norm(cell, axis=1) / (2.0 * np.pi)).astype(int)
-    axes = [np.arange(-e, e + 1) for e in extent]
-    m = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
-    m = m[_canonical_half(m)]
-    g = m @ reciprocal_cell(cell)
-    return int((np.einsum("ij,ij->i", g, g) < gcut * gcut).sum())
+    return len(sphere_miller(cell, gcut))
 
 
 def scaling_estimate(n: int, gemm_flops: float) -> dict:

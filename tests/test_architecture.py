@@ -8,8 +8,8 @@ nothing from AiiDA (``aiida``, ``aiida_*``) either, so that it runs standalone o
 inside functions count for these rules too.
 
 Cycles are looked for across all of ``aiida_optddap``, among the module-level imports (those that run when a
-module is imported; imports under ``if TYPE_CHECKING:`` are left out) and again with the imports inside
-functions counted.
+module is imported) and again with the imports inside functions counted; imports under ``if TYPE_CHECKING:``
+never run (they name a type for the reader and the type checker) and are left out of both.
 """
 
 from __future__ import annotations
@@ -54,21 +54,22 @@ def _dynamic_import(call: ast.Call) -> str | None:
     return None
 
 
-def imports(module: str) -> list[tuple[str, int, bool]]:
+def imports(module: str) -> list[tuple[str, int, bool | None]]:
     """``(imported module, line, at module level)`` for every import of ``module``: the import statements and
-    the calls ``__import__("x")`` / ``importlib.import_module("x")`` with a literal name.
+    the calls ``__import__("x")`` / ``importlib.import_module("x")`` with a literal name. "At module level" is
+    None for an import under ``if TYPE_CHECKING:`` (it never runs).
 
     ``from X import name`` gives ``X.name`` where that is a module of the package, else ``X``."""
     path = MODULES[module]
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    found: list[tuple[str, int, bool]] = []
+    found: list[tuple[str, int, bool | None]] = []
 
-    def visit(node: ast.AST, top: bool) -> None:
+    def visit(node: ast.AST, top: bool | None) -> None:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-                visit(child, False)
+                visit(child, False if top is not None else None)
             elif isinstance(child, ast.If) and _is_type_checking(child):
-                visit(child, False)
+                visit(child, None)
             elif isinstance(child, ast.Import):
                 found.extend((alias.name, child.lineno, top) for alias in child.names)
             elif isinstance(child, ast.ImportFrom):
@@ -151,7 +152,8 @@ def test_no_import_cycles(lazy):
     place)."""
     graph = {
         module: {
-            target for target, _, top in imports(module) if (top or lazy) and target in MODULES and target != module
+            target for target, _, top in imports(module)
+            if (top or (lazy and top is False)) and target in MODULES and target != module
         }
         for module in MODULES
     }
@@ -171,3 +173,128 @@ def test_registries_agree():
     assert schema.SOLVERS == ddap.SOLVERS == choices["solver"]
     assert schema.LOSSES == losses.LOSSES == choices["loss"]
     assert schema.FORMATS == ("auto", *io.FORMATS) == choices["file_format"]
+
+
+# ------------------------------------------------------------------------ options and definitions, once
+
+
+def _fit_command_options(command: str) -> dict:
+    from aiida_optddap.engine.cli import main
+
+    return {param.name: param for param in main.commands[command].params}
+
+
+@pytest.mark.parametrize("command", ["fit", "diff"])
+def test_cli_options_are_generated_from_the_declarations(command):
+    """Every FitOptions field offered on the command line is one click option made from engine/options.py:
+    same flag, choices and integer bounds; the help says the declared default (default None: the
+    definition's value stands)."""
+    import click
+
+    from aiida_optddap.engine import definitions
+    from aiida_optddap.engine.options import DEFAULT_DEFINITION, OPTIONS, value_text
+
+    params = _fit_command_options(command)
+    for option in OPTIONS:
+        if not option.cli:
+            assert option.name not in params, option.name
+            continue
+        param = params[option.name]
+        assert option.cli_flag in param.opts, (option.name, param.opts)
+        if option.name == "definition":
+            assert tuple(param.type.choices) == definitions.names() and param.default == DEFAULT_DEFINITION
+            continue
+        assert param.default is None, option.name
+        shown = definitions.default().fixed.get(option.name, option.default)
+        assert f"[default: {option.unset if shown is None else value_text(shown)}" in param.help, option.name
+        if option.kind == "str":
+            assert tuple(param.type.choices) == option.offered, option.name
+        if option.kind == "int":
+            assert isinstance(param.type, click.IntRange), option.name
+            assert (param.type.min, param.type.max) == (option.ge, option.le), option.name
+
+
+def test_schema_is_generated_from_the_declarations():
+    """Every FitOptions field the AiiDA side takes is one PARAMETER_SCHEMA entry with the declared kind, bounds,
+    choices and command-line flag."""
+    from aiida_optddap.calculations.schema import PARAMETER_SCHEMA
+    from aiida_optddap.engine import definitions
+    from aiida_optddap.engine.options import OPTIONS
+
+    for option in OPTIONS:
+        if not option.schema:
+            assert option.name not in PARAMETER_SCHEMA, option.name
+            continue
+        spec = PARAMETER_SCHEMA[option.name]
+        choices = definitions.names() if option.name == "definition" else option.offered
+        assert (spec.kind, spec.choices, spec.cli) == (option.kind, choices, option.cli_flag), option.name
+        assert (spec.gt, spec.ge, spec.lt, spec.le) == (option.gt, option.ge, option.lt, option.le), option.name
+
+
+def test_no_default_is_typed_into_a_help_text():
+    """Help texts state defaults only through the generators (``[default: {...}]`` from the declarations)."""
+    import re
+
+    for module in ("aiida_optddap.engine.cli", "aiida_optddap.engine.options", "aiida_optddap.calculations.schema"):
+        text = MODULES[module].read_text()
+        typed = re.findall(r"default[:=]? ?(?:is )?[-+]?\d[\w.+-]*", text)
+        assert not typed, f"{module}: {typed}"
+
+
+def test_registry_is_what_the_cli_and_the_schema_offer():
+    from aiida_optddap.calculations import joint, schema
+    from aiida_optddap.engine import definitions, fit
+
+    params = _fit_command_options("fit")
+    assert tuple(params["definition"].type.choices) == definitions.names() == schema.DEFINITIONS == tuple(fit.DEFINITIONS)
+    assert schema.AIIDA_DEFAULT_DEFINITION == definitions.default().name == fit.FitOptions().definition
+    assert joint.JOINT_MODES == definitions.joint_modes()
+
+
+def _definition_modules() -> set[str]:
+    """The registry and the modules that hold a registered definition's stages: the definitions themselves."""
+    from aiida_optddap.engine import definitions
+
+    stages = {stage.__module__ for name in definitions.names() for stage in definitions.get(name).stages}
+    return {"aiida_optddap.engine.definitions", *stages}
+
+
+#: The modules that implement the K-Gaussian solvers (engine/ddap.py SOLVERS): they may name a solver.
+SOLVER_MODULES = {f"aiida_optddap.engine.{name}" for name in ("ddap", "optimize", "spin", "batch", "large", "restraint")}
+
+
+def _strings(node: ast.AST) -> set[str]:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return {node.value}
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return {e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+    return set()
+
+
+def test_no_module_compares_definition_names():
+    """A charge definition is one registered unit (engine/definitions.py): outside it and its stage modules no
+    module compares a definition's name or the species solver's (``== "species"``), nor keeps its own list of
+    definition names; the solver modules may name the K-Gaussian solvers they implement."""
+    from aiida_optddap.engine import definitions
+    from aiida_optddap.engine.options import SOLVERS
+
+    names = set(definitions.names()) | (set(definitions.solvers()) - set(SOLVERS))
+    allowed = _definition_modules()
+    found = []
+    for module, path in MODULES.items():
+        if module in allowed:
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Compare):
+                sides = [node.left, *node.comparators]
+                literal = set().union(*map(_strings, sides)) & names
+                subject = " ".join(ast.unparse(side) for side in sides if not _strings(side))
+                if not literal or not any(word in subject for word in ("solver", "definition", "model", "mode")):
+                    continue
+                if module in SOLVER_MODULES and literal <= set(SOLVERS) and "solver" in subject:
+                    continue
+                found.append(f"{module}:{node.lineno}: {ast.unparse(node)}")
+            elif isinstance(node, (ast.Tuple, ast.List, ast.Set)) and len(_strings(node) & set(definitions.names())) > 1:
+                found.append(f"{module}:{node.lineno}: {ast.unparse(node)} (a list of definitions)")
+    assert not found, "definition names compared outside engine/definitions.py:\n  " + "\n  ".join(found)

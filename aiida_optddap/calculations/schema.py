@@ -1,7 +1,8 @@
 """The schema of the ``parameters`` and ``zval`` inputs, and how they become ``optddap`` options.
 
-Pure Python (no torch, no engine import), shared by the CalcJob, the in-process calcfunction and the
-work chain. Every message names the offending key.
+The fit's keys are generated from the engine's option declarations (engine/options.py) and the
+``definition`` choices from its registry (engine/definitions.py); neither imports torch. Shared by the
+CalcJob, the in-process calcfunction and the work chain. Every message names the offending key.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import math
 import numbers
 
 from ..data.results import DEFAULT_MAX_CONDITION_NUMBER_LAGRANGE
+from ..engine import definitions
+from ..engine.options import DEFAULT_DEFINITION, OPTIONS, SOLVERS
 
 __all__ = (
     "PARAMETER_SCHEMA",
@@ -20,14 +23,14 @@ __all__ = (
     "cli_arguments",
 )
 
-SOLVERS = ("restrained", "pinv", "lagrange", "scale", "shift", "kkt")
-DEFINITIONS = ("auto", "restrained", "paper", "classic", "species")
+DEFINITIONS = definitions.names()
 #: The charge definition of the AiiDA layer when ``parameters`` names none: the engine's default
-#: (engine/fit.py DEFINITIONS), written out on the command line so that the stored inputs say which one ran.
-AIIDA_DEFAULT_DEFINITION = "auto"
-REFERENCES = ("auto", "neutral", "zero", "uniform")
-LOSSES = ("density", "coulomb", "planar")
-DEVICES = ("auto", "cpu", "cuda")
+#: (engine/options.py), written out on the command line so that the stored inputs say which one ran.
+AIIDA_DEFAULT_DEFINITION = DEFAULT_DEFINITION
+_CHOICES = {option.name: option.offered for option in OPTIONS if option.offered}
+REFERENCES = _CHOICES["reference"]
+LOSSES = _CHOICES["loss"]
+DEVICES = _CHOICES["device"]
 FORMATS = ("auto", "chgcar", "cube")
 
 
@@ -40,66 +43,63 @@ def _element_symbols() -> set[str]:
 class _Spec:
     """One key: its kind (``float``, ``int``, ``bool``, ``str``, ``species``, ``widths``), bounds or choices and help."""
 
-    def __init__(self, kind, help, *, choices=None, gt=None, ge=None, lt=None, cli=None, engine=True):
+    def __init__(self, kind, help, *, choices=None, gt=None, ge=None, lt=None, le=None, cli=None, engine=True):
         self.kind = kind
         self.help = help
         self.choices = choices
         self.gt = gt
         self.ge = ge
         self.lt = lt
+        self.le = le
         self.cli = cli
         self.engine = engine  # False: used by the parser only, never passed to the engine
 
     def describe(self) -> str:
-        if self.choices:
+        if self.choices and self.kind == "str":
             return "one of " + ", ".join(repr(c) for c in self.choices)
         parts = [{"float": "a number", "int": "an integer", "bool": "a boolean", "str": "a string",
                   "species": "a list of element symbols (or a comma-separated string)",
-                  "widths": "a dictionary {element: width in Å > 0}"}[self.kind]]
+                  "widths": "a dictionary {element: width in Å > 0}",
+                  "names": f"names from {', '.join(self.choices or ())} (a list or a comma-separated string)"}[self.kind]]
         if self.gt is not None:
             parts.append(f"> {self.gt}")
         if self.ge is not None:
             parts.append(f">= {self.ge}")
         if self.lt is not None:
             parts.append(f"< {self.lt}")
+        if self.le is not None:
+            parts.append(f"<= {self.le}")
         return " ".join(parts)
 
 
-#: key -> specification. ``format`` and ``plot`` go beyond the issue's list (documented in docs/plugin.md).
+def _fit_spec(option) -> _Spec:
+    """The schema entry of one engine option (engine/options.py)."""
+    choices = DEFINITIONS if option.name == "definition" else option.offered
+    text = option.help + (f" ({option.unit})" if option.unit else "")
+    if option.name == "definition":
+        text += ": " + "; ".join(f"{name}: {definitions.get(name).summary}" for name in DEFINITIONS)
+    return _Spec(option.kind, text, choices=choices, gt=option.gt, ge=option.ge, lt=option.lt, le=option.le,
+                 cli=option.cli_flag)
+
+
+#: key -> specification: the engine's options (engine/options.py), then the reading and parsing keys. ``format``
+#: and ``plot`` go beyond the issue's list (documented in docs/plugin.md).
 PARAMETER_SCHEMA: dict[str, _Spec] = {
-    "definition": _Spec("str", "charge definition (auto: species where that model places every element, else "
-                        "restrained; restrained, paper opt-DDAP, classic DDAPC or species: one Gaussian "
-                        "per atom, one width per element)", choices=DEFINITIONS, cli="--definition"),
-    "species_widths": _Spec("widths", "fixed widths of the species definition, element → Å (absent: optimised)",
-                            cli="--species-widths"),
-    "solver": _Spec("str", "constrained solver", choices=SOLVERS, cli="--solver"),
-    "reference": _Spec("str", "reference populations of the restraint", choices=REFERENCES, cli="--reference"),
-    "tau": _Spec("float", "restraint: allowed misfit increase relative to the best fit", gt=0, cli="--tau"),
-    "free_parameters": _Spec("str", "parameters to optimise, comma-separated from sigma_start,factor,gcut",
-                             cli="--free"),
-    "sigma_start": _Spec("float", "smallest Gaussian radius σ_start (Å), start value", gt=0, cli="--sigma-start"),
-    "factor": _Spec("float", "ratio f of successive Gaussian radii, start value", gt=1, cli="--factor"),
-    "n_gauss": _Spec("int", "number K of Gaussians per atom", ge=1, cli="--n-gauss"),
-    "gcut": _Spec("float", "plane-wave cutoff g_c (Å⁻¹), start value", gt=0, cli="--gcut"),
-    "optimize": _Spec("bool", "optimise (σ_start, f, g_c)", cli="--optimize"),
-    "loss": _Spec("str", "outer loss of the optimisation", choices=LOSSES, cli="--loss"),
-    "steps": _Spec("int", "maximum Adam steps per start", ge=1, cli="--steps"),
-    "starts": _Spec("int", "number of optimisation starts", ge=1, cli="--starts"),
-    "device": _Spec("str", "torch device", choices=DEVICES, cli="--device"),
-    "rtol": _Spec("float", "relative eigenvalue cutoff of the pseudo-inverse", gt=0, lt=1, cli="--rtol"),
-    "lr": _Spec("float", "Adam learning rate", gt=0, cli="--lr"),
-    "tolerance": _Spec("float", "relative loss change over 10 steps that stops a start", gt=0, cli="--tolerance"),
-    "seed": _Spec("int", "random seed", ge=0, cli="--seed"),
-    "chunk_size": _Spec("int", "chunk size of the G-vector sums (memory)", ge=1, cli="--chunk-size"),
+    **{option.name: _fit_spec(option) for option in OPTIONS if option.schema},
     "species": _Spec("species", "species of a VASP4 CHGCAR header, in order", cli="--species"),
     "max_condition_number": _Spec(
         "float",
-        "κ above which the parser fails with 410 ERROR_ILL_CONDITIONED (default 1e12, lagrange only)",
+        f"κ above which the parser fails with 410 ERROR_ILL_CONDITIONED (default "
+        f"{DEFAULT_MAX_CONDITION_NUMBER_LAGRANGE:g}, lagrange only)",
         gt=1,
         engine=False,
     ),
     "format": _Spec("str", "density file format", choices=FORMATS, cli="--format"),
     "plot": _Spec("bool", "write diagnostic plots into `plots/` and retrieve them", cli="--plot"),
+    "total_charge": _Spec("float", "charge of the cell (e), declaring a charged cell (else: neutral, or what an "
+                          "`outcar` input's NELECT or a `cp2k_input`'s CHARGE says)", cli="--total-charge"),
+    "guess_zval": _Spec("bool", "take Z_val that nothing else gives from pymatgen's POTCAR summary (recorded as "
+                        "guessed in `zval_source`)", cli="--guess-zval"),
 }
 
 
@@ -130,6 +130,11 @@ def _check_value(key: str, value, spec: _Spec) -> str | None:
         if bad:
             return f"`{key}` contains unknown element symbol(s) {bad!r}"
         return None
+    if kind == "names":
+        items = _species_list(value) if isinstance(value, (str, list, tuple)) else None
+        if not items or not set(items) <= set(spec.choices):
+            return f"`{key}` must name {', '.join(spec.choices)} (a list or a comma-separated string), got {value!r}"
+        return None
     if kind == "widths":
         if not isinstance(value, dict) or not value:
             return f"`{key}` must be a non-empty dictionary {{element: width in Å}}, got {value!r}"
@@ -150,6 +155,8 @@ def _check_value(key: str, value, spec: _Spec) -> str | None:
         return f"`{key}` must be >= {spec.ge}, got {value!r}"
     if spec.lt is not None and not value < spec.lt:
         return f"`{key}` must be < {spec.lt}, got {value!r}"
+    if spec.le is not None and not value <= spec.le:
+        return f"`{key}` must be <= {spec.le}, got {value!r}"
     return None
 
 
@@ -165,8 +172,10 @@ def validate_parameters(parameters: dict) -> str | None:
         message = _check_value(key, parameters[key], PARAMETER_SCHEMA[key])
         if message:
             errors.append(message)
-    if "species_widths" in parameters and parameters.get("definition") != "species":
-        errors.append("`species_widths` goes with `definition` 'species' only")
+    for name in DEFINITIONS:  # the options only one definition reads (Definition.owns)
+        owner = definitions.get(name)
+        errors.extend(f"`{key}` goes with `definition` '{owner.name}' only" for key in owner.owns
+                      if key in parameters and parameters.get("definition") != owner.name)
     if errors:
         return "invalid `parameters`: " + "; ".join(errors)
     return None
@@ -176,13 +185,18 @@ def validate_zval(zval: dict) -> str | None:
     """Return a message for an invalid ``zval`` mapping {element: valence electrons}, or None."""
     if not isinstance(zval, dict) or not zval:
         return "`zval` must be a non-empty dictionary {element: valence electrons}"
-    known = _element_symbols()
+    from aiida.common.constants import elements
+
+    numbers_of = {entry["symbol"]: number for number, entry in elements.items() if entry["symbol"] != "X"}
     errors = []
     for element, value in sorted(zval.items()):
-        if element not in known:
+        if element not in numbers_of:
             errors.append(f"`{element}` is not an element symbol")
-        elif isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < 200:
-            errors.append(f"`{element}`: the valence must be a positive number, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+            errors.append(f"`{element}`: the valence must be a number, got {value!r}")
+        elif not 0 < float(value) <= numbers_of[element]:
+            errors.append(f"`{element}`: invalid valence {value!r}, outside 0 < Z_val <= {numbers_of[element]} "
+                          "(its atomic number)")
     if errors:
         return "invalid `zval`: " + "; ".join(errors)
     return None
@@ -205,14 +219,19 @@ def cli_arguments(parameters: dict, zval: dict | None = None) -> list[str]:
         value = parameters[key]
         if not spec.engine or spec.cli is None:
             continue
-        if key == "optimize":
-            args.append("--optimize" if value else "--no-optimize")
-        elif key == "plot":
+        if key == "plot":
             if value:
                 args.extend(["--plot", "plots"])
+        elif key == "guess_zval":  # a flag without a --no- form
+            if value:
+                args.append(spec.cli)
         elif key == "species":
             args.extend([spec.cli, ",".join(_species_list(value))])
-        elif key == "species_widths":
+        elif spec.kind == "bool":
+            args.append(spec.cli if value else f"--no-{spec.cli[2:]}")
+        elif spec.kind == "names":
+            args.extend([spec.cli, ",".join(_species_list(value))])
+        elif spec.kind == "widths":
             args.extend([spec.cli, ",".join(f"{el}={_number(float(w))}" for el, w in sorted(value.items()))])
         elif spec.kind in ("float", "int"):
             args.extend([spec.cli, _number(value)])
@@ -230,7 +249,7 @@ def engine_options(parameters: dict, zval: dict | None = None) -> dict:
         spec = PARAMETER_SCHEMA[key]
         if not spec.engine or key == "plot":
             continue
-        if key == "species_widths":
+        if spec.kind == "widths":
             value = {str(el): float(w) for el, w in value.items()}
         options[key] = _species_list(value) if key == "species" else value
     if zval:

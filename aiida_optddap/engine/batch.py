@@ -20,7 +20,6 @@ to ~1e-12 e (tests/test_batch.py checks 1e-10).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from collections.abc import Sequence
@@ -30,14 +29,11 @@ import torch
 
 from .ddap import DEFAULT_RTOL, Parameters, SingularMatrixError, resolve_device
 from .density import Density
-from .gspace import _canonical_half, box_gmax, reciprocal_cell
+from .gspace import check_gmax, reciprocal_cell, sphere_extent, sphere_miller
+from .threads import SERIAL_COEFFICIENTS, single_thread, small_on_cpu
 
 #: Solvers of :func:`fit_frames` (the formulas of :func:`.ddap.solve`).
 BATCH_SOLVERS = ("pinv", "lagrange", "scale", "shift")
-#: Sub-batches whose largest frame has at most this many coefficients run on one CPU thread: their tensors are
-#: so small that waking a second thread costs more than it saves (measured on two cores, twenty 20-atom
-#: frames: 16 ms on one thread, 30–90 ms on two; see docs/benchmarks.md, "Many small frames").
-SERIAL_COEFFICIENTS = 300
 #: A sub-batch is cut where padding to its largest frame would cost more than this × the unpadded work.
 PADDING_OVERHEAD = 1.5
 #: Largest padded scratch of one sub-batch, in float64 elements (2²⁶ = 512 MiB).
@@ -72,20 +68,11 @@ def _sphere_geometry(cell_bytes: bytes, shape: tuple, gmax: float):
     """The sphere's Miller indices and |G|² (sorted as :func:`.gspace.sphere_gset`) and the three pruned DFT
     matrices, cached per cell, grid and g_c (the frames of a trajectory share them)."""
     cell = np.frombuffer(cell_bytes, dtype=np.float64).reshape(3, 3)
-    limit = box_gmax(cell, shape)
-    if gmax > limit:
-        raise ValueError(
-            f"G cutoff {gmax:.4f} Å⁻¹ exceeds the FFT box ({limit:.4f} Å⁻¹ for grid {shape}); "
-            "use a smaller gcut or a finer grid"
-        )
-    extent = np.floor(gmax * np.linalg.norm(cell, axis=1) / (2.0 * np.pi)).astype(int)
-    axes = [np.arange(-e, e + 1) for e in extent]
-    m = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
-    m = m[_canonical_half(m)]
+    check_gmax(cell, shape, gmax)
+    extent = sphere_extent(cell, gmax)
+    m = sphere_miller(cell, gmax)
     g = m @ reciprocal_cell(cell)
     g2 = np.einsum("ij,ij->i", g, g)
-    keep = g2 < gmax * gmax
-    m, g2 = m[keep], g2[keep]
     order = np.argsort(g2, kind="stable")
     e1, e2, e3 = (int(e) for e in extent)
     f1 = _dft_matrix(shape[0], np.arange(-e1, e1 + 1))
@@ -130,31 +117,17 @@ def fit_frames(
     dev = resolve_device(device)
     n_gauss = params[0].n_gauss
     frames = []
-    with _single_thread(max(d.n_atoms for d in densities) * n_gauss <= SERIAL_COEFFICIENTS):
+    with single_thread(max(d.n_atoms for d in densities) * n_gauss <= SERIAL_COEFFICIENTS):
         for density, p in zip(densities, params):
             m, g2, c, n_electrons = sphere_coefficients(density, p.gcut)
             frames.append({"m": m, "g2": g2, "c": c, "n": n_electrons, "cell": density.cell,
                            "positions": density.positions, "radii": p.radii(), "gcut": p.gcut})
     results: list[dict | None] = [None] * len(frames)
     for group in _sub_batches(frames, n_gauss):
-        small = dev.type == "cpu" and max(len(frames[i]["positions"]) for i in group) * n_gauss <= SERIAL_COEFFICIENTS
-        with _single_thread(small):
+        with single_thread(small_on_cpu(dev.type, max(len(frames[i]["positions"]) for i in group) * n_gauss)):
             for index, result in zip(group, _fit_group([frames[i] for i in group], n_gauss, solver, rtol, dev)):
                 results[index] = result
     return results
-
-
-@contextlib.contextmanager
-def _single_thread(active: bool):
-    """torch on one CPU thread inside the block (when ``active``), the previous setting restored after."""
-    previous = torch.get_num_threads()
-    if active and previous > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != previous:
-            torch.set_num_threads(previous)
 
 
 def _sub_batches(frames: list[dict], n_gauss: int) -> list[list[int]]:

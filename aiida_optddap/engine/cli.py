@@ -19,8 +19,9 @@ from pathlib import Path
 
 import click
 
+from . import definitions
 from .density import DensityError, check_charge_density
-from .gspace import DEFAULT_GCUT
+from .options import BY_NAME, DEFAULT_DEFINITION, OPTIONS, value_text
 
 EXIT_INPUT, EXIT_NO_CUDA, EXIT_GPU_MEMORY, EXIT_NUMERICAL = 1, 3, 4, 5
 #: The first words of an exit-5 message (the AiiDA parser tells input from numerical errors by them).
@@ -31,46 +32,40 @@ SIGNAL_PREFIX = "terminated by signal "
 CAUGHT_SIGNALS = ("SIGTERM", "SIGHUP", "SIGINT")
 
 
+def _fit_option(option):
+    """The click option of one FitOptions field (engine/options.py); its default None keeps the definition's."""
+    default = definitions.default().fixed.get(option.name, option.default)
+    shown = option.unset if default is None else value_text(default)
+    fixers = [d.name for d in map(definitions.get, definitions.names()) if option.name in d.fixed and not d.chooser]
+    fixed = f"; set by the definitions {', '.join(fixers)}" if fixers else ""
+    among = f", comma-separated from {','.join(option.choices)}" if option.kind == "names" else ""
+    text = f"{option.help[0].upper()}{option.help[1:]}{among}{option.unit_text} [default: {shown}{fixed}]."
+    flag = option.cli_flag
+    if option.kind == "bool":
+        return click.option(f"{flag}/--no-{flag[2:]}", option.name, default=None, help=text)
+    if option.kind == "str" and option.offered:
+        kind = click.Choice(list(option.offered))
+    elif option.kind == "int":
+        kind = click.IntRange(option.ge, option.le)
+    else:
+        kind = {"float": float}.get(option.kind, str)
+    return click.option(flag, option.name, type=kind, default=None, help=text)
+
+
+def _definition_option():
+    summaries = "; ".join(f"{name}: {definitions.get(name).summary}" for name in definitions.names())
+    return click.option("--definition", type=click.Choice(list(definitions.names())), default=DEFAULT_DEFINITION,
+                        show_default=True, help=f"Charge definition ({summaries}).")
+
+
 def fit_options(command):
-    """The options shared by ``fit`` and ``diff``."""
+    """The options shared by ``fit`` and ``diff``: the fit's from engine/options.py, then reading and output."""
     options = [
         click.option("--format", "file_format", type=click.Choice(["auto", "chgcar", "cube"]), default="auto",
                      show_default=True, help="Density file format."),
         click.option("--species", default=None, help="Comma-separated species for VASP 4 headers, e.g. Na,Cl."),
-        click.option("--definition", type=click.Choice(["auto", "restrained", "paper", "classic", "species"]),
-                     default="auto", show_default=True,
-                     help="Charge definition: auto (species where that model places every element, else "
-                          "restrained), restrained (σ_start optimised, restrained solve; seed-free), "
-                          "paper (opt-DDAP: Adam over σ_start, f, g_c from 4 starts, pinv), classic (CP2K DDAPC), "
-                          "species (one Gaussian per atom, one width per element; needs Z_val)."),
-        click.option("--species-widths", "species_widths", default=None,
-                     help="Fixed widths of the species definition, Å, e.g. Na=0.37,Cl=0.87 [default: optimised]."),
-        click.option("--solver", type=click.Choice(["restrained", "pinv", "lagrange", "scale", "shift", "kkt"]),
-                     default=None, help="Charge-conserving solve (default: the definition's)."),
-        click.option("--reference", type=click.Choice(["auto", "neutral", "zero", "uniform"]), default=None,
-                     help="Restraint reference: neutral atoms (Z_val), zero (Δρ), uniform split [default: auto]."),
-        click.option("--tau", type=float, default=None,
-                     help="Restraint: allowed misfit increase relative to the best fit [default: 1e-3]."),
-        click.option("--free", "free_parameters", default=None,
-                     help="Parameters to optimise, comma-separated from sigma_start,factor,gcut "
-                          "[default: the definition's]."),
-        click.option("--sigma-start", type=float, default=None, help="Smallest Gaussian radius σ_start, Å "
-                     "(exp(−r²/σ²)) [default: 0.5]."),
-        click.option("--factor", type=float, default=None, help="Radius ratio f (> 1) [default: 1.5]."),
-        click.option("--n-gauss", type=click.IntRange(1, 12), default=None, help="Gaussians per atom K [default: 3]."),
-        click.option("--gcut", type=float, default=None, help="Reciprocal cutoff g_c, Å⁻¹ [default: 4.6289 = √6 bohr⁻¹]."),
-        click.option("--optimize/--no-optimize", default=None, help="Optimise the free parameters [default: yes]."),
-        click.option("--loss", type=click.Choice(["density", "coulomb", "planar"]), default=None,
-                     help="Outer loss of the optimisation [default: density]."),
-        click.option("--steps", type=click.IntRange(1), default=None, help="Adam steps at most [default: 300]."),
-        click.option("--starts", type=click.IntRange(1), default=None, help="Adam starting points (paper: 4)."),
-        click.option("--lr", type=float, default=None, help="Adam learning rate [default: 0.05]."),
-        click.option("--tolerance", type=float, default=None,
-                     help="Stop an Adam start when its loss changed less than this (relative) over 10 steps."),
-        click.option("--seed", type=int, default=None, help="Seed of the random starting points (Adam only)."),
-        click.option("--rtol", type=float, default=None, help="Pseudo-inverse cutoff [default: 1e-10]."),
-        click.option("--chunk-size", type=click.IntRange(1), default=None, help="G vectors per chunk (memory)."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        _definition_option(),
+        *(_fit_option(option) for option in OPTIONS if option.cli and option.name != "definition"),
         click.option("--zval", "zval_text", default=None, help="Valence charges, e.g. Na=7,Cl=7 (overrides files)."),
         click.option("--guess-zval", is_flag=True, help="Where nothing gives Z_val (--zval, POTCAR, OUTCAR, CP2K "
                      "input beside the file), take it from pymatgen's POTCAR summary (recorded as guessed)."),
@@ -137,19 +132,19 @@ def _check_outputs(kwargs) -> None:
             _fail(f"{path}: {problem}; nothing was fitted", EXIT_INPUT)
 
 
-#: FitOptions fields set from an option of the same name (``free_parameters``: ``--free``).
-_OPTION_FIELDS = ("solver", "sigma_start", "factor", "n_gauss", "gcut", "optimize", "loss", "steps", "starts", "lr",
-                  "tolerance", "seed", "rtol", "device", "chunk_size", "reference", "tau", "free_parameters")
+#: FitOptions fields set from a command-line option (``--<name>``, or the option's ``flag``).
+_OPTION_FIELDS = tuple(option.name for option in OPTIONS if option.cli and option.name != "definition")
 
 
 def _options_from(kwargs):
     from .fit import FitOptions
 
     given = {k: kwargs[k] for k in _OPTION_FIELDS if kwargs.get(k) is not None}
-    if "free_parameters" in given:
-        given["free_parameters"] = tuple(name.strip() for name in given["free_parameters"].split(",") if name.strip())
-    if kwargs.get("species_widths") is not None:
-        given["species_widths"] = _parse_widths(kwargs["species_widths"])
+    for name, value in given.items():
+        if BY_NAME[name].kind == "names":
+            given[name] = tuple(item.strip() for item in value.split(",") if item.strip())
+        elif BY_NAME[name].kind == "widths":
+            given[name] = _parse_widths(value)
     return FitOptions.for_definition(kwargs["definition"], **given)
 
 
@@ -188,9 +183,8 @@ def _run(kwargs, densities: list[Path], difference: bool) -> None:
         options = _options_from(kwargs)
     except ValueError as exc:
         field = str(exc).split()[0]
-        hint = {"free_parameters": "--free"}.get(field, f"--{field.replace('_', '-')}")
-        known = field in (*_OPTION_FIELDS, "species_widths")
-        raise click.BadParameter(str(exc), param_hint=hint if known else None) from exc
+        hint = BY_NAME[field].cli_flag if field in _OPTION_FIELDS else None
+        raise click.BadParameter(str(exc), param_hint=hint) from exc
     _check_outputs(kwargs)
     previous = _catch_signals()
     try:
@@ -343,8 +337,9 @@ def _summary(results: dict, output: Path) -> None:
     elif results["mode"] == "absolute":
         lines.append("Z_val unknown: populations only (give --zval, a POTCAR/OUTCAR or CP2K input beside the file, "
                      "or --guess-zval)")
-    if results.get("model_choice") and results["charge_model"] != "species":
-        lines.append(f"auto: restrained model because {results['model_choice']['reason']}")
+    if results.get("model_choice"):
+        lines.append(f"{results['charge_definition']}: {results['charge_model']} model because "
+                     f"{results['model_choice']['reason']}")
     if results.get("restraint"):
         r = results["restraint"]
         lines.append(f"restraint: reference {r['reference']}, τ {r['tau']:g}, strength λ {r['strength']:.3g}; "
@@ -364,7 +359,40 @@ def _summary(results: dict, output: Path) -> None:
     console.print(f"results written to {output}")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: Entry-point group of further ``optddap`` commands (e.g. ``esp`` of aiida_optddap.validation, which the engine
+#: must not import); loaded only when listed or called.
+PLUGIN_GROUP = "optddap.commands"
+
+
+class _PluginGroup(click.Group):
+    """Adds the commands of :data:`PLUGIN_GROUP`; one that cannot be loaded is listed, and fails in one line."""
+
+    def _plugins(self) -> dict:
+        from importlib.metadata import entry_points
+
+        return {entry.name: entry for entry in entry_points(group=PLUGIN_GROUP) if entry.name not in self.commands}
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *self._plugins()})
+
+    def get_command(self, ctx, name):
+        entry = None if name in self.commands else self._plugins().get(name)
+        if entry is None:
+            return super().get_command(ctx, name)
+        try:
+            return entry.load()
+        except Exception as exc:  # a broken plugin must not break `optddap --help`
+            why = " ".join(f"{entry.value}: {type(exc).__name__}: {exc}".split())
+
+            @click.command(name, help=f"(cannot be loaded: {why})", context_settings={
+                "ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+            def broken():
+                _fail(f"command {name}: cannot be loaded ({why})", EXIT_INPUT)
+
+            return broken
+
+
+@click.group(cls=_PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="aiida-optddap")
 def main():
     """opt-DDAP: optimised density-derived atomic point charges from DFT densities."""

@@ -68,14 +68,10 @@ def cholesky_apply_inverse(lower: torch.Tensor, rhs: torch.Tensor) -> torch.Tens
 def _small_eigh(t: torch.Tensor):
     """eigh of the small Rayleigh-quotient matrix on one thread: threaded LAPACK on a ≤ 400×400 matrix gains
     nothing and, on a machine whose cores are busy, stalls (measured: 0.9 s instead of 3 ms at 128×128)."""
-    previous = torch.get_num_threads()
-    if previous > 1:
-        torch.set_num_threads(1)
-    try:
+    from .threads import single_thread
+
+    with single_thread():
         return torch.linalg.eigh(t)
-    finally:
-        if previous > 1:
-            torch.set_num_threads(previous)
 
 
 def _block_krylov_top(apply, m: int, n_wanted: int, like: torch.Tensor, seed: int,

@@ -9,7 +9,6 @@ count N (NELECT for a CHGCAR; the difference of the means for Δρ).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 
@@ -228,8 +227,3 @@ def check_charge_density(density: Density) -> None:
             f"{100 * negative:.0f} % of Σ|value| (a density has N > 0 and under "
             f"{100 * NEGATIVE_FRACTION_LIMIT:.0f} %); a potential such as a LOCPOT? (for Δρ use `optddap diff`)"
         )
-
-
-def source_name(path) -> str:
-    """A short path for messages."""
-    return str(Path(path))

@@ -3,7 +3,9 @@
     prepare → optimise → solve → diagnose → reconstruct → report
 
 Each stage reads what the previous ones left on the state and adds its own part; each can be run
-and tested alone. :func:`aiida_optddap.engine.fit.run_fit` runs them in order.
+and tested alone. These are the stages of the K-Gaussian definitions (restrained, paper, classic:
+engine/definitions.py); :func:`aiida_optddap.engine.fit.run_fit` runs them in order. Imports torch inside
+its functions only (the registry imports this module).
 """
 
 from __future__ import annotations
@@ -12,12 +14,17 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import __version__
 from .density import Density
 from .gspace import DEFAULT_GCUT
+from .threads import small_on_cpu, single_thread
+
+if TYPE_CHECKING:  # a type only: fit imports the registry, which imports this module
+    from .fit import FitOptions
 
 SCHEMA_VERSION = 2
 #: Warn when the unconstrained fit misses N by more than this fraction.
@@ -33,7 +40,7 @@ class FitState:
     """What flows through the pipeline. Inputs first; each stage fills the fields below its name."""
 
     density: Density
-    options: object  # FitOptions (engine.fit), kept untyped here to avoid an import cycle
+    options: FitOptions
     zval: object | None = None  # ZvalInfo
     mode: str = "absolute"
     progress: Callable[[int, int, float], None] | None = None
@@ -56,8 +63,10 @@ class FitState:
     net_charges: np.ndarray | None = None
     spread: dict | None = None
     uncertainty: dict | None = None
-    # the species definition (engine/species_definition.py): widths, usable, at_bound, optimized
-    species: dict | None = None
+    # a definition's own results.json keys (Definition.reports) and whether its parameters were optimised
+    # (None: options.optimize)
+    reported: dict = field(default_factory=dict)
+    optimized: bool | None = None
     # reconstruct
     loss: float | None = None
     planar_averages: dict | None = None
@@ -76,6 +85,43 @@ class FitState:
 
 def _finite_or_none(value) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
+
+
+def finite_list(values) -> list:
+    """Floats, ∞ and NaN as None (JSON null)."""
+    return [_finite_or_none(float(x)) for x in values]
+
+
+def uncertainty_summary(u, tau: float, meaning: str) -> dict:
+    """``results.json``'s ``uncertainty`` of per-atom uncertainties ``u`` (e; ∞: free) at τ; ``meaning`` its text."""
+    u = np.asarray(u, dtype=np.float64)
+    return {
+        "per_atom": finite_list(u),
+        "max": _finite_or_none(float(u.max())) if len(u) else None,
+        "determined": bool(np.all(np.isfinite(u))),
+        "tau": tau,
+        "definition": meaning,
+    }
+
+
+def uncertainty_excess(u) -> str | None:
+    """``are not determined by the density`` or ``move by up to X e`` where ``u`` exceeds
+    :data:`UNCERTAINTY_WARNING`; None otherwise."""
+    worst = float(np.max(u)) if len(u) else 0.0
+    if not worst > UNCERTAINTY_WARNING:  # NaN: no warning
+        return None
+    return "are not determined by the density" if not math.isfinite(worst) else f"move by up to {worst:.3f} e"
+
+
+@dataclass(frozen=True)
+class JointFit:
+    """One parameter set for many frames (``Definition.joint``): ``fit_parameters`` are the options every frame is
+    then fitted with (``FitOptions.for_definition(**fit_parameters)``), ``evidence`` why, ``usable`` whether a
+    chooser may keep it."""
+
+    evidence: dict
+    fit_parameters: dict
+    usable: bool
 
 
 def reference_populations(density: Density, zval, mode: str, kind: str, user_charges) -> tuple[np.ndarray, str]:
@@ -170,12 +216,8 @@ def optimise(state: FitState) -> None:
         density.cell, density.grid.shape, density.n_atoms * start.n_gauss, state.problem.fit.g2.cpu().numpy()
     )
     if tuple(options.free_parameters) == ("sigma_start",):
-        from .batch import SERIAL_COEFFICIENTS, _single_thread
-
-        # Small cells on one CPU thread (as .batch): measured on two busy cores, 8-atom frames, 0.8 s instead
-        # of 18 s for two joint frames (engine/joint.py); the scan's tensors are too small to gain from threads.
-        serial = state.device.type == "cpu" and density.n_atoms * start.n_gauss <= SERIAL_COEFFICIENTS
-        with _single_thread(serial):
+        # Small cells on one CPU thread: the scan's tensors are too small to gain from threads (engine/threads.py).
+        with single_thread(small_on_cpu(state.device.type, density.n_atoms * start.n_gauss)):
             state.chosen = minimise_sigma_start(
                 state.problem, start, bounds=state.bounds, loss=options.loss, solver=options.solver,
                 rtol=options.rtol, reference=state.reference, tau=options.tau, progress=state.progress)
@@ -262,23 +304,17 @@ def diagnose(state: FitState) -> None:
         )
     if fit["uncertainty_fit"] is not None:
         u = np.asarray(fit["uncertainty_fit"], dtype=np.float64)
-        state.uncertainty = {
-            "per_atom": [_finite_or_none(x) for x in u],
-            "max": _finite_or_none(float(u.max())) if len(u) else None,
-            "determined": bool(np.all(np.isfinite(u))),
-            "tau": options.tau,
-            "definition": "how far each population can move while Blöchl's misfit rises by δ = τ·F_min "
-                          "at the reported (σ_start, f, g_c); null (∞) where the density leaves it free",
-        }
-        worst = float(u.max()) if len(u) else 0.0
-        if worst > UNCERTAINTY_WARNING:
-            free = "are not determined by the density" if not math.isfinite(worst) else f"move by up to {worst:.3f} e"
+        state.uncertainty = uncertainty_summary(
+            u, options.tau, "how far each population can move while Blöchl's misfit rises by δ = τ·F_min "
+            "at the reported (σ_start, f, g_c); null (∞) where the density leaves it free")
+        if free := uncertainty_excess(u):
             warnings.append(
                 f"some populations {free} at nearly equal misfit (τ = {options.tau:g}); the restraint sets them "
                 f"as close to the '{state.reference_kind}' reference as the density allows"
                 + ("; a perfect or near-perfect crystal (e.g. rock salt: its sublattice transfer is not sampled "
                    "inside g_c) is determined by one Gaussian per atom with a width per species "
-                   "(the species definition: --definition species, docs/method.md)" if not math.isfinite(worst) else "")
+                   "(the species definition: --definition species, docs/method.md)" if state.uncertainty["max"] is None
+                   else "")
             )
 
 
@@ -303,12 +339,13 @@ def reconstruct(state: FitState) -> None:
     state.lap("reconstruct", clock)
 
 
-def report(state: FitState, source: dict) -> dict:
-    """The ``results.json`` dictionary (docs/results-schema.md)."""
+def report(state: FitState, source: dict, reported: tuple[str, ...] = ()) -> dict:
+    """The ``results.json`` dictionary (docs/results-schema.md); ``reported``: the definitions' own keys
+    (``Definition.reports``), from ``state.reported`` (null where this definition has none)."""
     import torch
 
     density, fit, options = state.density, state.fit, state.options
-    optimized = options.optimize if state.species is None else state.species["optimized"]
+    optimized = options.optimize if state.optimized is None else state.optimized
     chosen = state.chosen
     history = chosen.history if optimized else []
     for row in history:
@@ -343,9 +380,7 @@ def report(state: FitState, source: dict) -> dict:
         "electronic_charges": (-populations).tolist(),
         "uncertainty": state.uncertainty,
         "restraint": restraint,
-        "species_widths": None if state.species is None else state.species["widths"],
-        "species_usable": None if state.species is None else state.species["usable"],
-        "species_at_bound": None if state.species is None else state.species["at_bound"],
+        **{key: state.reported.get(key) for key in reported},
         "zval": None if state.zval is None or state.mode != "absolute" else {
             "values": dict(state.zval.values), "source": dict(state.zval.source)},
         "coefficients": fit["coefficients"].tolist(),
@@ -384,3 +419,50 @@ def report(state: FitState, source: dict) -> dict:
 
 #: The stages :func:`aiida_optddap.engine.fit.run_fit` runs, in order (``report`` builds the result).
 STAGES = (prepare, optimise, solve, diagnose, reconstruct)
+
+
+def fit_spin(state: FitState) -> dict:
+    """The magnetisation ρ↑ − ρ↓ with the fit's Gaussians (engine/spin.py)."""
+    from .spin import fit_magnetisation
+
+    return fit_magnetisation(state.density, state.parameters, state.options)
+
+
+def joint_sigma_start(densities, options: FitOptions, zvals) -> dict:
+    """σ_start minimising the summed outer loss of ``densities`` (f and g_c held at the options' values);
+    see :func:`aiida_optddap.engine.joint.joint_sigma_start`."""
+    from .ddap import Problem, resolve_device
+    from .optimize import joint_bounds, minimise_sigma_start_frames
+
+    if not densities:
+        raise ValueError("no frames")
+    if len(zvals) != len(densities):
+        raise ValueError("one Z_val entry per frame")
+    if tuple(options.free_parameters) != ("sigma_start",):
+        raise NotImplementedError("the joint optimisation frees σ_start only (f and g_c held at the options' values)")
+    start = options.parameters
+    device = resolve_device(options.device)
+    problems = [Problem.build(d, start.gcut, device=device, with_loss_set=True, chunk_size=options.chunk_size,
+                              cache_loss_phases=False if options.loss == "density" else None) for d in densities]
+    references = None
+    if options.solver == "restrained":
+        references = [reference_populations(d, z, "absolute", options.reference, options.reference_charges)[0]
+                      for d, z in zip(densities, zvals)]
+    bounds = joint_bounds(densities, problems, start.n_gauss)
+    with single_thread(small_on_cpu(device.type, max(d.n_atoms for d in densities) * start.n_gauss)):
+        chosen = minimise_sigma_start_frames(problems, start, bounds=bounds, loss=options.loss,
+                                             solver=options.solver, rtol=options.rtol, references=references,
+                                             tau=options.tau)
+    return {"parameters": chosen.final.as_dict(), "loss": chosen.loss, "bounds": list(bounds.sigma_start),
+            "history": chosen.history}
+
+
+def fit_joint(densities, zval: dict, options: FitOptions) -> JointFit:
+    """The restrained definition at one σ_start joint over the frames (always usable)."""
+    from .zval import resolve_zval
+
+    zvals = [resolve_zval(d, user={s: zval[s] for s in dict.fromkeys(d.symbols)}) for d in densities]
+    joint = joint_sigma_start(densities, options, zvals)
+    evidence = {"parameters": joint["parameters"], "loss": joint["loss"], "bounds": joint["bounds"]}
+    return JointFit(evidence, {"definition": "restrained", "optimize": False,
+                               "sigma_start": float(joint["parameters"]["sigma_start"])}, True)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,8 +36,9 @@ import torch
 
 from .ddap import Problem, bloechl_weight, resolve_device
 from .density import Density
-from .gspace import DEFAULT_GCUT
+from .gspace import DEFAULT_GCUT, SPECIES_GCUT  # noqa: F401 (SPECIES_GCUT: public name; declared in gspace)
 from .restraint import DEFAULT_TAU, NULL_RTOL, constraint_basis, population_uncertainty
+from .threads import single_thread
 
 #: Points of the log-spaced grid per species.
 SCAN_POINTS = 10
@@ -50,11 +50,6 @@ SWEEPS = 3
 WIDTH_MAX = 1.5
 #: Nelder–Mead tolerance on log σ.
 LOG_WIDTH_XTOL = 1e-6
-#: Default g_c of the species model, Å⁻¹. CP2K's √6 bohr⁻¹ = 4.63 Å⁻¹ holds a single odd shell of MgO
-#: (a = 4.21 Å; (311) lies at 4.95 Å⁻¹): two widths and the transfer then rest on three shells, an exact fit
-#: (MgO +2.57 e, Bader +1.75) whose rattled frames give a smoothness quotient of 3.05; at 5.5 Å⁻¹ MgO is
-#: +1.96 e with quotient 2.17, NaCl +1.09 e (+1.08 at 4.63) with 1.87 (docs/validation.md).
-SPECIES_GCUT = 5.5
 
 
 #: The largest phase table (2·n_G × atoms float64 values, cos and sin over the half sphere) the species model builds
@@ -251,20 +246,6 @@ def species_misfit(stacks: list[FrameStack], widths: np.ndarray) -> float:
     return float(sum(float(stack.misfits(widths).sum()) for stack in stacks))
 
 
-@contextmanager
-def _one_thread():
-    """Run small dense algebra on one thread: threaded BLAS on (2·n_G)×atoms products gains nothing and, on
-    busy cores, stalls (measured on an 8-atom frame: 5.5 ms per A instead of 0.24 ms on two loaded cores)."""
-    previous = torch.get_num_threads()
-    if previous > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if previous > 1:
-            torch.set_num_threads(previous)
-
-
 def optimise_widths(stacks: list[FrameStack], n_species: int, bounds: tuple[float, float]) -> tuple[np.ndarray, float, list]:
     """The species widths (Å) minimising :func:`species_misfit`: grid, then Nelder–Mead in log σ (bounded)."""
     from scipy.optimize import minimize
@@ -335,7 +316,7 @@ def fit_species(densities, zvals, *, widths: dict[str, float] | None = None, gcu
             for d, t in zip(densities, tables)]
     stacks = stack_frames(tables, index, refs, stacked)
     history: list[dict] = []
-    with _one_thread():
+    with single_thread():  # (2·n_G)×atoms products (engine/threads.py)
         if widths is None:
             w, total, history = optimise_widths(stacks, len(species), width_bounds(densities))
         else:

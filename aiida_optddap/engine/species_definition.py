@@ -1,28 +1,35 @@
 """The ``species`` charge definition as pipeline stages: :func:`fit` (engine/species.py) → :func:`.pipeline.reconstruct`.
 
-:func:`fit` replaces prepare → optimise → solve → diagnose of :mod:`.pipeline` for ``FitOptions.solver ==
-"species"``: one Gaussian per atom, one width per element (optimised on this density unless
+:func:`fit` replaces prepare → optimise → solve → diagnose of :mod:`.pipeline` for the species solver
+(registered in engine/definitions.py with the other parts of the definition below): one Gaussian per atom, one width per element (optimised on this density unless
 ``FitOptions.species_widths`` fixes them), the populations the density leaves free on the neutral atoms. It
 leaves the state as those stages do, so that :func:`.pipeline.reconstruct` and :func:`.pipeline.report`
 write an ordinary ``results.json`` (docs/results-schema.md): K = the number of elements, ``radii`` = their
 widths sorted by element, ``coefficients[α, s(α)] = p_α`` and zeros elsewhere (exact: the model density,
 its reconstruction and planar averages are those of the species model), ``parameters`` =
-``{"sigma_start": None, "factor": None, "n_gauss": K, "gcut": g_c}`` and the keys ``species_widths``,
-``species_usable``, ``species_at_bound``.
+``{"sigma_start": None, "factor": None, "n_gauss": K, "gcut": g_c}`` and the keys of :data:`REPORTS`.
+torch and the species model (engine/species.py) are imported inside the functions, so that the registry
+imports without them.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from .ddap import resolve_device, spectrum
-from .pipeline import UNCERTAINTY_WARNING, FitState, _finite_or_none, reconstruct
-from .species import SpeciesEquations, fit_species, species_of, width_bounds
+from .gspace import SPECIES_GCUT
+from .options import BY_NAME
+from .pipeline import FitState, JointFit, finite_list, reconstruct, uncertainty_excess, uncertainty_summary
+
+#: The options the species definition fixes.
+FIXED = {"solver": "species", "gcut": SPECIES_GCUT}
+#: The ``results.json`` keys it adds (null for the other definitions).
+REPORTS = ("species_widths", "species_usable", "species_at_bound")
+#: FitOptions fields of the restrained (K-Gaussian) model: set away from their defaults, they make the ``auto``
+#: definition skip the species model (which has none of them) rather than ignore them.
+GAUSSIAN_MODEL_FIELDS = ("sigma_start", "factor", "n_gauss", "gcut", "optimize", "loss", "free_parameters")
 
 
 @dataclass(frozen=True)
@@ -59,12 +66,9 @@ class WidthSearch:
 
 def _check(state: FitState) -> dict[str, float] | None:
     """The fixed widths of the present elements (None: optimise them); ValueError for what cannot be fitted."""
+    from .species import species_of
+
     options, density = state.options, state.density
-    if state.mode != "absolute":
-        raise ValueError("the species definition fits an absolute density against its neutral atoms; a difference "
-                         "density has no such reference: use the restrained definition for Δρ")
-    if state.zval is None:
-        raise ValueError("the species definition needs Z_val of every element (its neutral reference): give --zval")
     state.zval.per_atom(density.symbols)  # ValueError naming an element without Z_val
     if options.species_widths is None:
         if not options.optimize:
@@ -80,6 +84,11 @@ def _check(state: FitState) -> dict[str, float] | None:
 
 def fit(state: FitState) -> None:
     """The species-width fit; fills ``parameters``, ``fit``, ``net_charges``, ``uncertainty``, ``species``."""
+    import torch
+
+    from .ddap import resolve_device, spectrum
+    from .species import SpeciesEquations, fit_species, species_of, width_bounds
+
     clock = time.perf_counter()
     options, density = state.options, state.density
     fixed = _check(state)
@@ -113,8 +122,9 @@ def fit(state: FitState) -> None:
         state.bounds = WidthBounds(*width_bounds([density]))
         start = SpeciesParameters({s: None for s in species}, float(options.gcut))
         state.chosen = WidthSearch(initial=start, history=[])
-    state.species = {"widths": dict(result.widths), "usable": result.usable, "at_bound": list(result.at_bound),
-                     "optimized": fixed is None}
+    state.reported = {"species_widths": dict(result.widths), "species_usable": result.usable,
+                      "species_at_bound": list(result.at_bound)}
+    state.optimized = fixed is None
     _diagnose(state, frame, result)
     state.lap("fit", clock)
 
@@ -122,15 +132,10 @@ def fit(state: FitState) -> None:
 def _diagnose(state: FitState, frame: dict, result) -> None:
     """``uncertainty`` (the format of the restrained definition) and the warnings."""
     u = np.asarray(frame["uncertainty"], dtype=np.float64)
-    state.uncertainty = {
-        "per_atom": [_finite_or_none(x) for x in u],
-        "max": _finite_or_none(float(u.max())) if len(u) else None,
-        "determined": bool(np.all(np.isfinite(u))),
-        "tau": state.options.tau,
-        "definition": "how far each population can move while Blöchl's misfit rises by δ = τ·F_min at the "
-                      "reported species widths (held fixed); null (∞) where the density leaves it free",
-        "per_atom_with_widths": [_finite_or_none(x) for x in frame["uncertainty_with_widths"]],
-    }
+    state.uncertainty = uncertainty_summary(
+        u, state.options.tau, "how far each population can move while Blöchl's misfit rises by δ = τ·F_min at "
+        "the reported species widths (held fixed); null (∞) where the density leaves it free")
+    state.uncertainty["per_atom_with_widths"] = finite_list(frame["uncertainty_with_widths"])
     warnings, fit = state.warnings, state.fit
     if result.at_bound:
         lo, hi = state.bounds.lower, state.bounds.upper
@@ -141,11 +146,64 @@ def _diagnose(state: FitState, frame: dict, result) -> None:
     if fit["rank"] < fit["n_coefficients"]:
         warnings.append(f"A is rank-deficient ({fit['rank']} of {fit['n_coefficients']}): populations in its null "
                         "space stay on the neutral atoms (see `uncertainty`)")
-    worst = float(u.max()) if len(u) else 0.0
-    if worst > UNCERTAINTY_WARNING:
-        free = "are not determined by the density" if not math.isfinite(worst) else f"move by up to {worst:.3f} e"
+    if free := uncertainty_excess(u):
         warnings.append(f"some populations {free} at nearly equal misfit (τ = {state.options.tau:g}) at these widths")
 
 
 #: The stages of the ``species`` definition, in order (:func:`.pipeline.report` builds the result).
 STAGES = (fit, reconstruct)
+
+
+def check(density, options, zval, mode) -> str | None:
+    """Why the ``auto`` definition cannot try the species model with these options (beyond Z_val and Δρ)."""
+    from .species import MAX_TABLE_VALUES, table_values
+
+    if options.reference not in ("auto", "neutral"):
+        return f"reference {options.reference!r} (the species model keeps free populations on the neutral atoms)"
+    given = [name for name in GAUSSIAN_MODEL_FIELDS if getattr(options, name) != BY_NAME[name].default]
+    if given:
+        return f"options of the three-Gaussian model were given ({', '.join(given)})"
+    if table_values(density) > MAX_TABLE_VALUES:
+        return (f"the cell is too large for the species model's dense tables ({density.n_atoms} atoms; "
+                "--definition species forces it)")
+    return None
+
+
+def validate(options) -> str | None:
+    """The species solver keeps undetermined populations on the neutral atoms: no other reference."""
+    if options.reference not in ("auto", "neutral"):
+        return ("reference must be auto or neutral for the species definition (it keeps undetermined populations on "
+                "the neutral atoms)")
+    return None
+
+
+def verdict(results: dict) -> tuple[bool, str]:
+    """Keep the species model where it places every element (``species_usable``)."""
+    if results["species_usable"]:
+        return True, "the species model places every element"
+    return False, (f"the species model cannot place {', '.join(results['species_at_bound'])} (its width sits on a "
+                   "bound of the search)")
+
+
+def evidence(results: dict | None) -> dict:
+    """What ``model_choice`` records of an attempt: the widths (Å) and the elements on a bound."""
+    if results is None:
+        return {"widths": None, "at_bound": None}
+    return {"widths": results["species_widths"], "at_bound": results["species_at_bound"]}
+
+
+def fit_spin(state: FitState) -> dict:
+    """The magnetisation ρ↑ − ρ↓ with the species widths (engine/spin.py)."""
+    from .spin import fit_magnetisation_species
+
+    return fit_magnetisation_species(state.density, state.parameters.widths, state.parameters.gcut,
+                                     state.device.type)
+
+
+def fit_joint(densities, zval: dict, options):
+    """The species widths optimised jointly over the frames (:func:`.species.fit_species`)."""
+    from .species import fit_species
+
+    fit = fit_species(densities, zval, device=options.device)
+    evidence = {"widths": fit.widths, "misfit": fit.misfit, "at_bound": fit.at_bound, "usable": fit.usable}
+    return JointFit(evidence, {"definition": "species", "species_widths": fit.widths}, fit.usable)
