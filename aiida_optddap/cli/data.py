@@ -14,7 +14,9 @@ from aiida.cmdline.commands.cmd_data import verdi_data
 from aiida.cmdline.params import arguments, options
 from aiida.cmdline.utils import decorators, echo
 
-__all__ = ("data_optddap", "hill_formula", "charges_query", "intermediate_charges", "format_number")
+from .text import article, plural
+
+__all__ = ("data_optddap", "hill_formula", "charges_query", "intermediate_charges", "format_number", "charges_of")
 
 
 def format_number(value, digits: int = 4) -> str:
@@ -179,16 +181,28 @@ def data_optddap_list(past_days, groups, all_users, elements, elements_exclusive
     click.echo(f"\ntotal: {len(rows)} node(s)")
 
 
+def _model_line(attrs) -> str:
+    """The Gaussians of the fit: one width per element (species model), else σ_start, f and K."""
+    number = format_number
+    widths = attrs.get("species_widths")
+    if widths:
+        model = "species model, one Gaussian per atom, widths " + ", ".join(
+            f"{el} {number(w)} Å" for el, w in widths.items())
+    else:
+        model = (f"σ_start = {number(attrs.get('sigma_start'))} Å, f = {number(attrs.get('factor'))}, "
+                 f"K = {attrs.get('n_gauss')}")
+    return f"{model}, g_c = {number(attrs.get('gcut'))} Å⁻¹, optimised {attrs.get('optimized')}"
+
+
 def _summary_lines(node) -> list[str]:
     attrs = node.base.attributes
     number = format_number
     kappa = "inf (singular)" if attrs.get("singular", False) else number(attrs.get("condition_number"))
     lines = [
-        f"ChargesData<{node.pk}> {attrs.get('formula', '')}  ({attrs.get('n_atoms')} atoms, {attrs.get('mode')}, "
+        f"ChargesData<{node.pk}> {attrs.get('formula', '')}  ({plural(attrs.get('n_atoms'), 'atom')}, {attrs.get('mode')}, "
         f"definition {definition_text(attrs)})",
         f"solver {attrs.get('solver')}, κ = {kappa}, rank {attrs.get('rank')}, device {attrs.get('device')}",
-        f"σ_start = {number(attrs.get('sigma_start'))} Å, f = {number(attrs.get('factor'))}, K = {attrs.get('n_gauss')}, "
-        f"g_c = {number(attrs.get('gcut'))} Å⁻¹, optimised {attrs.get('optimized')}",
+        _model_line(attrs),
         f"loss ({attrs.get('loss_kind')}) = {number(attrs.get('loss'))}, N = {number(attrs.get('n_electrons'), 8)} e, "
         f"Σ p = {number(attrs.get('total_population'), 8)} e",
     ]
@@ -207,18 +221,37 @@ def _summary_lines(node) -> list[str]:
     return lines
 
 
+def charges_of(node):
+    """``node`` if it is a ChargesData, else the ``charges`` output of a process (a fit or its work chain); exits
+    with a message that says what the node is when it has none."""
+    from aiida import orm
+
+    from ..data.charges import ChargesData
+
+    if isinstance(node, ChargesData):
+        return node
+    if isinstance(node, orm.ProcessNode):
+        charges = node.outputs.charges if "charges" in node.outputs else None
+        if isinstance(charges, ChargesData):
+            return charges
+        state = node.process_state.value if node.process_state else "?"
+        what = "a namespace of ChargesData: give one of them" if charges is not None else "no `charges` output"
+        echo.echo_critical(f"node<{node.pk}> is {article(node.process_label or type(node).__name__)} ({state}, "
+                           f"exit status {node.exit_status}: {node.exit_message or 'no message'}) with {what}")
+    echo.echo_critical(f"node<{node.pk}> is {article(type(node).__name__)}, not a ChargesData or a fit")
+
+
 @data_optddap.command("show")
-@arguments.DATUM()
+@arguments.NODE()
 @click.option("-d", "--decimals", type=click.IntRange(min=0, max=12), default=4, show_default=True,
               help="Decimals of the charge columns.")
 @decorators.with_dbenv()
-def data_optddap_show(datum, decimals):
-    """Print the summary and the table of a ChargesData node: atom number (from 1), symbol, population, net
-    charge, uncertainty."""
-    from ..data.charges import ChargesData
-
-    if not isinstance(datum, ChargesData):
-        echo.echo_critical(f"node<{datum.pk}> is a {type(datum).__name__}, not a ChargesData")
+def data_optddap_show(node, decimals):
+    """Print the summary and the table of a ChargesData node, or of the ``charges`` output of a fit or work chain:
+    atom number (from 1), symbol, population, net charge, uncertainty."""
+    datum = charges_of(node)
+    if node is not datum:
+        click.echo(f"{node.process_label}<{node.pk}> → charges ChargesData<{datum.pk}>")
     for line in _summary_lines(datum):
         click.echo(line)
     click.echo("")
@@ -251,7 +284,7 @@ def data_optddap_export(datum, fmt, output, force):
     from ..data.charges import ChargesData
 
     if not isinstance(datum, ChargesData):
-        echo.echo_critical(f"node<{datum.pk}> is a {type(datum).__name__}, not a ChargesData")
+        echo.echo_critical(f"node<{datum.pk}> is {article(type(datum).__name__)}, not a ChargesData")
     if output and os.path.exists(output) and not force:
         echo.echo_critical(f"{output} exists; use --force to overwrite")
 

@@ -22,6 +22,7 @@ import tempfile
 import click
 
 from .profile import load_profile
+from .text import article, plural
 
 __all__ = ("dataset", "resolve_dataset", "misc_for_charges", "charges_results")
 
@@ -63,7 +64,7 @@ def resolve_dataset(identifier: str, fractions=None, seed: int = 0):
     if isinstance(node, orm.WorkflowNode) and "dataset" in node.outputs:
         return node.outputs.dataset
     if node is not None:
-        raise click.BadParameter(f"node<{node.pk}> is a {type(node).__name__}, not a dataset or a dataset work chain",
+        raise click.BadParameter(f"node<{node.pk}> is {article(type(node).__name__)}, not a dataset or a dataset work chain",
                                  param_hint="GROUP_OR_PK")
     try:
         group = orm.load_group(label=identifier)
@@ -114,7 +115,8 @@ def show(ctx, identifier):
     _profile(ctx)
     node = resolve_dataset(identifier)
     attrs = node.base.attributes
-    click.echo(f"{type(node).__name__}<{node.pk}>: {attrs.get('n_frames')} frames, {attrs.get('n_atoms_total')} atoms,"
+    click.echo(f"{type(node).__name__}<{node.pk}>: {plural(attrs.get('n_frames'), 'frame')}, "
+               f"{plural(attrs.get('n_atoms_total'), 'atom')},"
                f" species {', '.join(attrs.get('species'))}")
     click.echo(f"per-atom keys: {', '.join(attrs.get('per_atom_keys'))}")
     click.echo(f"per-config keys: {', '.join(attrs.get('per_config_keys')) or '-'}")
@@ -222,7 +224,7 @@ def _charges_node(identifier):
     if isinstance(node, orm.ProcessNode) and "charges" in node.outputs:
         node = node.outputs.charges
     if not isinstance(node, ChargesData):
-        raise click.BadParameter(f"node<{node.pk}> is a {type(node).__name__}: give a ChargesData or a fit",
+        raise click.BadParameter(f"node<{node.pk}> is {article(type(node).__name__)}: give a ChargesData or a fit",
                                  param_hint="PK")
     return node
 
@@ -261,7 +263,7 @@ def gaussians(ctx, identifier, output):
 
     charges = _charges_node(identifier)
     write_gaussian_model(charges_results(charges), output)
-    click.echo(f"Gaussian-charge model of ChargesData<{charges.pk}> ({charges.n_atoms} atoms) written to {output}")
+    click.echo(f"Gaussian-charge model of ChargesData<{charges.pk}> ({plural(charges.n_atoms, 'atom')}) written to {output}")
 
 
 @dataset.command("residual")

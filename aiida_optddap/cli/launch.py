@@ -25,6 +25,7 @@ import click
 
 from .dataset import dataset
 from .profile import load_profile
+from .text import article
 
 __all__ = ("main", "parse_param", "parse_zval", "parse_walltime", "optddap_executable", "setup_localhost")
 
@@ -125,7 +126,7 @@ def _density_node(value: str):
     except Exception as exc:  # noqa: BLE001 - report any failure to load in one message
         raise click.BadParameter(f"{value!r} is neither a file nor a node identifier ({exc})") from exc
     if not isinstance(node, orm.SinglefileData):
-        raise click.BadParameter(f"node<{node.pk}> is a {type(node).__name__}, not a SinglefileData")
+        raise click.BadParameter(f"node<{node.pk}> is {article(type(node).__name__)}, not a SinglefileData")
     return node
 
 
@@ -411,7 +412,7 @@ def _structure_node(value: str):
     except Exception as exc:  # noqa: BLE001
         raise click.BadParameter(f"{value!r} is neither a file nor a node identifier ({exc})") from exc
     if not isinstance(node, orm.StructureData):
-        raise click.BadParameter(f"node<{node.pk}> is a {type(node).__name__}, not a StructureData")
+        raise click.BadParameter(f"node<{node.pk}> is {article(type(node).__name__)}, not a StructureData")
     return node
 
 
@@ -668,6 +669,43 @@ def _summary_value(value, digits: int = 4) -> str:
     return str(value)
 
 
+def _parameter_line(out: dict) -> str:
+    """The fit's parameters: one width per element for the species model, else σ_start, f, g_c and K."""
+    widths = out.get("species_widths")
+    if widths:
+        keys = ("gcut", "condition_number", "loss", "device")
+        model = "species model, one Gaussian per atom, widths " + ", ".join(
+            f"{el} {_summary_value(w)} Å" for el, w in widths.items())
+    else:
+        keys = ("sigma_start", "factor", "gcut", "n_gauss", "condition_number", "loss", "converged", "device")
+        model = None
+    values = ", ".join(f"{k}={_summary_value(out.get(k), 3 if k == 'condition_number' else 4)}" for k in keys)
+    return f"{model}; {values}" if model else values
+
+
+def _frame_summary(node) -> None:
+    """How many frames an ``optddap.dataset`` (or the one an ``optddap.mlip`` ran) kept, dropped and skipped,
+    and why (its ``summary`` extra)."""
+    from aiida import orm
+
+    runs = [node] + [n for n in node.called if isinstance(n, orm.WorkflowNode)]
+    summary = next((n.base.extras.get("summary") for n in runs
+                    if isinstance(n.base.extras.get("summary", None), dict)
+                    and "failed" in n.base.extras.get("summary")), None)
+    if summary is None:
+        return
+    failed, skipped = summary.get("failed") or [], summary.get("skipped") or []
+    excluded = summary.get("excluded") or []
+    click.echo(f"frames: {summary.get('n_frames')} fitted, {len(failed)} dropped (fit failed), {len(skipped)} "
+               f"skipped, {len(excluded)} left out by the label gates")
+    for entry in failed:
+        click.echo(f"  dropped {entry['label']}: {entry.get('error')}")
+    for entry in skipped:
+        click.echo(f"  skipped {entry['label']}: {entry.get('reason')}")
+    for entry in excluded:
+        click.echo(f"  left out {entry['label']}: {', '.join(entry.get('reasons') or [])}")
+
+
 def _show(node) -> None:
     from aiida import orm
 
@@ -676,6 +714,7 @@ def _show(node) -> None:
     if isinstance(node, orm.ProcessNode):
         click.echo(f"{node.process_label}<{node.pk}>: {node.process_state.value if node.process_state else '?'}"
                    f" [{node.exit_status}] {node.exit_message or ''}".rstrip())
+        _frame_summary(node)
         charges = node.outputs.charges if "charges" in node.outputs else None
         if charges is not None and not isinstance(charges, ChargesData):  # a namespace (optddap.dataset, .mlip)
             click.echo(f"charges: {len(charges)} ChargesData (outputs charges.*)")
@@ -689,16 +728,14 @@ def _show(node) -> None:
                            f"{_summary_value(values.get('rmse_f'))} eV/Å")
             return
         if "output_parameters" in node.outputs:
-            out = node.outputs.output_parameters.get_dict()
-            keys = ("sigma_start", "factor", "gcut", "n_gauss", "condition_number", "loss", "converged", "device")
-            click.echo(", ".join(f"{k}={_summary_value(out.get(k), 3 if k == 'condition_number' else 4)}"
-                                 for k in keys))
+            click.echo(_parameter_line(node.outputs.output_parameters.get_dict()))
         if charges is None:
             return
     elif isinstance(node, ChargesData):
         charges = node
     else:
-        raise click.ClickException(f"node<{node.pk}> is a {type(node).__name__}: expected a process or ChargesData")
+        raise click.ClickException(f"node<{node.pk}> is {article(type(node).__name__)}: expected a process or "
+                                   "ChargesData")
     click.echo(f"charges: ChargesData<{charges.pk}>")
     click.echo(charges.table())
 

@@ -7,7 +7,13 @@ code   label                        handler
 430    ERROR_GPU_OUT_OF_MEMORY      halve ``chunk_size`` (from 1024 when unset); after two halvings → ``cpu``
 410    ERROR_ILL_CONDITIONED        ``lagrange`` (or scale/shift/kkt) → ``pinv``; ``pinv``: ``rtol`` × 1e3
 400    ERROR_NOT_CONVERGED          ``steps`` × 2, restart from the last optimised (σ_start, f, g_c), 1 start
+302    ERROR_DENSITY_UNREADABLE     no restart (the same input fails again): exit 320 with the engine's message
+303    ERROR_STRUCTURE_MISMATCH     as 302
+305    ERROR_INVALID_COMMAND_LINE   as 302
 =====  ===========================  ===========================================================================
+
+Any other failure ends the work chain with aiida-core's 401/402, whose message carries the last calculation's own
+(``OptDdapCalculation<pk> [status] message``, :mod:`.failures`).
 
 Nothing is hidden by a restart: every attempt's exit status, start spread, largest uncertainty and warnings
 are reported as it finishes, and the list of attempts is put on the final ChargesData as the extra
@@ -23,6 +29,7 @@ from aiida.common import AttributeDict
 from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, process_handler, while_
 
 from ..calculations.fit import OptDdapCalculation
+from .failures import ExplainedFailureMixin, child_summary
 from .protocols import ProtocolMixin, base_inputs, base_metadata
 
 __all__ = ("OptDdapBaseWorkChain", "attempt_summary")
@@ -51,7 +58,7 @@ def attempt_summary(node) -> dict:
     }
 
 
-class OptDdapBaseWorkChain(ProtocolMixin, BaseRestartWorkChain):
+class OptDdapBaseWorkChain(ProtocolMixin, ExplainedFailureMixin, BaseRestartWorkChain):
     """Run ``optddap.fit`` and restart it with adjusted parameters when it fails recoverably."""
 
     _process_class = OptDdapCalculation
@@ -87,6 +94,8 @@ class OptDdapBaseWorkChain(ProtocolMixin, BaseRestartWorkChain):
             "ERROR_ILL_CONDITIONED_UNRECOVERABLE",
             message="The fit stayed ill-conditioned with the pseudo-inverse at rtol = {rtol:g}.",
         )
+        spec.exit_code(320, "ERROR_INPUT_REJECTED",
+                       message="The engine refused the input (a restart cannot help): {child}")
 
     @classmethod
     def get_builder_from_protocol(cls, code, density_or_structure, protocol=None, overrides=None, **kwargs):
@@ -147,6 +156,15 @@ class OptDdapBaseWorkChain(ProtocolMixin, BaseRestartWorkChain):
 
 
     # ------------------------------------------------------------------ handlers
+    @process_handler(priority=700, exit_codes=[OptDdapCalculation.exit_codes.ERROR_DENSITY_UNREADABLE,
+                                               OptDdapCalculation.exit_codes.ERROR_STRUCTURE_MISMATCH,
+                                               OptDdapCalculation.exit_codes.ERROR_INVALID_COMMAND_LINE])
+    def handle_input_rejected(self, node):
+        """The engine refused the density, structure or command line: stop with its message (no restart)."""
+        summary = child_summary(node)
+        self.report(f"the engine refused the input, not restarting: {summary}")
+        return ProcessHandlerReport(do_break=True, exit_code=self.exit_codes.ERROR_INPUT_REJECTED.format(child=summary))
+
     @process_handler(priority=600, exit_codes=[OptDdapCalculation.exit_codes.ERROR_NO_GPU])
     def handle_no_gpu(self, node):
         """No CUDA device visible: run on the CPU."""

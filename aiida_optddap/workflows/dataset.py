@@ -423,6 +423,8 @@ class ChargeDatasetWorkChain(ProtocolMixin, WorkChain):
         }
         self.node.base.extras.set("summary", summary)
         details = "; ".join(f"{i['label']}: {i.get('error')}" for i in failed)
+        if failed:
+            self.report(f"{len(failed)} of {len(self.ctx.sources)} frame(s) dropped because their fit failed: {details}")
         if not done:
             return self.exit_codes.ERROR_ALL_FITS_FAILED.format(details=details)
         if failed and not self.inputs.skip_failed.value:
@@ -460,7 +462,7 @@ class ChargeDatasetWorkChain(ProtocolMixin, WorkChain):
         group.add_nodes([kwargs[k] for k in sorted(kwargs) if k.startswith("charges_")] + [dataset])
         self.report(f"dataset {dataset.__class__.__name__}<{dataset.pk}>: {dataset.n_frames} frame(s), "
                     f"{len(excluded)} left out by the label gates, "
-                    f"{len(failed)} failed, {len(self.ctx.skipped)} skipped; collected in group {label!r}")
+                    f"{len(failed)} dropped (fit failed), {len(self.ctx.skipped)} skipped; collected in group {label!r}")
         return None
 
 

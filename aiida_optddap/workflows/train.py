@@ -11,7 +11,8 @@ code   label                   handler
                                ``restart_latest``; also for the scheduler's 120)
 =====  ======================  ================================================================================
 
-Other failures (300 missing output, 320 a traceback) are retried once by BaseRestartWorkChain, then it stops.
+Other failures (300 missing output, 320 a traceback) end the work chain with aiida-core's 402, whose message
+carries the calculation's own (``MaceTrainCalculation<pk> [status] message``, :mod:`.failures`).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from aiida.common import AttributeDict
 from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, process_handler, while_
 
 from ..calculations.train import MaceTrainCalculation
+from .failures import ExplainedFailureMixin
 
 __all__ = ("MaceTrainBaseWorkChain",)
 
 
-class MaceTrainBaseWorkChain(BaseRestartWorkChain):
+class MaceTrainBaseWorkChain(ExplainedFailureMixin, BaseRestartWorkChain):
     """Run ``optddap.mace_train`` and restart it when it runs out of memory, diverges or hits the wall time."""
 
     _process_class = MaceTrainCalculation

@@ -177,7 +177,8 @@ def failure_message(node) -> str:
              and not n.is_finished_ok]
     if calcs:
         last = max(calcs, key=lambda n: n.ctime)
-        message += f" (last: {last.process_label}<{last.pk}> [{last.exit_status}] {last.exit_message or ''})".rstrip()
+        if f"{last.process_label}<{last.pk}>" not in message:  # optddap.base's own message may name it already
+            message += f" (last: {last.process_label}<{last.pk}> [{last.exit_status}] {last.exit_message or ''})".rstrip()
     return message
 
 

@@ -259,6 +259,14 @@ def test_restart_handlers(generate_workchain, train_node, aiida_code_installed, 
     report = process.handle_out_of_walltime(node)
     assert report.exit_code.status == 0 and process.ctx.inputs.parent_folder.pk == node.outputs.remote_folder.pk
 
+    # a failure no handler knows ends with aiida-core's 402, whose message is the calculation's (issue 19)
+    node = failed(codes.ERROR_MISSING_OUTPUT.status)
+    node.set_exit_message("mace_run_train wrote no model: Traceback … ImportError")
+    process.ctx.children, process.ctx.iteration = [node], 1
+    exit_code = process.inspect_process()
+    assert exit_code.status == 402 and exit_code.message.startswith("The process failed with an unhandled failure: ")
+    assert f"<{node.pk}> [{codes.ERROR_MISSING_OUTPUT.status}] mace_run_train wrote no model" in exit_code.message
+
     # the inputs are checked before anything runs: a charges-only dataset, reserved options
     builder = CalculationFactory("optddap.mace_train").get_builder()
     with pytest.raises(ValueError, match="may not set train_file"):

@@ -51,7 +51,8 @@ def test_exposed_ports():
     assert "fit" in spec.inputs and "charge_density" in spec.inputs["fit"]
     assert {"charges", "structure", "output_parameters"} <= set(spec.outputs)
     names = {h.__name__ for h in OptDdapBaseWorkChain.get_process_handlers()}
-    assert names == {"handle_no_gpu", "handle_gpu_out_of_memory", "handle_ill_conditioned", "handle_not_converged"}
+    assert names == {"handle_input_rejected", "handle_no_gpu", "handle_gpu_out_of_memory", "handle_ill_conditioned",
+                     "handle_not_converged"}
 
 
 def test_handler_440_no_gpu(failed_process):
