@@ -12,12 +12,13 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import SHARED
 
 pytest_plugins = ["aiida.tools.pytest_fixtures"]
 
 DATA_DIR = pathlib.Path(__file__).parent / "data"
-#: The shared data set beside the repository (as tests/helpers.py finds it).
-SHARED_CHGCAR_DIR = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chgcar"
+#: The shared data set beside the repository (tests/helpers.py: OPTDDAP_SHARED hides or moves it).
+SHARED_CHGCAR_DIR = SHARED / "chgcar"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -9,6 +9,7 @@ The reference fit (:func:`reference_fit`) is a plain numpy full-sphere implement
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,40 @@ BOHR = 0.529177210903  # Å
 CP2K_RADII = np.array([0.5, 0.75, 1.125])
 CP2K_GCUT = np.sqrt(6.0) / BOHR
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+#: The shared data set beside the repository (../shared/data); OPTDDAP_SHARED=/nonexistent hides it, to check that
+#: the tests need only the repository's copies (tests/data/README.md).
+SHARED = Path(os.environ.get("OPTDDAP_SHARED") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 DATA = Path(__file__).resolve().parent / "data"
+#: Files of the shared VASP set (``SHARED / "chgcar"``) that the repository holds under another name.
+_VASP_ELSEWHERE = {
+    "h2_pydefect/H2_CHGCAR": DATA / "H2_CHGCAR.gz",
+    "si_aiidavasp/CHGCAR": DATA / "si_aiidavasp_CHGCAR.gz",
+    "no_molecule_sisl/polarized/CHGCAR": DATA / "vasp_mock/nitric_oxide_polarized/out/CHGCAR.gz",
+    "no_molecule_sisl/unpolarized/CHGCAR": DATA / "vasp_mock/nitric_oxide_unpolarized/out/CHGCAR.gz",
+    "namgf3_pydefect/NaMgF3_CHG": DATA.parent.parent / "examples" / "NaMgF3_CHG.gz",
+}
+
+
+def vasp_copy(dest: str) -> Path | None:
+    """The repository's copy of ``dest`` of the shared VASP set (its path under ../shared/data/chgcar): gzipped
+    under tests/data/vasp/ with the same folders (an OUTCAR beside where the original has one), or one of the
+    older copies in tests/data; None when the repository has none."""
+    dest = dest.removesuffix(".gz")
+    for candidate in (DATA / "vasp" / f"{dest}.gz", DATA / "vasp" / dest, _VASP_ELSEWHERE.get(dest)):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
+
+
+def vasp_file(dest: str) -> Path:
+    """:func:`vasp_copy` of ``dest``, else the file in the shared set; FileNotFoundError naming both."""
+    found = vasp_copy(dest)
+    if found is not None:
+        return found
+    for name in (dest, f"{dest}.gz", dest.removesuffix(".gz")):
+        if (SHARED / "chgcar" / name).is_file():
+            return SHARED / "chgcar" / name
+    raise FileNotFoundError(f"{dest}: not in tests/data/vasp nor in {SHARED / 'chgcar'}")
 
 #: A triclinic cell (rows, Å), about 10×11×12 Å with tilts.
 TRICLINIC = np.array([[10.0, 0.0, 0.0], [1.3, 11.0, 0.0], [-0.9, 1.1, 12.0]])

@@ -2,7 +2,8 @@
 
 CP2K fits ρ↑ − ρ↓ with NUM_GAUSS 3, MIN_RADIUS 0.5 Å, PFACTOR 1.5, GCUT √6 bohr⁻¹ and an explicit
 inverse, and prints MINUS the fitted per-atom spin populations (tests/data/README.md; the printed
-numbers are in ../shared/data/cp2k/nacl_cl_vacancy/cp2k_ddapc_charges.txt). So the `lagrange` solver
+numbers are in tests/data/cp2k/nacl_cl_vacancy_ddapc_charges.txt, a copy of
+../shared/data/cp2k/nacl_cl_vacancy/cp2k_ddapc_charges.txt). So the `lagrange` solver
 must give populations = −(CP2K's printed values). CP2K prints 6 decimals; an independent numpy
 implementation agrees to 3e-6 e; we require 1e-4 e (and report the deviation).
 """
@@ -14,14 +15,14 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import BOHR, DATA, SHARED
+from helpers import BOHR, DATA
 
 from aiida_optddap.engine import ddap
 from aiida_optddap.engine.cli import main
 from aiida_optddap.engine.io import read_density
 
 CUBE = DATA / "cp2k_nacl_cl_vacancy_spin.cube.gz"
-PRINTED = SHARED / "cp2k" / "nacl_cl_vacancy" / "cp2k_ddapc_charges.txt"
+PRINTED = DATA / "cp2k" / "nacl_cl_vacancy_ddapc_charges.txt"  # copy of ../shared/data/cp2k/nacl_cl_vacancy/cp2k_ddapc_charges.txt
 # CP2K's "DDAP SPIN DENSITY charges" (last SCF step), Na1, Na2–4, Cl5–7
 CP2K_SPIN_CHARGES = np.array([-0.606433, -0.704860, -0.704860, -0.704860, 0.573670, 0.573670, 0.573670])
 GCUT = float(np.sqrt(6.0) / BOHR)
@@ -43,9 +44,7 @@ def test_cube_geometry(density):
 
 
 def test_printed_reference_matches_shared_file():
-    """The constants above are the ones CP2K printed (when the shared output is available)."""
-    if not PRINTED.is_file():
-        pytest.skip(f"{PRINTED} not found")
+    """The constants above are the ones CP2K printed."""
     text = PRINTED.read_text().split("DDAP SPIN DENSITY charges:")[1].split("Total")[0]
     values = [float(line.split()[2]) for line in text.splitlines() if line.strip()[:1].isdigit()]
     np.testing.assert_array_equal(values, CP2K_SPIN_CHARGES)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import CP2K_GCUT, SHARED, off_basis_density, rocksalt
+from helpers import CP2K_GCUT, off_basis_density, rocksalt, vasp_file
 
 from aiida_optddap.engine import ddap
 from aiida_optddap.engine.losses import LOSSES, LossTerms
@@ -19,7 +19,7 @@ K = 3
 CELL = np.array([[6.0, 0.0, 0.0], [0.8, 6.5, 0.0], [-0.5, 0.7, 7.0]])
 FRAC = np.array([[0.1, 0.2, 0.3], [0.45, 0.15, 0.6], [0.3, 0.65, 0.4], [0.7, 0.55, 0.85]])
 NACL_SHELL = 2 * np.pi / 5.64 * np.sqrt(19)  # (331) shell of the 5.64 Å cubic cell, 4.85599 Å⁻¹
-LIH = SHARED / "chgcar" / "lih_atomate_pbesol" / "CHGCAR"
+LIH = vasp_file("lih_atomate_pbesol/CHGCAR")  # the repository's copy (tests/data/README.md)
 
 
 def lowsym_density():
@@ -218,7 +218,6 @@ def test_no_nan_gradients_synthetic_perfect_crystal():
     _assert_finite_gradients(problem)
 
 
-@pytest.mark.skipif(not LIH.is_file(), reason=f"shared LiH CHGCAR not found at {LIH}")
 def test_no_nan_gradients_lih_chgcar():
     from aiida_optddap.engine.io import read_density
 

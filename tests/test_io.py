@@ -9,19 +9,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import DATA, SHARED, vasp_copy
 
 from aiida_optddap.engine.density import DensityError
 from aiida_optddap.engine.io import detect_format, read_density, read_outcar_header
 
-DATA = Path(__file__).parent / "data"
-SHARED = Path(__file__).parents[1].parent / "shared" / "data"
 CHGCAR_SET = SHARED / "chgcar"
-CP2K = SHARED / "cp2k" / "nacl_cl_vacancy"
+#: The CP2K cubes of ../shared/data/cp2k/nacl_cl_vacancy, as the repository holds them (tests/data/README.md).
+CP2K_CUBES = {"electron_density.cube.gz": DATA / "cp2k" / "nacl_cl_vacancy_electron_density.cube.gz",
+              "spin_density.cube.gz": DATA / "cp2k_nacl_cl_vacancy_spin.cube.gz"}
 
-needs_chgcar_set = pytest.mark.skipif(
-    not CHGCAR_SET.is_dir(), reason=f"shared VASP test set not found at {CHGCAR_SET}"
-)
-needs_cp2k = pytest.mark.skipif(not CP2K.is_dir(), reason=f"shared CP2K cube files not found at {CP2K}")
+
+def shared_path(name: str) -> Path | None:
+    """The repository's copy of ``name`` of the shared VASP set, else the shared file, else None."""
+    return vasp_copy(name) or (CHGCAR_SET / name if (CHGCAR_SET / name).is_file() else None)
 
 # a triclinic cell (Å) with 6-decimal entries, so the header reproduces it exactly
 CELL = np.array([[4.1, 0.0, 0.0], [0.9, 4.4, 0.0], [-0.6, 0.8, 5.3]])
@@ -294,12 +295,25 @@ MANIFEST = [
 ]
 
 
-@needs_chgcar_set
+#: The rows whose file is at hand: the repository's copies always (tests/data/README.md), the others with ../shared.
+AT_HAND = [m for m in MANIFEST if shared_path(m[0]) is not None]
+
+
+def test_repository_covers_every_format():
+    """The repository's copies alone cover what the reader must handle: CHGCAR (augmentation) and CHG files,
+    1, 2 and 4 blocks, a scale factor (Ni), the 20-atom NaMgF3 cell."""
+    local = {m[0]: m for m in MANIFEST if vasp_copy(m[0]) is not None}
+    stems = {name.split("/")[-1] for name in local}
+    assert any(s.endswith("CHGCAR") for s in stems) and any(s == "CHG" or s.startswith("CHG_") for s in stems)
+    assert {m[4] for m in local.values()} == {1, 2, 4}
+    assert "ni_baderrs/CHG_ncl" in local and max(m[2] for m in local.values()) == 20
+
+
 @pytest.mark.parametrize(
-    ("name", "n_e", "n_atoms", "shape", "n_blocks"), MANIFEST, ids=[m[0] for m in MANIFEST]
+    ("name", "n_e", "n_atoms", "shape", "n_blocks"), AT_HAND, ids=[m[0] for m in AT_HAND]
 )
 def test_shared_densities(name, n_e, n_atoms, shape, n_blocks):
-    density = read_density(CHGCAR_SET / name)
+    density = read_density(shared_path(name))
     decimals = len(n_e.split(".")[1])
     assert abs(density.grid.mean() - float(n_e)) <= max(1e-4, 0.5 * 10.0**-decimals)
     assert density.n_atoms == n_atoms
@@ -307,25 +321,28 @@ def test_shared_densities(name, n_e, n_atoms, shape, n_blocks):
     assert density.metadata["n_blocks"] == n_blocks
 
 
-@needs_chgcar_set
 def test_shared_means_match_manifest_json():
     import json
 
-    entries = {e["dest"]: e for e in json.loads((CHGCAR_SET / "manifest.json").read_text())}
-    for name, *_ in MANIFEST:
-        assert read_density(CHGCAR_SET / name).grid.mean() == pytest.approx(
+    entries = {e["dest"]: e for e in json.loads((DATA / "vasp" / "manifest.json").read_text())}
+    for name, *_ in AT_HAND:
+        assert read_density(shared_path(name)).grid.mean() == pytest.approx(
             entries[name]["block_means"][0], abs=1e-9
         ), name
 
 
-@needs_chgcar_set
-def test_shared_details():
-    ni = read_density(CHGCAR_SET / "ni_baderrs" / "CHGCAR_ncl")  # scale factor 3.53 on the header
-    assert ni.grid[0, 0, 0] == 0.15229118148e03 and ni.grid[-1, -1, -1] == 0.13021559741e03
+def test_shared_details(tmp_path):
+    ni = read_density(vasp_copy("ni_baderrs/CHG_ncl"))  # scale factor 3.53 on the header
+    # bader-rs asserts 0.15229118148E+03 and 0.13021559741E+03 on CHGCAR_ncl; the CHG prints 5 significant digits
+    assert ni.grid[0, 0, 0] == 152.29 and ni.grid[-1, -1, -1] == 130.22
     np.testing.assert_allclose(ni.cell, 3.53 * np.array([[0.5, 0.5, 0], [0, 0.5, 0.5], [0.5, 0, 0.5]]))
-    assert read_density(CHGCAR_SET / "lih_atomate_pbesol" / "CHGCAR").nelect == 4.0
-    assert read_density(CHGCAR_SET / "al_atomate" / "CHGCAR.gz").nelect == 3.0  # OUTCAR.gz beside
-    assert read_density(CHGCAR_SET / "fe_pyiron" / "CHGCAR_spin").nelect is None
+    nitric_oxide = vasp_copy("no_molecule_sisl/polarized/CHGCAR")
+    assert read_density(nitric_oxide).nelect == 11.0  # OUTCAR.gz beside
+    plain = tmp_path / "CHGCAR.gz"  # the same run with its OUTCAR uncompressed beside
+    plain.write_bytes(nitric_oxide.read_bytes())
+    (tmp_path / "OUTCAR").write_bytes(gzip.decompress((nitric_oxide.parent / "OUTCAR.gz").read_bytes()))
+    assert read_density(plain).nelect == 11.0
+    assert read_density(vasp_copy("fe_pyiron/CHGCAR_spin")).nelect is None  # no OUTCAR in its folder
 
 
 # ---------------------------------------------------------------------------------------------- cubes
@@ -373,7 +390,6 @@ def test_cube_units_and_origin(tmp_path):
     assert detect_format(path) == "cube"
 
 
-@needs_cp2k
 @pytest.mark.parametrize(
     ("name", "n_e", "tolerance"),
     # measured: 56.998168 and 0.999997. CP2K's own DDAP FULL total (+0.001614) shows that its grid
@@ -381,7 +397,7 @@ def test_cube_units_and_origin(tmp_path):
     [("electron_density.cube.gz", 57.0, 2e-3), ("spin_density.cube.gz", 1.0, 1e-5)],
 )
 def test_cp2k_cubes(name, n_e, tolerance):
-    density = read_density(CP2K / name)
+    density = read_density(CP2K_CUBES[name])
     assert abs(density.n_electrons - n_e) < tolerance
     assert density.n_atoms == 7
     assert density.symbols == ("Na",) * 4 + ("Cl",) * 3
@@ -390,11 +406,10 @@ def test_cp2k_cubes(name, n_e, tolerance):
     np.testing.assert_allclose(density.positions[1], [0, 2.82, 2.82], atol=1e-4)
 
 
-@needs_cp2k
 def test_cp2k_electron_count_matches_cp2k_total():
     """CP2K's FULL DDAP total of 0.001614 e means 56.998386 electrons on its grid; the cube spacing is
     printed to 6 decimals (a = 5.639992 Å instead of 5.64 Å), which accounts for the remaining 2e-4."""
-    density = read_density(CP2K / "electron_density.cube.gz")
+    density = read_density(CP2K_CUBES["electron_density.cube.gz"])
     rescaled = density.n_electrons * (5.64 / density.cell[0, 0]) ** 3
     assert rescaled == pytest.approx(57 - 0.001614, abs=5e-5)
 

@@ -2,7 +2,8 @@
 geometry on the rattled CP2K frames (issue 9, items 3–5), one width set optimised jointly over many frames.
 
 Uses examples/cp2k_rattled/data (20 NaCl + 20 MgO 8-atom frames with Bader charges; mgo_008 is skipped as
-suspect, as in smoothness.py) and the shared LiH CHGCAR; skips with a reason when they are missing.
+suspect, as in smoothness.py) and the LiH CHGCAR of the shared set (its copy in tests/data/vasp); skips with a
+reason when the rattled data are missing.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from aiida_optddap.engine.io import read_density
 from aiida_optddap.engine.species import (SpeciesEquations, constrained_minimum, fit_species, species_misfit,
                                           stack_frames)
 
-from helpers import SHARED, rocksalt
+from helpers import rocksalt, vasp_file
 
 ROOT = Path(__file__).resolve().parents[1]
 RATTLED = ROOT / "examples" / "cp2k_rattled"
-LIH = SHARED / "chgcar" / "lih_atomate_pbesol" / "CHGCAR"
+LIH = vasp_file("lih_atomate_pbesol/CHGCAR")  # the repository's copy (tests/data/README.md)
 #: g_c (Å⁻¹) of the smoothness check: MgO's second odd shell (311) lies at 4.95 Å⁻¹, outside CP2K's 4.63.
 GCUT = 5.5
 #: The issue's criterion: max |ΔQ|/rms of the fit within 3× Bader's on the same frames.
@@ -112,8 +113,6 @@ def test_perfect_rock_salt_has_determined_charges_of_the_right_sign(system):
 
 
 def test_lih_has_determined_charges_of_the_right_sign():
-    if not LIH.is_file():
-        pytest.skip(f"shared LiH density missing: {LIH}")
     density = read_density(LIH)
     result = fit_species(density, {"Li": 3.0, "H": 1.0})  # Li_sv
     q = dict(zip(density.symbols, result.frames[0]["net_charges"]))

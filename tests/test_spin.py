@@ -1,8 +1,8 @@
 """Spin-polarised densities: the magnetisation block is read and fitted with the charge fit's Gaussians.
 
 Synthetic: a 2-block CHGCAR written by pymatgen whose magnetisation is a known sum of Gaussians of the fit's
-radii, so that the per-atom moments are recovered exactly at fixed parameters. Real: the shared VASP files
-(bcc Fe, m = 2.27 μB; the NO radical, m = 1 μB), skipped where ../shared/data is absent.
+radii, so that the per-atom moments are recovered exactly at fixed parameters. Real: copies in tests/data of
+files of the shared VASP set (bcc Fe, m = 2.27 μB; the NO radical, m = 1 μB; fcc Ni, m ≈ 0 and noncollinear).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import CP2K_RADII, SHARED, gaussian_density, off_basis_density, rocksalt, vasp_rounded
+from helpers import CP2K_RADII, gaussian_density, off_basis_density, rocksalt, vasp_file, vasp_rounded
 
 from aiida_optddap.engine.cli import main
 from aiida_optddap.engine.density import Density, DensityError
@@ -113,19 +113,17 @@ def test_magnetisation_is_validated():
 
 
 # ----------------------------------------------------------------------------------------- real files
-FE = SHARED / "chgcar" / "fe_pyiron" / "CHGCAR_spin"
-NO = SHARED / "chgcar" / "no_molecule_sisl" / "polarized" / "CHGCAR"
-NI = SHARED / "chgcar" / "ni_baderrs"
+# the repository's copies of files of the shared VASP set (tests/data/README.md)
+FE = vasp_file("fe_pyiron/CHGCAR_spin")
+NO = vasp_file("no_molecule_sisl/polarized/CHGCAR")  # with its OUTCAR beside (Z_val of N_s, O_s)
 
 
-@pytest.mark.skipif(not FE.exists(), reason="shared data not available")
 def test_real_bcc_iron():
     """One Fe atom per cell: its moment is the cell's, 2.2725 μB (VASP's block-2 mean)."""
     results = run_fit(read_density(FE), FitOptions(device="cpu"))
     assert results["spin"]["moments"] == [pytest.approx(2.2725, abs=1e-4)]
 
 
-@pytest.mark.skipif(not NO.exists(), reason="shared data not available")
 def test_real_no_radical():
     """NO: one unpaired electron (π*), mostly on N; the two moments add up to 1 μB (both models; the species
     model, which auto chooses with the POTCAR's Z_val, gives N 0.69 / O 0.31 μB, restrained 0.89 / 0.11)."""
@@ -139,16 +137,16 @@ def test_real_no_radical():
     assert run_fit(density, FitOptions(device="cpu"), zval=zval)["spin"]["solver"] == "species"
 
 
-@pytest.mark.skipif(not NI.exists(), reason="shared data not available")
 def test_real_nickel_zero_and_noncollinear():
-    """Ni: a spin-polarised file with ~0 moment gives ~0; the noncollinear file's blocks are not kept."""
-    spin = run_fit(read_density(NI / "CHGCAR_spin"), FitOptions(device="cpu", optimize=False))["spin"]
+    """Ni: a spin-polarised file with ~0 moment gives ~0; the noncollinear file's blocks are not kept (the CHG
+    files: the CHGCARs' density at 5 significant digits)."""
+    spin = run_fit(read_density(vasp_file("ni_baderrs/CHG_spin")), FitOptions(device="cpu", optimize=False))["spin"]
     assert abs(spin["moments"][0]) < 1e-3
-    ncl = read_density(NI / "CHGCAR_ncl")
+    ncl = read_density(vasp_file("ni_baderrs/CHG_ncl"))
     assert ncl.metadata["n_blocks"] == 4 and ncl.magnetisation is None
     results = run_fit(ncl, FitOptions(device="cpu", optimize=False))
     assert results["spin"] is None and any("noncollinear" in w for w in results["warnings"])
-    assert read_density(NI / "CHGCAR_no_spin").magnetisation is None
+    assert read_density(vasp_file("ni_baderrs/CHG_no_spin")).magnetisation is None
 
 
 def test_charges_data_keeps_the_moments(spin_chgcar):
