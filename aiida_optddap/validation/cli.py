@@ -97,18 +97,18 @@ def _table(report: dict) -> None:
         table.add_column(header, justify="left" if header == "charges" else "right")
     for row in report["sets"]:
         d = row["dipole_D"]
-        text = "n/a" if d is None else (f"{d[0]:+.3f}" if len(d) == 1 else f"{sum(x * x for x in d) ** 0.5:.3f}")
+        size = None if d is None else f"{d[0]:+.3f}" if len(d) == 1 else f"{sum(x * x for x in d) ** 0.5:.3f}"
         ratio = "n/a" if row["dipole_ratio"] is None else f"{row['dipole_ratio']:.3f}"
-        table.add_row(row["name"], f"{row['rrms']:.4f}", f"{row['rms_meV']:.1f}", f"{row['total_charge']:+.4f}",
-                      text, ratio)
+        table.add_row(row["name"], f"{row['rrms']:.4f}", f"{row['rms_meV']:.1f}",
+                      f"{row['total_charge']:+.4f}", size or "n/a", ratio)
     console.print(table)
     console.print(f"{sampling['n_points']} points outside {sampling['vdw_scale']:g} × vdW radii"
                   + (f" and inside {sampling['outer_scale']:g} ×" if sampling["outer_scale"] else "")
                   + f" (sub-grid spacing {', '.join(f'{h:.3f}' for h in sampling['spacing_A'])} Å, "
                   f"{100 * sampling['fraction_of_cell']:.0f} % of the cell); "
                   f"rms of φ_DFT − mean {1e3 * report['reference']['rms_V']:.1f} meV")
-    console.print(f"ESP-optimal: Σq = {report['total_charge']['value']:+g} e ({report['total_charge']['source']}); "
-                  f"system: {dipole['kind']}")
+    total = report["total_charge"]
+    console.print(f"ESP-optimal: Σq = {total['value']:+g} e ({total['source']}); system: {dipole['kind']}")
     if dipole["density_D"] is not None:
         d = dipole["density_D"]
         what = f"{d[0]:+.3f} D (normal component)" if len(d) == 1 else \
@@ -143,9 +143,10 @@ def _per_atom(report: dict) -> None:
               help="The density of the same run (CHGCAR or E_DENSITY cube): its dipole, its net charge, "
                    "and the fits of --definition.")
 @click.option("--definition", "definitions", multiple=True,
-              help="Fit these charge definitions (those of `optddap fit --definition`) on --density; repeat or "
-                   "comma-separate.")
-@click.option("--zval", "zval_text", default=None, help="Valence charges, e.g. O=6,H=1 (cube densities need it).")
+              help="Fit these charge definitions (those of `optddap fit --definition`) on --density; "
+                   "repeat or comma-separate.")
+@click.option("--zval", "zval_text", default=None,
+              help="Valence charges, e.g. O=6,H=1 [default: from the files beside --density].")
 @click.option("--total-charge", type=float, default=None,
               help="Σq of the ESP-optimal charges, e [default: the density's, else 0].")
 @click.option("--vdw-scale", type=click.FloatRange(min=0, min_open=True), default=1.4, show_default=True,
@@ -154,14 +155,15 @@ def _per_atom(report: dict) -> None:
               help="Sample only inside this × the radii of some atom [default: no limit].")
 @click.option("--spacing", type=click.FloatRange(min=0, min_open=True), default=0.4, show_default=True,
               help="Sample sub-grid spacing aimed at, Å.")
-@click.option("--radii", "radii_text", default=None, help="van der Waals radii overriding the table, e.g. Mg=1.73.")
+@click.option("--radii", "radii_text", default=None,
+              help="van der Waals radii (Å) overriding the table, e.g. Mg=1.73.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the report as JSON.")
 @click.option("--quiet", is_flag=True, help="No tables.")
 def esp(potential, file_format, charge_options, density, definitions, zval_text, total_charge, vdw_scale,
         outer_scale, spacing, radii_text, json_path, quiet):
-    """Compare charge sets with the DFT electrostatic potential POTENTIAL outside the atoms (RRMS, rms, dipoles),
-    and the least-squares ESP-optimal charges as the lower bound."""
+    """Compare charge sets with the DFT electrostatic potential POTENTIAL outside the atoms (RRMS, rms,
+    dipoles), and the least-squares ESP-optimal charges as the lower bound."""
     from .charges import parse_charge_option
 
     radii = _mapping(radii_text, "--radii")

@@ -37,7 +37,8 @@ def debye(value):
 @dataclass(frozen=True)
 class DipoleFrame:
     """Open directions of a cell: ``axes`` (lattice indices), ``cuts`` (fractional position of each cut
-    plane), ``centre`` (fractional, unwrapped: the atoms' centroid) and ``kind`` (molecule, slab, wire, bulk)."""
+    plane), ``centre`` (fractional, unwrapped: the atoms' centroid) and ``kind`` (molecule, slab, wire,
+    bulk)."""
 
     cell: np.ndarray
     axes: tuple[int, ...]

@@ -30,14 +30,12 @@ from __future__ import annotations
 import numpy as np
 
 from .dipole import charge_dipole, debye, density_dipole, dipole_frame
-from .kernel import charge_potential, potentials, unit_potentials
-from .potential import Potential, PotentialError, check_same_atoms, load_potential
+# the API of the module docstring: compare, esp_optimal, evaluate defined here, the rest re-exported
+from .kernel import charge_potential, potentials, unit_potentials  # noqa: F401
+from .potential import Potential, PotentialError, check_same_atoms, load_potential  # noqa: F401
 from .sampling import SPACING, VDW_SCALE, Sampling, sample_outside
 
-__all__ = [
-    "Potential", "PotentialError", "Sampling", "charge_potential", "compare", "esp_optimal", "evaluate",
-    "load_potential", "potentials", "sample_outside", "unit_potentials",
-]
+__all__ = ["ESP_OPTIMAL", "compare", "esp_optimal", "evaluate"]
 #: Name of the least-squares set in :func:`evaluate`'s report.
 ESP_OPTIMAL = "ESP-optimal"
 
@@ -84,7 +82,7 @@ def _total_charge(density, zval_per_atom, given: float | None) -> tuple[float, s
         return float(given), "given"
     if density is not None and zval_per_atom is not None:
         raw = float(np.sum(zval_per_atom) - density.n_electrons)
-        return float(np.round(raw)), f"density: Σ Z_val − N = {raw:.4f} e, rounded"
+        return float(np.round(raw)) + 0.0, f"density: Σ Z_val − N = {raw:.4f} e, rounded"
     return 0.0, "assumed (no density with Z_val)"
 
 
@@ -117,8 +115,8 @@ def evaluate(potential: Potential, charge_sets: dict, *, density=None, zval=None
     against ``potential`` (point charges), with dipoles.
 
     Args:
-        density: the engine :class:`~aiida_optddap.engine.density.Density` of the same calculation (same atoms,
-            checked): the density's dipole and, with ``zval``, the total charge.
+        density: the engine :class:`~aiida_optddap.engine.density.Density` of the same calculation (same
+            atoms, checked): the density's dipole and, with ``zval``, the total charge.
         zval: a :class:`~aiida_optddap.engine.zval.ZvalInfo` (or element → Z_val mapping) for the cores.
         total_charge: Σ q of the ESP-optimal set (e); default: the density's Σ Z_val − N rounded to an
             integer, else 0.

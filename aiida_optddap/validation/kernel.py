@@ -30,8 +30,8 @@ from ..engine.coulomb import COULOMB_EV_A
 from .potential import PotentialError
 from .sampling import Sampling, sphere_points
 
-#: erfc(x) = 6e-14 and e^{−x²} = 6e-13: the truncation of both halves of the split (the cost of the short-range
-#: part grows as x⁶).
+#: erfc(x) = 6e-14 and e^{−x²} = 6e-13: the truncation of both halves of the split (the cost of the
+#: short-range part grows as x⁶).
 SPLIT_X = 5.3
 #: Channels (atoms) per inverse FFT batch.
 CHUNK = 8
@@ -63,7 +63,7 @@ def _g_squared(sampling: Sampling) -> tuple[np.ndarray, list[np.ndarray]]:
 
 
 def _long_range(sampling: Sampling, coefficients: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """(P, C) long-range potentials (V) of the channels ``coefficients`` (C, n; e) with Gaussians of width a."""
+    """(P, C) long-range potentials (V) of the channels ``coefficients`` (C, n; e), Gaussians of width a."""
     from scipy import fft
 
     potential = sampling.potential

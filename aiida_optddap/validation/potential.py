@@ -67,11 +67,13 @@ class Potential:
         object.__setattr__(self, "values", np.asarray(self.values, dtype=np.float64))
         object.__setattr__(self, "symbols", tuple(self.symbols))
         if self.values.ndim != 3 or min(self.values.shape) < 2:
-            raise PotentialError(f"{self.source}: the potential grid must be 3-dimensional, got {self.values.shape}")
+            raise PotentialError(f"{self.source}: the potential grid must be 3-dimensional, "
+                                 f"got {self.values.shape}")
         if not np.all(np.isfinite(self.values)):
             raise PotentialError(f"{self.source}: the potential grid contains NaN or infinite values")
         if len(self.symbols) != len(self.positions) or not self.symbols:
-            raise PotentialError(f"{self.source}: {len(self.symbols)} symbols for {len(self.positions)} positions")
+            raise PotentialError(f"{self.source}: {len(self.symbols)} symbols for "
+                                 f"{len(self.positions)} positions")
         if abs(np.linalg.det(self.cell)) < 1e-8:
             raise PotentialError(f"{self.source}: the cell has zero volume")
 
@@ -125,7 +127,8 @@ def _from_locpot(path: Path) -> Potential:
     except READ_ERRORS as exc:
         raise _error(path, f"cannot read the file ({exc})") from None
     except Exception as exc:  # pymatgen raises many types; each becomes one line naming the file
-        raise _error(path, f"pymatgen cannot read it as a VASP LOCPOT ({type(exc).__name__}: {exc})") from None
+        problem = f"pymatgen cannot read it as a VASP LOCPOT ({type(exc).__name__}: {exc})"
+        raise _error(path, problem) from None
     values = np.asarray(data["total"], dtype=np.float64)
     _refuse_density(path, values)
     structure = poscar.structure
@@ -164,13 +167,13 @@ def check_same_atoms(potential: Potential, density: Density, *, tolerance: float
     ``tolerance`` Å) and the same atoms in the same order at the same positions (minimum image, Å)."""
     where = density.source
     if density.symbols != potential.symbols:
-        raise PotentialError(f"{where}: atoms ({' '.join(density.symbols)}) differ from those of the potential "
-                             f"{potential.source} ({' '.join(potential.symbols)})")
+        raise PotentialError(f"{where}: atoms ({' '.join(density.symbols)}) differ from those of the "
+                             f"potential {potential.source} ({' '.join(potential.symbols)})")
     if np.abs(density.cell - potential.cell).max() > tolerance:
         raise PotentialError(f"{where}: cell differs from that of the potential {potential.source}")
     frac = np.linalg.solve(potential.cell.T, (density.positions - potential.positions).T).T
     shift = np.linalg.norm((frac - np.round(frac)) @ potential.cell, axis=1)
     if shift.max() > tolerance:
         i = int(np.argmax(shift))
-        raise PotentialError(f"{where}: atom {i + 1} ({density.symbols[i]}) is {shift[i]:.3g} Å from its position "
-                             f"in the potential {potential.source}")
+        raise PotentialError(f"{where}: atom {i + 1} ({density.symbols[i]}) is {shift[i]:.3g} Å from its "
+                             f"position in the potential {potential.source}")

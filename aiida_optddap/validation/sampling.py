@@ -1,11 +1,11 @@
 """Where the potential is compared: grid points outside scaled van der Waals spheres (periodic images count).
 
 The points are those of a sub-grid of the potential's grid (every ``stride``-th point along each lattice
-vector, the stride the divisor of N_k that brings the spacing nearest to ``spacing``, default 0.4 Å): a regular periodic
-grid, on which :mod:`.kernel` evaluates the potential of charges exactly by FFT. A point is sampled when it
-lies outside ``vdw_scale`` × r_vdW of every atom and every periodic image, and, with ``outer_scale``, inside
-``outer_scale`` × r_vdW of at least one (a CHELPG-like shell; default: no outer limit, the whole cell outside
-the spheres, vacuum included).
+vector, the stride the divisor of N_k that brings the spacing nearest to ``spacing``, default 0.4 Å): a
+regular periodic grid, on which :mod:`.kernel` evaluates the potential of charges exactly by FFT. A point is
+sampled when it lies outside ``vdw_scale`` × r_vdW of every atom and every periodic image, and, with
+``outer_scale``, inside ``outer_scale`` × r_vdW of at least one (a CHELPG-like shell; default: no outer
+limit, the whole cell outside the spheres, vacuum included).
 
 Radii: ``ase.data.vdw_radii`` (Bondi 1964, with Mantina et al. 2009 for main-group elements Bondi lacked),
 and where that table has none (most transition metals) ``ase.data.vdw_alvarez`` (Alvarez 2013); a
@@ -53,10 +53,10 @@ def sub_grid_strides(cell: np.ndarray, shape, spacing: float) -> tuple[int, int,
     return tuple(strides)
 
 
-def sphere_points(cell: np.ndarray, shape, centre: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+def sphere_points(cell: np.ndarray, shape, centre: np.ndarray, radius: float):
     """Grid points (grid ``shape`` spanning ``cell``, point (0,0,0) at the origin) within ``radius`` Å of
-    ``centre`` or of any of its periodic images: ``(flat C-order indices, distances Å)``. An index appears once
-    per image that reaches it (cells smaller than the sphere).
+    ``centre`` or of any of its periodic images: ``(flat C-order indices, distances Å)``. An index appears
+    once per image that reaches it (cells smaller than the sphere).
 
     Built from one 1-D range per axis and the metric cell·cellᵀ by broadcasting (no (K, 3) offset arrays)."""
     shape = np.asarray(shape)
@@ -144,7 +144,8 @@ def sample_outside(potential: Potential, *, vdw_scale: float = VDW_SCALE, outer_
     near = np.zeros_like(inside) if outer_scale is not None else None
     atom_radii = np.array([table[el][0] for el in potential.symbols])
     for centre, radius in zip(potential.positions, atom_radii):
-        flat, distance = sphere_points(potential.cell, shape, centre, radius * max(vdw_scale, outer_scale or 0))
+        reach = radius * max(vdw_scale, outer_scale or 0)
+        flat, distance = sphere_points(potential.cell, shape, centre, reach)
         inside[flat[distance < radius * vdw_scale]] = True
         if near is not None:
             near[flat] = True
@@ -153,6 +154,7 @@ def sample_outside(potential: Potential, *, vdw_scale: float = VDW_SCALE, outer_
     if flat.size == 0:
         raise PotentialError(f"{where}: no grid point lies outside {vdw_scale} × the van der Waals radii")
     sub = potential.values[:: stride[0], :: stride[1], :: stride[2]]
-    return Sampling(potential=potential, stride=stride, shape=shape, flat=flat, values=sub.ravel()[flat].copy(),
-                    radii=atom_radii, vdw_scale=float(vdw_scale), outer_scale=outer_scale,
+    return Sampling(potential=potential, stride=stride, shape=shape, flat=flat,
+                    values=sub.ravel()[flat].copy(), radii=atom_radii, vdw_scale=float(vdw_scale),
+                    outer_scale=outer_scale,
                     radii_source={el: source for el, (_, source) in table.items()})
