@@ -130,4 +130,5 @@ def gaussians(results, output):
         write_gaussian_model(data, output)
     except (KeyError, ValueError) as exc:
         _fail(f"{results}: {exc}")
-    click.echo(f"Gaussian-charge model of {len(data['symbols'])} atoms written to {output}")
+    n_atoms = len(data["symbols"])
+    click.echo(f"Gaussian-charge model of {n_atoms} atom{'' if n_atoms == 1 else 's'} written to {output}")
