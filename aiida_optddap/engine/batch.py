@@ -149,13 +149,13 @@ def _sub_batches(frames: list[dict], n_gauss: int) -> list[list[int]]:
     return groups
 
 
-def _fit_group(frames: list[dict], n_gauss: int, solver: str, rtol: float, device: torch.device) -> list[dict]:
+def _pack(frames: list[dict], n_gauss: int, device: torch.device) -> dict:
+    """The frames' G sets, coefficients and geometry padded to the largest, in one host buffer and one transfer:
+    miller (F,G,3), g2, weight, c_re, c_im (F,G), frac (F,N,3) fractional positions, radii (F,K), gcut,
+    n_electrons, n_coeff (F,). Padded G have |G|² = 1 and weight 0; padded atoms sit at 0."""
     n_frames = len(frames)
     n_g = max(len(f["g2"]) for f in frames)
     n_atoms = max(len(f["positions"]) for f in frames)
-    m_max = n_atoms * n_gauss
-    # one host buffer, one transfer: miller (F,G,3), g2, weight, c_re, c_im (F,G), positions (F,N,3), cell (F,9),
-    # radii (F,K), gcut, n_electrons, n_coefficients (F,)
     sizes = [n_g * 3, n_g, n_g, n_g, n_g, n_atoms * 3, 9, n_gauss, 1, 1, 1]
     host = np.zeros((n_frames, sum(sizes)))
     o = np.cumsum([0] + sizes)
@@ -174,11 +174,21 @@ def _fit_group(frames: list[dict], n_gauss: int, solver: str, rtol: float, devic
         row[o[8]], row[o[9]], row[o[10]] = f["gcut"], f["n"], n * n_gauss
     data = torch.from_numpy(host).to(device)
     parts = torch.split(data, sizes, dim=1)
-    miller, g2, weight, c_re, c_im = parts[0].reshape(n_frames, n_g, 3), parts[1], parts[2], parts[3], parts[4]
-    positions, cell, radii = parts[5].reshape(n_frames, n_atoms, 3), parts[6].reshape(n_frames, 3, 3), parts[7]
-    gcut, n_electrons, n_coeff = parts[8][:, 0], parts[9][:, 0], parts[10][:, 0]
-    # fractional coordinates s = L⁻ᵀR (Density.fractional_positions); padded atoms sit at 0 and are masked below
+    positions, cell = parts[5].reshape(n_frames, n_atoms, 3), parts[6].reshape(n_frames, 3, 3)
+    # fractional coordinates s = L⁻ᵀR (Density.fractional_positions); padded atoms sit at 0 and are masked later
     frac = torch.linalg.solve(cell.transpose(1, 2), positions.transpose(1, 2)).transpose(1, 2)
+    return {"miller": parts[0].reshape(n_frames, n_g, 3), "g2": parts[1], "weight": parts[2], "c_re": parts[3],
+            "c_im": parts[4], "frac": frac, "radii": parts[7], "gcut": parts[8][:, 0],
+            "n_electrons": parts[9][:, 0], "n_coeff": parts[10][:, 0], "n_g": n_g, "n_atoms": n_atoms}
+
+
+def _fit_group(frames: list[dict], n_gauss: int, solver: str, rtol: float, device: torch.device) -> list[dict]:
+    p = _pack(frames, n_gauss, device)
+    n_frames, n_g, n_atoms = len(frames), p["n_g"], p["n_atoms"]
+    m_max = n_atoms * n_gauss
+    miller, g2, weight, c_re, c_im, frac, radii = (p[k] for k in ("miller", "g2", "weight", "c_re", "c_im", "frac",
+                                                                   "radii"))
+    gcut, n_electrons, n_coeff = p["gcut"], p["n_electrons"], p["n_coeff"]
 
     with torch.no_grad():
         # W (F, G): per-frame g_c, zero on the padding
@@ -235,6 +245,11 @@ def _fit_group(frames: list[dict], n_gauss: int, solver: str, rtol: float, devic
         residual = ((norm - 2.0 * (b * q).sum(dim=1) + quad) / norm).cpu().numpy()
         q_h, total_h = q.cpu().numpy(), total_u.cpu().numpy()
 
+    return _frame_results(frames, n_gauss, q_h, total_h, real_eigs, rank, n_real, residual)
+
+
+def _frame_results(frames, n_gauss, q_h, total_h, real_eigs, rank, n_real, residual) -> list[dict]:
+    """Per frame the keys of :func:`fit_frames` from the batched solve's host arrays."""
     results = []
     for i, f in enumerate(frames):
         e = real_eigs[i]
