@@ -53,6 +53,23 @@ class Files:
         return write_chgcar(self.folder / name, self.cell if cell is None else cell, self.symbols,
                             self.positions if positions is None else positions, grid)
 
+    def cube(self, name: str, grid) -> Path:
+        """A Gaussian cube of ``grid`` (raw n·V, written in e/bohr³ as cube files hold it)."""
+        from ase import Atoms
+        from ase.io.cube import write_cube
+        from ase.units import Bohr
+
+        atoms = Atoms(self.symbols, positions=self.positions, cell=self.cell, pbc=True)
+        with open(self.folder / name, "w") as handle:
+            write_cube(handle, atoms, data=np.asarray(grid) / (abs(np.linalg.det(self.cell)) / Bohr**3))
+        return self.folder / name
+
+    def negative_sodium(self, name: str) -> Path:
+        """A CHGCAR whose Na atoms carry −0.3 e: no fit can give them a possible population."""
+        pops = [-0.3 if s == "Na" else 8.3 for s in self.symbols]
+        grid = off_basis_density(self.cell, self.symbols, self.positions, pops, SHAPE).grid
+        return self.chgcar(name, grid=grid)
+
     def data_edit(self, name: str, row: int, column: int, token: str) -> Path:
         lines = self.text.splitlines(keepends=True)
         start = next(i for i, line in enumerate(lines) if line.split() == [str(n) for n in SHAPE]) + 1
@@ -113,6 +130,20 @@ BAD_INPUTS = [
     ("Z_val of an unknown element", lambda f: ["fit", f.good, "--zval", "Xx=3", *NO_FIT], 1, "Xx"),
     ("Z_val for an element not in the file", lambda f: ["fit", f.good, "--zval", "Li=1", *NO_FIT], 1, "Li"),
     ("Z_val not a number", lambda f: ["fit", f.good, "--zval", "Na=seven", *NO_FIT], 1, "seven"),
+    # impossible densities, valence counts and charges (issue 19); the good file holds N = 56 e
+    ("a sign-negated cube", lambda f: ["fit", f.cube("negated.cube", -f.grid), *NO_FIT], 1,
+     "negated.cube: not a charge density"),
+    ("Z_val beyond the atomic number", lambda f: ["fit", f.good, "--zval", "Na=100,Cl=7", *NO_FIT], 1,
+     "invalid valence: Na Z_val 100 (user) is outside 0 < Z_val <= 11"),
+    ("Σ Z_val − N not an integer", lambda f: ["fit", f.good, "--zval", "Na=7.1,Cl=7", *NO_FIT], 1,
+     "Na Z_val 7.1 (user), Cl Z_val 7 (user)) is not an integer"),
+    ("a charged cell nobody declared", lambda f: ["fit", f.good, "--zval", "Na=7.5,Cl=7", *NO_FIT], 1,
+     "the cell comes out charged and nothing declared that charge"),
+    ("--total-charge against the valence count",
+     lambda f: ["fit", f.good, "--zval", "Na=7,Cl=7", "--total-charge", "1", *NO_FIT], 1,
+     "declared total charge is +1 e (--total-charge)"),
+    ("impossible populations", lambda f: ["fit", f.negative_sodium("CHGCAR_negative_na"), "--zval", "Na=1,Cl=7",
+                                          *NO_FIT], 1, "CHGCAR_negative_na: implausible charges: Na1 population"),
     # difference densities
     ("diff: grids differ", lambda f: ["diff", f.good, f.chgcar("CHGCAR_16", shape=(16, 16, 16)), *NO_FIT], 1,
      "grid"),
@@ -247,3 +278,27 @@ def test_unwritable_folder_is_refused_before_the_fit(files, tmp_path, monkeypatc
         assert result.exit_code == 1, result.stderr
         assert "not writable" in result.stderr and str(locked) in result.stderr
     assert not read and not any(locked.iterdir())
+
+
+@pytest.mark.parametrize("definition", ["paper", "classic"])
+def test_paper_and_classic_flag_impossible_populations(files, tmp_path, definition):
+    """The paper and classic definitions keep the charges they gave before and flag the impossible ones."""
+    output = tmp_path / "results.json"
+    density = files.negative_sodium("CHGCAR_negative_na_flag")
+    result = CliRunner().invoke(main, ["fit", str(density), "--zval", "Na=1,Cl=7", "--definition", definition,
+                                       "--no-optimize", "--quiet", "-o", str(output)])
+    assert result.exit_code == 0, result.output
+    results = json.loads(output.read_text())
+    flagged = results["implausible_populations"]
+    assert [entry["symbol"] for entry in flagged] == ["Na"] * 4
+    assert all(entry["population"] < -0.05 and entry["net_charge"] > 1 for entry in flagged)
+    assert any(warning.startswith("implausible populations: Na1 population") for warning in results["warnings"])
+
+
+def test_a_good_density_flags_nothing(files, tmp_path):
+    output = tmp_path / "results.json"
+    result = CliRunner().invoke(main, ["fit", str(files.good), "--zval", "Na=7,Cl=7", *NO_FIT, "-o", str(output)])
+    assert result.exit_code == 0, result.output
+    results = json.loads(output.read_text())
+    assert results["implausible_populations"] == []
+    assert results["total_charge"] == {"value": 0.0, "source": "neutral"}

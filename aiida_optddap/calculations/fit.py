@@ -1,7 +1,8 @@
 """``optddap.fit``: run the ``optddap`` engine CLI on a charge density.
 
 The CalcJob never imports torch nor the engine: it writes a command line for ``optddap fit`` (or
-``optddap diff`` when a host density is given), copies the density file(s) into the working directory and
+``optddap diff`` when a host density is given), copies the density file(s) into the working directory (with the
+``potcar``/``outcar``/``cp2k_input`` it was given beside the density, where the engine looks for Z_val) and
 retrieves ``results.json``, the engine's stdout/stderr and the ``plots/`` directory if one was requested.
 """
 
@@ -14,7 +15,7 @@ from aiida.engine import CalcJob
 
 from ..data.results import OUTPUT_FILE, STDERR_FILE, STDOUT_FILE
 from .caching import use_density_grid_caching
-from .ports import EXIT_CODES, INPUTS, OUTPUTS
+from .ports import EXIT_CODES, INPUTS, OUTPUTS, VALENCE_FILES
 from .schema import cli_arguments
 
 __all__ = ("OptDdapCalculation",)
@@ -39,7 +40,7 @@ class OptDdapCalculation(CalcJob):
     _STDERR = STDERR_FILE
     _PLOT_DIR = "plots"
     _HOST_DIR = "host"
-    _RESERVED = (_OUTPUT_FILE, _STDOUT, _STDERR, _PLOT_DIR, _HOST_DIR, "_aiidasubmit.sh")
+    _RESERVED = (_OUTPUT_FILE, _STDOUT, _STDERR, _PLOT_DIR, _HOST_DIR, "_aiidasubmit.sh", *VALENCE_FILES.values())
 
     @classmethod
     def define(cls, spec):
@@ -87,6 +88,9 @@ class OptDdapCalculation(CalcJob):
         density_name = self._density_name()
         local_copy_list = []
         self._copy(density, density_name, folder, local_copy_list)
+        for name, target in VALENCE_FILES.items():  # beside the density, as `optddap fit` finds them on disk
+            if name in self.inputs:
+                self._copy(self.inputs[name], target, folder, local_copy_list)
 
         parameters = self.inputs.parameters.get_dict() if "parameters" in self.inputs else {}
         zval = self.inputs.zval.get_dict() if "zval" in self.inputs else None

@@ -14,7 +14,7 @@ from aiida import orm
 from ..data.charges import ChargesData
 from .schema import validate_parameters, validate_zval
 
-__all__ = ("EXIT_CODES", "INPUTS", "OUTPUTS", "ExitCodeSpec")
+__all__ = ("EXIT_CODES", "INPUTS", "OUTPUTS", "VALENCE_FILES", "ExitCodeSpec")
 
 
 def _validate_parameters_port(value, _ctx):
@@ -60,9 +60,30 @@ INPUTS: dict[str, dict] = {
         required=False,
         serializer=orm.to_aiida_type,
         validator=_validate_zval_port,
-        help="Valence electrons per element {El: Z}, overriding what the engine finds (POTCAR/OUTCAR).",
+        help="Valence electrons per element {El: Z}, 0 < Z <= the atomic number, overriding what the engine finds "
+        "(POTCAR/OUTCAR/CP2K input).",
+    ),
+    "potcar": dict(
+        valid_type=orm.SinglefileData,
+        required=False,
+        help="The POTCAR of the VASP run, copied beside the density as `POTCAR`: the engine takes Z_val from it "
+        "(precedence in docs/conventions.md, 'Where Z_val comes from').",
+    ),
+    "outcar": dict(
+        valid_type=orm.SinglefileData,
+        required=False,
+        help="The OUTCAR of the VASP run, copied beside the density as `OUTCAR`: Z_val (its ZVAL) where no POTCAR "
+        "gives them, and the declared charge of the cell (its NELECT).",
+    ),
+    "cp2k_input": dict(
+        valid_type=orm.SinglefileData,
+        required=False,
+        help="The CP2K input that wrote a cube density, copied beside it as `cp2k.inp`: Z_val (the -qN of each "
+        "kind's GTH POTENTIAL) and the declared charge (CHARGE).",
     ),
 }
+#: The file name each valence input gets beside the density in the working directory.
+VALENCE_FILES = {"potcar": "POTCAR", "outcar": "OUTCAR", "cp2k_input": "cp2k.inp"}
 
 #: name -> keyword arguments of ``spec.output``.
 OUTPUTS: dict[str, dict] = {
@@ -109,6 +130,16 @@ EXIT_CODES: tuple[ExitCodeSpec, ...] = (
         306, "ERROR_ENGINE_KILLED",
         "The engine process was stopped by a signal before it wrote results.json ({details}): out of memory, "
         "wall time, or killed by hand?", True,
+    ),
+    ExitCodeSpec(
+        307, "ERROR_INVALID_VALENCE",
+        "The valence count does not add up (Z_val per element and its source, Σ Z_val − N, the declared charge), "
+        "or a Z_val is outside 0 < Z_val <= Z: {details}",
+    ),
+    ExitCodeSpec(
+        308, "ERROR_IMPLAUSIBLE_CHARGES",
+        "The fit gave impossible charges (a population below −0.05 e, a net charge above Z_val or below −8 e): "
+        "{details}",
     ),
     ExitCodeSpec(
         400, "ERROR_NOT_CONVERGED",

@@ -375,7 +375,20 @@ def launch_fit(ctx, density, host, structure, max_iterations, **kw):
         common["overrides"]["max_iterations"] = max_iterations
     builder = _build(OptDdapBaseWorkChain, _density_node(density), host=_density_node(host) if host else None,
                      structure=orm.load_node(structure) if structure else None, **common)
+    if not host:
+        for name, node in valence_nodes(density).items():
+            builder.fit[name] = node
     _launch(builder, daemon, wait, timeout)
+
+
+def valence_nodes(density: str) -> dict:
+    """The files beside the density file ``density`` that the engine takes Z_val and the declared charge from,
+    stored as SinglefileData for ``optddap.fit``'s ``potcar``/``outcar`` (VASP files) or ``cp2k_input`` (cubes),
+    so that the CalcJob resolves Z_val as ``optddap fit`` does on the same folder; {} for a node identifier."""
+    from ..workflows.dataset import valence_files
+
+    path = pathlib.Path(density)
+    return {kind: node.store() for kind, node in valence_files(path).items()} if path.is_file() else {}
 
 
 @launch.command("difference")
@@ -481,9 +494,8 @@ def launch_dataset(ctx, sources, group_label, output_group, **kw):
     common = _common(kw, fit_path=("optddap", "fit"))
     if output_group:
         common["overrides"]["output_group"] = output_group
-    items = []
-    for source in sources:
-        items.append(_density_node(source) if pathlib.Path(source).is_file() else source)
+    # files as paths: optddap.dataset stores each with the POTCAR/OUTCAR or CP2K input beside it (input `valence`)
+    items = [str(pathlib.Path(source)) if pathlib.Path(source).is_file() else source for source in sources]
     builder = _build(ChargeDatasetWorkChain, group_label if group_label else items, **common)
     _launch(builder, daemon, wait, timeout)
 

@@ -33,6 +33,8 @@ DEFAULT_GATES = {
 
 #: Where Z_val may come from inside a dataset (engine/zval.py sources); the others are the fallback table.
 TRUSTED_ZVAL_SOURCES = ("user", "POTCAR", "OUTCAR")
+#: The source of a Z_val read from the CP2K input beside a cube (``CP2K input (GTH-PBE-q9)``), trusted too.
+CP2K_ZVAL_SOURCE = "CP2K input"
 
 
 def check_gates(gates: dict | None) -> dict:
@@ -56,10 +58,11 @@ def zval_problem(attributes: dict) -> str | None:
     sources = attributes.get("zval_source")
     if not sources:
         return "no Z_val source recorded (fit it with Z_val from a POTCAR, an OUTCAR or the user)"
-    untrusted = {element: source for element, source in sources.items() if source not in TRUSTED_ZVAL_SOURCES}
+    untrusted = {element: source for element, source in sources.items()
+                 if source not in TRUSTED_ZVAL_SOURCES and not source.startswith(CP2K_ZVAL_SOURCE)}
     if untrusted:
         listed = ", ".join(f"{element} from {source}" for element, source in sorted(untrusted.items()))
-        return (f"Z_val {listed}: a dataset takes Z_val only from a POTCAR, an OUTCAR or the user "
+        return (f"Z_val {listed}: a dataset takes Z_val only from a POTCAR, an OUTCAR, a CP2K input or the user "
                 "(zval input)")
     return None
 

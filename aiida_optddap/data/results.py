@@ -158,6 +158,11 @@ def output_parameters(results: dict) -> dict:
         "device": results.get("device"),
         "warnings": [str(w) for w in results.get("warnings") or []],
         "total_magnetic_moment": finite_or_none((results.get("spin") or {}).get("total_moment")),
+        "zval_guessed": list((results.get("zval") or {}).get("guessed") or []),
+        "total_charge": finite_or_none((results.get("total_charge") or {}).get("value")),
+        "total_charge_source": (results.get("total_charge") or {}).get("source"),
+        "implausible_populations": _clean(list(results.get("implausible_populations") or [])),
+        "n_implausible_populations": len(results.get("implausible_populations") or []),
     }
     for stage, seconds in (results.get("timings") or {}).items():
         out[f"timings_{stage}"] = finite_or_none(seconds)

@@ -26,25 +26,22 @@ MIN_NET_CHARGE = -8.0
 IMPLAUSIBLE = "implausible charges: "
 
 
-def check_density_sign(density: Density, expected_electrons: float | None = None) -> None:
-    """Refuse a grid that is mostly negative (any format), or whose integral disagrees in sign with
-    ``expected_electrons`` (Σ Z_val − declared charge, when known); VASP files must also pass
-    :func:`~aiida_optddap.engine.density.check_charge_density` (a LOCPOT is refused there)."""
+def check_density_sign(density: Density) -> None:
+    """Refuse a grid that is mostly negative (negative values hold more than :data:`MOSTLY_NEGATIVE` of
+    Σ|value|) or whose integral is not positive — an electron count is — whatever the format (cubes
+    included); VASP files must also pass :func:`~aiida_optddap.engine.density.check_charge_density` (a LOCPOT
+    is refused there). A mean ≤ 0 makes the grid mostly negative, so one test covers both."""
     if density.metadata.get("format") == "chgcar":
         check_charge_density(density)
     grid = density.grid
     total = float(np.abs(grid).sum())
-    negative = float(-grid[grid < 0].sum()) / total if total > 0 else 0.0
+    negative = float(-grid[grid < 0].sum()) / total if total > 0 else 1.0
     mean = float(grid.mean())
-    if negative > MOSTLY_NEGATIVE:
+    if negative > MOSTLY_NEGATIVE or not mean > 0:
         raise DensityError(
-            f"{density.source}: not a charge density: negative values hold {100 * negative:.0f} % of Σ|value| "
-            f"(grid mean {mean:.4g} e); a sign-flipped or signed (spin, difference) density? "
-            "(for Δρ use `optddap diff`)")
-    if expected_electrons is not None and expected_electrons > 0 and not mean > 0:
-        raise DensityError(
-            f"{density.source}: not a charge density: the grid integrates to {mean:.4g} e but the valence "
-            f"count expects {expected_electrons:.4g} electrons")
+            f"{density.source}: not a charge density: the grid integrates to {mean:.4g} e (an electron count is "
+            f"positive) and negative values hold {100 * negative:.0f} % of Σ|value|; a sign-flipped or signed "
+            "(spin, difference) density? (for Δρ use `optddap diff`)")
 
 
 def declared_charges(density: Density, total_charge: float | None = None) -> list[tuple[float, str]]:
@@ -147,11 +144,9 @@ def prepare_valence(density: Density, zval=None, *, total_charge: float | None =
     """
     from .zval import resolve_zval
 
+    check_density_sign(density)
     if not isinstance(zval, ZvalInfo):
         zval = resolve_zval(density, user=zval, guess=guess_zval)
     if zval is None:
-        check_density_sign(density)
         return None, None if total_charge is None else {"value": float(total_charge), "source": "--total-charge"}
-    declared = declared_charges(density, total_charge)
-    check_density_sign(density, float(zval.per_atom(density.symbols).sum()) - (declared[0][0] if declared else 0.0))
-    return zval, check_valence(density, zval, declared)
+    return zval, check_valence(density, zval, declared_charges(density, total_charge))

@@ -27,6 +27,10 @@ OOM_MARKER = "CUDA out of memory"  # exit 4
 #: whatever words the message holds: a file may be called ``nan_CHGCAR``, a grid may hold NaN).
 NUMERICAL_PREFIX = "Error: numerical failure:"  # exit 5
 SINGULAR_MARKER = ": A is singular"  # exit 5 of the lagrange solver on a singular matrix (410 rather than 304)
+#: Exit-1 lines (``Error: <file>: <marker>…``) of the engine's valence and charge checks (engine/zval.py
+#: INVALID_VALENCE, engine/checks.py IMPLAUSIBLE): 307 and 308 rather than 302.
+VALENCE_MARKER = ": invalid valence: "
+IMPLAUSIBLE_MARKER = ": implausible charges: "
 #: The engine's line when a catchable signal (SIGTERM, SIGHUP, SIGINT) stopped it (exit 128 + n).
 SIGNAL_PREFIX = "Error: terminated by signal"
 #: What a shell, SLURM or the kernel writes to the *scheduler's* stderr when a job step dies of a signal:
@@ -59,7 +63,8 @@ def _strip_error(line: str) -> str:
 def classify_stderr(stderr: str) -> tuple[str, str] | None:
     """``(exit-code label, details)`` for a failure the engine reported on stderr, or None.
 
-    Follows the CLI's contract: exit 1 ``Error: <file>: <problem>`` (302, whatever the problem's words); exit
+    Follows the CLI's contract: exit 1 ``Error: <file>: <problem>`` (302; 307 for ``<file>: invalid valence:
+    …``, 308 for ``<file>: implausible charges: …``); exit
     2 click usage error (305); exit 3 no CUDA device (440); exit 4 CUDA out of memory (430); exit 5
     ``Error: numerical failure: <file>: <problem>`` (410 for ``A is singular``, else 304); exit 128 + n
     ``Error: terminated by signal <name>`` (306).
@@ -88,6 +93,10 @@ def _classify(stderr: str) -> tuple[str, str] | None:
         if SINGULAR_MARKER in text:
             return "ERROR_ILL_CONDITIONED", text
         return "ERROR_NUMERICAL_FAILURE", text
+    if VALENCE_MARKER in text:
+        return "ERROR_INVALID_VALENCE", text
+    if IMPLAUSIBLE_MARKER in text:
+        return "ERROR_IMPLAUSIBLE_CHARGES", text
     return "ERROR_DENSITY_UNREADABLE", text
 
 
@@ -104,7 +113,7 @@ class OptDdapParser(Parser):
     """Parse the retrieved folder of an ``optddap.fit`` calculation.
 
     Order of checks: without results.json, the failure the engine reported on stderr (440, 430, 305, 306,
-    410, 304, 302), else a signal named in the scheduler's stderr (306), else 300; then results.json readability (301); then — with all outputs attached — structure
+    410, 304, 307, 308, 302), else a signal named in the scheduler's stderr (306), else 300; then results.json readability (301); then — with all outputs attached — structure
     (303), charge conservation (420), conditioning (410), non-finite optimisation (304) and convergence
     (400).
     """
@@ -139,6 +148,7 @@ class OptDdapParser(Parser):
             self.out(name, node)
         for warning in results.get("warnings") or []:
             self.logger.warning(f"engine: {warning}")
+        # paper/classic/custom keep impossible populations and flag them (output_parameters: implausible_populations)
 
         parameters = self.node.inputs.parameters.get_dict() if "parameters" in self.node.inputs else {}
 

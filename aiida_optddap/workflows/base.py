@@ -10,6 +10,8 @@ code   label                        handler
 302    ERROR_DENSITY_UNREADABLE     no restart (the same input fails again): exit 320 with the engine's message
 303    ERROR_STRUCTURE_MISMATCH     as 302
 305    ERROR_INVALID_COMMAND_LINE   as 302
+307    ERROR_INVALID_VALENCE        as 302
+308    ERROR_IMPLAUSIBLE_CHARGES    as 302
 =====  ===========================  ===========================================================================
 
 Any other failure ends the work chain with aiida-core's 401/402, whose message carries the last calculation's own
@@ -158,9 +160,12 @@ class OptDdapBaseWorkChain(ProtocolMixin, ExplainedFailureMixin, BaseRestartWork
     # ------------------------------------------------------------------ handlers
     @process_handler(priority=700, exit_codes=[OptDdapCalculation.exit_codes.ERROR_DENSITY_UNREADABLE,
                                                OptDdapCalculation.exit_codes.ERROR_STRUCTURE_MISMATCH,
-                                               OptDdapCalculation.exit_codes.ERROR_INVALID_COMMAND_LINE])
+                                               OptDdapCalculation.exit_codes.ERROR_INVALID_COMMAND_LINE,
+                                               OptDdapCalculation.exit_codes.ERROR_INVALID_VALENCE,
+                                               OptDdapCalculation.exit_codes.ERROR_IMPLAUSIBLE_CHARGES])
     def handle_input_rejected(self, node):
-        """The engine refused the density, structure or command line: stop with its message (no restart)."""
+        """The engine refused the density, structure, command line, valence count or charges: stop with its message
+        (no restart)."""
         summary = child_summary(node)
         self.report(f"the engine refused the input, not restarting: {summary}")
         return ProcessHandlerReport(do_break=True, exit_code=self.exit_codes.ERROR_INPUT_REJECTED.format(child=summary))

@@ -129,7 +129,7 @@ def dataset_sources(value) -> dict:
         return {"densities": {_link_label(str(k)): density_node(v) for k, v in value.items()}}
     if not isinstance(value, (list, tuple)):
         value = [value]
-    densities, sources = {}, []
+    densities, sources, valence = {}, [], {}
     for item in value:
         if isinstance(item, orm.SinglefileData) or (isinstance(item, (str, pathlib.Path))
                                                     and pathlib.Path(item).is_file()):
@@ -138,6 +138,8 @@ def dataset_sources(value) -> dict:
             while label in densities:
                 label += "_"
             densities[label] = node
+            if not isinstance(item, orm.SinglefileData):
+                valence.update({f"{label}_{kind}": file for kind, file in valence_files(item).items()})
         elif isinstance(item, orm.Node):
             if not item.is_stored:
                 raise ValueError(f"{type(item).__name__} sources must be stored")
@@ -149,6 +151,8 @@ def dataset_sources(value) -> dict:
     found = {}
     if densities:
         found["densities"] = densities
+    if valence:
+        found["valence"] = valence
     if sources:
         found["sources"] = orm.List(sources)
     if not found:
@@ -216,6 +220,10 @@ class ChargeDatasetWorkChain(ProtocolMixin, WorkChain):
                    help="PKs or UUIDs of density files, VASP work chains, optddap.vasp work chains or ChargesData.")
         spec.input("group", valid_type=orm.Str, required=False, serializer=orm.to_aiida_type,
                    help="Label of a Group holding such nodes.")
+        spec.input_namespace("valence", valid_type=orm.SinglefileData, dynamic=True, required=False,
+                             help="The files beside a density of `densities` that give its Z_val and declared "
+                                  "charge, as `<label>_potcar`, `<label>_outcar` or `<label>_cp2k_input`: passed to "
+                                  "its fit (optddap.fit's inputs of those names).")
         spec.expose_inputs(OptDdapBaseWorkChain, namespace="optddap", exclude=FIT_EXCLUDE)
         spec.input("max_concurrent", valid_type=orm.Int, default=lambda: orm.Int(4), serializer=orm.to_aiida_type,
                    validator=_validate_max_concurrent, help="Fits running at the same time, at most.")
@@ -259,6 +267,9 @@ class ChargeDatasetWorkChain(ProtocolMixin, WorkChain):
         nodes: list[tuple[str | None, orm.Node]] = []
         for label, node in sorted((self.inputs.get("densities") or {}).items()):
             nodes.append((label, node))
+        given = dict(self.inputs.get("valence") or {})
+        valence = {label: {kind: given[f"{label}_{kind}"].pk for kind in VALENCE_KINDS if f"{label}_{kind}" in given}
+                   for label in self.inputs.get("densities") or {}}
         for identifier in self.inputs.sources.get_list() if "sources" in self.inputs else []:
             nodes.append((None, orm.load_node(identifier)))
         if "group" in self.inputs:
@@ -270,6 +281,7 @@ class ChargeDatasetWorkChain(ProtocolMixin, WorkChain):
 
         items, skipped, seen, labels = [], [], set(), set()
         for label, node in nodes:
+            given_label = label
             if node.uuid in seen:
                 continue
             seen.add(node.uuid)
@@ -283,7 +295,8 @@ class ChargeDatasetWorkChain(ProtocolMixin, WorkChain):
                 skipped.append({"label": label, "pk": node.pk, "reason": entry["reason"]})
                 self.report(f"skipping {label}: {entry['reason']}")
                 continue
-            entry.update(label=label, source=node.pk, state="done" if entry["kind"] == "charges" else "pending")
+            entry.update(label=label, source=node.pk, state="done" if entry["kind"] == "charges" else "pending",
+                         valence=valence.get(given_label) or {})
             items.append(entry)
         if not items:
             return self.exit_codes.ERROR_NO_SOURCES.format(
@@ -308,6 +321,8 @@ class ChargeDatasetWorkChain(ProtocolMixin, WorkChain):
     def _frame_zval(self, item) -> dict:
         """Z_val (element → e) of a pending frame: the user's, else its VASP run's OUTCAR; {} when unknown."""
         user = self.inputs.optddap.fit.zval.get_dict() if "zval" in self.inputs.optddap.fit else {}
+        if item.get("valence"):
+            return {**valence_zval(item["valence"]), **user}
         if user or item["kind"] != "vasp" or not self.inputs.zval_from_outcar.value:
             return user
         try:
@@ -364,6 +379,8 @@ class ChargeDatasetWorkChain(ProtocolMixin, WorkChain):
             inputs.fit.parameters = orm.Dict({**given, **self.ctx.joint_fit_parameters})
         if item.get("structure"):
             inputs.fit.structure = orm.load_node(item["structure"])
+        for kind, pk in (item.get("valence") or {}).items():  # the files beside the density: Z_val as `launch fit`
+            inputs.fit[kind] = orm.load_node(pk)
         if item["kind"] == "vasp" and "zval" not in inputs.fit and self.inputs.zval_from_outcar.value:
             try:
                 zval, reason = self._outcar_zval(item)
@@ -482,3 +499,48 @@ def _zval_for(zval: orm.Dict, density: orm.SinglefileData) -> orm.Dict:
 
 class _SourceError(Exception):
     """A source that cannot be fitted (reported, the source is marked failed)."""
+
+
+#: The inputs of ``optddap.fit`` that carry the files beside a density (calculations/ports.py VALENCE_FILES).
+VALENCE_KINDS = ("potcar", "outcar", "cp2k_input")
+
+
+def valence_files(path) -> dict:
+    """``{kind: SinglefileData}`` (unstored) of the POTCAR/OUTCAR beside a VASP density file, or the CP2K input
+    beside a cube: what the engine takes Z_val and the declared charge from (engine/zval.py)."""
+    import pathlib
+
+    from ..engine.io import cp2k_input_beside, detect_format, find_beside
+
+    path = pathlib.Path(path)
+    if detect_format(path) == "cube":
+        found = {"cp2k_input": cp2k_input_beside(path)}
+    else:
+        found = {"potcar": find_beside(path, "POTCAR"), "outcar": find_beside(path, "OUTCAR")}
+    return {kind: orm.SinglefileData(file.resolve(), filename=file.name, label=file.name,
+                                     description=f"beside {path.resolve()}")
+            for kind, file in found.items() if file is not None}
+
+
+def valence_zval(valence: dict) -> dict:
+    """Z_val (element → e) from a frame's valence files (PKs by kind), by the engine's precedence: POTCAR, then
+    OUTCAR, then CP2K input; {} when none gives them."""
+    import tempfile
+
+    from ..engine.io import read_cp2k_input, read_outcar_header, read_potcar, split_species_label
+
+    for kind in VALENCE_KINDS:
+        if kind not in valence:
+            continue
+        node = orm.load_node(valence[kind])
+        with tempfile.TemporaryDirectory() as folder, node.open(mode="rb") as handle:
+            copy = f"{folder}/{node.filename}"
+            with open(copy, "wb") as target:
+                target.write(handle.read())
+            if kind == "potcar":
+                return {element: zval for _, element, zval in read_potcar(copy)}
+            if kind == "outcar":
+                header = read_outcar_header(copy)
+                return {split_species_label(label)[0]: zval for label, zval in zip(header.labels, header.zvals)}
+            return dict(read_cp2k_input(copy).zvals)
+    return {}

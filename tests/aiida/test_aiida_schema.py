@@ -53,7 +53,12 @@ def test_several_errors_reported_together():
 def test_zval_validation():
     assert validate_zval({"Na": 7, "Cl": 7.0}) is None
     assert "`Xx` is not an element symbol" in validate_zval({"Xx": 1})
-    assert "`Na`: the valence must be a positive number" in validate_zval({"Na": -1})
+    assert "`Na`: invalid valence -1, outside 0 < Z_val <= 11" in validate_zval({"Na": -1})
+    assert "`Na`: invalid valence 100, outside 0 < Z_val <= 11 (its atomic number)" in validate_zval({"Na": 100})
+    assert "`Na`: the valence must be a number" in validate_zval({"Na": "seven"})
+    assert cli_arguments({"guess_zval": True, "total_charge": -1}) == [
+        "--definition", "auto", "--guess-zval", "--total-charge", "-1"]
+    assert "--guess-zval" not in cli_arguments({"guess_zval": False})
     assert "non-empty" in validate_zval({})
 
 
