@@ -20,8 +20,8 @@ Definitions, over the P sample points x_p (uniform sub-grid points, equal weight
 * rms = √(mean_p Δ_p²), reported in meV (i.e. mV × e: eV per unit charge);
 * RRMS = rms / √(mean_p (φ_DFT(x_p) − mean_p φ_DFT)²): 0 is exact, 1 is no better than a constant;
 * ESP-optimal charges: the q minimising Σ_p Δ_p² with Σ q = the total charge (the density's net charge),
-  solved in the complement of (1, …, 1) by SVD least squares (minimum norm along directions the points do
-  not determine, e.g. buried atoms of a slab). No charge set of point charges at the nuclei can do better at
+  solved in the complement of (1, …, 1) by the normal equations (minimum norm along directions the points
+  do not determine, e.g. buried atoms of a slab). No charge set of point charges at the nuclei can do better at
   these points, so their RRMS is the lower bound.
 """
 
@@ -59,21 +59,35 @@ def compare(sampling: Sampling, charges, *, widths=None, columns: np.ndarray | N
             "n_points": sampling.n_points, "total_charge": float(q.sum())}
 
 
+#: Directions of the normal matrix with eigenvalues below this fraction of the largest are left at the uniform
+#: split (minimum norm): the points do not determine them (buried atoms of a slab).
+EIGENVALUE_CUTOFF = 1e-12
+
+
 def esp_optimal(sampling: Sampling, total_charge: float = 0.0, *, widths=None,
                 columns: np.ndarray | None = None) -> np.ndarray:
     """The least-squares charges (e) of the potential at the sample points with Σ q = ``total_charge`` and a
-    free constant (module docstring)."""
+    free constant (module docstring).
+
+    Solved in the complement of (1, …, 1) through the (n − 1)² normal matrix and its eigendecomposition
+    (:data:`EIGENVALUE_CUTOFF`). Normal equations, not SVD of the (P, n) matrix: 0.07 s against 0.75 s for
+    46 000 points × 99 atoms on one thread, 1.3 s against 5–8 s on two busy cores (numpy 2.4, OpenBLAS); the
+    synthetic tests recover exact charges to 1e-12 e this way.
+    """
     from scipy.linalg import null_space
 
     a = columns if columns is not None else unit_potentials(sampling, widths)
     n = a.shape[1]
-    a = a - a.mean(axis=0)
-    y = sampling.values - sampling.values.mean()
     start = np.full(n, total_charge / n)
     if n == 1:
         return start
     basis = null_space(np.ones((1, n)))  # (n, n − 1), orthonormal
-    z = np.linalg.lstsq(a @ basis, y - a @ start, rcond=None)[0]
+    centred = a - a.mean(axis=0)
+    gram = centred.T @ centred
+    right = basis.T @ (centred.T @ (sampling.values - sampling.values.mean()) - gram @ start)
+    values, vectors = np.linalg.eigh(basis.T @ gram @ basis)
+    keep = values > EIGENVALUE_CUTOFF * values.max()
+    z = vectors[:, keep] @ ((vectors[:, keep].T @ right) / values[keep])
     return start + basis @ z
 
 
