@@ -80,8 +80,8 @@ def choose_joint_parameters(densities: Sequence[Density], zval: dict, mode: str 
     """
     from .fit import FitOptions
 
-    if mode not in JOINT_MODES:
-        raise ValueError(f"joint mode {mode!r}: use one of {', '.join(JOINT_MODES)}")
+    if mode not in (modes := definitions.joint_modes()):  # the registry now (JOINT_MODES: at import)
+        raise ValueError(f"joint mode {mode!r}: use one of {', '.join(modes)}")
     densities = list(densities)
     values = {element: float(value) for element, value in zval.items()}
     missing = sorted({s for d in densities for s in d.symbols} - set(values))
