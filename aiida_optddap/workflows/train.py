@@ -4,15 +4,15 @@
 code   label                   handler
 =====  ======================  ================================================================================
 310    ERROR_OUT_OF_MEMORY     halve ``batch_size`` and ``valid_batch_size`` (also for the scheduler's 110);
-                               at batch size 1 it gives up (exit 401)
+                               at batch size 1 it gives up (exit 410)
 311    ERROR_NAN_LOSS          halve ``lr`` (MACE's default 0.01) and clip gradients (``clip_grad`` 10 unless
-                               set); restart from scratch; below 1e-5 it gives up (exit 402)
+                               set); restart from scratch; below 1e-5 it gives up (exit 411)
 312    ERROR_OUT_OF_WALLTIME   resume from the checkpoints of the interrupted run (``parent_folder`` →
                                ``restart_latest``; also for the scheduler's 120)
 =====  ======================  ================================================================================
 
-Other failures (300 missing output, 320 a traceback) end the work chain with aiida-core's 402, whose message
-carries the calculation's own (``MaceTrainCalculation<pk> [status] message``, :mod:`.failures`).
+Other failures (300 missing output, 320 a traceback) end the work chain with aiida-core's 402 (401 after
+``max_iterations`` runs), whose message carries the calculation's own (``MaceTrainCalculation<pk> [status] message``, :mod:`.failures`).
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ class MaceTrainBaseWorkChain(ExplainedFailureMixin, BaseRestartWorkChain):
             ),
             cls.results,
         )
-        spec.exit_code(401, "ERROR_OUT_OF_MEMORY_AT_BATCH_SIZE_ONE",
+        spec.exit_code(410, "ERROR_OUT_OF_MEMORY_AT_BATCH_SIZE_ONE",
                        message="Training ran out of memory with batch size 1.")
-        spec.exit_code(402, "ERROR_NAN_LOSS_UNRECOVERABLE",
+        spec.exit_code(411, "ERROR_NAN_LOSS_UNRECOVERABLE",
                        message="The loss stayed NaN down to a learning rate of {lr:g}.")
 
     def setup(self):

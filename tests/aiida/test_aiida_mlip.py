@@ -246,14 +246,14 @@ def test_restart_handlers(generate_workchain, train_node, aiida_code_installed, 
     assert report.do_break is True and report.exit_code.status == 0
     assert process.ctx.inputs.parameters["batch_size"] == 2 and process.ctx.inputs.parameters["valid_batch_size"] == 2
     process.ctx.inputs.parameters = orm.Dict({"batch_size": 1})
-    assert process.handle_out_of_memory(failed(110)).exit_code.status == 401
+    assert process.handle_out_of_memory(failed(110)).exit_code.status == 410
 
     report = process.handle_nan_loss(failed(codes.ERROR_NAN_LOSS.status))
     assert report.exit_code.status == 0
     assert process.ctx.inputs.parameters["lr"] == pytest.approx(0.005)
     assert process.ctx.inputs.parameters["clip_grad"] == 10.0
     process.ctx.inputs.parameters = orm.Dict({"lr": 1.5e-5})
-    assert process.handle_nan_loss(failed(311)).exit_code.status == 402
+    assert process.handle_nan_loss(failed(311)).exit_code.status == 411
 
     node = failed(codes.ERROR_OUT_OF_WALLTIME.status)
     report = process.handle_out_of_walltime(node)

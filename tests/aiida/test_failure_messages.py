@@ -137,3 +137,14 @@ def test_unhandled_failure_names_the_calculation(generate_workchain, generate_ca
     assert exit_code.message.startswith("The process failed with an unhandled failure: ")
     assert f"<{node.pk}> [420] The populations do not add up to the electron count: 8.1 e" in exit_code.message
 
+
+
+@pytest.mark.parametrize("entry_point", ["optddap.base", "optddap.mace_train_base", "optddap.vasp",
+                                         "optddap.difference", "optddap.dataset", "optddap.mlip"])
+def test_exit_statuses_are_unique(entry_point):
+    """One exit status, one meaning: a work chain's own codes do not reuse aiida-core's (401, 402: the restart
+    work chains' maximum iterations and unhandled failure)."""
+    if entry_point in ("optddap.vasp", "optddap.difference"):
+        pytest.importorskip("aiida_vasp")
+    statuses = [code.status for code in WorkflowFactory(entry_point).spec().exit_codes.values()]
+    assert len(statuses) == len(set(statuses)), sorted(statuses)
