@@ -1,11 +1,12 @@
-"""aiida_optddap.validation: the potential of charges against references, exact synthetic potentials in CP2K's and
-VASP's conventions, ``optddap esp`` and its one-line errors.
+"""aiida_optddap.validation: the potential of charges against references, exact synthetic potentials in CP2K's
+and VASP's conventions, ``optddap esp`` and its one-line errors.
 
-The synthetic potentials are made here independently of the package: Gaussian charge blobs sampled on the grid in
-real space (images summed), Poisson's equation solved by numpy FFT (G = 0 dropped, as in DFT codes), written as a
-CP2K V_HARTREE cube (Hartree, sign of the electrons' potential) or, through pymatgen, as a LOCPOT (eV, an
-electron's potential energy). Outside 1.4 × the vdW radii (≥ 1.68 Å from any nucleus) the blobs (widths ≤ 0.4 Å)
-act as point charges to erfc(4.2) = 3e-9 relative, so the least-squares charges recover the net charges.
+The synthetic potentials are made here independently of the package: Gaussian charge blobs sampled on the
+grid in real space (nearest image), Poisson's equation solved by numpy FFT (G = 0 dropped, as in DFT codes),
+written as a CP2K V_HARTREE cube (Hartree, sign of the electrons' potential) or, through pymatgen, as a LOCPOT
+(eV, an electron's potential energy). Outside 1.4 × the vdW radii (≥ 1.68 Å from any nucleus) the blobs
+(widths ≤ 0.4 Å) act as point charges to erfc(4.2) = 3e-9 relative, so the least-squares charges recover the
+net charges.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def poisson(cell, rho) -> np.ndarray:
     """The zero-mean periodic potential (V) of the charge density ``rho`` (e/Å³) by FFT."""
     recip = 2 * np.pi * np.linalg.inv(cell).T
     m = [np.fft.fftfreq(n) * n for n in rho.shape]
-    g = m[0][:, None, None, None] * recip[0] + m[1][None, :, None, None] * recip[1] + m[2][None, None, :, None] * recip[2]
+    g = (m[0][:, None, None, None] * recip[0] + m[1][None, :, None, None] * recip[1]
+         + m[2][None, None, :, None] * recip[2])
     g2 = np.einsum("...i,...i->...", g, g)
     g2[0, 0, 0] = 1.0
     spectrum = 4 * np.pi * K * np.fft.fftn(rho) / g2
@@ -69,7 +71,7 @@ def molecule():
 
 
 def write_cube(path, cell, symbols, positions, values, zval=None) -> None:
-    """A Gaussian cube (bohr; CP2K's layout with more digits than CP2K's %12.6f, so that the test is exact)."""
+    """A Gaussian cube (bohr; CP2K's layout, more digits than CP2K's %12.6f so that the test is exact)."""
     from ase.data import atomic_numbers
 
     lines = ["CP2K-like cube written by tests/validation/test_esp.py", "synthetic"]
@@ -77,7 +79,8 @@ def write_cube(path, cell, symbols, positions, values, zval=None) -> None:
     for n, row in zip(values.shape, cell):
         lines.append(f"{n:5d} " + " ".join(f"{x / BOHR / n:.12f}" for x in row))
     for symbol, position, charge in zip(symbols, positions, zval or [0.0] * len(symbols)):
-        lines.append(f"{atomic_numbers[symbol]:5d} {charge:.6f} " + " ".join(f"{x / BOHR:.12f}" for x in position))
+        coordinates = " ".join(f"{x / BOHR:.12f}" for x in position)
+        lines.append(f"{atomic_numbers[symbol]:5d} {charge:.6f} {coordinates}")
     body = values.reshape(-1, values.shape[2])
     text = "\n".join(lines) + "\n" + "\n".join(" ".join(f"{v:.10e}" for v in row) for row in body) + "\n"
     path.write_text(text)
@@ -89,7 +92,8 @@ def cp2k_files(molecule, tmp_path_factory):
     phi, electrons = molecule
     folder = tmp_path_factory.mktemp("cp2k")
     write_cube(folder / "h2o-v_hartree-1_0.cube", CELL, SYMBOLS, POSITIONS, -phi / HARTREE, list(Z))
-    write_cube(folder / "h2o-ELECTRON_DENSITY-1_0.cube", CELL, SYMBOLS, POSITIONS, electrons * BOHR**3, list(Z))
+    write_cube(folder / "h2o-ELECTRON_DENSITY-1_0.cube", CELL, SYMBOLS, POSITIONS, electrons * BOHR**3,
+               list(Z))
     return folder / "h2o-v_hartree-1_0.cube", folder / "h2o-ELECTRON_DENSITY-1_0.cube"
 
 
@@ -97,10 +101,10 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-# ------------------------------------------------------------------------------------- the kernel vs references
+# --------------------------------------------------------------------------------- the kernel vs references
 def test_potential_matches_torchpme_ewald():
-    """At 20 sample points of a triclinic, charged cell: twice torch-pme's Ewald potential of zero-charge probes
-    (torch-pme returns ½φ, E = Σ q φ; both drop G = 0, i.e. a neutralising background)."""
+    """At 20 sample points of a triclinic, charged cell: twice torch-pme's Ewald potential of zero-charge
+    probes (torch-pme returns ½φ, E = Σ q φ; both drop G = 0, i.e. a neutralising background)."""
     import torch
     from ase.neighborlist import primitive_neighbor_list
     from torchpme import CoulombPotential, EwaldCalculator
@@ -109,7 +113,8 @@ def test_potential_matches_torchpme_ewald():
     cell = np.array([[9.0, 0, 0], [1.0, 10.0, 0], [0.5, 0.3, 11.0]])
     positions = np.array([[2.0, 3, 4], [5, 5.5, 6], [7.0, 2, 9]])
     q = np.array([0.7, -0.2, -0.3])
-    potential = Potential(cell=cell, symbols=["Na", "Cl", "O"], positions=positions, values=np.ones((36, 40, 44)))
+    potential = Potential(cell=cell, symbols=["Na", "Cl", "O"], positions=positions,
+                          values=np.ones((36, 40, 44)))
     sampling = sample_outside(potential, spacing=0.25)
     phi = esp.charge_potential(sampling, q)
     pick = np.random.default_rng(1).choice(sampling.n_points, 20, replace=False)
@@ -117,25 +122,27 @@ def test_potential_matches_torchpme_ewald():
     charges = torch.tensor(np.concatenate([q, np.zeros(20)])[:, None])
     smearing, x = 1.0, 6.5
     calculator = EwaldCalculator(CoulombPotential(smearing=smearing, prefactor=K), full_neighbor_list=True,
-                                 lr_wavelength=2 * math.pi * smearing / (math.sqrt(2) * x)).to(dtype=torch.float64)
+                                 lr_wavelength=2 * math.pi * smearing / (math.sqrt(2) * x))
+    calculator = calculator.to(dtype=torch.float64)
     i, j, shifts = primitive_neighbor_list("ijS", (True,) * 3, cell, every, math.sqrt(2) * x * smearing)
     distances = torch.linalg.norm(torch.tensor(every[j] - every[i] + shifts @ cell), dim=-1)
     n_max = np.ceil(math.sqrt(2) * x / smearing * np.linalg.norm(cell, axis=1) / (2 * math.pi)).astype(int)
     kvectors = generate_kvectors_for_ewald(ns=torch.tensor(2 * n_max + 1), cell=torch.tensor(cell))
     half = calculator.forward(charges=charges, cell=torch.tensor(cell), positions=torch.tensor(every),
-                              neighbor_indices=torch.tensor(np.stack([i, j], 1)), neighbor_distances=distances,
-                              kvectors=kvectors).numpy().ravel()[3:]
+                              neighbor_indices=torch.tensor(np.stack([i, j], 1)),
+                              neighbor_distances=distances, kvectors=kvectors).numpy().ravel()[3:]
     assert np.abs(phi[pick] - 2 * half).max() < 1e-10
     assert np.abs(phi[pick]).max() > 0.1
 
 
 def test_rock_salt_madelung():
-    """At a cation site of rock salt (Gaussians of 0.05 Å, so the site is finite): −M k/r₀ plus the Gaussian's own
-    2k/(√π w); M = 1.7475645946 (engine.coulomb.MADELUNG_ROCKSALT)."""
+    """At a cation site of rock salt (Gaussians of 0.05 Å, so the site is finite): −M k/r₀ plus the Gaussian's
+    own 2k/(√π w); M = 1.7475645946 (engine.coulomb.MADELUNG_ROCKSALT)."""
     from aiida_optddap.engine.coulomb import MADELUNG_ROCKSALT
 
     a, w = 5.64, 0.05
-    frac = np.array([[0, 0, 0], [0, .5, .5], [.5, 0, .5], [.5, .5, 0], [.5, 0, 0], [0, .5, 0], [0, 0, .5], [.5, .5, .5]])
+    frac = np.array([[0, 0, 0], [0, .5, .5], [.5, 0, .5], [.5, .5, 0],
+                     [.5, 0, 0], [0, .5, 0], [0, 0, .5], [.5, .5, .5]])
     q = np.array([1.0] * 4 + [-1.0] * 4)
     potential = Potential(cell=np.eye(3) * a, symbols=["Na"] * 4 + ["Cl"] * 4, positions=frac * a,
                           values=np.zeros((24, 24, 24)))
@@ -147,16 +154,17 @@ def test_rock_salt_madelung():
 
 
 def _pair_residual(length: float) -> tuple[float, float]:
-    """(largest |φ − φ_open − φ_field − c|, largest |φ_field − c|) in V, within 4.5 Å of a ±0.5 e pair of 0.3 Å
-    Gaussians 1 Å apart in a cube of ``length`` Å; φ_field = −(4πk/3V) p·r, the tin-foil field of the periodic
-    dipoles."""
+    """(largest |φ − φ_open − φ_field − c|, largest |φ_field − c|) in V, within 4.5 Å of a ±0.5 e pair of
+    0.3 Å Gaussians 1 Å apart in a cube of ``length`` Å; φ_field = −(4πk/3V) p·r, the tin-foil field of the
+    periodic dipoles."""
     from scipy.special import erf
 
     width, centre = 0.3, np.full(3, length / 2)
     positions = centre + np.array([[0.5, 0, 0], [-0.5, 0, 0]])
     q = np.array([0.5, -0.5])
     n = int(round(2 * length))
-    potential = Potential(cell=np.eye(3) * length, symbols=["H", "H"], positions=positions, values=np.zeros((n,) * 3))
+    potential = Potential(cell=np.eye(3) * length, symbols=["H", "H"], positions=positions,
+                          values=np.zeros((n,) * 3))
     sampling = sample_outside(potential, outer_scale=3.3, spacing=0.5)
     points = sampling.points
     assert np.linalg.norm(points - centre, axis=1).max() <= 4.5
@@ -169,8 +177,8 @@ def _pair_residual(length: float) -> tuple[float, float]:
 
 
 def test_neutral_pair_against_open_boundary():
-    """The open-boundary potential plus the periodic dipoles' uniform field and a constant; what is left are the
-    images' higher multipole terms, O(r³/L⁵): they fall by (40/30)⁵ from a 30 Å to a 40 Å box."""
+    """The open-boundary potential plus the periodic dipoles' uniform field and a constant; what is left are
+    the images' higher multipole terms, O(r³/L⁵): they fall by (40/30)⁵ from a 30 Å to a 40 Å box."""
     small, field = _pair_residual(30.0)
     large, _ = _pair_residual(40.0)
     assert small < 3e-4 < field / 10  # the periodic correction is resolved, 20× the remainder
@@ -185,7 +193,7 @@ def test_unit_potentials_are_the_columns():
     assert columns.shape == (sampling.n_points, 3)
 
 
-# ------------------------------------------------------------------------------------------ exact synthetic data
+# ------------------------------------------------------------------------------------- exact synthetic data
 def test_least_squares_recovers_the_charges(molecule):
     phi, _ = molecule
     potential = Potential(cell=CELL, symbols=SYMBOLS, positions=POSITIONS, values=phi)
@@ -206,8 +214,10 @@ def test_least_squares_recovers_the_charges(molecule):
 
 
 def test_sampling_outside_the_spheres_with_images():
-    """An atom near a cell face excludes points across the face (periodic images); outer_scale keeps a shell."""
-    potential = Potential(cell=np.eye(3) * 8.0, symbols=["O"], positions=[[0.1, 4.0, 4.0]], values=np.ones((40,) * 3))
+    """An atom near a cell face excludes points across the face (periodic images); outer_scale keeps a
+    shell."""
+    potential = Potential(cell=np.eye(3) * 8.0, symbols=["O"], positions=[[0.1, 4.0, 4.0]],
+                          values=np.ones((40,) * 3))
     sampling = sample_outside(potential, spacing=0.2)
     points = sampling.points
     delta = points - potential.positions[0]
@@ -262,7 +272,7 @@ def test_dipoles_of_a_pair_and_a_slab():
     assert bulk.kind == "bulk" and charge_dipole(bulk, slab[:2] % 4.0, [1, -1]) is None
 
 
-# -------------------------------------------------------------------------------------------------- the command
+# ---------------------------------------------------------------------------------------------- the command
 def test_command_recovers_charges_and_density_dipole(cp2k_files, tmp_path):
     hartree, density = cp2k_files
     out = tmp_path / "esp.json"
@@ -314,7 +324,8 @@ def test_chgcar_and_mismatched_density(cp2k_files, molecule, tmp_path):
     hartree, density = cp2k_files
     _, electrons = molecule
     structure = Structure(Lattice(CELL), SYMBOLS, POSITIONS, coords_are_cartesian=True)
-    Chgcar(Poscar(structure), {"total": electrons * np.prod(np.diag(CELL))}).write_file(str(tmp_path / "CHGCAR"))
+    chgcar = Chgcar(Poscar(structure), {"total": electrons * np.prod(np.diag(CELL))})
+    chgcar.write_file(str(tmp_path / "CHGCAR"))
     one_line_error(invoke("esp", tmp_path / "CHGCAR"), "CHGCAR", "charge density")
     moved = POSITIONS.copy()
     moved[1, 0] += 0.3
@@ -322,7 +333,8 @@ def test_chgcar_and_mismatched_density(cp2k_files, molecule, tmp_path):
     one_line_error(invoke("esp", hartree, "--density", tmp_path / "moved.cube", "--zval", "O=6,H=1"),
                    "moved.cube", "atom 2")
     one_line_error(invoke("esp", hartree, "--charges", "short=0.1,-0.1"), "short", "2 charges for 3 atoms")
-    one_line_error(invoke("esp", hartree, "--charges", f"bad={tmp_path / 'none.json'}"), "none.json", "not found")
+    one_line_error(invoke("esp", hartree, "--charges", f"bad={tmp_path / 'none.json'}"), "none.json",
+                   "not found")
     assert invoke("esp", hartree, "--charges", "noequals").exit_code == 2
 
 
@@ -334,8 +346,9 @@ def test_broken_plugin_keeps_help(monkeypatch):
 
     def entry_points(**kwargs):
         if kwargs.get("group") == "optddap.commands":
-            return [importlib.metadata.EntryPoint("broken", "aiida_optddap.no_such_module:cmd", "optddap.commands"),
-                    *real(**kwargs)]
+            broken = importlib.metadata.EntryPoint("broken", "aiida_optddap.no_such_module:cmd",
+                                                   "optddap.commands")
+            return [broken, *real(**kwargs)]
         return real(**kwargs)
 
     monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
