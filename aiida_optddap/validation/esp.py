@@ -27,6 +27,8 @@ Definitions, over the P sample points x_p (uniform sub-grid points, equal weight
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from .dipole import charge_dipole, debye, density_dipole, dipole_frame
@@ -35,9 +37,11 @@ from .kernel import charge_potential, potentials, unit_potentials  # noqa: F401
 from .potential import Potential, PotentialError, check_same_atoms, load_potential  # noqa: F401
 from .sampling import SPACING, VDW_SCALE, Sampling, sample_outside
 
-__all__ = ["ESP_OPTIMAL", "compare", "esp_optimal", "evaluate"]
+__all__ = ["DIPOLE_RATIO_MIN", "ESP_OPTIMAL", "compare", "esp_optimal", "evaluate"]
 #: Name of the least-squares set in :func:`evaluate`'s report.
 ESP_OPTIMAL = "ESP-optimal"
+#: Smallest density dipole (D) a charge set's dipole is divided by (``dipole_ratio``; e.g. symmetric slabs: none).
+DIPOLE_RATIO_MIN = 0.05
 
 
 def _reference_rms(sampling: Sampling) -> float:
@@ -116,7 +120,7 @@ def _set_report(name, q, sampling, columns, frame, density_d) -> dict:
     dipole = charge_dipole(frame, sampling.potential.positions, q)
     if dipole is not None:
         row["dipole_D"] = debye(dipole).tolist()
-        if density_d is not None and np.linalg.norm(density_d) > 0:
+        if density_d is not None and np.linalg.norm(density_d) >= DIPOLE_RATIO_MIN:
             along = np.dot(debye(dipole), density_d) / np.dot(density_d, density_d)
             row["dipole_ratio"] = float(along)  # projection on the density's dipole, 1 = equal
     return row
@@ -146,7 +150,7 @@ def evaluate(potential: Potential, charge_sets: dict, *, density=None, zval=None
         check_count(name, np.asarray(q), len(potential.symbols), potential.source)
     if density is not None:
         check_same_atoms(potential, density)
-    values = getattr(zval, "values", zval)
+    values = zval if zval is None or isinstance(zval, Mapping) else zval.values  # a ZvalInfo
     zval_per_atom = None
     if values is not None:
         missing = [s for s in dict.fromkeys(potential.symbols) if s not in values]

@@ -272,6 +272,28 @@ def test_dipoles_of_a_pair_and_a_slab():
     assert bulk.kind == "bulk" and charge_dipole(bulk, slab[:2] % 4.0, [1, -1]) is None
 
 
+def test_slab_through_evaluate():
+    """An asymmetric two-layer slab with vacuum along c: the charges come back, and the density's normal dipole
+    (electrons + Z_val cores) is that of the net charges."""
+    from aiida_optddap.engine.density import Density
+
+    cell, shape = np.diag([4.0, 4.0, 20.0]), (40, 40, 200)
+    positions = np.array([[0, 0, 8.0], [2, 2, 8.0], [0, 0, 10.1], [2, 2, 10.1]])
+    z, q = np.array([2.0, 6.0, 6.0, 2.0]), np.array([1.2, -1.1, -0.9, 0.8])
+    electrons = gaussians(cell, shape, positions, z - q, [0.4] * 4)
+    phi = poisson(cell, gaussians(cell, shape, positions, z, [CORE_WIDTH] * 4) - electrons)
+    symbols = ["Mg", "O", "O", "Mg"]
+    density = Density(cell=cell, symbols=symbols, positions=positions, grid=electrons * 320.0)
+    report = esp.evaluate(Potential(cell=cell, symbols=symbols, positions=positions, values=phi), {"exact": q},
+                          density=density, zval={"Mg": 2.0, "O": 6.0})
+    best, exact = report["sets"]
+    assert np.abs(np.array(best["charges"]) - q).max() < 1e-6 and exact["rrms"] < 1e-6
+    assert report["dipole"]["kind"] == "slab" and report["total_charge"]["value"] == 0.0
+    normal = q @ (positions[:, 2] - positions[:, 2].mean()) / DEBYE
+    assert report["dipole"]["density_D"] == pytest.approx([normal], rel=1e-6)
+    assert exact["dipole_D"] == pytest.approx([normal], rel=1e-6)  # (ASE's Debye: CODATA 2014)
+
+
 # ---------------------------------------------------------------------------------------------- the command
 def test_command_recovers_charges_and_density_dipole(cp2k_files, tmp_path):
     hartree, density = cp2k_files
