@@ -360,6 +360,23 @@ def test_chgcar_and_mismatched_density(cp2k_files, molecule, tmp_path):
     assert invoke("esp", hartree, "--charges", "noequals").exit_code == 2
 
 
+def test_charge_files(tmp_path):
+    from aiida_optddap.validation.charges import parse_charge_option, read_charges
+
+    (tmp_path / "results.json").write_text(json.dumps({"net_charges": [0.5, -0.5], "populations": [1, 2]}))
+    (tmp_path / "plain.txt").write_text("# Bader\n0.25, -0.25  # two atoms\n")
+    (tmp_path / "diff.json").write_text(json.dumps({"net_charges": None}))
+    (tmp_path / "words.txt").write_text("Na 0.5\n")
+    assert read_charges(tmp_path / "results.json").tolist() == [0.5, -0.5]
+    assert read_charges(tmp_path / "plain.txt").tolist() == [0.25, -0.25]
+    assert parse_charge_option("x=0.1,-0.1")[1].tolist() == [0.1, -0.1]
+    assert parse_charge_option(f"r={tmp_path / 'results.json'}")[0] == "r"
+    for name, words in (("diff.json", "null"), ("words.txt", "expected numbers"), ("none.txt", "not found")):
+        with pytest.raises(PotentialError, match=words) as caught:
+            read_charges(tmp_path / name)
+        assert str(caught.value).startswith(str(tmp_path / name)) and "\n" not in str(caught.value)
+
+
 def test_broken_plugin_keeps_help(monkeypatch):
     """A command of the optddap.commands group that cannot be imported is listed and fails in one line."""
     import importlib.metadata
