@@ -74,9 +74,9 @@ def check_valence(density: Density, zval: ZvalInfo, declared: list[tuple[float, 
     it, or "neutral"}``.
 
     Raises:
-        DensityError: ``invalid valence: …`` naming every element, its Z_val and its source, when Σ Z_val − N
-            is more than :data:`VALENCE_TOLERANCE` from an integer, differs from the declared charge, or is a
-            charge (≠ 0) that nothing declared.
+        ~aiida_optddap.engine.density.DensityError: ``invalid valence: …`` naming every element, its Z_val and
+            its source, when Σ Z_val − N is more than :data:`VALENCE_TOLERANCE` from an integer, differs from
+            the declared charge, or is a charge (≠ 0) that nothing declared.
     """
     n = density.n_electrons
     excess = float(zval.per_atom(density.symbols).sum() - n)
@@ -111,7 +111,8 @@ def implausible_populations(results: dict) -> list[dict]:
 
 def check_populations(results: dict, definition: str) -> None:
     """Record :func:`implausible_populations` as ``results["implausible_populations"]``; for a definition
-    that does not only flag them (``Definition.flags_implausible``, engine/definitions.py), refuse them instead (DensityError ``implausible charges: …``)."""
+    that does not only flag them (``Definition.flags_implausible``, engine/definitions.py), refuse them instead
+    (DensityError ``implausible charges: …``)."""
     found = implausible_populations(results)
     results["implausible_populations"] = found
     if not found:

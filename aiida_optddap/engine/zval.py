@@ -31,7 +31,9 @@ import numpy as np
 from ase.data import atomic_numbers
 
 from .density import Density
-from .io import cp2k_input_beside, find_beside, read_cp2k_input, read_outcar_header, read_potcar, split_species_label
+from .io import (
+    cp2k_input_beside, find_beside, read_cp2k_input, read_outcar_header, read_potcar, split_species_label,
+)
 
 # newest PBE sets first: the summary disagrees between sets only for a few GW potentials
 _FUNCTIONAL_ORDER = ("PBE_64", "PBE_54", "PBE_52", "PBE")
@@ -159,7 +161,8 @@ def _from_cp2k(path, elements: list[str]) -> dict[str, tuple[float, str]] | None
     if found is None:
         return None
     record = read_cp2k_input(found)
-    return {el: (record.zvals[el], f"CP2K input ({record.potentials[el]})") for el in elements if el in record.zvals}
+    return {el: (record.zvals[el], f"CP2K input ({record.potentials[el]})")
+            for el in elements if el in record.zvals}
 
 
 def _from_files(path, elements: list[str]) -> dict[str, tuple[float, str]] | None:

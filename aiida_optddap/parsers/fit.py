@@ -113,7 +113,8 @@ class OptDdapParser(Parser):
     """Parse the retrieved folder of an ``optddap.fit`` calculation.
 
     Order of checks: without results.json, the failure the engine reported on stderr (440, 430, 305, 306,
-    410, 304, 307, 308, 302), else a signal named in the scheduler's stderr (306), else 300; then results.json readability (301); then — with all outputs attached — structure
+    410, 304, 307, 308, 302), else a signal named in the scheduler's stderr (306), else 300; then results.json
+    readability (301); then — with all outputs attached — structure
     (303), charge conservation (420), conditioning (410), non-finite optimisation (304) and convergence
     (400).
     """
