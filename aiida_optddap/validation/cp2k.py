@@ -344,3 +344,26 @@ def density_dipole_debye(cube: Path, zval: dict) -> list[float] | None:
         return None
     dipole, _ = density_dipole(frame, density, [zval[s] for s in density.symbols])
     return debye(dipole).tolist()
+
+
+def classic_vs_cp2k(record: dict, data: Path) -> dict:
+    """CP2K's printed DDAPC against the package's ``classic`` fit, the core-subtracted fit, Bader and the
+    ESP-optimal charges, judged by the potential outside the atoms, for one ESP-set record (data/<name>.json).
+
+    Returns :func:`aiida_optddap.validation.esp.evaluate`'s report plus ``max_abs_dev_cp2k`` (e) of the
+    core-subtracted fit from CP2K's printed charges and ``core_populations`` (e per atom).
+    """
+    from aiida_optddap.engine.io import read_density
+
+    from .esp import evaluate, load_potential
+
+    density = read_density(Path(data) / record["density"]["cube"])
+    r_loc = {s: r * BOHR_A for s, r in record["r_loc_bohr"].items()}
+    own = cp2k_full_ddapc(density, record["zval"], r_loc)
+    sets = {"CP2K DDAPC (printed)": record["ddapc_charges"], "core-subtracted fit": own["full"],
+            "classic (valence only)": own["valence_only"], "Bader": record["bader"]["net_charges"]}
+    report = evaluate(load_potential(Path(data) / record["hartree"]["cube"]), sets, density=density,
+                      zval=record["zval"])
+    report["max_abs_dev_cp2k"] = float(np.abs(np.subtract(own["full"], record["ddapc_charges"])).max())
+    report["core_populations"] = own["core_populations"]
+    return report

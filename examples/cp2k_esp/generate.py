@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ from ase.build import molecule
 from aiida_optddap.validation import cp2k
 
 HERE = Path(__file__).resolve().parent
-MOLECULES = {"nh3": "NH3", "formamide": "HCONH2", "acetonitrile": "CH3CN", "h2o": "H2O"}
+MOLECULES = {"nh3": "NH3", "acetamide": "CH3CONH2", "acetonitrile": "CH3CN", "h2o": "H2O"}
 SLABS = {"mgo_001": ("Mg", "O", 4.21), "lif_001": ("Li", "F", 4.03)}
 BOX, LAYERS, VACUUM = 10.5, 4, 15.0  # Å (CP2K grid 128³ at 400 Ry), layers of the slabs, Å of vacuum
 
@@ -80,7 +81,7 @@ def run(name: str) -> dict:
 
 
 def post_process(name: str) -> dict:
-    """Re-read runs/<name>/cp2k.out, add the density's dipole and the Bader charges of CP2K's full-grid
+    """Re-read runs/<name>/cp2k.out, add the GTH r_loc (bohr), the density's dipole and the Bader charges of CP2K's full-grid
     density (runs/<name>/) and of the committed sub-grid cube to data/<name>.json.
 
     The full grid is the Bader reference: on a 0.16 Å sub-grid the shallow density maximum of a GTH hydrogen
@@ -90,6 +91,8 @@ def post_process(name: str) -> dict:
     for key in ("dipole_debye", "dipole_e_angstrom"):
         record.pop(key, None)
     record.update(cp2k.parse_output((HERE / "runs" / name / "cp2k.out").read_text(), len(record["symbols"])))
+    potentials = Path(os.environ.get("CP2K_DATA_DIR", "/usr/share/cp2k")) / "GTH_POTENTIALS"
+    record["r_loc_bohr"] = {s: cp2k.gth_core(potentials, s, record["kinds"][s][1])[1] for s in record["zval"]}
     full = HERE / "runs" / name / f"{name}-ELECTRON_DENSITY-1_0.cube"
     record["dipole_debye"] = cp2k.density_dipole_debye(full, record["zval"])
     zval = [record["zval"][s] for s in record["symbols"]]
