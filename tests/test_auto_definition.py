@@ -31,7 +31,7 @@ def nacl():
 @pytest.fixture(scope="module")
 def namgf3():
     density = read_density(NAMGF3)
-    return density, resolve_zval(density, path=NAMGF3)
+    return density, resolve_zval(density, path=NAMGF3, guess=True)  # no POTCAR beside it
 
 
 def _same_charges(a: dict, b: dict) -> None:
@@ -115,7 +115,8 @@ def test_cli_default_is_auto_and_names_the_model(tmp_path):
     assert "definition auto (species)" in result.output
     data = json.loads(out.read_text())
     assert data["charge_definition"] == "auto" and data["charge_model"] == "species"
-    fallback = CliRunner().invoke(main, ["fit", str(NAMGF3), "--device", "cpu", "-o", str(tmp_path / "n.json")])
+    fallback = CliRunner().invoke(main, ["fit", str(NAMGF3), "--guess-zval", "--device", "cpu", "-o",
+                                          str(tmp_path / "n.json")])
     assert fallback.exit_code == 0, fallback.output
     assert "auto: restrained model because the species model cannot place Mg, Na" in " ".join(fallback.output.split())
 

@@ -56,7 +56,7 @@ def h2_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("h2")
     out, plots = folder / "results.json", folder / "plots"
     result = invoke("fit", H2, "--definition", "paper", "--steps", 6, "--starts", 2, "-o", out, "--plot", plots,
-                    "--device", "cpu")
+                    "--device", "cpu", "--guess-zval")  # Z_val of H from pymatgen's POTCAR summary (no POTCAR)
     return result, out, plots
 
 
