@@ -180,7 +180,7 @@ def test_species_model_flags_namgf3_as_unusable():
     if not path.is_file():
         pytest.skip(f"missing {path}")
     density = read_density(path)
-    result = fit_species(density, dict(resolve_zval(density).values))
+    result = fit_species(density, dict(resolve_zval(density, guess=True).values))
     assert sorted(result.at_bound) == ["Mg", "Na"] and not result.usable
 
 
