@@ -14,12 +14,13 @@ Gaussian of width a ≥ w:
 
 k = e²/(4πε₀) = 14.3996 eV·Å (``engine.coulomb.COULOMB_EV_A``); potentials are in V (eV per e).
 
-Why not torch-pme: its calculators return the potential at particles (probes of zero charge would do), but
-the least squares needs one column per atom at 10⁵–10⁶ points. Ewald's reciprocal sum at each probe costs
-points × G vectors per atom (10⁵ × 10⁴ × 100 atoms), and PME interpolates the mesh potential at the probes to
-~1e-6 relative, short of the exact synthetic tests (charges recovered to 1e-8). On the sub-grid the long-range
-part is one FFT per atom and exact at the points. torch-pme's Ewald sum at a few probes is the independent
-reference of the tests (tests/validation/test_esp.py).
+Why not torch-pme: its calculators return the potential at particles, so probes of zero charge would do, but
+the least squares needs one column per atom at 10⁴–10⁶ points. Measured on the CP2K water of examples/cp2k_esp
+(31 443 points, one charge set, 2 busy cores): torch-pme 0.5's PMECalculator (probes, atom–probe neighbour
+pairs) took 1.4 s for a largest error of 1.8e-5 relative (smearing 1 Å, mesh 0.5 Å, 4 nodes), 4.1 s for 2.7e-7
+(0.25 Å, 6 nodes), 11 s for 4e-9 (smearing 0.7 Å, 0.15 Å); this module 0.005–0.02 s at ~1e-13. Ewald's sum
+(exact) costs points × G vectors per atom. torch-pme's Ewald sum at a few probes is the independent reference
+of the tests (tests/validation/test_esp.py).
 """
 
 from __future__ import annotations
