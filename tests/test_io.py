@@ -122,7 +122,7 @@ def test_t1_round_trip_triclinic(tmp_path):
     # index [ix, iy, iz] holds the value at (ix/N1) a + (iy/N2) b + (iz/N3) c: x runs fastest in the file
     assert density.grid[3, 5, 7] == pytest.approx(field()[3, 5, 7], rel=1e-10)
     assert density.potcar_labels is None and density.nelect is None
-    assert density.metadata == {"format": "chgcar", "title": "synthetic", "n_blocks": 1}
+    assert density.metadata == {"format": "chgcar", "title": "synthetic", "n_blocks": 1, "path": str(path.resolve())}
     assert detect_format(path) == "chgcar"
 
 
@@ -386,7 +386,8 @@ def test_cube_units_and_origin(tmp_path):
     expected = (np.array([xyz for _, xyz in CUBE_ATOMS]) - origin) * Bohr
     np.testing.assert_allclose(density.positions, expected, atol=1e-12)
     assert density.symbols == ("Na", "Cl")
-    assert density.metadata == {"format": "cube", "origin": pytest.approx(tuple(np.array(origin) * Bohr))}
+    assert density.metadata == {"format": "cube", "origin": pytest.approx(tuple(np.array(origin) * Bohr)),
+                                "path": str(path.resolve())}
     assert detect_format(path) == "cube"
 
 

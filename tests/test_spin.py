@@ -79,8 +79,8 @@ def test_default_definition_and_cli_table(spin_chgcar, tmp_path):
     the magnetisation."""
     for definition, solver in (("auto", "species"), ("restrained", "restrained")):
         out = tmp_path / f"{definition}.json"
-        result = CliRunner().invoke(main, ["fit", str(spin_chgcar[0]), "--zval", "Na=9,Cl=7", "--definition",
-                                           definition, "-o", str(out)])
+        result = CliRunner().invoke(main, ["fit", str(spin_chgcar[0]), "--zval", "Na=9,Cl=7", "--total-charge", "8",
+                                           "--definition", definition, "-o", str(out)])  # Σ Z_val − N = 8 e
         assert result.exit_code == 0, result.output
         assert "moment (μB)" in result.output and "net moment +1.9000 μB" in result.output
         spin = json.loads(out.read_text())["spin"]

@@ -26,6 +26,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from ase.data import atomic_numbers
@@ -215,6 +216,8 @@ def resolve_zval(
         density: the density whose elements need Z_val.
         path: the density file, whose folder holds the POTCAR/OUTCAR (VASP) or CP2K input (cube); default:
             where :func:`~aiida_optddap.engine.io.read_density` read ``density`` from (``metadata["path"]``).
+            An AECCAR0 (the frozen core density) takes nothing from its folder: those Z_val count valence
+            electrons, not its core electrons.
         user: element → Z_val (electrons), or a string such as ``"Na=7,Cl=7"``; may cover some elements
             only, the others then come from the next source.
         guess: allow the fallback table (pymatgen's POTCAR summary, VASP files) for elements nothing else gives.
@@ -229,6 +232,8 @@ def resolve_zval(
     """
     elements = list(dict.fromkeys(density.symbols))
     path = path if path is not None else density.metadata.get("path")
+    if path is not None and "AECCAR0" in Path(path).name.upper():
+        path = None  # the frozen core density: the POTCAR's valence does not count its electrons
     given = parse_zval_option(user) if isinstance(user, str) else dict(user or {})
     values: dict[str, float] = {}
     source: dict[str, str] = {}
