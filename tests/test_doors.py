@@ -192,3 +192,23 @@ def test_aiida_refuses_impossible_charges_with_308_and_flags_them_for_paper(tmp_
             flagged = node.outputs.output_parameters["implausible_populations"]
             assert node.outputs.output_parameters["n_implausible_populations"] == 4
             assert {entry["symbol"] for entry in flagged} == {"Na"}
+
+
+def test_inline_fit_takes_total_charge_and_refuses_a_wrong_count_with_307(tmp_path):
+    """``optddap.fit_inline`` (in-process) checks the valence count as the CalcJob does."""
+    from aiida import orm
+    from aiida.engine import run_get_node
+
+    from aiida_optddap.calculations.inline import fit_charge_density
+
+    density = orm.SinglefileData(DATA / "H2_CHGCAR.gz")
+    parameters = {"definition": "classic"}
+    _, node = run_get_node(fit_charge_density, charge_density=density, parameters=orm.Dict(parameters),
+                           zval=orm.Dict({"H": 1}))
+    assert node.is_finished_ok and node.outputs.output_parameters["total_charge_source"] == "neutral"
+    _, node = run_get_node(fit_charge_density, charge_density=density, parameters=orm.Dict(parameters),
+                           zval=orm.Dict({"H": 0.5}))
+    assert node.exit_status == 307 and "invalid valence: Σ Z_val − N = -1.0000 e" in node.exit_message
+    _, node = run_get_node(fit_charge_density, charge_density=density,
+                           parameters=orm.Dict({**parameters, "total_charge": -1.0}), zval=orm.Dict({"H": 0.5}))
+    assert node.is_finished_ok and node.outputs.output_parameters["total_charge"] == -1.0

@@ -54,11 +54,12 @@ def _engine_report(path: pathlib.Path, parameters: dict, zval: dict | None) -> d
     if isinstance(given.get("free_parameters"), str):
         given["free_parameters"] = tuple(x.strip() for x in given["free_parameters"].split(",") if x.strip())
     fit_options = FitOptions.for_definition(options.get("definition", AIIDA_DEFAULT_DEFINITION), **given)
-    zval_info = resolve_zval(density, path=path, user=zval)
+    zval_info = resolve_zval(density, path=path, user=zval, guess=bool(parameters.get("guess_zval", False)))
     return run_fit(
         density,
         fit_options,
         zval=zval_info,
+        total_charge=parameters.get("total_charge"),
         timings=timings,
         source_format=density.metadata.get("format"),
     )
@@ -78,6 +79,10 @@ def _exit_code_for(exc: Exception) -> ExitCode | None:
             return ExitCode(410, message, "ERROR_ILL_CONDITIONED")
         return ExitCode(304, message, "ERROR_NUMERICAL_FAILURE")
     if isinstance(exc, (DensityError, ValueError)):
+        if "invalid valence: " in message:  # engine/zval.py INVALID_VALENCE, as the parser (307/308)
+            return ExitCode(307, message, "ERROR_INVALID_VALENCE")
+        if "implausible charges: " in message:
+            return ExitCode(308, message, "ERROR_IMPLAUSIBLE_CHARGES")
         return ExitCode(302, message, "ERROR_DENSITY_UNREADABLE")
     return None
 
