@@ -332,9 +332,9 @@ CP2K_ESP = Path(__file__).resolve().parents[2] / "examples" / "cp2k_esp" / "data
 
 def test_cp2k_water(tmp_path):
     """The CP2K water molecule of examples/cp2k_esp (PBE, GTH, 400 Ry; cubes on every 2nd point): the
-    ESP-optimal charges beat every other set, and the density's dipole is the one recorded from CP2K's full grid
-    (``dipole_debye``, examples/cp2k_esp/generate.py; CP2K's own ``&MOMENTS`` printout, ``dipole_cp2k_debye``,
-    is not the molecule's dipole in these boxes and is not compared)."""
+    ESP-optimal charges beat every other set, and the density's dipole is the one recorded from CP2K's full
+    grid (``dipole_debye``, examples/cp2k_esp/generate.py; CP2K's own ``&MOMENTS`` printout,
+    ``dipole_cp2k_debye``, is not the molecule's dipole in these boxes and is not compared)."""
     record = json.loads((CP2K_ESP / "h2o.json").read_text())
     zval = ",".join(f"{element}={value}" for element, value in record["zval"].items())
     inline = [f"--charges={name}={','.join(map(str, record[f'{name}_charges']))}"
