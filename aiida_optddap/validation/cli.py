@@ -55,14 +55,12 @@ def _definitions(values) -> list[str]:
 
 def _read_density(path: Path, potential, zval_text):
     """The density (atoms checked against the potential) and its Z_val (engine precedence; cube: --zval)."""
-    from ..engine.density import check_charge_density
-    from ..engine.io import detect_format, read_density
+    from ..engine.io import read_density
     from ..engine.zval import resolve_zval
-    from .potential import check_same_atoms
+    from .potential import check_is_density, check_same_atoms
 
     density = read_density(path)
-    if detect_format(path) == "chgcar":
-        check_charge_density(density)
+    check_is_density(density)
     check_same_atoms(potential, density)
     try:
         zval = resolve_zval(density, path=path, user=zval_text)

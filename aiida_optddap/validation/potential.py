@@ -101,6 +101,17 @@ def _refuse_density(path, values: np.ndarray) -> None:
                            "give the V_HARTREE cube or the LOCPOT")
 
 
+def check_is_density(density: Density) -> None:
+    """Raise :class:`PotentialError` unless ``density`` looks like a charge density: positive mean (N) and
+    under 10 % of Σ|value| negative (a potential passed as ``--density`` has about 50 %)."""
+    grid = density.grid
+    total = float(np.abs(grid).sum())
+    negative = float(-grid[grid < 0].sum()) / total if total > 0 else 1.0
+    if not grid.mean() > 0 or negative > NEGATIVE_FRACTION_LIMIT:
+        raise _error(density.source, f"not a charge density (mean {grid.mean():.4g}, {100 * negative:.0f} % of "
+                                     "Σ|value| negative): a potential? give the density of the same run")
+
+
 def _from_cube(path: Path) -> Potential:
     from ase.units import Bohr, Hartree
 

@@ -381,6 +381,7 @@ def test_chgcar_and_mismatched_density(cp2k_files, molecule, tmp_path):
     write_cube(tmp_path / "moved.cube", CELL, SYMBOLS, moved, electrons * BOHR**3)
     one_line_error(invoke("esp", hartree, "--density", tmp_path / "moved.cube", "--zval", "O=6,H=1"),
                    "moved.cube", "atom 2")
+    one_line_error(invoke("esp", hartree, "--density", hartree), "v_hartree", "not a charge density")
     one_line_error(invoke("esp", hartree, "--charges", "short=0.1,-0.1"), "short", "2 charges for 3 atoms")
     one_line_error(invoke("esp", hartree, "--charges", f"bad={tmp_path / 'none.json'}"), "none.json",
                    "not found")
