@@ -142,6 +142,9 @@ BAD_INPUTS = [
     ("--total-charge against the valence count",
      lambda f: ["fit", f.good, "--zval", "Na=7,Cl=7", "--total-charge", "1", *NO_FIT], 1,
      "declared total charge is +1 e (--total-charge)"),
+    ("diff: a sign-negated cube as the host", lambda f: ["diff", f.cube("defect.cube", f.grid),
+                                                         f.cube("host_negated.cube", -f.grid), *NO_FIT], 1,
+     "host_negated.cube: not a charge density"),
     ("impossible populations", lambda f: ["fit", f.negative_sodium("CHGCAR_negative_na"), "--zval", "Na=1,Cl=7",
                                           *NO_FIT], 1, "CHGCAR_negative_na: implausible charges: Na1 population"),
     # difference densities

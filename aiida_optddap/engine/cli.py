@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 
 from . import definitions
-from .density import DensityError, check_charge_density
+from .density import DensityError
 from .options import BY_NAME, DEFAULT_DEFINITION, OPTIONS, value_text
 
 EXIT_INPUT, EXIT_NO_CUDA, EXIT_GPU_MEMORY, EXIT_NUMERICAL = 1, 3, 4, 5
@@ -209,9 +209,10 @@ def _fit_and_write(kwargs, options, densities: list[Path], difference: bool) -> 
         formats = [detect_format(path) if kwargs["file_format"] == "auto" else kwargs["file_format"]
                    for path in densities]
         file_format = formats[0]
-        for density, kind in zip(loaded, formats):
-            if kind == "chgcar" and difference:  # run_fit checks an absolute density (engine/checks.py)
-                check_charge_density(density)
+        for density in loaded if difference else ():  # run_fit checks an absolute density itself
+            from .checks import check_density_sign
+
+            check_density_sign(density)  # each side of Δρ is a density, whatever its format
         zval = None if difference else resolve_zval(loaded[0], user=user_zval, guess=kwargs["guess_zval"])
         with _progress(kwargs["quiet"] or not options.optimize) as progress:
             common = {"progress": progress, "timings": timings, "source_format": file_format}
