@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from . import pipeline, species_definition
+from . import pipeline, shape_definition, species_definition
 from .options import BY_NAME, DEFAULT_DEFINITION, FREE_PARAMETERS, SOLVERS
 from .pipeline import JointFit  # noqa: F401 (public name: what Definition.joint returns)
 
@@ -184,14 +184,17 @@ def option_problems(options) -> list[str]:
         problems.append(f"solver must be one of {', '.join(known[:-1])} or {known[-1]}")
     if options.definition not in _REGISTRY and options.definition != "custom":
         problems.append(f"definition must be one of {', '.join(names())} or custom")
+    owners: dict[str, list[Definition]] = {}
     for definition in _REGISTRY.values():
-        runs = options.solver in definition.solvers
         for name in definition.owns:
-            if getattr(options, name) is not None and not runs:
-                problems.append(f"{name} go with the {definition.name} definition "
-                                f"(solver {'/'.join(definition.solvers)}) only")
-        if runs and definition.validate is not None and (problem := definition.validate(options)):
+            owners.setdefault(name, []).append(definition)
+        if options.solver in definition.solvers and definition.validate is not None and (
+                problem := definition.validate(options)):
             problems.append(problem)
+    for name, defs in owners.items():
+        if getattr(options, name) is not None and not any(options.solver in d.solvers for d in defs):
+            which = " or ".join(f"the {d.name} definition (solver {'/'.join(d.solvers)})" for d in defs)
+            problems.append(f"{name} go with {which} only")
     return problems
 
 
@@ -221,9 +224,17 @@ register(Definition(
     inherits=("device", "rtol", "tau"), verdict=species_definition.verdict, evidence=species_definition.evidence,
     reports=species_definition.REPORTS, spin=species_definition.fit_spin, joint=species_definition.fit_joint,
     joint_mode="species"))
-#: ``auto``, the default: the species model where it places every element (no optimised width on a bound),
-#: otherwise ``restrained`` with the options given (run_fit records the model that ran as ``charge_model`` and
-#: why as ``model_choice``); the same rule picks a dataset's joint parameters.
 register(Definition(
-    DEFAULT_DEFINITION, "species where that model places every element, else restrained", RESTRAINED,
-    candidates=("species", "restrained")))
+    "shape", "one population per atom, one radial shape per element held near a Gaussian; needs Z_val",
+    shape_definition.FIXED, stages=shape_definition.STAGES, solvers=("shape",), needs_zval=True,
+    absolute_only=True, check=shape_definition.check, validate=shape_definition.validate, owns=("species_widths",),
+    inherits=("device", "rtol", "tau", "shape_prior"), reports=shape_definition.REPORTS,
+    verdict=shape_definition.verdict, evidence=shape_definition.evidence,
+    spin=shape_definition.fit_spin, joint=shape_definition.fit_joint, joint_mode="shape"))
+#: ``auto``, the default: the shape model (docs/method.md, "The default charge model") for absolute densities
+#: with Z_val; ``restrained`` where it cannot apply or place every element: a difference density (Δρ keeps its
+#: documented definition), options of the three-Gaussian model given explicitly, a cell whose dense tables would
+#: not fit in memory, or a width on a bound of its search (``model_choice`` says which and why).
+register(Definition(
+    DEFAULT_DEFINITION, "the shape model where it applies and places every element, else restrained", RESTRAINED,
+    candidates=("shape", "restrained")))

@@ -129,9 +129,9 @@ def _run_definition(density: Density, options: FitOptions, run: dict) -> dict:
     return _with_model(_run_stages(density, options, **run), options.definition, None)
 
 
-def species_inapplicable(density: Density, options: FitOptions, zval, mode: str) -> str | None:
-    """Why the ``auto`` definition cannot try the species model on this fit (None: it can)."""
-    return definitions.get("species").applicable(density, options, zval, mode)
+def default_inapplicable(density: Density, options: FitOptions, zval, mode: str) -> str | None:
+    """Why the ``auto`` definition cannot try its first candidate (the shape model) on this fit (None: it can)."""
+    return definitions.get(definitions.default().candidates[0]).applicable(density, options, zval, mode)
 
 
 def _choose(chooser: definitions.Definition, density: Density, options: FitOptions, run: dict) -> dict:

@@ -131,8 +131,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("free_parameters", "names", ("sigma_start",), "parameters to optimise", choices=FREE_PARAMETERS,
            flag="--free"),
     Option("definition", "str", DEFAULT_DEFINITION, "charge definition"),
-    Option("species_widths", "widths", None, "fixed widths of the species definition, element → width, e.g. "
-           "Na=0.37,Cl=0.87", "Å", optional=True, unset="optimised"),
+    Option("species_widths", "widths", None, "fixed widths of the species and shape definitions, element → width, "
+           "e.g. Na=0.37,Cl=0.87", "Å", optional=True, unset="optimised"),
+    Option("shape_prior", "float", 0.2, "shape model: prior width σ_s of a shape coefficient, as a fraction of the "
+           "atom's population", gt=0),
 )
 BY_NAME = {option.name: option for option in OPTIONS}
 

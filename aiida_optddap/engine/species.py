@@ -246,7 +246,8 @@ def species_misfit(stacks: list[FrameStack], widths: np.ndarray) -> float:
     return float(sum(float(stack.misfits(widths).sum()) for stack in stacks))
 
 
-def optimise_widths(stacks: list[FrameStack], n_species: int, bounds: tuple[float, float]) -> tuple[np.ndarray, float, list]:
+def optimise_widths(stacks: list[FrameStack], n_species: int, bounds: tuple[float, float],
+                    full_grid_species: int = FULL_GRID_SPECIES) -> tuple[np.ndarray, float, list]:
     """The species widths (Å) minimising :func:`species_misfit`: grid, then Nelder–Mead in log σ (bounded)."""
     from scipy.optimize import minimize
 
@@ -264,7 +265,7 @@ def optimise_widths(stacks: list[FrameStack], n_species: int, bounds: tuple[floa
             history.append({"widths": widths.tolist(), "misfit": cache[key]})
         return cache[key]
 
-    if n_species <= FULL_GRID_SPECIES:
+    if n_species <= full_grid_species:
         best = min(itertools.product(grid, repeat=n_species), key=value)
     else:
         best = np.full(n_species, grid[SCAN_POINTS // 2])
@@ -282,7 +283,8 @@ def optimise_widths(stacks: list[FrameStack], n_species: int, bounds: tuple[floa
 
 
 def fit_species(densities, zvals, *, widths: dict[str, float] | None = None, gcut: float = SPECIES_GCUT,
-                tau: float = DEFAULT_TAU, device: str = "cpu", stacked: bool = True) -> SpeciesFit:
+                tau: float = DEFAULT_TAU, device: str = "cpu", stacked: bool = True,
+                full_grid_species: int = FULL_GRID_SPECIES) -> SpeciesFit:
     """Species-width DDAP charges of one or many frames with one width per species shared by all of them.
 
     Args:
@@ -293,6 +295,8 @@ def fit_species(densities, zvals, *, widths: dict[str, float] | None = None, gcu
         tau: the misfit increase δ = τ·F(q₀) that defines the uncertainty.
         stacked: batch frames of one cell, grid and atom order (:func:`stack_frames`); False evaluates them
             one by one (same result, the baseline of bench/joint.py).
+        full_grid_species: up to this many species the width search starts from the full grid, beyond it from
+            coordinate sweeps (:func:`optimise_widths`).
 
     Returns:
         :class:`SpeciesFit`; every frame's dict holds ``populations``, ``net_charges``, ``uncertainty``
@@ -318,7 +322,7 @@ def fit_species(densities, zvals, *, widths: dict[str, float] | None = None, gcu
     history: list[dict] = []
     with single_thread():  # (2·n_G)×atoms products (engine/threads.py)
         if widths is None:
-            w, total, history = optimise_widths(stacks, len(species), width_bounds(densities))
+            w, total, history = optimise_widths(stacks, len(species), width_bounds(densities), full_grid_species)
         else:
             w = np.array([float(widths[s]) for s in species])
             total = species_misfit(stacks, w)

@@ -1,0 +1,230 @@
+"""The ``shape`` charge definition, the default: :func:`fit` (engine/species.py, then engine/shape.py) →
+:func:`.pipeline.reconstruct`.
+
+:func:`fit` (1) optimises one Gaussian width per element on the density (the species model's width search,
+engine/species.py) at the shape model's g_c, (2) lets every element's radial shape move away from that Gaussian
+under the prior of engine/shape.py, with one population per atom, and leaves the state as the pipeline's stages
+do, so that :func:`.pipeline.reconstruct` and :func:`.pipeline.report` write an ordinary ``results.json``: the
+``radii`` are every element's ladder of :data:`.shape.MULTIPLIERS` × its width (sorted by element),
+``coefficients[α, j] = p_α·s_{e(α),k}`` on its own element's ladder and zero elsewhere (exact), ``parameters`` =
+``{"sigma_start": None, "factor": None, "n_gauss": S·K, "gcut": g_c}`` and the keys of :data:`REPORTS`. torch is
+imported inside the functions, so that the registry imports without it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .pipeline import FitState, JointFit, reconstruct, uncertainty_excess, uncertainty_summary
+
+#: The options the shape definition fixes (g_c: :data:`.shape.SHAPE_GCUT`, lowered on coarse grids).
+FIXED = {"solver": "shape", "gcut": 15.0}
+#: The width search starts from the full grid for up to this many elements, beyond from coordinate sweeps
+#: (:func:`.species.optimise_widths`): at g_c 15 Å⁻¹ the 10³ grid of a ternary costs 9 s on NaMgF₃.
+FULL_GRID_SPECIES = 2
+#: The ``results.json`` keys it adds (null for the other definitions).
+REPORTS = ("species_widths", "species_at_bound", "shape_coefficients", "shape_prior")
+
+
+@dataclass(frozen=True)
+class ShapeParameters:
+    """The shape model's parameters in the place of :class:`.ddap.Parameters`: widths (element → Å), g_c (Å⁻¹)."""
+
+    widths: dict
+    gcut: float
+    n_radii: int
+
+    def as_dict(self) -> dict:
+        return {"sigma_start": None, "factor": None, "n_gauss": self.n_radii, "gcut": self.gcut}
+
+
+@dataclass
+class WidthSearch:
+    """What :func:`.pipeline.report` reads of an optimisation: the deterministic width search and the
+    Gauss–Newton steps of the shapes have no trajectory or starts of their own."""
+
+    initial: ShapeParameters
+    history: list
+    stop_reason: str = "converged"
+
+
+def model_gcut(density, gcut: float) -> float:
+    """g_c the density's grid allows (:func:`.shape.shape_gcut`), Å⁻¹."""
+    from .gspace import box_gmax
+    from .shape import shape_gcut
+
+    return shape_gcut(box_gmax(density.cell, density.grid.shape), gcut)
+
+
+def fixed_widths(state: FitState) -> dict | None:
+    """``species_widths`` of the elements present (None: optimise them); ValueError naming a missing one."""
+    given = state.options.species_widths
+    if given is None:
+        return None
+    given = dict(given)
+    missing = [s for s in dict.fromkeys(state.density.symbols) if s not in given]
+    if missing:
+        raise ValueError(f"species_widths has no width for {', '.join(sorted(missing))}")
+    return {s: float(given[s]) for s in sorted(dict.fromkeys(state.density.symbols))}
+
+
+def fit(state: FitState) -> None:
+    """Widths, then shapes and populations; fills ``parameters``, ``fit``, ``net_charges``, ``uncertainty``."""
+    import torch
+
+    from .ddap import resolve_device
+    from .shape import ShapeData, fit_shapes
+    from .species import SpeciesEquations, fit_species, species_of
+
+    clock = time.perf_counter()
+    options, density = state.options, state.density
+    state.zval.per_atom(density.symbols)  # ValueError naming an element without Z_val
+    widths_given = fixed_widths(state)
+    state.device = resolve_device(options.device)
+    gcut = model_gcut(density, options.gcut)
+    if gcut < options.gcut:
+        state.warnings.append(f"g_c lowered from {options.gcut:g} to {gcut:.4g} Å⁻¹: the grid holds no |G| beyond "
+                              f"{gcut / 0.95:.4g} Å⁻¹ (a finer grid gives the documented model)")
+    species, index = species_of(list(density.symbols))
+    zvals = {s: float(state.zval.values[s]) for s in species}
+    base = fit_species(density, zvals, widths=widths_given, gcut=gcut, tau=options.tau, device=state.device.type,
+                       full_grid_species=FULL_GRID_SPECIES)
+    state.lap("species_widths", clock)
+    clock = time.perf_counter()
+    table = SpeciesEquations(density, gcut, state.device.type)
+    data = ShapeData.from_table(table, index)
+    widths = torch.as_tensor([base.widths[s] for s in species], dtype=torch.float64, device=table.g2.device)
+    p_ref = torch.as_tensor(base.frames[0]["populations"], dtype=torch.float64, device=table.g2.device)
+    shapes = fit_shapes(data, widths, p_ref, base.frames[0]["misfit"] * data.norm, options.shape_prior)
+    _fill(state, table, base, shapes, species, index, gcut, widths_given is None)
+    state.lap("fit", clock)
+
+
+def _fill(state: FitState, table, base, shapes, species, index, gcut: float, optimized: bool) -> None:
+    """The state :func:`.pipeline.report` reads, from the species search ``base`` and the shape fit."""
+    from .ddap import spectrum
+    from .shape import MULTIPLIERS, population_uncertainty
+    from .species import width_bounds
+
+    k = len(MULTIPLIERS)
+    spec = spectrum(shapes.population_hessian[None], state.options.rtol)
+    p = shapes.populations.cpu().numpy()
+    s = shapes.shapes.cpu().numpy()
+    radii = np.concatenate([base.widths[e] * np.asarray(MULTIPLIERS) for e in species])
+    coefficients = np.zeros((len(p), len(species) * k))
+    for atom, e in enumerate(index):
+        coefficients[atom, e * k:(e + 1) * k] = p[atom] * s[e]
+    delta = state.options.tau * shapes.misfit * table.norm
+    u = population_uncertainty(shapes, float(delta)).cpu().numpy()
+    state.problem = table  # report reads n_electrons
+    state.fit = {
+        "coefficients": coefficients, "populations": p, "radii": radii,
+        "condition_number": float(spec.condition_number[0]), "rank": int(spec.rank[0]), "n_coefficients": len(p),
+        "smallest_eigenvalues": spec.smallest[0].tolist(),
+        "unconstrained_total": float(table.n_electrons), "renormalisation": 0.0,
+        "n_gvectors": 2 * int(table.g2.shape[0]), "fit_residual": shapes.misfit, "restraint": None,
+        "uncertainty_fit": u,
+    }
+    state.net_charges = state.zval.per_atom(state.density.symbols) - p
+    state.parameters = ShapeParameters(dict(base.widths), gcut, len(radii))
+    if optimized:
+        state.bounds = _Bounds(*width_bounds([state.density]))
+        state.chosen = WidthSearch(ShapeParameters({e: None for e in species}, gcut, len(radii)), [])
+    state.optimized = optimized
+    state.reported = {"species_widths": dict(base.widths), "species_at_bound": list(base.at_bound),
+                      "shape_coefficients": {e: s[i].tolist() for i, e in enumerate(species)},
+                      "shape_prior": state.options.shape_prior}
+    _diagnose(state, u, base)
+
+
+@dataclass(frozen=True)
+class _Bounds:
+    lower: float
+    upper: float
+
+    def as_dict(self) -> dict:
+        return {"species_width": [self.lower, self.upper]}
+
+
+def _diagnose(state: FitState, u: np.ndarray, base) -> None:
+    """``uncertainty`` (the format of the other definitions) and the warnings."""
+    state.uncertainty = uncertainty_summary(
+        u, state.options.tau, "how far each population can move while the shape model's objective (misfit plus "
+        "shape prior) rises by δ = τ·F, the shapes and the other populations re-optimised, at the reported widths")
+    if base.at_bound:
+        lo, hi = state.bounds.lower if state.bounds else 0.0, state.bounds.upper if state.bounds else 0.0
+        state.warnings.append(
+            f"the width of {', '.join(base.at_bound)} sits on a bound of its search ({lo:.3g}–{hi:.3g} Å): the density "
+            "gives that element no width of its own (e.g. a cation left with a fraction of an electron), so its "
+            "population depends on the bound; compare --definition restrained")
+    if free := uncertainty_excess(u):
+        state.warnings.append(f"some populations {free} at nearly equal misfit (τ = {state.options.tau:g})")
+
+
+#: The stages of the ``shape`` definition, in order (:func:`.pipeline.report` builds the result).
+STAGES = (fit, reconstruct)
+
+
+def check(density, options, zval, mode) -> str | None:
+    """Why ``auto`` cannot run the shape model with these options: three-Gaussian options given, another restraint
+    reference, or dense tables beyond :data:`.species.MAX_TABLE_VALUES` at its g_c."""
+    from .species import MAX_TABLE_VALUES, table_values
+    from .species_definition import GAUSSIAN_MODEL_FIELDS
+
+    if options.reference not in ("auto", "neutral"):
+        return f"reference {options.reference!r} (the shape model keeps free populations on the species model's)"
+    from .options import BY_NAME
+
+    given = [name for name in GAUSSIAN_MODEL_FIELDS if getattr(options, name) != BY_NAME[name].default]
+    if given:
+        return f"options of the three-Gaussian model were given ({', '.join(given)})"
+    if table_values(density, model_gcut(density, FIXED["gcut"])) > MAX_TABLE_VALUES:
+        return (f"the cell is too large for the shape model's dense tables ({density.n_atoms} atoms at g_c "
+                f"{FIXED['gcut']:g} Å⁻¹; --definition shape forces it)")
+    return None
+
+
+def validate(options) -> str | None:
+    """The shape model keeps undetermined populations on the species model's: no other reference."""
+    if options.reference not in ("auto", "neutral"):
+        return "reference must be auto or neutral for the shape definition (its reference is the species model)"
+    return None
+
+
+def verdict(results: dict) -> tuple[bool, str]:
+    """Keep the shape model unless a width sits on a bound of its search (the density gives that element no width:
+    e.g. VASP's 1- and 2-electron Na and Mg, fully ionised); ``auto`` then runs the restrained model."""
+    if not results["species_at_bound"]:
+        return True, "the shape model places every element"
+    return False, (f"the width of {', '.join(results['species_at_bound'])} sits on a bound of its search (the density "
+                   "gives that element no width of its own)")
+
+
+def evidence(results: dict | None) -> dict:
+    """What ``model_choice`` records of an attempt: the widths (Å) and the elements on a bound."""
+    if results is None:
+        return {"widths": None, "at_bound": None}
+    return {"widths": results["species_widths"], "at_bound": results["species_at_bound"]}
+
+
+def fit_spin(state: FitState) -> dict:
+    """The magnetisation ρ↑ − ρ↓ with the species widths (engine/spin.py)."""
+    from .spin import fit_magnetisation_species
+
+    return fit_magnetisation_species(state.density, state.parameters.widths, state.parameters.gcut,
+                                     state.device.type)
+
+
+def fit_joint(densities, zval: dict, options) -> JointFit:
+    """The species widths optimised jointly over the frames at the shape model's g_c (the smallest any frame's
+    grid allows); every frame is then fitted with them (its shapes and populations its own). Not usable where a
+    width sits on a bound (:func:`verdict`)."""
+    from .species import fit_species
+
+    gcut = min(model_gcut(d, options.gcut if options.solver == "shape" else FIXED["gcut"]) for d in densities)
+    fit = fit_species(densities, zval, gcut=gcut, device=options.device, full_grid_species=FULL_GRID_SPECIES)
+    evidence = {"widths": fit.widths, "misfit": fit.misfit, "at_bound": fit.at_bound, "gcut": gcut}
+    return JointFit(evidence, {"definition": "shape", "species_widths": fit.widths}, not fit.at_bound)
