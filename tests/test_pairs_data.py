@@ -74,15 +74,15 @@ def test_species_charges_reproduce_the_molecular_dipoles(records):
 
 def test_joint_choice_on_the_pairs(records):
     """engine.joint.choose_joint_parameters (the rule of optddap.dataset's ``joint``): ``auto`` rejects the
-    species model here (the q1 Na width on its bound) and takes one σ_start; ``species`` forces it; bad input
-    fails before any fit."""
+    shape model here (the q1 Na width on its bound) and takes one σ_start; ``species`` forces that model; bad
+    input fails before any fit."""
     pytest.importorskip("torch")
     from aiida_optddap.engine.io import read_density
     from aiida_optddap.engine.joint import choose_joint_parameters
 
     densities = [read_density(DATA / f["cube"]) for f in records["frames"][:4]]
     auto = choose_joint_parameters(densities, records["zval"])
-    assert auto["model"] == "sigma_start" and auto["species"]["at_bound"] == ["Na"]
+    assert auto["model"] == "sigma_start" and auto["shape"]["at_bound"] == ["Na"]
     assert auto["fit_parameters"]["definition"] == "restrained" and auto["fit_parameters"]["optimize"] is False
     forced = choose_joint_parameters(densities, records["zval"], "species")
     assert forced["model"] == "species" and forced["fit_parameters"]["species_widths"]["Na"] == pytest.approx(1.5)

@@ -172,10 +172,12 @@ def validate_parameters(parameters: dict) -> str | None:
         message = _check_value(key, parameters[key], PARAMETER_SCHEMA[key])
         if message:
             errors.append(message)
-    for name in DEFINITIONS:  # the options only one definition reads (Definition.owns)
-        owner = definitions.get(name)
-        errors.extend(f"`{key}` goes with `definition` '{owner.name}' only" for key in owner.owns
-                      if key in parameters and parameters.get("definition") != owner.name)
+    owners: dict[str, list[str]] = {}  # the options only some definitions read (Definition.owns)
+    for name in DEFINITIONS:
+        for key in definitions.get(name).owns:
+            owners.setdefault(key, []).append(name)
+    errors.extend(f"`{key}` goes with `definition` {' or '.join(repr(n) for n in names)} only"
+                  for key, names in owners.items() if key in parameters and parameters.get("definition") not in names)
     if errors:
         return "invalid `parameters`: " + "; ".join(errors)
     return None

@@ -345,7 +345,12 @@ def _summary(results: dict, output: Path) -> None:
         r = results["restraint"]
         lines.append(f"restraint: reference {r['reference']}, τ {r['tau']:g}, strength λ {r['strength']:.3g}; "
                      "± = how far a population moves at that misfit increase (free: not fixed by the density)")
-    if widths:
+    if results.get("shape_coefficients"):
+        shapes = "   ".join(f"{el} {' '.join(f'{c:+.3f}' for c in s)}" for el, s in results["shape_coefficients"].items())
+        lines.append(f"shape model: one population per atom, one shape per element on 0.44/0.67/1/1.5 × its width "
+                     f"(prior σ_s {results['shape_prior']:g}): {shapes}; τ {results['uncertainty']['tau']:g}; ± = how "
+                     "far a population moves at that objective increase")
+    elif widths:
         lines.append(f"species model: one Gaussian per atom, one width per element; τ {results['uncertainty']['tau']:g}; "
                      "± = how far a population moves at that misfit increase (free: not fixed by the density)")
     if results.get("spin"):

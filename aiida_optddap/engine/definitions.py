@@ -170,10 +170,15 @@ def report_keys() -> tuple[str, ...]:
     return tuple(dict.fromkeys(key for d in _REGISTRY.values() for key in d.reports))
 
 
+def joint_definitions() -> tuple[Definition, ...]:
+    """The definitions with a joint fit: the default chooser's candidates first (in order), then the others."""
+    first = [get(name) for name in default().candidates if get(name).joint]
+    return (*first, *(d for d in _REGISTRY.values() if d.joint and d not in first))
+
+
 def joint_modes() -> tuple[str, ...]:
-    """``optddap.dataset``'s ``joint`` choices: the default chooser, then its candidates' joint fits."""
-    chooser = default()
-    return (chooser.name, *(get(name).joint_mode for name in chooser.candidates if get(name).joint))
+    """``optddap.dataset``'s ``joint`` choices: the default chooser, then every joint fit (its candidates' first)."""
+    return (default().name, *(d.joint_mode for d in joint_definitions()))
 
 
 def option_problems(options) -> list[str]:

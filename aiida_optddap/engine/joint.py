@@ -69,10 +69,11 @@ def fit_frames_jointly(densities: Sequence[Density], options=None, zvals: Sequen
 def choose_joint_parameters(densities: Sequence[Density], zval: dict, mode: str = "auto", device: str = "cpu") -> dict:
     """One set of fit parameters for all ``densities`` (the frames of a dataset), chosen from the frames only.
 
-    ``mode``: ``species`` — the species-width model, widths optimised jointly (:func:`.species.fit_species`);
+    ``mode``: ``shape`` — the shape model with the species widths optimised jointly (each frame its own shapes);
+    ``species`` — the species-width model, widths optimised jointly (:func:`.species.fit_species`);
     ``sigma_start`` — the restrained definition at one joint σ_start (:func:`joint_sigma_start`); ``auto`` —
-    the default definition's rule: ``species`` when that model places every element (``SpeciesFit.usable``: no
-    width on a bound), else ``sigma_start``. ``zval``: Z_val (e) of every element of the frames.
+    the default definition's rule: ``shape`` when no joint width sits on a bound, else ``sigma_start``.
+    ``zval``: Z_val (e) of every element of the frames.
 
     Returns ``{"mode", "n_frames", "model", "fit_parameters", "species"?, "sigma_start"?}``:
     ``fit_parameters`` are the options every frame is then fitted with
@@ -88,7 +89,7 @@ def choose_joint_parameters(densities: Sequence[Density], zval: dict, mode: str 
     if missing:
         raise ValueError(f"no Z_val for {', '.join(missing)}")
     joint = [d for d in map(definitions.get, definitions.default().candidates) if d.joint]
-    forced = {d.joint_mode: d for d in joint}.get(mode)
+    forced = {d.joint_mode: d for d in definitions.joint_definitions()}.get(mode)
     out: dict = {"mode": mode, "n_frames": len(densities)}
     candidates = [forced] if forced else joint
     for definition in candidates:  # the last one is kept whatever its verdict

@@ -28,16 +28,19 @@ def frames(singlefile):
     return {name: singlefile(path) for name, path in zip(FRAMES, paths)}
 
 
-def test_joint_parameters_species_and_sigma_start(frames):
-    species = joint_parameters(parameters=orm.Dict({"mode": "auto"}), zval=orm.Dict(ZVAL), **frames)
-    assert species["model"] == "species" and species["species"]["usable"]
-    widths = species["fit_parameters"]["species_widths"]
-    assert species["fit_parameters"]["definition"] == "species"
+def test_joint_parameters_shape_species_and_sigma_start(frames):
+    auto = joint_parameters(parameters=orm.Dict({"mode": "auto"}), zval=orm.Dict(ZVAL), **frames)
+    assert auto["model"] == "shape" and auto["shape"]["at_bound"] == []
+    widths = auto["fit_parameters"]["species_widths"]
+    assert auto["fit_parameters"]["definition"] == "shape"
     assert set(widths) == {"Na", "Cl"} and widths["Na"] < widths["Cl"]  # compact cation, diffuse anion
     # deterministic: the same frames give the same widths, whatever the order they are given in
-    again = joint_parameters(parameters=orm.Dict({"mode": "species"}), zval=orm.Dict(ZVAL),
+    again = joint_parameters(parameters=orm.Dict({"mode": "shape"}), zval=orm.Dict(ZVAL),
                              **dict(reversed(list(frames.items()))))
-    assert again["fit_parameters"] == species["fit_parameters"]
+    assert again["fit_parameters"] == auto["fit_parameters"]
+    species = joint_parameters(parameters=orm.Dict({"mode": "species"}), zval=orm.Dict(ZVAL), **frames)
+    assert species["model"] == "species" and species["fit_parameters"]["definition"] == "species"
+    assert species["fit_parameters"]["species_widths"]["Na"] < species["fit_parameters"]["species_widths"]["Cl"]
 
     shared = joint_parameters(parameters=orm.Dict({"mode": "sigma_start"}), zval=orm.Dict(ZVAL), **frames)
     assert shared["model"] == "sigma_start" and "species" not in shared.get_dict()
@@ -92,12 +95,12 @@ def test_dataset_rejects_an_unknown_joint_mode(optddap_code, frames):
     builder = WorkflowFactory("optddap.dataset").get_builder()
     builder.densities = frames
     builder.optddap.fit.code = optddap_code
-    with pytest.raises(ValueError, match="joint must be one of auto, species, sigma_start, none"):
+    with pytest.raises(ValueError, match="joint must be one of auto, shape, sigma_start, species, none"):
         builder.joint = orm.Str("everything")
 
 
 def test_dataset_auto_fits_rock_salt_frames_with_joint_species_widths(optddap_code, frames):
-    """auto on NaCl frames: the species model places both elements, every frame is fitted with the same widths,
+    """auto on NaCl frames: the shape model places both elements, every frame is fitted with the same widths,
     the perfect frame is determined with the right sign and the labels pass the default gates."""
     builder = WorkflowFactory("optddap.dataset").get_builder()
     builder.densities = frames
@@ -108,11 +111,11 @@ def test_dataset_auto_fits_rock_salt_frames_with_joint_species_widths(optddap_co
     results, node = run_get_node(builder)
     assert node.is_finished_ok, (node.exit_status, node.exit_message)
     joint = results["joint_parameters"]
-    assert joint["model"] == "species"
+    assert joint["model"] == "shape"
     widths = joint["fit_parameters"]["species_widths"]
     for fit in (n for n in node.called if n.process_label == "OptDdapBaseWorkChain"):
         out = fit.outputs.output_parameters.get_dict()
-        assert out["charge_definition"] == "species"
+        assert out["charge_definition"] == "shape"
         assert out["species_widths"] == pytest.approx(widths, abs=1e-12)
     dataset = results["dataset"]
     assert dataset.n_frames == len(FRAMES) and dataset.base.attributes.get("excluded") == []
