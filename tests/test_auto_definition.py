@@ -66,7 +66,7 @@ def test_shape_model_that_cannot_place_an_element_falls_back_to_restrained(namgf
     auto = run_fit(density, FitOptions(device="cpu"), zval=zval)
     assert (auto["charge_definition"], auto["charge_model"], auto["solver"]) == ("auto", "restrained", "restrained")
     assert auto["model_choice"]["at_bound"] == ["Mg", "Na"]
-    assert "width of Mg, Na sits on a bound" in auto["model_choice"]["reason"]
+    assert "width of Mg, Na sits on the upper bound" in auto["model_choice"]["reason"]
     assert auto["timings"]["shape_attempt"] > 0
     assert auto["timings"]["total"] >= auto["timings"]["shape_attempt"]
     read = run_fit(density, FitOptions(device="cpu"), zval=zval, timings={"read": 100.0})["timings"]
@@ -118,7 +118,7 @@ def test_cli_default_is_auto_and_names_the_model(tmp_path):
     fallback = CliRunner().invoke(main, ["fit", str(NAMGF3), "--guess-zval", "--device", "cpu", "-o",
                                           str(tmp_path / "n.json")])
     assert fallback.exit_code == 0, fallback.output
-    assert "auto: restrained model because the width of Mg, Na sits on a bound" in " ".join(fallback.output.split())
+    assert "auto: restrained model because the width of Mg, Na sits on the upper bound" in " ".join(fallback.output.split())
 
 
 def test_aiida_default_is_auto_and_the_model_is_queryable(singlefile):

@@ -27,12 +27,12 @@ def test_baseline_on_the_cp2k_frames(check):
 
     frames, seconds, model = check.fitted_frames()
     assert len(frames) == 39 and len(seconds) == 39  # mgo_008 (suspect) left out
-    assert model == "species"  # auto: the species model places every element of the semicore set
+    assert model == "shape"  # auto: the shape model places every element of the semicore set
     frames, summary = add_baseline(frames, charges="per_element")
     per_element = summary["per_element"]
     assert per_element["Na"]["mean"] == pytest.approx(1.086, abs=0.01)
-    assert per_element["Mg"]["mean"] == pytest.approx(1.897, abs=0.02)
-    assert max(row["std"] for row in per_element.values()) < 0.01  # smooth species-width charges
+    assert per_element["Mg"]["mean"] == pytest.approx(1.974, abs=0.02)
+    assert max(row["std"] for row in per_element.values()) < 0.01  # smooth charges (joint widths)
     for atoms in frames:
         assert abs(atoms.arrays["REF_charges"].sum()) < 1e-9
         np.testing.assert_allclose(atoms.info["SR_energy"], atoms.info["REF_energy"] - atoms.info["E_elec"])

@@ -155,11 +155,9 @@ def _diagnose(state: FitState, u: np.ndarray, base) -> None:
         u, state.options.tau, "how far each population can move while the shape model's objective (misfit plus "
         "shape prior) rises by δ = τ·F, the shapes and the other populations re-optimised, at the reported widths")
     if base.at_bound:
-        lo, hi = state.bounds.lower if state.bounds else 0.0, state.bounds.upper if state.bounds else 0.0
-        state.warnings.append(
-            f"the width of {', '.join(base.at_bound)} sits on a bound of its search ({lo:.3g}–{hi:.3g} Å): the density "
-            "gives that element no width of its own (e.g. a cation left with a fraction of an electron), so its "
-            "population depends on the bound; compare --definition restrained")
+        bounds = (state.bounds.lower, state.bounds.upper) if state.bounds else None
+        state.warnings.append(f"{_bound_reason(base.at_bound, base.widths, bounds)}; that element's population "
+                              "depends on the bound: compare --definition restrained")
     if free := uncertainty_excess(u):
         state.warnings.append(f"some populations {free} at nearly equal misfit (τ = {state.options.tau:g})")
 
@@ -199,8 +197,21 @@ def verdict(results: dict) -> tuple[bool, str]:
     e.g. VASP's 1- and 2-electron Na and Mg, fully ionised); ``auto`` then runs the restrained model."""
     if not results["species_at_bound"]:
         return True, "the shape model places every element"
-    return False, (f"the width of {', '.join(results['species_at_bound'])} sits on a bound of its search (the density "
-                   "gives that element no width of its own)")
+    return False, _bound_reason(results["species_at_bound"], results["species_widths"],
+                                (results.get("bounds") or {}).get("species_width"))
+
+
+def _bound_reason(at_bound, widths, bounds) -> str:
+    """Why a width sits on a bound: the lower one is two grid spacings (the grid cannot resolve a more compact
+    Gaussian), the upper one means the density gives that element no width of its own."""
+    low = [e for e in at_bound if bounds and widths[e] <= bounds[0] * (1 + 1e-6)]
+    high = [e for e in at_bound if e not in low]
+    parts = [f"the width of {', '.join(high)} sits on the upper bound of its search (the density gives that element "
+             "no width of its own)"] if high else []
+    if low:
+        parts.append(f"the width of {', '.join(low)} sits on the lower bound, two grid spacings ({bounds[0]:.3g} Å): "
+                     "the grid is too coarse for that element's Gaussian")
+    return "; ".join(parts)
 
 
 def evidence(results: dict | None) -> dict:
