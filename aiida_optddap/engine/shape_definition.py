@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .pipeline import FitState, JointFit, reconstruct, uncertainty_excess, uncertainty_summary
+from .species_definition import evidence, fit_spin  # noqa: F401 (the shape definition's too: the same widths and keys)
 
 #: The options the shape definition fixes (g_c: :data:`.shape.SHAPE_GCUT`, lowered on coarse grids).
 FIXED = {"solver": "shape", "gcut": 15.0}
@@ -212,21 +213,6 @@ def _bound_reason(at_bound, widths, bounds) -> str:
         parts.append(f"the width of {', '.join(low)} sits on the lower bound, two grid spacings ({bounds[0]:.3g} Å): "
                      "the grid is too coarse for that element's Gaussian")
     return "; ".join(parts)
-
-
-def evidence(results: dict | None) -> dict:
-    """What ``model_choice`` records of an attempt: the widths (Å) and the elements on a bound."""
-    if results is None:
-        return {"widths": None, "at_bound": None}
-    return {"widths": results["species_widths"], "at_bound": results["species_at_bound"]}
-
-
-def fit_spin(state: FitState) -> dict:
-    """The magnetisation ρ↑ − ρ↓ with the species widths (engine/spin.py)."""
-    from .spin import fit_magnetisation_species
-
-    return fit_magnetisation_species(state.density, state.parameters.widths, state.parameters.gcut,
-                                     state.device.type)
 
 
 def fit_joint(densities, zval: dict, options) -> JointFit:

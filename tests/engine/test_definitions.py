@@ -47,7 +47,7 @@ def test_builtins_are_registered_with_the_default_first():
     assert definitions.names() == ("auto", "restrained", "paper", "classic", "species", "shape")
     assert definitions.default().name == "auto" and definitions.default().candidates == ("shape", "restrained")
     assert tuple(DEFINITIONS) == definitions.names()
-    assert definitions.joint_modes() == ("auto", "shape", "sigma_start")
+    assert definitions.joint_modes() == ("auto", "shape", "sigma_start", "species")
     assert definitions.report_keys() == ("species_widths", "species_usable", "species_at_bound",
                                          "shape_coefficients", "shape_prior")
     assert definitions.get("shape").fixed == {"solver": "shape", "gcut": 15.0}
