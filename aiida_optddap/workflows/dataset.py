@@ -4,7 +4,8 @@ Sources, in any mix (``densities`` namespace, ``sources`` list of PKs/UUIDs, ``g
 
 * a density file (``SinglefileData``: CHGCAR/CHG/cube…) → fitted; the frame has ``REF_charges`` only;
 * a finished VASP work chain (``vasp.vasp``, ``vasp.relax``, … anything with ``chgcar`` and ``misc`` outputs)
-  → its CHGCAR is fitted (structure checked, Z_val from its OUTCAR) and its ``misc`` gives ``REF_energy``,
+  → its CHGCAR is fitted (structure checked, Z_val from its OUTCAR, which goes to the fit as ``outcar`` so
+  that its NELECT declares a charged cell) and its ``misc`` gives ``REF_energy``,
   ``REF_forces`` and ``REF_stress``;
 * a finished ``optddap.vasp`` work chain or a ``ChargesData`` → reused as is (no new fit).
 
@@ -311,12 +312,15 @@ class ChargeDatasetWorkChain(ProtocolMixin, WorkChain):
 
     # ------------------------------------------------------------------ joint parameters
     @staticmethod
-    def _outcar_zval(item) -> tuple[orm.Dict | None, str | None]:
+    def _outcar_zval(item) -> tuple[orm.Dict | None, orm.SinglefileData | None, str | None]:
         """:func:`.vasp.outcar_zval` of a VASP frame, once per frame (the joint choice and the fit share it)."""
         if "zval" not in item:
-            zval, reason = outcar_zval(orm.load_node(item["retrieved"]) if item.get("retrieved") else None)
-            item.update(zval=zval.pk if zval is not None else None, zval_reason=reason)
-        return (orm.load_node(item["zval"]) if item["zval"] is not None else None), item["zval_reason"]
+            retrieved = orm.load_node(item["retrieved"]) if item.get("retrieved") else None
+            zval, outcar, reason = outcar_zval(retrieved)
+            item.update(zval=None if zval is None else zval.pk, outcar=None if outcar is None else outcar.pk,
+                        zval_reason=reason)
+        zval, outcar = (None if item[key] is None else orm.load_node(item[key]) for key in ("zval", "outcar"))
+        return zval, outcar, item["zval_reason"]
 
     def _frame_zval(self, item) -> dict:
         """Z_val (element → e) of a pending frame: the user's, else its VASP run's OUTCAR; {} when unknown."""
@@ -326,7 +330,7 @@ class ChargeDatasetWorkChain(ProtocolMixin, WorkChain):
         if user or item["kind"] != "vasp" or not self.inputs.zval_from_outcar.value:
             return user
         try:
-            zval, _ = self._outcar_zval(item)
+            zval, _, _ = self._outcar_zval(item)
         except ValueError:  # an ambiguous OUTCAR: that frame's own fit reports it
             return {}
         return zval.get_dict() if zval is not None else {}
@@ -383,11 +387,12 @@ class ChargeDatasetWorkChain(ProtocolMixin, WorkChain):
             inputs.fit[kind] = orm.load_node(pk)
         if item["kind"] == "vasp" and "zval" not in inputs.fit and self.inputs.zval_from_outcar.value:
             try:
-                zval, reason = self._outcar_zval(item)
+                zval, outcar, reason = self._outcar_zval(item)
             except ValueError as exc:
                 raise _SourceError(f"Z_val: {exc}") from exc
             if zval is not None:
                 inputs.fit.zval = zval
+                inputs.fit.setdefault("outcar", outcar)  # beside the CHGCAR: its NELECT declares a charge
             else:
                 self.report(f"{item['label']}: {reason}, Z_val left to the engine")
         if "zval" in inputs.fit:  # one zval for a mixed dataset: each fit gets its own elements (the engine

@@ -14,7 +14,8 @@ back as the ``chgcar`` output (aiida-vasp 5.1 returns none by default):
 The fit gets the VASP output structure (relaxations) or the input structure (static runs) as ``structure``,
 so the parser checks that the CHGCAR holds those atoms (exit 303 otherwise), and the ZVAL of every POTCAR
 from the run's OUTCAR as ``zval`` (unless ``optddap.fit.zval`` is given), so net charges use the valence of
-the potentials actually used (``Fe_pv`` → 14, not the standard 8).
+the potentials actually used (``Fe_pv`` → 14, not the standard 8), with the OUTCAR itself as ``outcar``: its
+NELECT declares the charge of the cell, so a charged run (NELECT ≠ Σ ZVAL) is fitted as the CLI fits it.
 
 Exit codes: 401 the VASP work chain failed; 402 the fit failed; 450 VASP returned no CHGCAR; 451 the OUTCAR
 gives two ZVALs for one element (pass ``optddap.fit.zval``).
@@ -40,6 +41,7 @@ __all__ = (
     "chgcar_settings",
     "zval_from_outcar_text",
     "zval_from_retrieved",
+    "outcar_from_retrieved",
     "outcar_zval",
     "vasp_outputs",
     "failure_message",
@@ -133,19 +135,27 @@ def vasp_inputs_for_chgcar(inputs: AttributeDict, report=None) -> AttributeDict:
     return inputs
 
 
-def outcar_zval(retrieved) -> tuple[orm.Dict | None, str | None]:
-    """``(zval Dict via the calcfunction, None)``, ``(None, reason)`` when there is no OUTCAR, or raises
-    ValueError for an ambiguous OUTCAR."""
+def outcar_zval(retrieved) -> tuple[orm.Dict | None, orm.SinglefileData | None, str | None]:
+    """``(zval Dict, OUTCAR, None)`` via the calcfunctions, ``(None, None, reason)`` without an OUTCAR, or
+    raises ValueError for an ambiguous OUTCAR. The fit needs both: the OUTCAR's NELECT declares the charge."""
     if retrieved is None or "OUTCAR" not in retrieved.base.repository.list_object_names():
-        return None, "no OUTCAR retrieved"
+        return None, None, "no OUTCAR retrieved"
     zval_from_outcar_text(retrieved.base.repository.get_object_content("OUTCAR"))  # raises when ambiguous
-    return zval_from_retrieved(retrieved), None
+    return zval_from_retrieved(retrieved), outcar_from_retrieved(retrieved), None
 
 
 @calcfunction
 def zval_from_retrieved(retrieved: orm.FolderData) -> orm.Dict:
     """``{element: ZVAL}`` from the OUTCAR of a retrieved VASP folder (provenance: OUTCAR → zval)."""
     return orm.Dict(zval_from_outcar_text(retrieved.base.repository.get_object_content("OUTCAR")))
+
+
+@calcfunction
+def outcar_from_retrieved(retrieved: orm.FolderData) -> orm.SinglefileData:
+    """The OUTCAR of a retrieved VASP folder as a file, for the fit's ``outcar`` input (its NELECT declares
+    the charge of the cell; provenance: retrieved → OUTCAR → fit)."""
+    with retrieved.base.repository.open("OUTCAR", mode="rb") as handle:
+        return orm.SinglefileData(handle, filename="OUTCAR")
 
 
 def vasp_outputs(node) -> AttributeDict:
@@ -322,13 +332,15 @@ class VaspOptDdapWorkChain(ProtocolMixin, WorkChain):
             inputs.fit.structure = found.structure
         if "zval" not in inputs.fit and self.inputs.zval_from_outcar.value:
             try:
-                zval, reason = outcar_zval(found.retrieved)
+                zval, outcar, reason = outcar_zval(found.retrieved)
             except ValueError as exc:
                 return self.exit_codes.ERROR_AMBIGUOUS_ZVAL.format(details=str(exc))
             if zval is None:
                 self.report(f"{reason}: Z_val is left to the engine (pymatgen's POTCAR summary)")
             else:
                 inputs.fit.zval = zval
+                if "outcar" not in inputs.fit:  # beside the CHGCAR: its NELECT declares a charged cell
+                    inputs.fit.outcar = outcar
                 self.out("zval", zval)
                 self.report(f"Z_val from the OUTCAR: {zval.get_dict()}")
         node = self.submit(OptDdapBaseWorkChain, **inputs)
