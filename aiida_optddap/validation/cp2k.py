@@ -43,14 +43,14 @@ ESP_KINDS = {
 
 SCF_OT = """    &SCF
       SCF_GUESS ATOMIC
-      EPS_SCF 1.0E-7
+      EPS_SCF {eps_scf}
       MAX_SCF 60
       &OT
         MINIMIZER DIIS
         PRECONDITIONER FULL_SINGLE_INVERSE
       &END OT
       &OUTER_SCF
-        EPS_SCF 1.0E-7
+        EPS_SCF {eps_scf}
         MAX_SCF 10
       &END OUTER_SCF
       &PRINT
@@ -84,14 +84,14 @@ def zval_of(potential: str) -> int:
 
 def cp2k_input(project: str, cell, symbols, positions, kinds: dict, *, title: str, cutoff: float = 400,
                rel_cutoff: float = 50, esp: bool = True, ddapc: bool = True, forces: bool = False,
-               basis_files=("BASIS_MOLOPT",), potential_file: str = "GTH_POTENTIALS") -> str:
+               basis_files=("BASIS_MOLOPT",), potential_file: str = "GTH_POTENTIALS", eps_scf: float = 1e-7) -> str:
     """A closed-shell PBE/GTH Γ-point input (PERIODIC XYZ cell and Poisson solver).
 
     Args:
         project: CP2K PROJECT (prefix of the cubes); cell: 3×3 rows (Å); positions: Cartesian (Å).
         kinds: element → (basis set, potential). esp: write E_DENSITY_CUBE and V_HARTREE_CUBE (STRIDE 1),
         Mulliken, Hirshfeld and the dipole (&MOMENTS). ddapc: print CP2K's DDAPC (zero-strength restraint).
-        forces: RUN_TYPE ENERGY_FORCE with the forces printed; otherwise ENERGY.
+        forces: RUN_TYPE ENERGY_FORCE with the forces printed; otherwise ENERGY. eps_scf: OT and outer EPS_SCF.
     """
     coords = "\n".join(f"      {s:2s} {x:.10f} {y:.10f} {z:.10f}" for s, (x, y, z) in zip(symbols, positions))
     abc = "\n".join(f"      {k} {v[0]:.10f} {v[1]:.10f} {v[2]:.10f}" for k, v in zip("ABC", np.asarray(cell)))
@@ -127,7 +127,7 @@ def cp2k_input(project: str, cell, symbols, positions, kinds: dict, *, title: st
       PERIODIC XYZ
       POISSON_SOLVER PERIODIC
     &END POISSON
-{SCF_OT}
+{SCF_OT.format(eps_scf=f"{eps_scf:.1E}".replace("E-0", "E-"))}
     &XC
       &XC_FUNCTIONAL PBE
       &END XC_FUNCTIONAL

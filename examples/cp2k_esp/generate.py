@@ -3,8 +3,7 @@
 
 Recipe (CP2K 2023.1, Debian): PBE, GTH-PBE pseudopotentials (GTH_POTENTIALS), DZVP-MOLOPT-(SR-)GTH
 (BASIS_MOLOPT), CUTOFF 400 Ry, REL_CUTOFF 50, Γ point, closed shell, OT, PERIODIC XYZ cell and Poisson
-solver; E_DENSITY_CUBE and V_HARTREE_CUBE on CP2K's grid, subsampled by 2 (where 2 divides the grid) and
-gzipped into data/; CP2K's DDAPC, Mulliken, Hirshfeld charges and dipole into data/<name>.json;
+solver; E_DENSITY_CUBE and V_HARTREE_CUBE on CP2K's grid (molecules: every 2nd point) gzipped into data/; CP2K's DDAPC, Mulliken, Hirshfeld charges and dipole into data/<name>.json;
 Bader populations (baderkit) of the density on CP2K's full grid and on the committed cube. Unrelaxed
 geometries: ase.build.molecule (G2) for the molecules, ideal rock salt (experimental a) for the slabs. See README.md.
 
@@ -70,24 +69,31 @@ def run(name: str) -> dict:
               "zval": zval, "kinds": {s: list(cp2k.ESP_KINDS[s]) for s in zval}, "total_charge": 0,
               "n_valence_electrons": sum(zval[s] for s in symbols), "wall_seconds": round(wall, 1),
               **cp2k.parse_output(out, len(symbols))}
-    for label, suffix in (("density", "ELECTRON_DENSITY"), ("hartree", "v_hartree")):
-        full = HERE / "runs" / name / f"{name}-{suffix}-1_0.cube"
-        shape = cp2k.read_cube_text(full)[1].shape
-        stride = 2 if all(n % 2 == 0 for n in shape) else 1
-        record[label] = {"cube": f"{name}_{label}.cube.gz",
-                         **cp2k.write_strided_cube(full, HERE / "data" / f"{name}_{label}.cube.gz", stride)}
+    write_cubes(name, record)
     (HERE / "data" / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
     return post_process(name)
 
 
+def write_cubes(name: str, record: dict) -> None:
+    """data/<name>_{density,hartree}.cube.gz from CP2K's full-grid cubes: every 2nd point for the molecules
+    (128³ → 64³); the slabs keep CP2K's grid (54 in-plane points: 27 would put the sites at a/2 between grid
+    points and alias the semicore Mg density: a −0.11 D dipole for the symmetric MgO slab, asymmetric fits)."""
+    for label, suffix in (("density", "ELECTRON_DENSITY"), ("hartree", "v_hartree")):
+        full = HERE / "runs" / name / f"{name}-{suffix}-1_0.cube"
+        stride = 2 if name in MOLECULES else 1
+        record[label] = {"cube": f"{name}_{label}.cube.gz",
+                         **cp2k.write_strided_cube(full, HERE / "data" / f"{name}_{label}.cube.gz", stride)}
+
+
 def post_process(name: str) -> dict:
-    """Re-read runs/<name>/cp2k.out, add the GTH r_loc (bohr), the density's dipole and the Bader charges of CP2K's full-grid
+    """Rewrite the committed cubes, re-read runs/<name>/cp2k.out, add the GTH r_loc (bohr), the density's dipole and the Bader charges of CP2K's full-grid
     density (runs/<name>/) and of the committed sub-grid cube to data/<name>.json.
 
     The full grid is the Bader reference: on a 0.16 Å sub-grid the shallow density maximum of a GTH hydrogen
     can vanish, and the H then gets no basin (H2O: Bader H +1.00 on the committed cube, +0.56 on CP2K's grid).
     """
     record = json.loads((HERE / "data" / f"{name}.json").read_text())
+    write_cubes(name, record)
     for key in ("dipole_debye", "dipole_e_angstrom"):
         record.pop(key, None)
     record.update(cp2k.parse_output((HERE / "runs" / name / "cp2k.out").read_text(), len(record["symbols"])))
