@@ -3,7 +3,8 @@
 For every ``<name>.json``: the density cube integrates to the valence electron count, the Hartree cube
 (CP2K's V_HARTREE: electrons + Gaussian cores, zero mean over the cell) has a near-zero mean on the committed
 sub-grid, both cubes carry the record's atoms and cell, Bader populations sum to N and give the recorded
-net charges, CP2K's DDAPC/Mulliken/Hirshfeld charges sum to the total charge, and the SCF converged.
+net charges, CP2K's DDAPC/Mulliken/Hirshfeld charges sum to the total charge, and the SCF converged. Also the
+rattled LiF/KCl frames of examples/cp2k_rattled/data_lif_kcl/.
 """
 
 from __future__ import annotations
@@ -102,3 +103,33 @@ def test_dipole_of_the_density(system):
     frame = dipole_frame(density.cell, density.positions)
     dipole, _ = density_dipole(frame, density, [record["zval"][s] for s in record["symbols"]])
     np.testing.assert_allclose(debye(dipole), record["dipole_debye"], atol=0.01 * np.linalg.norm(record["dipole_debye"]))
+
+
+RATTLED = Path(__file__).resolve().parents[1] / "examples" / "cp2k_rattled" / "data_lif_kcl"
+RATTLED_RECORDS = sorted(RATTLED.glob("*.json"))
+
+
+@pytest.mark.parametrize("path", RATTLED_RECORDS, ids=[p.stem for p in RATTLED_RECORDS])
+def test_rattled_lif_kcl_frames(path):
+    """The rattled LiF/KCl frames (examples/cp2k_rattled/generate_lif_kcl.py): frame 0 is the perfect crystal
+    with symmetric Bader charges, every cube integrates to N, Bader sums to N, and each frame's positions are
+    the rattle rule's."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("generate_lif_kcl", RATTLED.parent / "generate_lif_kcl.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    record = json.loads(path.read_text())
+    frames = record["frames"]
+    assert frames[0]["frame"] == 0 and frames[0]["rms_displacement"] == 0
+    q0 = np.array(frames[0]["bader_net_charges"])
+    assert np.ptp(q0[:4]) < 2e-3 and np.ptp(q0[4:]) < 2e-3 and q0[0] > 0.5
+    for frame in frames:
+        n = frame["n_valence_electrons"]
+        _, _, _, rho = _cube(RATTLED / frame["cube"])
+        volume = abs(np.linalg.det(frame["cell"])) / BOHR**3
+        assert rho.sum() * volume / rho.size == pytest.approx(n, abs=1e-3 * n)
+        assert frame["bader_population_sum"] == pytest.approx(n, abs=2e-3 * n)
+        assert frame["scf_converged"]
+        positions = module.frame_geometry(record["system"], frame["frame"])[2]
+        np.testing.assert_allclose(frame["positions"], positions, atol=1e-10)
