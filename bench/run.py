@@ -16,6 +16,8 @@ Parts (sub-commands):
             difference between runs, and the cost of each definition against the restrained one.
   joint     the joint species-width search over a dataset's frames (examples/cp2k_rattled), frames stacked vs
             frame by frame: one misfit evaluation, the whole search, the speed-up.
+  default_cost  whole-process wall time and peak memory of `optddap fit` (default definition) vs baderkit on
+            NaMgF3 and the 64/512-atom rock salt, and the shape model forced. Baseline: warm baderkit, same run.
   all       the parts in sequence.
 
 Every part prints rich tables and writes bench/results/<name>.json (name: the part, with ``-quick`` for
@@ -39,11 +41,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/run.py` finds the package
 
-from bench import gpu, harness, joint, optimize, parse, reproducibility, scaling  # noqa: E402
+from bench import default_cost, gpu, harness, joint, optimize, parse, reproducibility, scaling  # noqa: E402
 
 #: The parts in the order ``all`` runs them.
 PARTS = {"parse": parse, "optimize": optimize, "scaling": scaling, "gpu": gpu, "reproducibility": reproducibility,
-         "joint": joint}
+         "joint": joint, "default_cost": default_cost}
 #: The parts ``all`` runs (reproducibility takes its own options and an hour: run it by name).
 ALL = ("parse", "optimize", "scaling", "gpu")
 HELP = {
@@ -53,6 +55,7 @@ HELP = {
     "gpu": "part 4: CPU vs CUDA",
     "reproducibility": "part 6: charges over seeds × starts per definition, and the default's cost",
     "joint": "part 7: joint species widths over frames, stacked vs frame by frame",
+    "default_cost": "part 8: whole-process time and memory of the default vs baderkit",
 }
 
 
