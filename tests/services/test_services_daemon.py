@@ -44,6 +44,8 @@ def test_submitted_fit_finishes(production, tmp_path):
         chgcar,
         "--param",
         "optimize=false",
+        "--param",
+        "guess_zval=true",  # no POTCAR beside the synthetic file: Na 1, Cl 7 from the table, asked for (issue 19)
         "--daemon",
         "--wait",
         "--timeout",
