@@ -58,14 +58,16 @@ def _cli(density: Path, zval, guess) -> dict:
     return json.loads(output.read_text())
 
 
-def _aiida(profile, density: Path, zval, guess):
+def _aiida(profile, density: Path, zval, guess, code):
     from aiida import orm
 
     from aiida_optddap.cli.launch import main
 
     runner = CliRunner()
     runner.invoke(main, ["-p", profile.name, "setup"], catch_exceptions=False)
-    args = ["-p", profile.name, "launch", "fit", str(density), "--run", *(["--zval", zval] if zval else []),
+    # the fixture's code by pk: other tests of the session may have set up more codes labelled optddap@localhost
+    args = ["-p", profile.name, "launch", "fit", str(density), "--run", "--code", str(code.pk),
+            *(["--zval", zval] if zval else []),
             *(["--param", "guess_zval=true"] if guess else [])]
     result = runner.invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -78,7 +80,7 @@ def test_every_door_gives_the_same_charges(case, tmp_path, aiida_profile, optdda
     density = _folder(tmp_path, case)
     cli = _cli(density, zval, guess)
     python = run_fit(read_density(density), FitOptions(), zval=zval, guess_zval=guess)
-    node = _aiida(aiida_profile, density, zval, guess)
+    node = _aiida(aiida_profile, density, zval, guess, optddap_code)
     assert node.is_finished_ok, node.exit_message
     charges = node.outputs.charges
     for results in (cli, python):
@@ -157,7 +159,8 @@ def test_aiida_refuses_a_wrong_valence_count_with_307(tmp_path, aiida_profile, o
     density = _folder(tmp_path, "LiH")
     runner = CliRunner()
     runner.invoke(main, ["-p", aiida_profile.name, "setup"], catch_exceptions=False)
-    result = runner.invoke(main, ["-p", aiida_profile.name, "launch", "fit", str(density), "--zval", "Li=1", "--run"])
+    result = runner.invoke(main, ["-p", aiida_profile.name, "launch", "fit", str(density), "--zval", "Li=1", "--run",
+                                  "--code", str(optddap_code.pk)])
     assert result.exit_code == 1, result.output
     node = orm.load_node(int(result.output.split("OptDdapBaseWorkChain<")[1].split(">")[0]))
     (calc,) = [n for n in node.called if isinstance(n, orm.CalcJobNode)]
@@ -166,7 +169,8 @@ def test_aiida_refuses_a_wrong_valence_count_with_307(tmp_path, aiida_profile, o
             "but the declared total charge is +0 e (OUTCAR NELECT)") in calc.exit_message
     assert node.exit_status == 320 and "[307]" in node.exit_message
     # a Z_val beyond the atomic number is refused by the input validation, before anything runs
-    result = runner.invoke(main, ["-p", aiida_profile.name, "launch", "fit", str(density), "--zval", "Li=4", "--run"])
+    result = runner.invoke(main, ["-p", aiida_profile.name, "launch", "fit", str(density), "--zval", "Li=4", "--run",
+                                  "--code", str(optddap_code.pk)])
     assert result.exit_code == 2 and "invalid valence 4, outside 0 < Z_val <= 3" in result.output
 
 

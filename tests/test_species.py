@@ -146,7 +146,7 @@ def test_species_charges_are_smooth_in_geometry(system):
 
 
 def test_smoothness_reports_the_model_each_fit_used():
-    """smoothness.py labels its rows by the model ``run_fit`` chose (``auto``: species where usable), not by the
+    """smoothness.py labels its rows by the model ``run_fit`` chose (``auto``: the shape model where usable), not by the
     requested definition."""
     from aiida_optddap.engine.fit import FitOptions
 
@@ -154,7 +154,7 @@ def test_smoothness_reports_the_model_each_fit_used():
     records, frames, _ = _frames("nacl")
     two = {**records, "frames": frames[:2]}
     _, _, models = smooth.fit_frames(two, FitOptions(device="cpu"))
-    assert models == ["species", "species"]
+    assert models == ["shape", "shape"]
     _, _, models = smooth.fit_frames(two, FitOptions(optimize=False, device="cpu"))
     assert models == ["restrained", "restrained"]
 
