@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .pipeline import FitState, JointFit, reconstruct, uncertainty_excess, uncertainty_summary
+from .species_definition import WidthBounds, WidthSearch
 from .species_definition import evidence, fit_spin  # noqa: F401 (the shape definition's too: the same widths and keys)
 
 #: The options the shape definition fixes (g_c: :data:`.shape.SHAPE_GCUT`, lowered on coarse grids).
@@ -40,16 +41,6 @@ class ShapeParameters:
 
     def as_dict(self) -> dict:
         return {"sigma_start": None, "factor": None, "n_gauss": self.n_radii, "gcut": self.gcut}
-
-
-@dataclass
-class WidthSearch:
-    """What :func:`.pipeline.report` reads of an optimisation: the deterministic width search and the
-    Gauss–Newton steps of the shapes have no trajectory or starts of their own."""
-
-    initial: ShapeParameters
-    history: list
-    stop_reason: str = "converged"
 
 
 def model_gcut(density, gcut: float) -> float:
@@ -132,22 +123,13 @@ def _fill(state: FitState, table, base, shapes, species, index, gcut: float, opt
     state.net_charges = state.zval.per_atom(state.density.symbols) - p
     state.parameters = ShapeParameters(dict(base.widths), gcut, len(radii))
     if optimized:
-        state.bounds = _Bounds(*width_bounds([state.density]))
+        state.bounds = WidthBounds(*width_bounds([state.density]))
         state.chosen = WidthSearch(ShapeParameters({e: None for e in species}, gcut, len(radii)), [])
     state.optimized = optimized
     state.reported = {"species_widths": dict(base.widths), "species_at_bound": list(base.at_bound),
                       "shape_coefficients": {e: s[i].tolist() for i, e in enumerate(species)},
                       "shape_prior": state.options.shape_prior}
     _diagnose(state, u, base)
-
-
-@dataclass(frozen=True)
-class _Bounds:
-    lower: float
-    upper: float
-
-    def as_dict(self) -> dict:
-        return {"species_width": [self.lower, self.upper]}
 
 
 def _diagnose(state: FitState, u: np.ndarray, base) -> None:
