@@ -17,6 +17,7 @@ if ! verdi -p "$PROFILE" daemon status >/dev/null 2>&1; then
   verdi -p "$PROFILE" daemon start 1
 fi
 aiida-optddap -p "$PROFILE" setup
-aiida-optddap -p "$PROFILE" launch fit examples/NaMgF3_CHG.gz --daemon --wait --timeout 900
+# the example has no POTCAR beside it: its Z_val (Na 1, Mg 2, F 7) come from the POTCAR table, asked for
+aiida-optddap -p "$PROFILE" launch fit examples/NaMgF3_CHG.gz --param guess_zval=true --daemon --wait --timeout 900
 verdi -p "$PROFILE" run examples/query_charges.py
 echo "Profile '$PROFILE' lives in $AIIDA_PATH; stop its daemon with: AIIDA_PATH=$AIIDA_PATH verdi -p $PROFILE daemon stop"
