@@ -199,8 +199,8 @@ def _force_shape(record: dict, path: Path, extra: list[str], work: Path, args, c
 def table_check(record: dict, name: str) -> None:
     """The dense-table size of the shape model on this system (values) against species.MAX_TABLE_VALUES."""
     from aiida_optddap.engine import io
-    from aiida_optddap.engine.shape_definition import FIXED, model_gcut
-    from aiida_optddap.engine.species import MAX_TABLE_VALUES, table_values
+    from aiida_optddap.engine.species.shape_definition import FIXED, model_gcut
+    from aiida_optddap.engine.species.widths import MAX_TABLE_VALUES, table_values
 
     density = io.read_density(EXAMPLE) if SYSTEMS[name][1] is None else _header_density(SYSTEMS[name][1])
     gcut = model_gcut(density, FIXED["gcut"])

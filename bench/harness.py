@@ -85,7 +85,7 @@ def git_commit() -> str | None:
 def machine_info(threads: int) -> dict:
     import torch
 
-    from aiida_optddap.engine import ddap
+    from aiida_optddap.engine.gaussian import ddap
 
     cpu = None
     with contextlib.suppress(OSError):

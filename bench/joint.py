@@ -1,7 +1,7 @@
 """Part 7: the joint species-width search over the frames of a dataset, stacked vs frame by frame (issue 9, item 5).
 
 ``fit_species(frames, zval)`` evaluates Σ_frames F(q₀)/Σ_S W|C|² at every trial set of widths. Frames of one G
-set (same cell and grid) and atom order are stacked (:func:`aiida_optddap.engine.species.stack_frames`): one
+set (same cell and grid) and atom order are stacked (:func:`aiida_optddap.engine.species.widths.stack_frames`): one
 batched product for A and b and one batched eigendecomposition per group. Baseline in the same run: the same
 misfit evaluated frame by frame (one stack per frame, as before the stacking). Data: the 20 rattled NaCl and 20
 MgO 8-atom CP2K frames of examples/cp2k_rattled (each system its own dataset). Reported: the median time of one
@@ -39,7 +39,7 @@ def _frames(system: str):
 def _misfit_seconds(densities, zval, stacked: bool, repeats: int) -> float:
     import torch
 
-    from aiida_optddap.engine.species import SPECIES_GCUT, SpeciesEquations, species_misfit, stack_frames, species_of
+    from aiida_optddap.engine.species.widths import SPECIES_GCUT, SpeciesEquations, species_misfit, stack_frames, species_of
 
     species, _ = species_of([s for d in densities for s in d.symbols])
     tables = [SpeciesEquations(d, SPECIES_GCUT) for d in densities]

@@ -1,8 +1,8 @@
 """Part 5: large cells and many small frames (issue 11).
 
 * ``sizes``: the fixed-parameter fit of synthetic rock-salt supercells n×n×n (8·n³ atoms, one Na displaced, the
-  0.1175 Å grid of bench/synthetic.py) by the large-cell route: set-up, A and b by NUFFT (engine/nufft.py),
-  Cholesky in place + conditioning estimate (engine/conditioning.py) + the Lagrange solve. Each size runs in a
+  0.1175 Å grid of bench/synthetic.py) by the large-cell route: set-up, A and b by NUFFT (engine/gaussian/nufft.py),
+  Cholesky in place + conditioning estimate (engine/gaussian/conditioning.py) + the Lagrange solve. Each size runs in a
   fresh subprocess; time and peak resident memory (kernel high-water mark) per stage and for the process. Up to
   ``--old-max`` atoms the same run also times the current path (chunked sums, eigvalsh spectrum, ddap.solve)
   and compares the populations. Log-log slopes of the normal equations.
@@ -77,7 +77,7 @@ class _Stages:
 def large_fixed_fit(density, parameters, stages: _Stages):
     """engine.large.fit_large (pruned DFT, NUFFT A and b, in-place Cholesky + conditioning + deflation, Lagrange
     solve), with its stage times; the peak of the whole fit is taken as the peak of stage "fit"."""
-    from aiida_optddap.engine.large import fit_large
+    from aiida_optddap.engine.gaussian.large import fit_large
 
     timings = {}
 
@@ -95,7 +95,7 @@ def large_fixed_fit(density, parameters, stages: _Stages):
 def worker(n: int, old: bool, threads: int) -> dict:
     import torch
 
-    from aiida_optddap.engine import ddap, nufft
+    from aiida_optddap.engine.gaussian import ddap, nufft
     from bench.synthetic import rocksalt_density
 
     torch.set_num_threads(threads)
@@ -211,7 +211,7 @@ def part_sizes(args, con) -> dict:
 def part_crossover(args, con) -> dict:
     import torch
 
-    from aiida_optddap.engine import ddap, nufft
+    from aiida_optddap.engine.gaussian import ddap, nufft
     from bench.synthetic import rocksalt_density
 
     sizes = [1, 2] if args.quick else [1, 2, 3, 4]
@@ -244,7 +244,8 @@ def part_crossover(args, con) -> dict:
 def part_frames(args, con) -> dict:
     import torch
 
-    from aiida_optddap.engine import batch, ddap, io
+    from aiida_optddap.engine.gaussian import batch, ddap
+    from aiida_optddap.engine import io
 
     base = io.read_density(harness.EXAMPLE)
     rng = np.random.default_rng(0)
@@ -282,7 +283,8 @@ def part_frames(args, con) -> dict:
 def part_cp2k(args, con) -> dict:
     import torch
 
-    from aiida_optddap.engine import ddap, io, nufft
+    from aiida_optddap.engine.gaussian import ddap, nufft
+    from aiida_optddap.engine import io
 
     records, rows = [], []
     parameters = ddap.Parameters()
@@ -319,7 +321,8 @@ def _evaluation_profile(density, options, repeats: int) -> dict:
     scan (shell tables of the loss, the restraint's metric)."""
     import torch
 
-    from aiida_optddap.engine import ddap, nufft, pipeline, restraint, shells
+    from aiida_optddap.engine.gaussian import ddap, nufft, restraint, shells
+    from aiida_optddap.engine import pipeline
 
     state = pipeline.FitState(density, options)
     pipeline.prepare(state)

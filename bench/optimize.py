@@ -33,10 +33,10 @@ def step_breakdown(density, device: str, n_steps: int, path: str = "shells") -> 
     which the optimiser used before and still uses where the shell tables would not fit in memory."""
     import torch
 
-    from aiida_optddap.engine import ddap, losses, shells
-    from aiida_optddap.engine import optimize as opt
+    from aiida_optddap.engine.gaussian import ddap, losses, shells
+    from aiida_optddap.engine.gaussian import optimize as opt
     from aiida_optddap.engine.fit import FitOptions
-    from aiida_optddap.engine.gspace import DEFAULT_GCUT, box_gmax
+    from aiida_optddap.engine.gaussian.gspace import DEFAULT_GCUT, box_gmax
 
     options = FitOptions.for_definition("paper", device=device)  # the Adam step breakdown: the paper definition
     start = options.parameters

@@ -42,7 +42,8 @@ def short_name(path: Path) -> str:
 def run(args) -> dict:
     from pymatgen.io.vasp import Chgcar
 
-    from aiida_optddap.engine import ddap, fit, io
+    from aiida_optddap.engine.gaussian import ddap
+    from aiida_optddap.engine import fit, io
 
     con = console()
     files = density_files()

@@ -3,7 +3,7 @@
 For every density of the shared data set (``parse.density_files``: CHGCAR/CHG/AECCAR and the example
 NaMgF3) and every charge definition asked for (default: ``auto``, the package's default, ``restrained`` and
 ``paper``, the opt-DDAP of the paper), the fit is run with 5 seeds × starts 1/4/8, with Z_val as the engine CLI
-finds it (:func:`~aiida_optddap.engine.zval.resolve_zval`: POTCAR beside the file, else the fallback table).
+finds it (:func:`~aiida_optddap.engine.io.zval.resolve_zval`: POTCAR beside the file, else the fallback table).
 Reported per density and definition: the largest difference of any atom's population between any two of those
 runs (e), the model that ran (``auto``: species or restrained), the median wall time of a run, and the cost
 of each definition over ``restrained`` (ratio of medians, same run).
@@ -43,7 +43,7 @@ def spread(values: list) -> float:
 
 def run(args) -> dict:
     from aiida_optddap.engine import fit, io
-    from aiida_optddap.engine.zval import resolve_zval
+    from aiida_optddap.engine.io.zval import resolve_zval
 
     con = console()
     definitions = [d.strip() for d in args.definitions.split(",") if d.strip()]

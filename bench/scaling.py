@@ -108,13 +108,13 @@ class MemorySampler:
 
 def count_fit_gvectors(cell: np.ndarray, gcut: float) -> int:
     """Half-space G with 0 < |G| < gcut (what the fit's G set holds)."""
-    from aiida_optddap.engine.gspace import sphere_miller
+    from aiida_optddap.engine.gaussian.gspace import sphere_miller
 
     return len(sphere_miller(cell, gcut))
 
 
 def scaling_estimate(n: int, gemm_flops: float) -> dict:
-    from aiida_optddap.engine.ddap import Parameters
+    from aiida_optddap.engine.gaussian.ddap import Parameters
 
     params = Parameters()
     atoms = 8 * n**3
@@ -157,7 +157,7 @@ def scaling_worker(args) -> None:
     """One size in this process: stages in order, times and memory; JSON to args.worker_out."""
     import torch
 
-    from aiida_optddap.engine import ddap, gspace, losses, reconstruct
+    from aiida_optddap.engine.gaussian import ddap, gspace, losses, reconstruct
 
     set_threads(args.threads)
     device = args.device

@@ -60,8 +60,8 @@ def rocksalt_density(n: int, points_per_cell: int = POINTS_PER_CELL, *, displace
     times n³ (raw = n·V, and V grows by n³; exact, spec T6). With ``displace`` the first Na is moved by
     DISPLACEMENT (Å) and the grid corrected exactly (band-limited, separable: cubic cell).
     """
-    from aiida_optddap.engine import reconstruct
-    from aiida_optddap.engine.density import Density
+    from aiida_optddap.engine.gaussian import reconstruct
+    from aiida_optddap.engine.io.density import Density
 
     symbols1, frac1 = rocksalt_conventional()
     cell1 = np.eye(3) * ROCKSALT_A

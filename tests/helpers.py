@@ -1,7 +1,7 @@
 """Builders shared by the engine tests: cells, synthetic densities, CHGCAR writing, a reference fit.
 
 Everything here is independent of the engine's fitting code. Synthetic densities are made either
-with :func:`aiida_optddap.engine.reconstruct.model_grid` (itself checked against a real-space
+with :func:`aiida_optddap.engine.gaussian.reconstruct.model_grid` (itself checked against a real-space
 sampling in tests/test_gspace.py) or by sampling Gaussians in real space (:func:`periodic_gaussian`).
 The reference fit (:func:`reference_fit`) is a plain numpy full-sphere implementation of spec §5.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from aiida_optddap.engine.density import Density
-from aiida_optddap.engine.reconstruct import model_grid
+from aiida_optddap.engine.io.density import Density
+from aiida_optddap.engine.gaussian.reconstruct import model_grid
 
 BOHR = 0.529177210903  # Å
 #: CP2K's DDAPC defaults (spec §3.2, §4.3): radii in Å, g_c = √6 bohr⁻¹ in Å⁻¹.

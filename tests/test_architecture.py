@@ -96,7 +96,7 @@ def test_every_module_is_seen():
     assert {"aiida_optddap.engine.fit", "aiida_optddap.cli.launch", "aiida_optddap.engine.io"} <= set(MODULES)
     # relative imports resolve to modules of the package
     targets = {target for target, _, _ in imports("aiida_optddap.engine.io.vasp")}
-    assert {"aiida_optddap.engine.io.common", "aiida_optddap.engine.density"} <= targets
+    assert {"aiida_optddap.engine.io.common", "aiida_optddap.engine.io.density"} <= targets
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
@@ -168,7 +168,8 @@ def test_registries_agree():
     """The names a solver, a loss or a reader registers in the engine are the ones the AiiDA side validates
     (calculations/schema.py, which must not import torch) and the engine CLI offers."""
     from aiida_optddap.calculations import schema
-    from aiida_optddap.engine import ddap, io, losses
+    from aiida_optddap.engine.gaussian import ddap, losses
+    from aiida_optddap.engine import io
     from aiida_optddap.engine.cli import main
 
     choices = {param.name: tuple(param.type.choices) for param in main.commands["fit"].params
@@ -262,8 +263,8 @@ def _definition_modules() -> set[str]:
     return {"aiida_optddap.engine.definitions", *stages}
 
 
-#: The modules that implement the K-Gaussian solvers (engine/ddap.py SOLVERS): they may name a solver.
-SOLVER_MODULES = {f"aiida_optddap.engine.{name}" for name in ("ddap", "optimize", "spin", "batch", "large", "restraint")}
+#: The modules that implement the K-Gaussian solvers (engine/gaussian/ddap.py SOLVERS): they may name a solver.
+SOLVER_MODULES = {f"aiida_optddap.engine.gaussian.{name}" for name in ("ddap", "optimize", "spin", "batch", "large", "restraint")}
 
 
 def _strings(node: ast.AST) -> set[str]:
@@ -301,3 +302,47 @@ def test_no_module_compares_definition_names():
             elif isinstance(node, (ast.Tuple, ast.List, ast.Set)) and len(_strings(node) & set(definitions.names())) > 1:
                 found.append(f"{module}:{node.lineno}: {ast.unparse(node)} (a list of definitions)")
     assert not found, "definition names compared outside engine/definitions.py:\n  " + "\n  ".join(found)
+
+
+ENGINE = PACKAGE / "engine"
+#: The engine's wings (docs/architecture.md, "The engine's wings") and the wings and top-level modules each may
+#: import: the Gaussian fit needs only the reader and the options; the per-element models build on the Gaussian
+#: fit and return pipeline states; electrostatics starts from charges and needs no other wing.
+WINGS = {
+    "io": {"io", "options"},
+    "gaussian": {"gaussian", "io", "options", "threads"},
+    "species": {"species", "gaussian", "io", "options", "threads", "pipeline"},
+    "electrostatics": {"electrostatics", "threads"},
+}
+
+
+def test_engine_is_twelve_modules_and_four_wings():
+    """At most twelve modules directly in engine/; every other engine module lives in one of the wings."""
+    top = sorted(path.name for path in ENGINE.glob("*.py"))
+    packages = sorted(path.name for path in ENGINE.iterdir() if (path / "__init__.py").exists())
+    assert len(top) <= 12, top
+    assert packages == sorted(WINGS)
+
+
+@pytest.mark.parametrize("wing", sorted(WINGS))
+def test_wings_import_only_what_they_build_on(wing):
+    found = []
+    for module in MODULES:
+        if not module.startswith(f"aiida_optddap.engine.{wing}"):
+            continue
+        for target, line, _ in imports(module):
+            parts = target.split(".")
+            if parts[:2] == ["aiida_optddap", "engine"] and len(parts) > 2 and parts[2] not in WINGS[wing]:
+                found.append(f"{module}:{line} imports {target}")
+    assert not found, "\n".join(found)
+
+
+def test_architecture_page_names_every_engine_module():
+    """docs/architecture.md lists every engine module under its wing (a module added to a wing is added there)."""
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    section = page[page.index("## The engine's wings"):page.index("## Options and definitions")]
+    missing = [str(path.relative_to(ENGINE)) for path in sorted(ENGINE.rglob("*.py"))
+               if path.name != "__init__.py" and path.name not in section]
+    for wing in WINGS:
+        assert f"   {wing}/" in section, wing
+    assert not missing, missing

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from aiida_optddap.engine.cli import main
 from aiida_optddap.engine.fit import FitOptions, run_difference_fit, run_fit, default_inapplicable
 from aiida_optddap.engine.io import read_density
-from aiida_optddap.engine.zval import ZvalInfo, resolve_zval
+from aiida_optddap.engine.io.zval import ZvalInfo, resolve_zval
 
 from helpers import DATA, gaussian_density
 
@@ -85,7 +85,7 @@ def test_when_the_shape_model_is_not_tried(nacl):
     assert "reference 'uniform'" in default_inapplicable(nacl, base.with_changes(reference="uniform"), GTH, "absolute")
     given = default_inapplicable(nacl, base.with_changes(gcut=5.0, optimize=False), GTH, "absolute")
     assert given == "options of the three-Gaussian model were given (gcut, optimize)"
-    import aiida_optddap.engine.species as species_module
+    import aiida_optddap.engine.species.widths as species_module
 
     values = species_module.table_values(nacl, 15.0)
     assert species_module.SpeciesEquations(nacl, 15.0).phase.numel() == pytest.approx(values, rel=0.1)  # estimate

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from aiida_optddap.engine.ddap import Parameters, normal_equations, problem_for, solve_charges
+from aiida_optddap.engine.gaussian.ddap import Parameters, normal_equations, problem_for, solve_charges
 from aiida_optddap.engine.fit import DEFINITIONS, FitOptions, run_fit
 from aiida_optddap.engine.io import read_density
-from aiida_optddap.engine.restraint import restrained_solve
-from aiida_optddap.engine.zval import ZvalInfo, resolve_zval
+from aiida_optddap.engine.gaussian.restraint import restrained_solve
+from aiida_optddap.engine.io.zval import ZvalInfo, resolve_zval
 
 from helpers import CP2K_GCUT, CP2K_RADII, DATA, TRICLINIC, TRICLINIC_FRAC, TRICLINIC_Q, TRICLINIC_SYMBOLS, \
     gaussian_density, off_basis_density, rocksalt

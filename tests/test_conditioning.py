@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from aiida_optddap.engine import conditioning
-from aiida_optddap.engine.conditioning import NotPositiveDefiniteError, estimate_conditioning
+from aiida_optddap.engine.gaussian import conditioning
+from aiida_optddap.engine.gaussian.conditioning import NotPositiveDefiniteError, estimate_conditioning
 
 M = 300  # above DENSE_LIMIT: the Krylov route
 
@@ -96,8 +96,8 @@ def test_small_matrices_are_exact():
 
 
 def test_cholesky_lagrange_is_the_pinv_solution():
-    from aiida_optddap.engine import ddap
-    from aiida_optddap.engine.conditioning import cholesky_lagrange
+    from aiida_optddap.engine.gaussian import ddap
+    from aiida_optddap.engine.gaussian.conditioning import cholesky_lagrange
 
     a = torch.stack([_spd(M, 1e5, 6), _spd(M, 1e3, 7)])
     b = torch.randn(2, M, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
@@ -112,8 +112,8 @@ def test_cholesky_lagrange_is_the_pinv_solution():
 def test_deflated_cholesky_is_the_pseudo_inverse_solution():
     """Two eigenvalues below rtol·λ_max (κ 1e12, Cholesky still succeeds): they are deflated (rank M − 2), and
     the Lagrange solution through P A⁻¹ P equals ddap.solve's pseudo-inverse route."""
-    from aiida_optddap.engine import ddap
-    from aiida_optddap.engine.conditioning import cholesky_lagrange
+    from aiida_optddap.engine.gaussian import ddap
+    from aiida_optddap.engine.gaussian.conditioning import cholesky_lagrange
 
     g = torch.Generator().manual_seed(3)
     q, _ = torch.linalg.qr(torch.randn(M, M, generator=g, dtype=torch.float64))

@@ -23,7 +23,7 @@ def check():
 
 
 def test_baseline_on_the_cp2k_frames(check):
-    from aiida_optddap.engine.electrostatics import add_baseline
+    from aiida_optddap.engine.electrostatics.baseline import add_baseline
 
     frames, seconds, model = check.fitted_frames()
     assert len(frames) == 39 and len(seconds) == 39  # mgo_008 (suspect) left out

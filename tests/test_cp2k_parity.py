@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from helpers import BOHR, DATA
 
-from aiida_optddap.engine import ddap
+from aiida_optddap.engine.gaussian import ddap
 from aiida_optddap.engine.cli import main
 from aiida_optddap.engine.io import read_density
 

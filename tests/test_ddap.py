@@ -25,11 +25,11 @@ from helpers import (
     write_chgcar,
 )
 
-from aiida_optddap.engine import ddap
-from aiida_optddap.engine.density import Density
+from aiida_optddap.engine.gaussian import ddap
+from aiida_optddap.engine.io.density import Density
 from aiida_optddap.engine.fit import FitOptions, run_fit
 from aiida_optddap.engine.io import read_density
-from aiida_optddap.engine.zval import ZvalInfo
+from aiida_optddap.engine.io.zval import ZvalInfo
 
 SOLVERS = ("pinv", "lagrange", "scale", "shift", "kkt")
 PARAMS = ddap.Parameters(0.5, 1.5, 3, float(CP2K_GCUT))
@@ -278,7 +278,7 @@ def test_t9_population_sum_is_n(name, solver, request):
 def test_t9_fractional_system_charge_is_refused(off_vacancy):
     """A cell with 48.9 electrons and Σ Z_val = 49: the fractional charge of +0.1 e is refused before the fit
     (issue 19), naming each element, its Z_val and its source."""
-    from aiida_optddap.engine.density import DensityError
+    from aiida_optddap.engine.io.density import DensityError
 
     zval = ZvalInfo({"Na": 7.0, "Cl": 7.0}, {"Na": "user", "Cl": "user"})
     assert 49.0 - off_vacancy.n_electrons == pytest.approx(0.1, abs=1e-9)

@@ -14,7 +14,7 @@ from ase.calculators.calculator import Calculator  # noqa: E402
 from ase.neighborlist import primitive_neighbor_list  # noqa: E402
 from scipy.special import erfc  # noqa: E402
 
-from aiida_optddap.engine.electrostatics import (  # noqa: E402
+from aiida_optddap.engine.electrostatics.baseline import (  # noqa: E402
     COULOMB_EV_A,
     MADELUNG_ROCKSALT,
     ElectrostaticsCalculator,

@@ -332,7 +332,7 @@ def test_usage_errors_exit_2(good_chgcar, tmp_path):
 def test_cpu_and_cuda_agree():
     from helpers import TRICLINIC, TRICLINIC_FRAC, TRICLINIC_SYMBOLS
 
-    from aiida_optddap.engine import ddap
+    from aiida_optddap.engine.gaussian import ddap
 
     positions = TRICLINIC_FRAC @ TRICLINIC
     d = off_basis_density(TRICLINIC, TRICLINIC_SYMBOLS, positions, [6.3, 1.1, 4.2], (40, 45, 48))

@@ -11,8 +11,8 @@ import pytest
 import torch
 from helpers import CP2K_GCUT, off_basis_density, rocksalt, vasp_file
 
-from aiida_optddap.engine import ddap
-from aiida_optddap.engine.losses import LOSSES, LossTerms
+from aiida_optddap.engine.gaussian import ddap
+from aiida_optddap.engine.gaussian.losses import LOSSES, LossTerms
 
 K = 3
 # a small triclinic cell with four inequivalent atoms (no symmetry)

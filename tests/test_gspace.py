@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from helpers import BOHR, full_sphere, periodic_gaussian
 
-from aiida_optddap.engine import gspace
-from aiida_optddap.engine.reconstruct import model_grid
+from aiida_optddap.engine.gaussian import gspace
+from aiida_optddap.engine.gaussian.reconstruct import model_grid
 
 # a non-orthogonal cell (Å) and a centre with no special symmetry (T2)
 CELL = np.array([[5.0, 0.0, 0.0], [1.2, 5.3, 0.0], [-0.7, 0.9, 5.6]])
@@ -120,7 +120,7 @@ def test_box_gset_covers_box_without_nyquist():
 
 def test_default_gcut_is_sqrt6_per_bohr():
     """CP2K's GCUT default √6 bohr⁻¹ (spec §4.3), and the same value wherever a default g_c lives."""
-    from aiida_optddap.engine.ddap import Parameters
+    from aiida_optddap.engine.gaussian.ddap import Parameters
     from aiida_optddap.engine.fit import FitOptions
 
     exact = np.sqrt(6.0) / BOHR

@@ -15,8 +15,8 @@ from helpers import (
     zero_pad,
 )
 
-from aiida_optddap.engine import ddap
-from aiida_optddap.engine.density import Density, difference_density
+from aiida_optddap.engine.gaussian import ddap
+from aiida_optddap.engine.io.density import Density, difference_density
 from aiida_optddap.engine.fit import FitOptions, run_difference_fit, run_fit
 
 SOLVERS = ("pinv", "lagrange", "scale", "shift", "kkt")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import DATA, SHARED, vasp_copy
 
-from aiida_optddap.engine.density import DensityError
+from aiida_optddap.engine.io.density import DensityError
 from aiida_optddap.engine.io import detect_format, read_density, read_outcar_header
 
 CHGCAR_SET = SHARED / "chgcar"

@@ -8,7 +8,7 @@ import pytest
 
 from aiida_optddap.engine.fit import FitOptions, run_fit
 from aiida_optddap.engine.joint import fit_frames_jointly
-from aiida_optddap.engine.zval import ZvalInfo
+from aiida_optddap.engine.io.zval import ZvalInfo
 
 from helpers import off_basis_density, rocksalt
 

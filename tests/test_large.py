@@ -1,4 +1,4 @@
-"""run_fit's large-cell route (engine/large.py): fixed-parameter pinv/lagrange fits of at least nufft.MIN_ATOMS atoms
+"""run_fit's large-cell route (engine/gaussian/large.py): fixed-parameter pinv/lagrange fits of at least nufft.MIN_ATOMS atoms
 take engine.large.fit_problem (NUFFT A, b; Cholesky; no eigendecomposition) and give the standard route's results."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from helpers import off_basis_density, rocksalt
 
-from aiida_optddap.engine import large, nufft
+from aiida_optddap.engine.gaussian import large, nufft
 from aiida_optddap.engine.fit import FitOptions, run_fit
 
 pytestmark = pytest.mark.skipif(not nufft.available("cpu"), reason="finufft is not installed")
@@ -72,7 +72,7 @@ def test_small_cells_optimisation_and_other_solvers_keep_the_standard_route(monk
 def test_lagrange_on_a_singular_large_cell_raises_as_the_standard_route(monkeypatch):
     """The perfect rock salt is rank-deficient: lagrange refuses it on both routes (SingularMatrixError); pinv
     deflates the null direction and gives the standard route's populations."""
-    from aiida_optddap.engine.ddap import SingularMatrixError
+    from aiida_optddap.engine.gaussian.ddap import SingularMatrixError
 
     monkeypatch.setattr(nufft, "MIN_ATOMS", 8)
     cell, symbols, positions = rocksalt()

@@ -1,4 +1,4 @@
-"""The NUFFT normal equations (engine/nufft.py) against the chunked sums of ddap.normal_equations, and the
+"""The NUFFT normal equations (engine/gaussian/nufft.py) against the chunked sums of ddap.normal_equations, and the
 routing rule of ddap.normal_equations (large cells, no gradient → NUFFT)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from aiida_optddap.engine import ddap, nufft
+from aiida_optddap.engine.gaussian import ddap, nufft
 from helpers import CP2K_GCUT, TRICLINIC, TRICLINIC_FRAC, TRICLINIC_SYMBOLS, gaussian_density, rocksalt
 
 pytestmark = pytest.mark.skipif(not nufft.available("cpu"), reason="finufft is not installed")
@@ -113,7 +113,7 @@ def test_routing(monkeypatch):
 
 def test_fit_large_equals_fit_coefficients():
     """engine.large.fit_large (pruned DFT, NUFFT, in-place Cholesky + deflation) gives fit_coefficients' pinv fit."""
-    from aiida_optddap.engine.large import fit_large
+    from aiida_optddap.engine.gaussian.large import fit_large
 
     for name in ("rocksalt-64-rattled", "triclinic-17"):
         density = SYSTEMS[name]

@@ -7,10 +7,10 @@ import pytest
 import torch
 from helpers import off_basis_density
 
-from aiida_optddap.engine import ddap
-from aiida_optddap.engine import optimize as optimize_module
+from aiida_optddap.engine.gaussian import ddap
+from aiida_optddap.engine.gaussian import optimize as optimize_module
 from aiida_optddap.engine.fit import FitOptions, run_fit
-from aiida_optddap.engine.optimize import Bounds, default_bounds, optimize, starting_points
+from aiida_optddap.engine.gaussian.optimize import Bounds, default_bounds, optimize, starting_points
 
 STOP_REASONS = {"converged", "max_steps", "rank_change", "non_finite"}
 HISTORY_KEYS = {"step", "sigma_start", "factor", "gcut", "loss", "condition_number", "rank", "unconstrained_total"}
@@ -118,7 +118,7 @@ def test_deterministic_for_a_seed(density, results):
 
 def test_default_bounds_respect_grid_and_box():
     shape = (20, 20, 20)
-    from aiida_optddap.engine.gspace import box_gmax
+    from aiida_optddap.engine.gaussian.gspace import box_gmax
 
     bounds = default_bounds(CELL, shape, 12, np.linspace(0.5, 80.0, 500))
     spacing = max(np.linalg.norm(CELL, axis=1) / 20)

@@ -34,7 +34,7 @@ def check():
 
 @pytest.fixture(scope="module")
 def frames(check):
-    from aiida_optddap.engine.electrostatics import add_baseline
+    from aiida_optddap.engine.electrostatics.baseline import add_baseline
 
     fitted, _, model = check.fitted_frames(systems=("pairs",), charges="species", data_dir=DATA)
     assert model == "species" and len(fitted) == 30

@@ -18,9 +18,9 @@ import pytest
 
 pytest.importorskip("torchpme")
 
-from aiida_optddap.engine.electrostatics import (  # noqa: E402
+from aiida_optddap.engine.electrostatics.baseline import (  # noqa: E402
     ElectrostaticsCalculator, add_baseline, coulomb_matrix, ewald, with_electrostatics)
-from aiida_optddap.engine.qeq import ChargeEquilibration, fit_qeq, self_energy  # noqa: E402
+from aiida_optddap.engine.electrostatics.qeq import ChargeEquilibration, fit_qeq, self_energy
 
 KNOWN = ChargeEquilibration({"Cl": 0.0, "Na": -4.0}, {"Cl": 6.0, "Na": 9.0}, width=0.9)
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from helpers import off_basis_density, rocksalt
 
-from aiida_optddap.engine import ddap, shells
-from aiida_optddap.engine.gspace import box_gmax, fourier_coefficients
-from aiida_optddap.engine.losses import LossTerms, loss_on_grid
-from aiida_optddap.engine.reconstruct import model_coefficients
+from aiida_optddap.engine.gaussian import ddap, shells
+from aiida_optddap.engine.gaussian.gspace import box_gmax, fourier_coefficients
+from aiida_optddap.engine.gaussian.losses import LossTerms, loss_on_grid
+from aiida_optddap.engine.gaussian.reconstruct import model_coefficients
 
 TRICLINIC = np.array([[6.0, 0.0, 0.0], [0.8, 6.5, 0.0], [-0.5, 0.7, 7.0]])
 FRAC = np.array([[0.1, 0.2, 0.3], [0.45, 0.15, 0.6], [0.3, 0.65, 0.4], [0.7, 0.55, 0.85]])

@@ -1,4 +1,4 @@
-"""Species-width DDAP (engine/species.py): perfect rock salts determined with the right sign, charges smooth in
+"""Species-width DDAP (engine/species/widths.py): perfect rock salts determined with the right sign, charges smooth in
 geometry on the rattled CP2K frames (issue 9, items 3–5), one width set optimised jointly over many frames.
 
 Uses examples/cp2k_rattled/data (20 NaCl + 20 MgO 8-atom frames with Bader charges; mgo_008 is skipped as
@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from aiida_optddap.engine.io import read_density
-from aiida_optddap.engine.species import (SpeciesEquations, constrained_minimum, fit_species, species_misfit,
+from aiida_optddap.engine.species.widths import (SpeciesEquations, constrained_minimum, fit_species, species_misfit,
                                           stack_frames)
 
 from helpers import rocksalt, vasp_file
@@ -60,8 +60,8 @@ def _frames(system: str):
 
 def test_synthetic_species_gaussians_are_recovered():
     """A density that is exactly one Gaussian per atom with one width per species: widths and populations back."""
-    from aiida_optddap.engine.density import Density
-    from aiida_optddap.engine.reconstruct import model_grid
+    from aiida_optddap.engine.io.density import Density
+    from aiida_optddap.engine.gaussian.reconstruct import model_grid
 
     cell, symbols, positions = rocksalt(rattle=0.05, seed=2)
     widths = {"Cl": 0.8, "Na": 0.35}
@@ -174,7 +174,7 @@ def test_restrained_default_is_smooth_at_fixed_parameters():
 def test_species_model_flags_namgf3_as_unusable():
     """NaMgF₃ (VASP Na 1 e, Mg 2 e): the cations keep a fraction of an electron, their widths run to the bound,
     ``usable`` is False (the restrained default, determined to 0.01 e there, is the one to use)."""
-    from aiida_optddap.engine.zval import resolve_zval
+    from aiida_optddap.engine.io.zval import resolve_zval
 
     path = ROOT / "examples" / "NaMgF3_CHG.gz"
     if not path.is_file():

@@ -1,5 +1,5 @@
-"""The ``species`` charge definition (engine/species_definition.py): run_fit, the engine CLI and the AiiDA layer
-give an ordinary results.json for the species-width model of engine/species.py.
+"""The ``species`` charge definition (engine/species/definition.py): run_fit, the engine CLI and the AiiDA layer
+give an ordinary results.json for the species-width model of engine/species/widths.py.
 
 Uses examples/cp2k_rattled/data/nacl_000.cube.gz (a rattled 8-atom NaCl frame; CP2K Z_val Na 9, Cl 7); skips
 when it is missing.
@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from aiida_optddap.engine.fit import DEFINITIONS, FitOptions, run_difference_fit, run_fit, write_results
-from aiida_optddap.engine.species import SPECIES_GCUT, fit_species
-from aiida_optddap.engine.zval import ZvalInfo
+from aiida_optddap.engine.species.widths import SPECIES_GCUT, fit_species
+from aiida_optddap.engine.io.zval import ZvalInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 CUBE = ROOT / "examples" / "cp2k_rattled" / "data" / "nacl_000.cube.gz"

@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from helpers import CP2K_RADII, gaussian_density, off_basis_density, rocksalt, vasp_file, vasp_rounded
 
 from aiida_optddap.engine.cli import main
-from aiida_optddap.engine.density import Density, DensityError
+from aiida_optddap.engine.io.density import Density, DensityError
 from aiida_optddap.engine.fit import FitOptions, run_fit
 from aiida_optddap.engine.io import read_density
-from aiida_optddap.engine.zval import resolve_zval
+from aiida_optddap.engine.io.zval import resolve_zval
 
 SHAPE = (20, 20, 20)
 #: the moment each of the 8 atoms carries (μB): a ferrimagnetic pattern, net 1.9 μB

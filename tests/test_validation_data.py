@@ -19,7 +19,7 @@ import pytest
 
 from aiida_optddap.engine.fit import FitOptions, run_difference_fit, run_fit
 from aiida_optddap.engine.io import read_density
-from aiida_optddap.engine.zval import resolve_zval
+from aiida_optddap.engine.io.zval import resolve_zval
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "cp2k_validation" / "data"
 HOST, VACANCY = DATA / "nacl_1x1x1_host.cube.gz", DATA / "nacl_1x1x1_vna.cube.gz"

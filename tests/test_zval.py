@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from helpers import vasp_file
 
-from aiida_optddap.engine.density import Density
+from aiida_optddap.engine.io.density import Density
 from aiida_optddap.engine.io import read_density
-from aiida_optddap.engine.zval import ZvalInfo, parse_zval_option, resolve_zval
+from aiida_optddap.engine.io.zval import ZvalInfo, parse_zval_option, resolve_zval
 
 
 def nacl(fmt="chgcar", labels=None, symbols=("Na", "Cl")):

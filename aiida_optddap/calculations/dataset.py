@@ -46,7 +46,7 @@ from aiida.engine import calcfunction
 from ..data.charges import ChargesData
 from ..data.dataset import DEFAULT_SPLIT, ChargeDatasetData, parse_split, set_dipole
 from ..data.label_gates import check_gates, conserve_total_charge, gate_reasons, zval_problem
-from ..engine.coulomb import frame_total_charge
+from ..engine.electrostatics.coulomb import frame_total_charge
 
 __all__ = ("build_dataset", "frame_from_charges", "source_pbc", "vasp_misc_properties", "DEFAULT_ENERGY_TYPE",
            "ZvalSourceError")

@@ -10,9 +10,9 @@ standard MACE learns (``mace_config(files, target="short_range")``, ``dataset ex
 The splits (fractions and seed) are kept.
 
 ``parameters`` (all optional): ``charges`` — ``"per_element"`` (default: each element's mean REF_charges over
-the dataset, the charges :class:`~aiida_optddap.engine.electrostatics.ElectrostaticsCalculator` uses at
+the dataset, the charges :class:`~aiida_optddap.engine.electrostatics.baseline.ElectrostaticsCalculator` uses at
 inference), ``"frame"`` (each frame's fitted charges), ``{"Na": 0.8, ...}`` or ``"qeq"`` (predicted charges: a
-charge-equilibration model fitted to the dataset's REF_charges, :mod:`aiida_optddap.engine.qeq`; its χ, J, width
+charge-equilibration model fitted to the dataset's REF_charges, :mod:`aiida_optddap.engine.electrostatics.qeq`; its χ, J, width
 and fit statistics are stored under ``baseline.qeq`` and used at inference); ``width`` — None (point charges,
 default) or a Gaussian width in Å (for ``qeq`` the width of its Gaussians, default 1 Å); ``accuracy`` (1e-12).
 The attribute ``baseline`` records them, with the per-element mean, spread (std), min and max of the charges.
@@ -33,7 +33,7 @@ BASELINE_PARAMETERS = ("charges", "width", "accuracy")
 @calcfunction
 def electrostatic_baseline(dataset: ChargeDatasetData, parameters: orm.Dict | None = None) -> ChargeDatasetData:
     """A copy of ``dataset`` with the electrostatic baseline and the short-range residual in every frame."""
-    from ..engine.electrostatics import add_baseline
+    from ..engine.electrostatics.baseline import add_baseline
 
     params = parameters.get_dict() if parameters is not None else {}
     unknown = set(params) - set(BASELINE_PARAMETERS)

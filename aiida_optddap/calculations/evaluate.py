@@ -41,7 +41,7 @@ def evaluate_model(model: orm.SinglefileData, dataset: ChargeDatasetData, parame
     """Errors of ``model`` (+ electrostatics) on one split of ``dataset``."""
     from mace.calculators import MACECalculator
 
-    from ..engine.electrostatics import with_electrostatics
+    from ..engine.electrostatics.baseline import with_electrostatics
 
     params = parameters.get_dict() if parameters is not None else {}
     baseline = dataset.base.attributes.get("baseline", None)

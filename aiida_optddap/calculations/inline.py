@@ -39,9 +39,9 @@ def _engine_report(path: pathlib.Path, parameters: dict, zval: dict | None) -> d
     import time
 
     from aiida_optddap.engine.fit import FitOptions, run_fit  # lazy: the engine imports torch
-    from aiida_optddap.engine.density import check_charge_density
+    from aiida_optddap.engine.io.density import check_charge_density
     from aiida_optddap.engine.io import read_density
-    from aiida_optddap.engine.zval import resolve_zval
+    from aiida_optddap.engine.io.zval import resolve_zval
 
     clock = time.perf_counter()
     density = read_density(path, format=parameters.get("format", "auto"), species=parameters.get("species"))
@@ -67,7 +67,7 @@ def _engine_report(path: pathlib.Path, parameters: dict, zval: dict | None) -> d
 
 def _exit_code_for(exc: Exception) -> ExitCode | None:
     """The ``optddap.fit`` exit code for an engine exception (as the CLI maps them), or None."""
-    from aiida_optddap.engine.density import DensityError
+    from aiida_optddap.engine.io.density import DensityError
 
     message = str(exc)
     if "CUDA requested" in message:
@@ -79,7 +79,7 @@ def _exit_code_for(exc: Exception) -> ExitCode | None:
             return ExitCode(410, message, "ERROR_ILL_CONDITIONED")
         return ExitCode(304, message, "ERROR_NUMERICAL_FAILURE")
     if isinstance(exc, (DensityError, ValueError)):
-        if "invalid valence: " in message:  # engine/zval.py INVALID_VALENCE, as the parser (307/308)
+        if "invalid valence: " in message:  # engine/io/zval.py INVALID_VALENCE, as the parser (307/308)
             return ExitCode(307, message, "ERROR_INVALID_VALENCE")
         if "implausible charges: " in message:
             return ExitCode(308, message, "ERROR_IMPLAUSIBLE_CHARGES")

@@ -5,7 +5,7 @@ fitted with different models and their charges jump (docs/validation.md, "Smooth
 calcfunction reads every frame's density and chooses the parameters once, as a function of the frames only
 (:func:`aiida_optddap.engine.joint.choose_joint_parameters`):
 
-* ``species`` — the species-width model (:func:`aiida_optddap.engine.species.fit_species`): one Gaussian per
+* ``species`` — the species-width model (:func:`aiida_optddap.engine.species.widths.fit_species`): one Gaussian per
   atom, one width per element, the widths optimised jointly over the frames;
 * ``sigma_start`` — the restrained default with one σ_start for all frames
   (:func:`aiida_optddap.engine.joint.joint_sigma_start`);

@@ -276,7 +276,7 @@ def gaussians(ctx, identifier, output):
 def residual(ctx, identifier, output, model_output):
     """ρ_DFT − ρ_model of a ChargesData or fit on the grid of the density it was fitted to, as a CHGCAR."""
     _profile(ctx)
-    from ..engine.density import difference_density
+    from ..engine.io.density import difference_density
     from ..engine.exports import model_density, residual_density, write_chgcar
     from ..engine.io import read_density
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from aiida.orm import SinglefileData
 
-from ..engine.coulomb import frame_total_charge
+from ..engine.electrostatics.coulomb import frame_total_charge
 
 __all__ = (
     "ChargeDatasetData",

@@ -31,7 +31,7 @@ DEFAULT_GATES = {
     "max_population_rescale": 1e-3,
 }
 
-#: Where Z_val may come from inside a dataset (engine/zval.py sources); the others are the fallback table.
+#: Where Z_val may come from inside a dataset (engine/io/zval.py sources); the others are the fallback table.
 TRUSTED_ZVAL_SOURCES = ("user", "POTCAR", "OUTCAR")
 #: The source of a Z_val read from the CP2K input beside a cube (``CP2K input (GTH-PBE-q9)``), trusted too.
 CP2K_ZVAL_SOURCE = "CP2K input"

@@ -2,7 +2,7 @@
 is a charge density, the valence count adds up, and the charges are physically possible.
 
 Each refusal is one line (``ValueError``/``DensityError``) that names the file; the valence refusals start with
-:data:`~aiida_optddap.engine.zval.INVALID_VALENCE`, the population refusals with :data:`IMPLAUSIBLE` (the AiiDA
+:data:`~aiida_optddap.engine.io.zval.INVALID_VALENCE`, the population refusals with :data:`IMPLAUSIBLE` (the AiiDA
 parser maps them to 307 ``ERROR_INVALID_VALENCE`` and 308 ``ERROR_IMPLAUSIBLE_CHARGES``).
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import definitions
-from .density import Density, DensityError, check_charge_density
-from .zval import INVALID_VALENCE, ZvalInfo
+from .io.density import Density, DensityError, check_charge_density
+from .io.zval import INVALID_VALENCE, ZvalInfo
 
 #: Σ Z_val − N may differ from an integer (and from a declared charge) by this much, e.g. grid noise (e).
 VALENCE_TOLERANCE = 0.05
@@ -29,7 +29,7 @@ IMPLAUSIBLE = "implausible charges: "
 def check_density_sign(density: Density) -> None:
     """Refuse a grid that is mostly negative (negative values hold more than :data:`MOSTLY_NEGATIVE` of
     Σ|value|) or whose integral is not positive — an electron count is — whatever the format (cubes
-    included); VASP files must also pass :func:`~aiida_optddap.engine.density.check_charge_density` (a LOCPOT
+    included); VASP files must also pass :func:`~aiida_optddap.engine.io.density.check_charge_density` (a LOCPOT
     is refused there). A mean ≤ 0 makes the grid mostly negative, so one test covers both."""
     if density.metadata.get("format") == "chgcar":
         check_charge_density(density)
@@ -74,7 +74,7 @@ def check_valence(density: Density, zval: ZvalInfo, declared: list[tuple[float, 
     it, or "neutral"}``.
 
     Raises:
-        ~aiida_optddap.engine.density.DensityError: ``invalid valence: …`` naming every element, its Z_val and
+        ~aiida_optddap.engine.io.density.DensityError: ``invalid valence: …`` naming every element, its Z_val and
             its source, when Σ Z_val − N is more than :data:`VALENCE_TOLERANCE` from an integer, differs from
             the declared charge, or is a charge (≠ 0) that nothing declared.
     """
@@ -130,7 +130,7 @@ def check_populations(results: dict, definition: str) -> None:
 
 def prepare_valence(density: Density, zval=None, *, total_charge: float | None = None,
                     guess_zval: bool = False) -> tuple[ZvalInfo | None, dict | None]:
-    """Resolve Z_val (:func:`~aiida_optddap.engine.zval.resolve_zval`, from the files beside a density read
+    """Resolve Z_val (:func:`~aiida_optddap.engine.io.zval.resolve_zval`, from the files beside a density read
     from a file) unless ``zval`` already is a :class:`ZvalInfo`, then run the input checks of an absolute fit:
     :func:`check_density_sign` and, with Z_val, :func:`check_valence`.
 
@@ -143,7 +143,7 @@ def prepare_valence(density: Density, zval=None, *, total_charge: float | None =
     Returns:
         ``(zval or None, {"value", "source"} of the cell's charge or None when Z_val is unknown)``.
     """
-    from .zval import resolve_zval
+    from .io.zval import resolve_zval
 
     check_density_sign(density)
     if not isinstance(zval, ZvalInfo):

@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 
 from . import definitions
-from .density import DensityError
+from .io.density import DensityError
 from .options import BY_NAME, DEFAULT_DEFINITION, OPTIONS, value_text
 
 EXIT_INPUT, EXIT_NO_CUDA, EXIT_GPU_MEMORY, EXIT_NUMERICAL = 1, 3, 4, 5
@@ -200,7 +200,7 @@ def _fit_and_write(kwargs, options, densities: list[Path], difference: bool) -> 
 
         from .fit import run_difference_fit, run_fit, write_results
         from .io import detect_format
-        from .zval import parse_zval_option, resolve_zval
+        from .io.zval import parse_zval_option, resolve_zval
 
         user_zval = parse_zval_option(kwargs["zval_text"]) if kwargs["zval_text"] else None
         clock = time.perf_counter()

@@ -43,7 +43,7 @@ def _load_results(path: Path) -> dict:
 
 
 def _density(results: dict, density: Path, host: Path | None, file_format: str, species):
-    from .density import DensityError, difference_density
+    from .io.density import DensityError, difference_density
     from .io import read_density
 
     species = species.split(",") if species else None
@@ -80,7 +80,7 @@ def export():
 
 def _export_density(kind: str, results, density, host, file_format, species, output):
     """Write the ``kind`` ("residual" or "model") density of RESULTS on the grid of DENSITY as a CHGCAR."""
-    from .density import DensityError
+    from .io.density import DensityError
     from .exports import model_density, residual_density, write_chgcar
 
     data = _load_results(results)

@@ -18,7 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from . import pipeline, shape_definition, species_definition
+from . import pipeline
+from .species import shape_definition, definition as species_definition
 from .options import BY_NAME, DEFAULT_DEFINITION, FREE_PARAMETERS, SOLVERS
 from .pipeline import JointFit  # noqa: F401 (public name: what Definition.joint returns)
 
@@ -207,7 +208,7 @@ def option_problems(options) -> list[str]:
 
 #: What ``restrained`` fixes: σ_start optimised from the documented start (f = 1.5, g_c = √6 bohr⁻¹ fixed:
 #: with them free the loss has a flat valley along which the charges move by ~1 e, docs/validation.md), then the
-#: restrained solve (engine/restraint.py); the charges depend on neither a seed nor the number of starts.
+#: restrained solve (engine/gaussian/restraint.py); the charges depend on neither a seed nor the number of starts.
 RESTRAINED = {"solver": "restrained", "free_parameters": ("sigma_start",), "tolerance": 1e-9}
 _GAUSSIAN = dict(stages=pipeline.STAGES, solvers=SOLVERS, spin=pipeline.fit_spin)
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .density import Density, DensityError
-from .reconstruct import model_grid
+from .io.density import Density, DensityError
+from .gaussian.reconstruct import model_grid
 
 __all__ = (
     "GAUSSIAN_MODEL_FORMAT",
@@ -87,7 +87,7 @@ def residual_density(results: dict, density: Density) -> Density:
     """ρ_DFT − ρ_model on the grid of ``density`` (raw n·V; its mean is N − Σq, zero when charge is conserved).
 
     For a difference fit (``mode == "difference"``), ``density`` must be the difference density
-    Δρ = ρ_defect − ρ_host (see :func:`aiida_optddap.engine.density.difference_density`).
+    Δρ = ρ_defect − ρ_host (see :func:`aiida_optddap.engine.io.density.difference_density`).
     """
     model = model_density(results, density)
     return density.with_grid(density.grid - model.grid, source=f"residual of {density.source}")

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import definitions, pipeline
-from .density import Density, difference_density
+from .io.density import Density, difference_density
 from .options import CUSTOM, DEFAULT_DEFINITION, FREE_PARAMETERS, OPTIONS, REFERENCES, declared  # noqa: F401
 from .pipeline import RENORMALISATION_WARNING, SCHEMA_VERSION, SPREAD_WARNING  # noqa: F401 (public names)
 
@@ -74,7 +74,7 @@ class FitOptions:
 
     @property
     def parameters(self):
-        from .ddap import Parameters
+        from .gaussian.ddap import Parameters
 
         return Parameters(self.sigma_start, self.factor, self.n_gauss, self.gcut)
 
@@ -96,9 +96,9 @@ def run_fit(
 
     Runs the stages of the definition ``options`` name (engine/definitions.py; e.g. :mod:`.pipeline`: prepare →
     optimise → solve → diagnose → reconstruct, then report); a chooser (``auto``, the default) tries its
-    candidates in order (:func:`_choose`). ``zval`` is a :class:`~aiida_optddap.engine.zval.ZvalInfo` (net
+    candidates in order (:func:`_choose`). ``zval`` is a :class:`~aiida_optddap.engine.io.zval.ZvalInfo` (net
     charges, neutral reference), a mapping or ``"Na=7,Cl=7"`` string of user values, or None: an absolute fit
-    then resolves Z_val as the ``optddap`` CLI does (:func:`~aiida_optddap.engine.zval.resolve_zval`: the
+    then resolves Z_val as the ``optddap`` CLI does (:func:`~aiida_optddap.engine.io.zval.resolve_zval`: the
     POTCAR/OUTCAR/CP2K input beside the file the density was read from; the fallback table only with
     ``guess_zval``). ``total_charge`` declares a charged cell (e). Before the fit,
     :func:`.checks.prepare_valence` refuses an impossible density or valence count (one-line DensityError);

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from . import definitions
-from .density import Density
+from .io.density import Density
 
 #: How :func:`choose_joint_parameters` chooses: ``auto`` (the default definition's candidates in order: species
 #: where usable, else sigma_start) or one candidate's joint fit, forced.
@@ -51,7 +51,7 @@ def fit_frames_jointly(densities: Sequence[Density], options=None, zvals: Sequen
 
     Returns the dict of :func:`joint_sigma_start` with ``results`` (one ``results.json`` dictionary per frame).
     """
-    from .ddap import resolve_device
+    from .gaussian.ddap import resolve_device
     from .fit import FitOptions, run_fit
     from .threads import single_thread, small_on_cpu
 

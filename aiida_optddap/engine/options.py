@@ -12,9 +12,9 @@ import math
 import numbers
 from dataclasses import dataclass
 
-#: The K-Gaussian solvers (:data:`aiida_optddap.engine.ddap.SOLVERS`; tests/test_architecture.py pins the two).
+#: The K-Gaussian solvers (:data:`aiida_optddap.engine.gaussian.ddap.SOLVERS`; tests/test_architecture.py pins the two).
 SOLVERS = ("restrained", "pinv", "lagrange", "scale", "shift", "kkt")
-#: Outer losses (:data:`aiida_optddap.engine.losses.LOSSES`).
+#: Outer losses (:data:`aiida_optddap.engine.gaussian.losses.LOSSES`).
 LOSSES = ("density", "coulomb", "planar")
 #: Restraint references; ``user`` goes with ``reference_charges`` (Python API only).
 REFERENCES = ("auto", "neutral", "zero", "uniform", "user")

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import __version__
-from .density import Density
-from .gspace import DEFAULT_GCUT
+from .io.density import Density
+from .gaussian.gspace import DEFAULT_GCUT
 from .threads import small_on_cpu, single_thread
 
 if TYPE_CHECKING:  # a type only: fit imports the registry, which imports this module
@@ -156,9 +156,9 @@ def prepare(state: FitState) -> None:
 
     A fixed-parameter ``pinv``/``lagrange`` fit of a large cell (:func:`.large.applies`) gets the lean problem of
     :mod:`.large` (the fit sphere by a pruned DFT, no phase tables) and ``fit_route`` ``large``."""
-    from . import large
-    from .ddap import Problem, resolve_device
-    from .gspace import box_gmax
+    from .gaussian import large
+    from .gaussian.ddap import Problem, resolve_device
+    from .gaussian.gspace import box_gmax
 
     options, density = state.options, state.density
     clock = time.perf_counter()
@@ -208,7 +208,7 @@ def optimise(state: FitState) -> None:
     options = state.options
     if not options.optimize:
         return
-    from .optimize import default_bounds, minimise_sigma_start, optimize
+    from .gaussian.optimize import default_bounds, minimise_sigma_start, optimize
 
     clock = time.perf_counter()
     density, start = state.density, state.parameters
@@ -253,8 +253,8 @@ def optimise(state: FitState) -> None:
 def solve(state: FitState) -> None:
     """The fit at the final parameters (coefficients, populations, spectrum, restraint); on the ``large`` route
     by :func:`.large.fit_problem` (κ, rank and the smallest eigenvalues from the Cholesky factor)."""
-    from .ddap import fit_coefficients
-    from .large import fit_problem
+    from .gaussian.ddap import fit_coefficients
+    from .gaussian.large import fit_problem
 
     clock = time.perf_counter()
     options = state.options
@@ -320,10 +320,10 @@ def diagnose(state: FitState) -> None:
 
 def reconstruct(state: FitState) -> None:
     """The model density, the outer loss at the final parameters, planar averages and dipoles."""
-    from .gspace import fourier_coefficients
-    from .losses import loss_on_grid
-    from .reconstruct import dipoles, model_coefficients, planar_averages
-    from .shells import power_outside_box
+    from .gaussian.gspace import fourier_coefficients
+    from .gaussian.losses import loss_on_grid
+    from .gaussian.reconstruct import dipoles, model_coefficients, planar_averages
+    from .gaussian.shells import power_outside_box
 
     clock = time.perf_counter()
     density, fit, options = state.density, state.fit, state.options
@@ -422,8 +422,8 @@ STAGES = (prepare, optimise, solve, diagnose, reconstruct)
 
 
 def fit_spin(state: FitState) -> dict:
-    """The magnetisation ρ↑ − ρ↓ with the fit's Gaussians (engine/spin.py)."""
-    from .spin import fit_magnetisation
+    """The magnetisation ρ↑ − ρ↓ with the fit's Gaussians (engine/gaussian/spin.py)."""
+    from .gaussian.spin import fit_magnetisation
 
     return fit_magnetisation(state.density, state.parameters, state.options)
 
@@ -431,8 +431,8 @@ def fit_spin(state: FitState) -> dict:
 def joint_sigma_start(densities, options: FitOptions, zvals) -> dict:
     """σ_start minimising the summed outer loss of ``densities`` (f and g_c held at the options' values);
     see :func:`aiida_optddap.engine.joint.joint_sigma_start`."""
-    from .ddap import Problem, resolve_device
-    from .optimize import joint_bounds, minimise_sigma_start_frames
+    from .gaussian.ddap import Problem, resolve_device
+    from .gaussian.optimize import joint_bounds, minimise_sigma_start_frames
 
     if not densities:
         raise ValueError("no frames")
@@ -459,7 +459,7 @@ def joint_sigma_start(densities, options: FitOptions, zvals) -> dict:
 
 def fit_joint(densities, zval: dict, options: FitOptions) -> JointFit:
     """The restrained definition at one σ_start joint over the frames (always usable)."""
-    from .zval import resolve_zval
+    from .io.zval import resolve_zval
 
     zvals = [resolve_zval(d, user={s: zval[s] for s in dict.fromkeys(d.symbols)}) for d in densities]
     joint = joint_sigma_start(densities, options, zvals)

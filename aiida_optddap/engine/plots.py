@@ -39,7 +39,7 @@ def plot_planar_averages(results: dict, path) -> Path:
 
 
 def _search(results: dict) -> str:
-    """``scan`` when σ_start alone was free (a log-spaced scan, then Brent's method: engine/optimize.py), else
+    """``scan`` when σ_start alone was free (a log-spaced scan, then Brent's method: engine/gaussian/optimize.py), else
     ``adam`` (Adam steps over the free parameters)."""
     free = tuple((results.get("options") or {}).get("free_parameters") or ())
     return "scan" if free == ("sigma_start",) else "adam"

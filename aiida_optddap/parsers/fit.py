@@ -27,7 +27,7 @@ OOM_MARKER = "CUDA out of memory"  # exit 4
 #: whatever words the message holds: a file may be called ``nan_CHGCAR``, a grid may hold NaN).
 NUMERICAL_PREFIX = "Error: numerical failure:"  # exit 5
 SINGULAR_MARKER = ": A is singular"  # exit 5 of the lagrange solver on a singular matrix (410 rather than 304)
-#: Exit-1 lines (``Error: <file>: <marker>…``) of the engine's valence and charge checks (engine/zval.py
+#: Exit-1 lines (``Error: <file>: <marker>…``) of the engine's valence and charge checks (engine/io/zval.py
 #: INVALID_VALENCE, engine/checks.py IMPLAUSIBLE): 307 and 308 rather than 302.
 VALENCE_MARKER = ": invalid valence: "
 IMPLAUSIBLE_MARKER = ": implausible charges: "

@@ -56,7 +56,7 @@ def _definitions(values) -> list[str]:
 def _read_density(path: Path, potential, zval_text):
     """The density (atoms checked against the potential) and its Z_val (engine precedence; cube: --zval)."""
     from ..engine.io import read_density
-    from ..engine.zval import resolve_zval
+    from ..engine.io.zval import resolve_zval
     from .potential import check_is_density, check_same_atoms
 
     density = read_density(path)
@@ -193,7 +193,7 @@ def esp(potential, file_format, charge_options, density, definitions, zval_text,
 
 def _report(potential_path, file_format, density_path, zval_text, names, sets, options) -> dict:
     """Read, fit, evaluate; every expected failure becomes one line and an exit status."""
-    from ..engine.zval import parse_zval_option
+    from ..engine.io.zval import parse_zval_option
     from .esp import evaluate, load_potential
 
     try:

@@ -296,7 +296,7 @@ def core_grid(density, zval: dict, r_loc: dict) -> np.ndarray:
     r_loc ≈ 0.1–0.2 Å is too sharp to sample in real space on a 0.1 Å grid, while its band-limited image
     is exact at every G of the box, in particular inside g_c where the fit looks.
     """
-    from aiida_optddap.engine.gspace import reciprocal_cell
+    from aiida_optddap.engine.gaussian.gspace import reciprocal_cell
 
     shape = density.grid.shape
     miller = np.stack(np.meshgrid(*[np.fft.fftfreq(n, 1.0 / n) for n in shape], indexing="ij"), axis=-1)
@@ -314,12 +314,12 @@ def cp2k_full_ddapc(density, zval: dict, r_loc: dict, parameters=None) -> dict:
     net charge = −fitted population. Also the classic charges of ρ alone (Z_val − population) for comparison.
 
     Args:
-        density: an :class:`aiida_optddap.engine.density.Density` (valence electrons).
+        density: an :class:`aiida_optddap.engine.io.density.Density` (valence electrons).
         zval, r_loc: per element, Z_val (e) and GTH r_loc (Å).
-        parameters: :class:`aiida_optddap.engine.ddap.Parameters`; default CP2K's (0.5 Å, 1.5, 3, √6 bohr⁻¹).
+        parameters: :class:`aiida_optddap.engine.gaussian.ddap.Parameters`; default CP2K's (0.5 Å, 1.5, 3, √6 bohr⁻¹).
     """
-    from aiida_optddap.engine import ddap
-    from aiida_optddap.engine.gspace import DEFAULT_GCUT
+    from aiida_optddap.engine.gaussian import ddap
+    from aiida_optddap.engine.gaussian.gspace import DEFAULT_GCUT
 
     parameters = parameters or ddap.Parameters(0.5, 1.5, 3, DEFAULT_GCUT)
     z = np.array([zval[s] for s in density.symbols], dtype=float)

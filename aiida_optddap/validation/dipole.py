@@ -102,7 +102,7 @@ def charge_dipole(frame: DipoleFrame, positions, charges) -> np.ndarray | None:
 
 def density_dipole(frame: DipoleFrame, density, zval_per_atom) -> tuple[np.ndarray | None, float]:
     """``(dipole e·Å, electrons within BOUNDARY Å of a cut)`` of the electrons of ``density`` (engine
-    :class:`~aiida_optddap.engine.density.Density`, raw n·V) and point cores ``zval_per_atom`` (e)."""
+    :class:`~aiida_optddap.engine.io.density.Density`, raw n·V) and point cores ``zval_per_atom`` (e)."""
     grid = density.grid
     electrons = grid / grid.size  # electrons per voxel
     first = np.zeros(3)

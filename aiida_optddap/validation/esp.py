@@ -133,9 +133,9 @@ def evaluate(potential: Potential, charge_sets: dict, *, density=None, zval=None
     against ``potential`` (point charges), with dipoles.
 
     Args:
-        density: the engine :class:`~aiida_optddap.engine.density.Density` of the same calculation (same
+        density: the engine :class:`~aiida_optddap.engine.io.density.Density` of the same calculation (same
             atoms, checked): the density's dipole and, with ``zval``, the total charge.
-        zval: a :class:`~aiida_optddap.engine.zval.ZvalInfo` (or element → Z_val mapping) for the cores.
+        zval: a :class:`~aiida_optddap.engine.io.zval.ZvalInfo` (or element → Z_val mapping) for the cores.
         total_charge: Σ q of the ESP-optimal set (e); default: the density's Σ Z_val − N rounded to an
             integer, else 0.
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..engine.coulomb import COULOMB_EV_A
+from ..engine.electrostatics.coulomb import COULOMB_EV_A
 from .potential import PotentialError
 from .sampling import Sampling, sphere_points
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from aiida_optddap.engine.fit import FitOptions, run_fit
 from aiida_optddap.engine.io import read_cp2k_input, read_density
-from aiida_optddap.engine.zval import ZvalInfo, resolve_zval
+from aiida_optddap.engine.io.zval import ZvalInfo, resolve_zval
 
 #: Table columns (:func:`markdown`), in order.
 COLUMNS = ("density", "atoms", "Z_val", "old model", "new model", "max ΔQ (e)", "atom", "old Q (e)",

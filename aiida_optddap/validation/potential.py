@@ -2,7 +2,7 @@
 
 :class:`Potential` holds the electrostatic potential φ (V = eV/e) of the total charge (nuclei or pseudo-cores
 positive, electrons negative), so that φ is positive near the nuclei; the grid convention is the engine's
-(:class:`~aiida_optddap.engine.density.Density`): cell rows in Å, positions in Å relative to grid point
+(:class:`~aiida_optddap.engine.io.density.Density`): cell rows in Å, positions in Å relative to grid point
 (0, 0, 0), ``values[ix, iy, iz]`` at fractional position (ix/N1, iy/N2, iz/N3).
 
 Conventions of the files (converted here):
@@ -19,7 +19,7 @@ Conventions of the files (converted here):
   file) cannot be seen in the file: a LOCPOT written with LVTOT alone is wrong input.
 
 A file whose values look like a charge density (positive mean, under 10 % of Σ|value| negative: the engine's
-:data:`~aiida_optddap.engine.density.NEGATIVE_FRACTION_LIMIT`) is refused: a potential of zero mean has half
+:data:`~aiida_optddap.engine.io.density.NEGATIVE_FRACTION_LIMIT`) is refused: a potential of zero mean has half
 of Σ|value| negative.
 """
 
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.density import NEGATIVE_FRACTION_LIMIT, Density, DensityError
+from ..engine.io.density import NEGATIVE_FRACTION_LIMIT, Density, DensityError
 
 #: Formats of :func:`load_potential` (``auto``: from the content, as the engine detects densities).
 FORMATS = ("auto", "cube", "locpot")

@@ -512,7 +512,7 @@ VALENCE_KINDS = ("potcar", "outcar", "cp2k_input")
 
 def valence_files(path) -> dict:
     """``{kind: SinglefileData}`` (unstored) of the POTCAR/OUTCAR beside a VASP density file, or the CP2K input
-    beside a cube: what the engine takes Z_val and the declared charge from (engine/zval.py)."""
+    beside a cube: what the engine takes Z_val and the declared charge from (engine/io/zval.py)."""
     import pathlib
 
     from ..engine.io import cp2k_input_beside, detect_format, find_beside

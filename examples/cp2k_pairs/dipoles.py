@@ -66,12 +66,12 @@ def compare(frames: int | None = None, data: Path = DATA) -> dict:
     the two dipoles (degrees), and each frame's charges."""
     import torch
 
-    from aiida_optddap.engine.density import DensityError
+    from aiida_optddap.engine.io.density import DensityError
     from aiida_optddap.engine.fit import FitOptions, run_fit
     from aiida_optddap.engine.io import read_density
     from aiida_optddap.engine.joint import fit_frames_jointly
-    from aiida_optddap.engine.species import fit_species
-    from aiida_optddap.engine.zval import resolve_zval
+    from aiida_optddap.engine.species.widths import fit_species
+    from aiida_optddap.engine.io.zval import resolve_zval
 
     torch.set_num_threads(1)
     records = json.loads((data / "pairs.json").read_text())

@@ -71,7 +71,7 @@ def fitted_frames(systems=("nacl", "mgo"), skip_suspect: bool = True, charges: s
     from aiida_optddap.engine.fit import FitOptions, run_fit
     from aiida_optddap.engine.io import read_density
     from aiida_optddap.engine.joint import choose_joint_parameters
-    from aiida_optddap.engine.zval import resolve_zval
+    from aiida_optddap.engine.io.zval import resolve_zval
 
     records, densities, zval = [], [], {}
     for system in systems:
@@ -164,7 +164,7 @@ def _evaluate(model: Path, frames, charges: dict | None) -> dict:
     """Test-set RMSE of the model (+ electrostatics with ``charges``) against REF, per system and overall."""
     from mace.calculators import MACECalculator
 
-    from aiida_optddap.engine.electrostatics import with_electrostatics
+    from aiida_optddap.engine.electrostatics.baseline import with_electrostatics
 
     mace = MACECalculator(model_paths=str(model), device="cpu", default_dtype="float64")
     calc = with_electrostatics(mace, charges) if charges else mace
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from aiida_optddap.data.dataset import split_indices
-    from aiida_optddap.engine.electrostatics import add_baseline
+    from aiida_optddap.engine.electrostatics.baseline import add_baseline
 
     start = time.perf_counter()
     frames, seconds, model = fitted_frames(systems=tuple(args.systems), skip_suspect=not args.with_suspect,

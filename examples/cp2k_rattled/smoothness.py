@@ -52,7 +52,7 @@ def fit_frames(records: dict, fit_options, data: Path = DATA) -> tuple[np.ndarra
     model each fit used (results.json ``charge_model``: ``species`` or ``restrained`` under ``auto``)."""
     from aiida_optddap.engine.fit import run_fit
     from aiida_optddap.engine.io import read_density
-    from aiida_optddap.engine.zval import resolve_zval
+    from aiida_optddap.engine.io.zval import resolve_zval
 
     charges, seconds, models = [], [], []
     for rec in records["frames"]:
@@ -69,10 +69,10 @@ def fit_frames(records: dict, fit_options, data: Path = DATA) -> tuple[np.ndarra
 
 
 def fit_frames_species(records: dict, gcut: float, data: Path = DATA) -> tuple[np.ndarray, list[float], list[str]]:
-    """Net charges of every frame by the species-width model (:func:`aiida_optddap.engine.species.fit_species`),
+    """Net charges of every frame by the species-width model (:func:`aiida_optddap.engine.species.widths.fit_species`),
     widths optimised jointly over all frames; the seconds are the total divided evenly over the frames."""
     from aiida_optddap.engine.io import read_density
-    from aiida_optddap.engine.species import fit_species
+    from aiida_optddap.engine.species.widths import fit_species
 
     densities = [read_density(Path(data) / rec["cube"]) for rec in records["frames"]]
     start = time.perf_counter()

@@ -67,7 +67,7 @@ class EngineBackend:
     def fit(self, defect: Path, host: Path | None, params: dict) -> dict:
         from aiida_optddap.engine.fit import FitOptions, run_difference_fit, run_fit
         from aiida_optddap.engine.io import read_density
-        from aiida_optddap.engine.zval import resolve_zval
+        from aiida_optddap.engine.io.zval import resolve_zval
 
         options = FitOptions.for_definition(**params, device=self.device)
         density = read_density(defect)
@@ -369,7 +369,7 @@ def bound_check(full: dict, device: str, log) -> dict:
 
                 result = run_difference_fit(read_density(cubes[0]), read_density(cubes[1]), options)
             else:
-                from aiida_optddap.engine.zval import resolve_zval
+                from aiida_optddap.engine.io.zval import resolve_zval
 
                 density = read_density(cubes[0])
                 zval = resolve_zval(density, user={el: ZVAL[el] for el in dict.fromkeys(density.symbols)})

@@ -74,8 +74,8 @@ def test_plugin_import_does_not_import_torch():
         "CalculationFactory('optddap.fit'); CalculationFactory('optddap.fit_inline'); ParserFactory('optddap.fit')\n"
         "DataFactory('optddap.charges'); WorkflowFactory('optddap.base')\n"
         "import aiida_optddap.cli.data, aiida_optddap.cli.launch\n"
-        "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('aiida_optddap.engine.ddap',"
-        " 'aiida_optddap.engine.fit', 'aiida_optddap.engine.optimize'))]\n"
+        "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('aiida_optddap.engine.gaussian.ddap',"
+        " 'aiida_optddap.engine.fit', 'aiida_optddap.engine.gaussian.optimize'))]\n"
         "print(bad)\n"
         "assert not bad, bad\n"
     )

@@ -21,7 +21,7 @@ ZVAL = {"Na": 1.0, "Cl": 7.0, "Mg": 2.0, "O": 6.0}
 def rattled_frames(n, seed=0):
     """Rattled 8-atom rock-salt NaCl and MgO cells with charges and a toy labelled energy: the Ewald energy of
     the charges plus a short-ranged Born–Mayer repulsion (ase's EMT is not defined for these elements)."""
-    from aiida_optddap.engine.electrostatics import ewald
+    from aiida_optddap.engine.electrostatics.baseline import ewald
 
     rng = np.random.default_rng(seed)
     frames = []
@@ -79,7 +79,7 @@ def labelled_dataset(results_factory):
 
 
 def test_electrostatic_baseline_on_a_dataset(labelled_dataset, tmp_path):
-    from aiida_optddap.engine.electrostatics import ElectrostaticsCalculator
+    from aiida_optddap.engine.electrostatics.baseline import ElectrostaticsCalculator
 
     dataset = labelled_dataset(6)
     baseline = CalculationFactory("optddap.electrostatic_baseline")
@@ -112,7 +112,7 @@ def test_electrostatic_baseline_on_a_dataset(labelled_dataset, tmp_path):
 def test_electrostatic_baseline_with_predicted_charges(labelled_dataset):
     """charges "qeq": a charge-equilibration model fitted to the dataset's charges is stored on the node and
     reproduces E_elec/F_elec at inference (ElectrostaticsCalculator from the stored dict)."""
-    from aiida_optddap.engine.electrostatics import ElectrostaticsCalculator
+    from aiida_optddap.engine.electrostatics.baseline import ElectrostaticsCalculator
 
     dataset = labelled_dataset(6)
     result = CalculationFactory("optddap.electrostatic_baseline")(dataset, orm.Dict({"charges": "qeq"}))
@@ -299,7 +299,7 @@ def test_mace_train_in_the_graph(mace_code, labelled_dataset):
     electrostatics added back, is an ASE calculator; then a resume from the run's checkpoints."""
     from mace.calculators import MACECalculator
 
-    from aiida_optddap.engine.electrostatics import with_electrostatics
+    from aiida_optddap.engine.electrostatics.baseline import with_electrostatics
 
     dataset = labelled_dataset(12)
     with_elec = CalculationFactory("optddap.electrostatic_baseline")(dataset)

@@ -24,7 +24,7 @@ LOCPOT_REASON = "a potential such as a LOCPOT?"
 
 @pytest.fixture(scope="module")
 def locpot_named_chgcar(tmp_path_factory):
-    """A VASP file holding a potential, named CHGCAR: the engine's check (engine/density.py
+    """A VASP file holding a potential, named CHGCAR: the engine's check (engine/io/density.py
     ``check_charge_density``) refuses grids whose mean is ≤ 0 or whose negative values hold most of Σ|value|.
     The grid is what a LOCPOT holds near ions: deep wells (eV) on the atoms over a level near 0, mean < 0."""
     atoms = list(zip(NACL["positions"], NACL["gaussians"]))

@@ -71,7 +71,7 @@ def test_frame_total_charge_rule():
     ``total_charge``, else the integer nearest to Σ REF_charges."""
     from ase import Atoms
 
-    from aiida_optddap.engine.coulomb import frame_total_charge
+    from aiida_optddap.engine.electrostatics.coulomb import frame_total_charge
 
     atoms = Atoms("NaCl", positions=[[0, 0, 0], [2.8, 0, 0]])
     atoms.arrays["REF_charges"] = np.array([0.9, -1.9 + 2e-6])

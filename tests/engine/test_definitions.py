@@ -13,7 +13,7 @@ from helpers import gaussian_density
 from aiida_optddap.engine import definitions, pipeline
 from aiida_optddap.engine.definitions import Definition
 from aiida_optddap.engine.fit import DEFINITIONS, FitOptions, run_fit
-from aiida_optddap.engine.zval import ZvalInfo
+from aiida_optddap.engine.io.zval import ZvalInfo
 
 ZVAL = ZvalInfo({"Na": 1.0, "Cl": 7.0}, {"Na": "user", "Cl": "user"})
 

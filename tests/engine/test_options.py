@@ -31,7 +31,7 @@ def test_fit_options_fields_are_the_declarations():
 
 def test_defaults_agree_with_the_engine_constants():
     """The declarations are torch-free copies of constants that live beside the numerics."""
-    from aiida_optddap.engine import ddap, gspace, losses, restraint
+    from aiida_optddap.engine.gaussian import ddap, gspace, losses, restraint
 
     assert options.SOLVERS == ddap.SOLVERS
     assert options.LOSSES == losses.LOSSES

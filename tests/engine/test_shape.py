@@ -1,4 +1,4 @@
-"""The shape model (engine/shape.py, engine/shape_definition.py), one concern per test: exact recovery of a density
+"""The shape model (engine/species/shape.py, engine/species/shape_definition.py), one concern per test: exact recovery of a density
 the model spans, the prior's two limits, the constraints, stationarity, determinism, and on real CP2K densities
 the properties it was chosen for (docs/method.md, "The default charge model")."""
 
@@ -13,10 +13,10 @@ import torch
 
 from aiida_optddap.engine.fit import FitOptions, run_fit
 from aiida_optddap.engine.io import read_density
-from aiida_optddap.engine.shape import (MULTIPLIERS, ShapeData, _objective, fit_shapes, form_factors,
+from aiida_optddap.engine.species.shape import (MULTIPLIERS, ShapeData, _objective, fit_shapes, form_factors,
                                         reference_shapes)
-from aiida_optddap.engine.species import SpeciesEquations, fit_species, species_of
-from aiida_optddap.engine.zval import ZvalInfo
+from aiida_optddap.engine.species.widths import SpeciesEquations, fit_species, species_of
+from aiida_optddap.engine.io.zval import ZvalInfo
 
 from helpers import gaussian_density
 

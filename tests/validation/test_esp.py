@@ -139,7 +139,7 @@ def test_potential_matches_torchpme_ewald():
 def test_rock_salt_madelung():
     """At a cation site of rock salt (Gaussians of 0.05 Å, so the site is finite): −M k/r₀ plus the Gaussian's
     own 2k/(√π w); M = 1.7475645946 (engine.coulomb.MADELUNG_ROCKSALT)."""
-    from aiida_optddap.engine.coulomb import MADELUNG_ROCKSALT
+    from aiida_optddap.engine.electrostatics.coulomb import MADELUNG_ROCKSALT
 
     a, w = 5.64, 0.05
     frac = np.array([[0, 0, 0], [0, .5, .5], [.5, 0, .5], [.5, .5, 0],
@@ -276,7 +276,7 @@ def test_dipoles_of_a_pair_and_a_slab():
 def test_slab_through_evaluate():
     """An asymmetric two-layer slab with vacuum along c: the charges come back, and the density's normal
     dipole (electrons + Z_val cores) is that of the net charges."""
-    from aiida_optddap.engine.density import Density
+    from aiida_optddap.engine.io.density import Density
 
     cell, shape = np.diag([4.0, 4.0, 20.0]), (40, 40, 200)
     positions = np.array([[0, 0, 8.0], [2, 2, 8.0], [0, 0, 10.1], [2, 2, 10.1]])

@@ -14,7 +14,7 @@ import pytest
 
 from aiida_optddap.engine.fit import FitOptions, run_fit
 from aiida_optddap.engine.io import read_density
-from aiida_optddap.engine.zval import resolve_zval
+from aiida_optddap.engine.io.zval import resolve_zval
 from aiida_optddap.validation import migration
 
 ROOT = Path(__file__).resolve().parents[2]

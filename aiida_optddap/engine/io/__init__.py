@@ -1,4 +1,4 @@
-"""Read valence densities into :class:`~aiida_optddap.engine.density.Density`.
+"""Read valence densities into :class:`~aiida_optddap.engine.io.density.Density`.
 
 One module per format, each with ``FORMAT``, ``DESCRIPTION``, ``sniff(rows)``, ``named(path)`` and
 ``read(path, compression, species)``, registered in :data:`READERS`:
@@ -13,14 +13,14 @@ One module per format, each with ``FORMAT``, ``DESCRIPTION``, ``sniff(rows)``, `
 
 :mod:`.outcar` reads the POTCAR and OUTCAR beside a VASP density, :mod:`.cp2k` the CP2K input beside a cube,
 :mod:`.common` what the readers share.
-Every problem with a file raises :class:`~aiida_optddap.engine.density.DensityError` with a one-line message that starts with the path.
+Every problem with a file raises :class:`~aiida_optddap.engine.io.density.DensityError` with a one-line message that starts with the path.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..density import Density, DensityError
+from .density import Density, DensityError
 from . import cube, vasp
 from .common import READ_ERRORS, compression, error, find_beside, open_text, split_species_label
 from .cp2k import Cp2kInput, cp2k_input_beside, read_cp2k_input
@@ -63,7 +63,7 @@ def detect_format(path) -> str:
     in .cube/.cub does. Compressed files are recognised by their magic bytes.
 
     Raises:
-        ~aiida_optddap.engine.density.DensityError: the file is missing, unreadable or of neither kind.
+        ~aiida_optddap.engine.io.density.DensityError: the file is missing, unreadable or of neither kind.
     """
     path = Path(path)
     return _detect(path, compression(path))
@@ -82,12 +82,12 @@ def read_density(path, *, format: str = "auto", species=None) -> Density:
     Returns:
         The density; ``nelect`` is set from an OUTCAR beside a VASP file when there is one.
         ``metadata`` holds ``format`` ("chgcar" or "cube"), ``path`` (the file's absolute path: the Z_val
-        resolver, :func:`aiida_optddap.engine.zval.resolve_zval`, looks beside it), for VASP files ``title`` and ``n_blocks``
+        resolver, :func:`aiida_optddap.engine.io.zval.resolve_zval`, looks beside it), for VASP files ``title`` and ``n_blocks``
         (1, 2 or 4; block 2 of a 2-block file is ``magnetisation``), for cube files ``origin`` (Å,
         subtracted from the positions).
 
     Raises:
-        ~aiida_optddap.engine.density.DensityError: one line starting with the path, naming the problem.
+        ~aiida_optddap.engine.io.density.DensityError: one line starting with the path, naming the problem.
     """
     path = Path(path)
     if format not in ("auto", *FORMATS):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ase.data import atomic_numbers
 
-from ..density import DensityError
+from .density import DensityError
 
 _MAGIC = ((b"\x1f\x8b", ".gz"), (b"BZh", ".bz2"), (b"\xfd7zXZ\x00", ".xz"))
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open, "": open}
@@ -25,7 +25,7 @@ READ_ERRORS = (OSError, EOFError, lzma.LZMAError)
 
 
 def error(path, problem) -> DensityError:
-    """A :class:`~aiida_optddap.engine.density.DensityError` whose single-line message starts with ``path``."""
+    """A :class:`~aiida_optddap.engine.io.density.DensityError` whose single-line message starts with ``path``."""
     return DensityError(f"{path}: " + " ".join(str(problem).split()))
 
 

@@ -53,7 +53,7 @@ def read_cp2k_input(path) -> Cp2kInput:
     """Read the kinds' GTH valences and the ``CHARGE`` of a CP2K input (``@include`` files are not followed).
 
     Raises:
-        ~aiida_optddap.engine.density.DensityError: unreadable, or one element with two valences.
+        ~aiida_optddap.engine.io.density.DensityError: unreadable, or one element with two valences.
     """
     path = Path(path)
     try:

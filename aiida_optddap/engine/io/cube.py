@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..density import Density, DensityError
+from .density import Density, DensityError
 from .common import (
     READ_ERRORS, elements_of, error, is_float, is_int, open_text, species_differ, species_tokens,
 )

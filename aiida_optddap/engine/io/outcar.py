@@ -17,7 +17,7 @@ def read_potcar(path) -> list[tuple[str, str, float]]:
     """``(label, element, ZVAL)`` per species of a POTCAR (read by pymatgen), e.g. ``("Na_pv", "Na", 7.0)``.
 
     Raises:
-        ~aiida_optddap.engine.density.DensityError: the POTCAR cannot be parsed.
+        ~aiida_optddap.engine.io.density.DensityError: the POTCAR cannot be parsed.
     """
     from pymatgen.io.vasp.inputs import Potcar
 
@@ -63,7 +63,7 @@ def read_outcar_header(path) -> OutcarHeader:
     """Read TITEL labels, ZVALs and NELECT from an OUTCAR (plain or compressed), stopping at NELECT.
 
     Raises:
-        ~aiida_optddap.engine.density.DensityError: the OUTCAR cannot be read.
+        ~aiida_optddap.engine.io.density.DensityError: the OUTCAR cannot be read.
     """
     path = Path(path)
     labels: list[str] = []

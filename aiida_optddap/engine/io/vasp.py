@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..density import Density, DensityError
+from .density import Density, DensityError
 from .common import (
     READ_ERRORS, elements_of, error, find_beside, is_float, is_int, open_text, species_differ, species_tokens,
     split_species_label, zopen_path,

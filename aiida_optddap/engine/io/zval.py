@@ -32,7 +32,7 @@ import numpy as np
 from ase.data import atomic_numbers
 
 from .density import Density
-from .io import (
+from . import (
     cp2k_input_beside, find_beside, read_cp2k_input, read_outcar_header, read_potcar, split_species_label,
 )
 

@@ -16,18 +16,20 @@ import time
 
 import numpy as np
 
-from .density import Density
+from ..io.density import Density
 
 #: A magnetisation whose largest |value| is below this fraction of the density's largest |value| is taken
 #: as zero (a spin-polarised run that converged to a non-magnetic state): every moment is reported as 0.
 NEGLIGIBLE = 1e-10
 
 
-def _negligible(density: Density) -> bool:
+def is_negligible(density: Density) -> bool:
+    """True when the magnetisation is zero to :data:`NEGLIGIBLE` of the density's largest value."""
     return bool(np.abs(density.magnetisation).max() <= NEGLIGIBLE * max(np.abs(density.grid).max(), 1.0))
 
 
-def _spin_density(density: Density) -> Density:
+def magnetisation_density(density: Density) -> Density:
+    """The magnetisation ρ↑ − ρ↓ as a :class:`Density` (raw grid n·V, μB) to fit like a charge density."""
     return Density(cell=density.cell, symbols=density.symbols, positions=density.positions, grid=density.magnetisation,
                    source=f"{density.source} (magnetisation)")
 
@@ -35,7 +37,7 @@ def _spin_density(density: Density) -> Density:
 def fit_magnetisation(density: Density, parameters, options) -> dict:
     """The ``spin`` entry of results.json for ``density.magnetisation`` (see docs/results-schema.md).
 
-    ``parameters``: the final :class:`~aiida_optddap.engine.ddap.Parameters` of the charge fit;
+    ``parameters``: the final :class:`~aiida_optddap.engine.gaussian.ddap.Parameters` of the charge fit;
     ``options``: its :class:`~aiida_optddap.engine.fit.FitOptions` (solver, rtol, τ, device, chunk size).
     """
     from .ddap import fit_coefficients, problem_for
@@ -46,11 +48,11 @@ def fit_magnetisation(density: Density, parameters, options) -> dict:
     base = {"total_moment": total, "solver": solver,
             "definition": "per-atom moments (μB) from fitting ρ↑ − ρ↓ with the charge fit's Gaussians "
                           "(same σ_start, f, g_c, K), constrained to sum to the net moment"}
-    if _negligible(density):
+    if is_negligible(density):
         zeros = [0.0] * density.n_atoms
         return {**base, "moments": zeros, "coefficients": [[0.0] * parameters.n_gauss] * density.n_atoms,
                 "fit_residual": 0.0, "negligible": True, "time": time.perf_counter() - clock}
-    problem = problem_for(_spin_density(density), parameters, device=options.device, chunk_size=options.chunk_size)
+    problem = problem_for(magnetisation_density(density), parameters, device=options.device, chunk_size=options.chunk_size)
     reference = np.zeros(density.n_atoms) if solver == "restrained" else None
     fit = fit_coefficients(problem, parameters, solver, options.rtol, reference=reference, tau=options.tau)
     return {
@@ -61,31 +63,3 @@ def fit_magnetisation(density: Density, parameters, options) -> dict:
         "negligible": False,
         "time": time.perf_counter() - clock,
     }
-
-
-def fit_magnetisation_species(density: Density, widths: dict, gcut: float, device: str = "cpu") -> dict:
-    """The ``spin`` entry for the species model: m fitted with one Gaussian per atom at the charge fit's species
-    ``widths`` (element → Å) and g_c (Å⁻¹), Σ moments = M; moments the magnetisation leaves free stay at 0 μB."""
-    import torch
-
-    from .species import SpeciesEquations, constrained_minimum, species_of
-
-    clock = time.perf_counter()
-    total = float(density.magnetisation.mean())
-    n = density.n_atoms
-    species, index = species_of(density.symbols)
-    base = {"total_moment": total, "solver": "species",
-            "definition": "per-atom moments (μB) from fitting ρ↑ − ρ↓ with the charge fit's species Gaussians "
-                          "(one per atom, same widths and g_c), constrained to sum to the net moment"}
-    coefficients = np.zeros((n, len(species)))
-    if _negligible(density):
-        return {**base, "moments": [0.0] * n, "coefficients": coefficients.tolist(), "fit_residual": 0.0,
-                "negligible": True, "time": time.perf_counter() - clock}
-    table = SpeciesEquations(_spin_density(density), gcut, device)
-    per_atom = torch.as_tensor(np.array([widths[s] for s in species])[index], device=table.g2.device)
-    a, b, norm = table.equations(per_atom)
-    moments, misfit = constrained_minimum(a, b, norm, total, torch.zeros(n, dtype=a.dtype, device=a.device))
-    moments = moments.cpu().numpy()
-    coefficients[np.arange(n), index] = moments
-    return {**base, "moments": moments.tolist(), "coefficients": coefficients.tolist(), "fit_residual": misfit,
-            "negligible": False, "time": time.perf_counter() - clock}

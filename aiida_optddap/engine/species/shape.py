@@ -4,7 +4,7 @@ Model (Å, Å⁻¹, e). Every atom α of element e carries the density p_α·φ_
 
     φ_e(G) = Σ_k s_ek exp(−G² (m_k σ_e)² / 4),    Σ_k s_ek = 1,    m = :data:`MULTIPLIERS`,
 
-a short ladder of Gaussians around the element's species width σ_e (engine/species.py, optimised on the density
+a short ladder of Gaussians around the element's species width σ_e (engine/species/widths.py, optimised on the density
 at the same g_c). The populations p (Σp = N) and the shapes s minimise
 
     F(p, s)/ν + Σ_e (Σ_{α∈e} p_α²)·‖s_e − s⁰‖² / σ_s²,

@@ -68,7 +68,7 @@ def cholesky_apply_inverse(lower: torch.Tensor, rhs: torch.Tensor) -> torch.Tens
 def _small_eigh(t: torch.Tensor):
     """eigh of the small Rayleigh-quotient matrix on one thread: threaded LAPACK on a ≤ 400×400 matrix gains
     nothing and, on a machine whose cores are busy, stalls (measured: 0.9 s instead of 3 ms at 128×128)."""
-    from .threads import single_thread
+    from ..threads import single_thread
 
     with single_thread():
         return torch.linalg.eigh(t)

@@ -1,4 +1,4 @@
-"""The ``species`` charge definition as pipeline stages: :func:`fit` (engine/species.py) → :func:`.pipeline.reconstruct`.
+"""The ``species`` charge definition as pipeline stages: :func:`fit` (engine/species/widths.py) → :func:`.pipeline.reconstruct`.
 
 :func:`fit` replaces prepare → optimise → solve → diagnose of :mod:`.pipeline` for the species solver
 (registered in engine/definitions.py with the other parts of the definition below): one Gaussian per atom, one width per element (optimised on this density unless
@@ -8,7 +8,7 @@ write an ordinary ``results.json`` (docs/results-schema.md): K = the number of e
 widths sorted by element, ``coefficients[α, s(α)] = p_α`` and zeros elsewhere (exact: the model density,
 its reconstruction and planar averages are those of the species model), ``parameters`` =
 ``{"sigma_start": None, "factor": None, "n_gauss": K, "gcut": g_c}`` and the keys of :data:`REPORTS`.
-torch and the species model (engine/species.py) are imported inside the functions, so that the registry
+torch and the species model (engine/species/widths.py) are imported inside the functions, so that the registry
 imports without them.
 """
 
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .gspace import SPECIES_GCUT
-from .options import BY_NAME
-from .pipeline import FitState, JointFit, finite_list, reconstruct, uncertainty_excess, uncertainty_summary
+from ..gaussian.gspace import SPECIES_GCUT
+from ..options import BY_NAME
+from ..pipeline import FitState, JointFit, finite_list, reconstruct, uncertainty_excess, uncertainty_summary
 
 #: The options the species definition fixes.
 FIXED = {"solver": "species", "gcut": SPECIES_GCUT}
@@ -57,7 +57,7 @@ class WidthBounds:
 @dataclass
 class WidthSearch:
     """What :func:`.pipeline.report` reads of an optimisation (``chosen``): the width search is a deterministic
-    grid + Nelder–Mead (engine/species.py), so it has no trajectory or starts of its own."""
+    grid + Nelder–Mead (engine/species/widths.py), so it has no trajectory or starts of its own."""
 
     initial: SpeciesParameters
     history: list
@@ -66,7 +66,7 @@ class WidthSearch:
 
 def _check(state: FitState) -> dict[str, float] | None:
     """The fixed widths of the present elements (None: optimise them); ValueError for what cannot be fitted."""
-    from .species import species_of
+    from .widths import species_of
 
     options, density = state.options, state.density
     state.zval.per_atom(density.symbols)  # ValueError naming an element without Z_val
@@ -86,8 +86,8 @@ def fit(state: FitState) -> None:
     """The species-width fit; fills ``parameters``, ``fit``, ``net_charges``, ``uncertainty``, ``species``."""
     import torch
 
-    from .ddap import resolve_device, spectrum
-    from .species import SpeciesEquations, fit_species, species_of, width_bounds
+    from ..gaussian.ddap import resolve_device, spectrum
+    from .widths import SpeciesEquations, fit_species, species_of, width_bounds
 
     clock = time.perf_counter()
     options, density = state.options, state.density
@@ -156,7 +156,7 @@ STAGES = (fit, reconstruct)
 
 def check(density, options, zval, mode) -> str | None:
     """Why the ``auto`` definition cannot try the species model with these options (beyond Z_val and Δρ)."""
-    from .species import MAX_TABLE_VALUES, table_values
+    from .widths import MAX_TABLE_VALUES, table_values
 
     if options.reference not in ("auto", "neutral"):
         return f"reference {options.reference!r} (the species model keeps free populations on the neutral atoms)"
@@ -193,16 +193,39 @@ def evidence(results: dict | None) -> dict:
 
 
 def fit_spin(state: FitState) -> dict:
-    """The magnetisation ρ↑ − ρ↓ with the species widths (engine/spin.py)."""
-    from .spin import fit_magnetisation_species
+    """The ``spin`` entry for the species model: m = ρ↑ − ρ↓ fitted with one Gaussian per atom at the charge fit's
+    species widths (element → Å) and g_c (Å⁻¹), Σ moments = M; moments the magnetisation leaves free stay at 0 μB."""
+    import torch
 
-    return fit_magnetisation_species(state.density, state.parameters.widths, state.parameters.gcut,
-                                     state.device.type)
+    from ..gaussian.spin import is_negligible, magnetisation_density
+    from .widths import SpeciesEquations, constrained_minimum, species_of
+
+    density, widths, gcut = state.density, state.parameters.widths, state.parameters.gcut
+
+    clock = time.perf_counter()
+    total = float(density.magnetisation.mean())
+    n = density.n_atoms
+    species, index = species_of(density.symbols)
+    base = {"total_moment": total, "solver": "species",
+            "definition": "per-atom moments (μB) from fitting ρ↑ − ρ↓ with the charge fit's species Gaussians "
+                          "(one per atom, same widths and g_c), constrained to sum to the net moment"}
+    coefficients = np.zeros((n, len(species)))
+    if is_negligible(density):
+        return {**base, "moments": [0.0] * n, "coefficients": coefficients.tolist(), "fit_residual": 0.0,
+                "negligible": True, "time": time.perf_counter() - clock}
+    table = SpeciesEquations(magnetisation_density(density), gcut, state.device.type)
+    per_atom = torch.as_tensor(np.array([widths[s] for s in species])[index], device=table.g2.device)
+    a, b, norm = table.equations(per_atom)
+    moments, misfit = constrained_minimum(a, b, norm, total, torch.zeros(n, dtype=a.dtype, device=a.device))
+    moments = moments.cpu().numpy()
+    coefficients[np.arange(n), index] = moments
+    return {**base, "moments": moments.tolist(), "coefficients": coefficients.tolist(), "fit_residual": misfit,
+            "negligible": False, "time": time.perf_counter() - clock}
 
 
 def fit_joint(densities, zval: dict, options):
     """The species widths optimised jointly over the frames (:func:`.species.fit_species`)."""
-    from .species import fit_species
+    from .widths import fit_species
 
     fit = fit_species(densities, zval, device=options.device)
     evidence = {"widths": fit.widths, "misfit": fit.misfit, "at_bound": fit.at_bound, "usable": fit.usable}

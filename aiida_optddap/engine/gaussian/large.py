@@ -29,7 +29,7 @@ from . import nufft
 from .batch import sphere_coefficients
 from .conditioning import NotPositiveDefiniteError, cholesky_lagrange, estimate_conditioning
 from .ddap import DEFAULT_RTOL, Parameters, Problem, TorchGSet, fit_coefficients, resolve_device, singular_error
-from .density import Density
+from ..io.density import Density
 from .gspace import GSet
 
 

@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .ddap import Problem, bloechl_weight, resolve_device
-from .density import Density
-from .gspace import DEFAULT_GCUT, SPECIES_GCUT  # noqa: F401 (SPECIES_GCUT: public name; declared in gspace)
-from .restraint import DEFAULT_TAU, NULL_RTOL, constraint_basis, population_uncertainty
-from .threads import single_thread
+from ..gaussian.ddap import Problem, bloechl_weight, resolve_device
+from ..io.density import Density
+from ..gaussian.gspace import DEFAULT_GCUT, SPECIES_GCUT
+from ..gaussian.restraint import DEFAULT_TAU, NULL_RTOL, constraint_basis, population_uncertainty
+from ..threads import single_thread
 
 #: Points of the log-spaced grid per species.
 SCAN_POINTS = 10
@@ -81,7 +81,7 @@ def width_bounds(densities) -> tuple[float, float]:
 class SpeciesEquations:
     """The θ-independent tables of one density for the species-width model at a fixed g_c.
 
-    ``density`` is a :class:`aiida_optddap.engine.density.Density`; ``equations(widths)`` returns A (n, n),
+    ``density`` is a :class:`aiida_optddap.engine.io.density.Density`; ``equations(widths)`` returns A (n, n),
     b (n,) and Σ_S W|C|² for per-atom widths (n,), Å.
     """
 

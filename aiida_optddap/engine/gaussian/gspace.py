@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .density import Density
-from .options import BOHR_IN_ANGSTROM, DEFAULT_GCUT  # noqa: F401 (public names)
+from ..io.density import Density
+from ..options import BOHR_IN_ANGSTROM, DEFAULT_GCUT
 
 #: Default g_c of the species model, Å⁻¹. CP2K's √6 bohr⁻¹ = 4.63 Å⁻¹ holds a single odd shell of MgO
 #: (a = 4.21 Å; (311) lies at 4.95 Å⁻¹): two widths and the transfer then rest on three shells, an exact fit

@@ -1,9 +1,9 @@
-"""The ``shape`` charge definition, the default: :func:`fit` (engine/species.py, then engine/shape.py) →
+"""The ``shape`` charge definition, the default: :func:`fit` (engine/species/widths.py, then engine/species/shape.py) →
 :func:`.pipeline.reconstruct`.
 
 :func:`fit` (1) optimises one Gaussian width per element on the density (the species model's width search,
-engine/species.py) at the shape model's g_c, (2) lets every element's radial shape move away from that Gaussian
-under the prior of engine/shape.py, with one population per atom, and leaves the state as the pipeline's stages
+engine/species/widths.py) at the shape model's g_c, (2) lets every element's radial shape move away from that Gaussian
+under the prior of engine/species/shape.py, with one population per atom, and leaves the state as the pipeline's stages
 do, so that :func:`.pipeline.reconstruct` and :func:`.pipeline.report` write an ordinary ``results.json``: the
 ``radii`` are every element's ladder of :data:`.shape.MULTIPLIERS` × its width (sorted by element),
 ``coefficients[α, j] = p_α·s_{e(α),k}`` on its own element's ladder and zero elsewhere (exact), ``parameters`` =
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .pipeline import FitState, JointFit, reconstruct, uncertainty_excess, uncertainty_summary
-from .species_definition import WidthBounds, WidthSearch
-from .species_definition import evidence, fit_spin  # noqa: F401 (the shape definition's too: the same widths and keys)
+from ..pipeline import FitState, JointFit, reconstruct, uncertainty_excess, uncertainty_summary
+from .definition import WidthBounds, WidthSearch
+from .definition import evidence, fit_spin
 
 #: The options the shape definition fixes (g_c: :data:`.shape.SHAPE_GCUT`, lowered on coarse grids).
 FIXED = {"solver": "shape", "gcut": 15.0}
@@ -45,7 +45,7 @@ class ShapeParameters:
 
 def model_gcut(density, gcut: float) -> float:
     """g_c the density's grid allows (:func:`.shape.shape_gcut`), Å⁻¹."""
-    from .gspace import box_gmax
+    from ..gaussian.gspace import box_gmax
     from .shape import shape_gcut
 
     return shape_gcut(box_gmax(density.cell, density.grid.shape), gcut)
@@ -67,9 +67,9 @@ def fit(state: FitState) -> None:
     """Widths, then shapes and populations; fills ``parameters``, ``fit``, ``net_charges``, ``uncertainty``."""
     import torch
 
-    from .ddap import resolve_device
+    from ..gaussian.ddap import resolve_device
     from .shape import ShapeData, fit_shapes
-    from .species import SpeciesEquations, fit_species, species_of
+    from .widths import SpeciesEquations, fit_species, species_of
 
     clock = time.perf_counter()
     options, density = state.options, state.density
@@ -97,9 +97,9 @@ def fit(state: FitState) -> None:
 
 def _fill(state: FitState, table, base, shapes, species, index, gcut: float, optimized: bool) -> None:
     """The state :func:`.pipeline.report` reads, from the species search ``base`` and the shape fit."""
-    from .ddap import spectrum
+    from ..gaussian.ddap import spectrum
     from .shape import MULTIPLIERS, population_uncertainty
-    from .species import width_bounds
+    from .widths import width_bounds
 
     k = len(MULTIPLIERS)
     spec = spectrum(shapes.population_hessian[None], state.options.rtol)
@@ -152,12 +152,12 @@ STAGES = (fit, reconstruct)
 def check(density, options, zval, mode) -> str | None:
     """Why ``auto`` cannot run the shape model with these options: three-Gaussian options given, another restraint
     reference, or dense tables beyond :data:`.species.MAX_TABLE_VALUES` at its g_c."""
-    from .species import MAX_TABLE_VALUES, table_values
-    from .species_definition import GAUSSIAN_MODEL_FIELDS
+    from .widths import MAX_TABLE_VALUES, table_values
+    from .definition import GAUSSIAN_MODEL_FIELDS
 
     if options.reference not in ("auto", "neutral"):
         return f"reference {options.reference!r} (the shape model keeps free populations on the species model's)"
-    from .options import BY_NAME
+    from ..options import BY_NAME
 
     given = [name for name in GAUSSIAN_MODEL_FIELDS if getattr(options, name) != BY_NAME[name].default]
     if given:
@@ -201,7 +201,7 @@ def fit_joint(densities, zval: dict, options) -> JointFit:
     """The species widths optimised jointly over the frames at the shape model's g_c (the smallest any frame's
     grid allows); every frame is then fitted with them (its shapes and populations its own). Not usable where a
     width sits on a bound (:func:`verdict`)."""
-    from .species import fit_species
+    from .widths import fit_species
 
     gcut = min(model_gcut(d, options.gcut if options.solver == "shape" else FIXED["gcut"]) for d in densities)
     fit = fit_species(densities, zval, gcut=gcut, device=options.device, full_grid_species=FULL_GRID_SPECIES)

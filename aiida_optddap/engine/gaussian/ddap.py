@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .density import Density
+from ..io.density import Density
 from .gspace import DEFAULT_GCUT, GSet, box_gset, fourier_norm, prepare, sphere_gset
 
 #: Solvers of the constrained fit; ``restrained`` (the default charge definition) is in :mod:`.restraint`.

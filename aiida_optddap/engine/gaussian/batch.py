@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from .ddap import DEFAULT_RTOL, Parameters, SingularMatrixError, resolve_device
-from .density import Density
+from ..io.density import Density
 from .gspace import check_gmax, reciprocal_cell, sphere_extent, sphere_miller
-from .threads import SERIAL_COEFFICIENTS, single_thread, small_on_cpu
+from ..threads import SERIAL_COEFFICIENTS, single_thread, small_on_cpu
 
 #: Solvers of :func:`fit_frames` (the formulas of :func:`.ddap.solve`).
 BATCH_SOLVERS = ("pinv", "lagrange", "scale", "shift")

@@ -1,0 +1,2 @@
+"""Electrostatics of fitted charges: Ewald sums and Coulomb matrices (coulomb), charge equilibration (qeq)
+and the dataset's electrostatic baseline (baseline)."""
