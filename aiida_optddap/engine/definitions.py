@@ -190,6 +190,13 @@ def option_problems(options) -> list[str]:
         problems.append(f"solver must be one of {', '.join(known[:-1])} or {known[-1]}")
     if options.definition not in _REGISTRY and options.definition != "custom":
         problems.append(f"definition must be one of {', '.join(names())} or custom")
+    named = _REGISTRY.get(options.definition)
+    if named is not None and not named.chooser:
+        differ = {key: value for key, value in named.fixed.items() if getattr(options, key) != value}
+        if differ:
+            problems.append(f"definition {named.name!r} fixes {_assignments(differ)}, these options have "
+                            f"{_assignments({key: getattr(options, key) for key in differ})}: build them with "
+                            f"FitOptions.for_definition({named.name!r}, ...) (an override makes it 'custom')")
     owners: dict[str, list[Definition]] = {}
     for definition in _REGISTRY.values():
         for name in definition.owns:
@@ -202,6 +209,10 @@ def option_problems(options) -> list[str]:
             which = " or ".join(f"the {d.name} definition (solver {'/'.join(d.solvers)})" for d in defs)
             problems.append(f"{name} go with {which} only")
     return problems
+
+
+def _assignments(values: Mapping) -> str:
+    return ", ".join(f"{key}={value!r}" for key, value in values.items())
 
 
 # ------------------------------------------------------------------------------------------ the built-ins

@@ -121,3 +121,23 @@ def test_applicability_and_refusal_come_from_the_flags(pair):
     assert definitions.get("restrained").refusal(None, "difference") is None
     with pytest.raises(ValueError, match="needs Z_val"):
         run_fit(pair, FitOptions.for_definition("species", device="cpu"))
+
+
+@pytest.mark.parametrize("name", ["shape", "species", "classic", "paper"])
+def test_a_named_definition_with_other_fixed_options_is_refused(name):
+    """``FitOptions(definition="shape")`` keeps the default solver and g_c, which the shape definition fixes
+    otherwise: it is refused in one line that names both and the constructor that builds them, instead of
+    running one model under another's name."""
+    with pytest.raises(ValueError, match=rf"definition '{name}' fixes solver=.*FitOptions.for_definition\('{name}'"):
+        FitOptions(definition=name)
+    options = FitOptions.for_definition(name)
+    assert options.definition == name and definitions.for_options(options).name == name
+    assert FitOptions(**{**dataclasses.asdict(options)}).definition == name  # the same values pass
+
+
+def test_for_definition_runs_what_it_names(pair):
+    results = run_fit(pair, FitOptions.for_definition("shape", device="cpu"), zval=ZVAL)
+    assert results["charge_model"] == "shape" and results["charge_definition"] == "shape"
+    # a 16³ grid in a 4 Å cube holds |G| up to π·16/4 = 12.6 Å⁻¹ along an axis: g_c is lowered below 15
+    assert results["parameters"]["gcut"] < 15.0
+    assert any(warning.startswith("g_c lowered from 15") for warning in results["warnings"])
