@@ -12,6 +12,7 @@ For the species-width model (one Gaussian per atom, one width per species, width
 :func:`.species.fit_species`. :func:`choose_joint_parameters` picks one for a set of frames (the rule of
 ``optddap.dataset``'s ``joint`` input): each definition's joint fit is its ``Definition.joint``
 (engine/definitions.py), and ``auto`` tries the default definition's candidates in their order.
+:func:`fit_frames` is the many-frame fit in one call: that choice (or none), then every frame fitted.
 """
 
 from __future__ import annotations
@@ -100,3 +101,60 @@ def choose_joint_parameters(densities: Sequence[Density], zval: dict, mode: str 
     out["model"] = definition.joint_mode
     out["fit_parameters"] = fit.fit_parameters
     return out
+
+
+def _frame_zvals(densities: list[Density], zval: dict) -> list:
+    """One :class:`.zval.ZvalInfo` per frame from ``zval`` (element → e); ValueError naming a missing element."""
+    from .io.zval import resolve_zval
+
+    values = {element: float(value) for element, value in zval.items()}
+    out = []
+    for index, density in enumerate(densities):
+        missing = sorted(set(density.symbols) - set(values))
+        if missing:
+            where = density.metadata.get("path") or f"frame {index}"
+            raise ValueError(f"{where}: no Z_val for {', '.join(missing)}")
+        out.append(resolve_zval(density, user={s: values[s] for s in dict.fromkeys(density.symbols)}))
+    return out
+
+
+def fit_frames(densities: Sequence[Density], zval: dict, joint: str | None = "auto", options=None) -> dict:
+    """Fit many frames: one parameter set chosen from all of them (``joint``), then every frame with it.
+
+    Args:
+        densities: the frames (:class:`.density.Density`), e.g. the rattled frames of a training set.
+        zval: Z_val (e) of every element of the frames (the neutral reference; CP2K cubes carry none).
+        joint: one of :data:`JOINT_MODES` — :func:`choose_joint_parameters` on all frames (``auto``: the rule of
+            ``optddap.dataset``'s ``joint`` input), then each frame fitted with the chosen
+            ``FitOptions.for_definition(**fit_parameters)``; None — each frame on its own with ``options``.
+        options: :class:`.fit.FitOptions` of the frame-by-frame fits (default ``FitOptions()``); with a joint
+            mode only its ``device`` is used.
+
+    Returns:
+        ``{"results", "model", "choice", "seconds"}``: one ``results.json`` dictionary per frame (in order),
+        the model used (the joint mode chosen, or ``options.definition``), the evidence of the joint choice
+        (None without one) and the wall seconds of each frame (the choice spread evenly over the frames).
+
+    Raises:
+        ValueError: no frames, an unknown ``joint`` mode, or an element of some frame without Z_val.
+    """
+    import time
+
+    from .fit import FitOptions, run_fit
+
+    densities = list(densities)
+    if not densities:
+        raise ValueError("fit_frames: no frames")
+    options = FitOptions() if options is None else options
+    zvals = _frame_zvals(densities, zval)
+    start, choice, model = time.perf_counter(), None, options.definition
+    if joint is not None:
+        choice = choose_joint_parameters(densities, zval, joint, device=options.device)
+        model, options = choice["model"], FitOptions.for_definition(**choice["fit_parameters"], device=options.device)
+    share = (time.perf_counter() - start) / len(densities)
+    results, seconds = [], []
+    for density, frame_zval in zip(densities, zvals):
+        clock = time.perf_counter()
+        results.append(run_fit(density, options, zval=frame_zval))
+        seconds.append(time.perf_counter() - clock + share)
+    return {"results": results, "model": model, "choice": choice, "seconds": seconds}
