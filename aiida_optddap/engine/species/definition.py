@@ -57,7 +57,7 @@ class WidthBounds:
 @dataclass
 class WidthSearch:
     """What :func:`.pipeline.report` reads of an optimisation (``chosen``): the width search is a deterministic
-    grid + Nelder–Mead (engine/species/widths.py), so it has no trajectory or starts of its own."""
+    grid + L-BFGS-B (engine/species/widths.py), so it has no trajectory or starts of its own."""
 
     initial: SpeciesParameters
     history: list
