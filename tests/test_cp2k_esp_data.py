@@ -111,14 +111,11 @@ RATTLED_RECORDS = sorted(RATTLED.glob("*.json"))
 
 @pytest.mark.parametrize("path", RATTLED_RECORDS, ids=[p.stem for p in RATTLED_RECORDS])
 def test_rattled_lif_kcl_frames(path):
-    """The rattled LiF/KCl frames (examples/cp2k_rattled/generate_lif_kcl.py): frame 0 is the perfect crystal
+    """The rattled LiF/KCl frames (examples/cp2k_rattled/generate_lif_kcl.py, aiida_optddap.validation.rattled): frame 0 is the perfect crystal
     with symmetric Bader charges, every cube integrates to N, Bader sums to N, and each frame's positions are
     the rattle rule's."""
-    import importlib.util
+    from aiida_optddap.validation import rattled
 
-    spec = importlib.util.spec_from_file_location("generate_lif_kcl", RATTLED.parent / "generate_lif_kcl.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     record = json.loads(path.read_text())
     frames = record["frames"]
     assert frames[0]["frame"] == 0 and frames[0]["rms_displacement"] == 0
@@ -131,5 +128,5 @@ def test_rattled_lif_kcl_frames(path):
         assert rho.sum() * volume / rho.size == pytest.approx(n, abs=1e-3 * n)
         assert frame["bader_population_sum"] == pytest.approx(n, abs=2e-3 * n)
         assert frame["scf_converged"]
-        positions = module.frame_geometry(record["system"], frame["frame"])[2]
+        positions = rattled.frame_geometry(record["system"], frame["frame"])[2]
         np.testing.assert_allclose(frame["positions"], positions, atol=1e-10)

@@ -12,7 +12,6 @@ tests/test_pairs_data.py):
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -26,17 +25,16 @@ def check():
     pytest.importorskip("torchpme")
     if not (DATA / "pairs.json").is_file():
         pytest.skip(f"missing {DATA / 'pairs.json'} (run examples/cp2k_pairs/generate.py)")
-    spec = importlib.util.spec_from_file_location("baseline_check", ROOT / "cp2k_rattled" / "baseline_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from aiida_optddap.validation import baseline_check
+
+    return baseline_check
 
 
 @pytest.fixture(scope="module")
 def frames(check):
     from aiida_optddap.engine.electrostatics.baseline import add_baseline
 
-    fitted, _, model = check.fitted_frames(systems=("pairs",), charges="species", data_dir=DATA)
+    fitted, _, model = check.fitted_frames(DATA, systems=("pairs",), charges="species")
     assert model == "species" and len(fitted) == 30
     return add_baseline(fitted, charges="per_element")
 
@@ -55,9 +53,9 @@ def test_baseline_plus_mace_beats_mace_alone(check, frames, tmp_path):
     frames, summary = frames
     indices = split_indices(len(frames), [0.6, 0.2, 0.2], 0)
     by_split = {name: [frames[i] for i in idx] for name, idx in indices.items()}
-    alone = check._evaluate(check._train(tmp_path / "alone", by_split, "REF_energy", "REF_forces", 100),
+    alone = check.evaluate(check.train(tmp_path / "alone", by_split, "REF_energy", "REF_forces", 100),
                             by_split["test"], None)
-    with_elec = check._evaluate(check._train(tmp_path / "sr", by_split, "SR_energy", "SR_forces", 100),
+    with_elec = check.evaluate(check.train(tmp_path / "sr", by_split, "SR_energy", "SR_forces", 100),
                                 by_split["test"], summary["per_element"])
     message = f"MACE alone {alone}, baseline + MACE {with_elec}"
     assert with_elec["rmse_e_per_atom"] * 5 < alone["rmse_e_per_atom"], message

@@ -3,7 +3,7 @@
 * every frame: 4 atoms (Na, Cl, Na, Cl) in the 8 × 8 × 18 Å box, energy and forces of the right shapes, SCF
   converged, forces summing to ~0 (soft pseudopotentials: no egg-box error), ∫ρ = 16 e, and its geometry
   re-derived by generate.py's rule from the recorded seed (the intermolecular gap ≥ 5.2 Å, images included);
-* the molecules' dipoles from the density (an independent reference, examples/cp2k_pairs/dipoles.py): NaCl's
+* the molecules' dipoles from the density (an independent reference, aiida_optddap.validation.pairs.compare): NaCl's
   9.0 D (1.87 e·Å, the experimental gas-phase value) on average, and the species-width charges reproduce
   them to within 6 % in size and 5° in direction on the first ten frames.
 
@@ -12,22 +12,15 @@ Skips with a reason when the data are missing.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-HERE = Path(__file__).resolve().parents[1] / "examples" / "cp2k_pairs"
-DATA = HERE / "data"
+from aiida_optddap.validation import pairs
 
-
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(f"cp2k_pairs_{name}", HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+DATA = Path(__file__).resolve().parents[1] / "examples" / "cp2k_pairs" / "data"
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +36,7 @@ def records():
 
 
 def test_frames_follow_the_recipe(records):
-    generate = _module("generate")
+    generate = pairs
     frames = records["frames"]
     assert len(frames) == generate.N_FRAMES
     assert [f["frame"] for f in frames] == list(range(len(frames)))
@@ -64,7 +57,7 @@ def test_frames_follow_the_recipe(records):
 
 def test_species_charges_reproduce_the_molecular_dipoles(records):
     pytest.importorskip("torch")
-    result = _module("dipoles").compare(frames=10)
+    result = pairs.compare(DATA, frames=10)
     norms = np.concatenate(result["density_dipole_norms"])
     assert norms.mean() == pytest.approx(1.874, rel=0.05)  # e·Å: 9.0 D, NaCl's gas-phase dipole
     species = result["models"]["species"]

@@ -8,7 +8,6 @@ reason when the rattled data are missing.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,6 +16,8 @@ import pytest
 import torch
 
 from aiida_optddap.engine.io import read_density
+from aiida_optddap.validation import smoothness as smooth
+from aiida_optddap.validation.frames import FrameSet
 from aiida_optddap.engine.species.widths import (SpeciesEquations, constrained_minimum, fit_species, species_misfit,
                                           stack_frames)
 
@@ -29,13 +30,6 @@ LIH = vasp_file("lih_atomate_pbesol/CHGCAR")  # the repository's copy (tests/dat
 GCUT = 5.5
 #: The issue's criterion: max |ΔQ|/rms of the fit within 3× Bader's on the same frames.
 QUOTIENT_MAX = 3.0
-
-
-def _smoothness_module():
-    spec = importlib.util.spec_from_file_location("cp2k_rattled_smoothness", RATTLED / "smoothness.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 _CACHE: dict = {}
@@ -125,7 +119,6 @@ def test_species_charges_are_smooth_in_geometry(system):
     """Issue 9 item 4: one width set optimised jointly over all frames (item 5), then every frame fitted with
     it: the largest |ΔQ|/rms is within 3× Bader's (measured 1.9 NaCl, 2.2 MgO; docs/validation.md)."""
     records, frames, densities = _frames(system)
-    smooth = _smoothness_module()
     result = fit_species(densities, records["zval"], gcut=GCUT)
     rms = np.array([f["rms_displacement"] for f in frames])
     fit = np.array([f["net_charges"] for f in result.frames])
@@ -150,12 +143,11 @@ def test_smoothness_reports_the_model_each_fit_used():
     requested definition."""
     from aiida_optddap.engine.fit import FitOptions
 
-    smooth = _smoothness_module()
     records, frames, _ = _frames("nacl")
-    two = {**records, "frames": frames[:2]}
-    _, _, models = smooth.fit_frames(two, FitOptions(device="cpu"))
+    two = FrameSet(RATTLED / "data", "nacl", records, frames[:2], [])
+    _, _, models = smooth.fitted_charges(two, FitOptions(device="cpu"))
     assert models == ["shape", "shape"]
-    _, _, models = smooth.fit_frames(two, FitOptions(optimize=False, device="cpu"))
+    _, _, models = smooth.fitted_charges(two, FitOptions(optimize=False, device="cpu"))
     assert models == ["restrained", "restrained"]
 
 
@@ -165,9 +157,8 @@ def test_smoothness_reports_the_model_each_fit_used():
 def test_restrained_default_is_smooth_at_fixed_parameters():
     from aiida_optddap.engine.fit import FitOptions
 
-    smooth = _smoothness_module()
     _frames("nacl")
-    result = smooth.smoothness(FitOptions(optimize=False, device="cpu"), systems=("nacl",))
+    result = smooth.smoothness(FitOptions(optimize=False, device="cpu"), systems=("nacl",), data=RATTLED / "data")
     assert result["nacl"]["quotient_max"] <= QUOTIENT_MAX
 
 

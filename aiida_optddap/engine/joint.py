@@ -141,6 +141,7 @@ def fit_frames(densities: Sequence[Density], zval: dict, joint: str | None = "au
     import time
 
     from .fit import FitOptions, run_fit
+    from .gaussian.ddap import resolve_device
 
     densities = list(densities)
     if not densities:
@@ -149,8 +150,9 @@ def fit_frames(densities: Sequence[Density], zval: dict, joint: str | None = "au
     zvals = _frame_zvals(densities, zval)
     start, choice, model = time.perf_counter(), None, options.definition
     if joint is not None:
-        choice = choose_joint_parameters(densities, zval, joint, device=options.device)
-        model, options = choice["model"], FitOptions.for_definition(**choice["fit_parameters"], device=options.device)
+        device = resolve_device(options.device).type  # "auto" resolved once, for the choice and every frame
+        choice = choose_joint_parameters(densities, zval, joint, device=device)
+        model, options = choice["model"], FitOptions.for_definition(**choice["fit_parameters"], device=device)
     share = (time.perf_counter() - start) / len(densities)
     results, seconds = [], []
     for density, frame_zval in zip(densities, zvals):
