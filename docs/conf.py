@@ -238,12 +238,14 @@ def _aiida_modules() -> str:
             pkg = importlib.import_module(f"aiida_optddap.{package}")
         except ModuleNotFoundError:
             continue
-        names = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_"))
+        # subpackages too (cli/launch/, cli/utils/): walk_packages yields a package and then its modules
+        names = sorted(m.name for m in pkgutil.walk_packages(pkg.__path__, f"{pkg.__name__}.")
+                       if not any(part.startswith("_") for part in m.name.split(".")))
         if not names:
             continue
         out.append(f"## {title}\n")
         for name in names:
-            out.append(f"```{{eval-rst}}\n.. automodule:: aiida_optddap.{package}.{name}\n```\n")
+            out.append(f"```{{eval-rst}}\n.. automodule:: {name}\n```\n")
     return "\n".join(out)
 
 

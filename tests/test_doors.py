@@ -61,7 +61,7 @@ def _cli(density: Path, zval, guess) -> dict:
 def _aiida(profile, density: Path, zval, guess, code):
     from aiida import orm
 
-    from aiida_optddap.cli.launch import main
+    from aiida_optddap.cli.root import main
 
     runner = CliRunner()
     runner.invoke(main, ["-p", profile.name, "setup"], catch_exceptions=False)
@@ -154,7 +154,7 @@ def test_aiida_refuses_a_wrong_valence_count_with_307(tmp_path, aiida_profile, o
     with the engine's one line (each element, its Z_val, its source) and optddap.base stops without a restart."""
     from aiida import orm
 
-    from aiida_optddap.cli.launch import main
+    from aiida_optddap.cli.root import main
 
     density = _folder(tmp_path, "LiH")
     runner = CliRunner()

@@ -12,7 +12,8 @@ from aiida import orm
 from click.testing import CliRunner
 
 from aiida_optddap.cli.data import data_optddap, format_number, hill_formula
-from aiida_optddap.cli.launch import main, parse_param, parse_walltime, parse_zval
+from aiida_optddap.cli.root import main
+from aiida_optddap.cli.utils.parse import parse_param, parse_walltime, parse_zval
 from aiida_optddap.data.charges import ChargesData
 
 
@@ -219,10 +220,10 @@ def test_parse_zval_and_walltime():
 @pytest.fixture
 def captured_builders(monkeypatch):
     """``launch`` commands build their builder but do not run it: the builders are collected instead."""
-    import aiida_optddap.cli.launch as launch
+    import aiida_optddap.cli.utils.launch as launching
 
     builders = []
-    monkeypatch.setattr(launch, "_launch", lambda builder, daemon, wait, timeout: builders.append(builder))
+    monkeypatch.setattr(launching, "launch_process", lambda builder, daemon, wait, timeout: builders.append(builder))
     return builders
 
 

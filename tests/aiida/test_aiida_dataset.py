@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from helpers import gaussian_density, write_chgcar
 
 from aiida_optddap.calculations.dataset import build_dataset, frame_from_charges
-from aiida_optddap.cli.launch import main
+from aiida_optddap.cli.root import main
 from aiida_optddap.data.charges import ChargesData
 from aiida_optddap.data.dataset import ChargeDatasetData, split_indices
 

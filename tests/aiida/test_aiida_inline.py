@@ -73,7 +73,7 @@ def test_plugin_import_does_not_import_torch():
         "from aiida.plugins import CalculationFactory, ParserFactory, DataFactory, WorkflowFactory\n"
         "CalculationFactory('optddap.fit'); CalculationFactory('optddap.fit_inline'); ParserFactory('optddap.fit')\n"
         "DataFactory('optddap.charges'); WorkflowFactory('optddap.base')\n"
-        "import aiida_optddap.cli.data, aiida_optddap.cli.launch\n"
+        "import aiida_optddap.cli.data, aiida_optddap.cli.root\n"
         "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('aiida_optddap.engine.gaussian.ddap',"
         " 'aiida_optddap.engine.fit', 'aiida_optddap.engine.gaussian.optimize'))]\n"
         "print(bad)\n"

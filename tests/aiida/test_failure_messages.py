@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from conftest import NACL, gaussian_density, write_chgcar
 
 from aiida_optddap.cli.data import data_optddap
-from aiida_optddap.cli.launch import _density_node, main
+from aiida_optddap.cli.root import main
+from aiida_optddap.cli.utils.nodes import density_node
 from aiida_optddap.data.charges import ChargesData
 
 NO_FIT = {"optimize": False, "device": "cpu"}
@@ -106,9 +107,9 @@ def test_species_summaries_name_the_widths(results_factory):
     assert "(1 atom, absolute" in shown and "1 atoms" not in shown
     assert "widths Na 0.8125 Å" in shown and "K =" not in shown and "σ_start" not in shown
 
-    from aiida_optddap.cli.launch import _parameter_line
+    from aiida_optddap.cli.utils.display import parameter_line
 
-    line = _parameter_line({"species_widths": {"Na": 0.8125, "Cl": 1.25}, "sigma_start": None, "n_gauss": 2,
+    line = parameter_line({"species_widths": {"Na": 0.8125, "Cl": 1.25}, "sigma_start": None, "n_gauss": 2,
                             "gcut": 4.6, "condition_number": 12.0, "loss": 1e-3, "device": "cpu"})
     assert line.startswith("species model, one Gaussian per atom, widths Na 0.8125 Å, Cl 1.25 Å; gcut=4.6")
     assert "sigma_start" not in line and "n_gauss" not in line
@@ -117,7 +118,7 @@ def test_species_summaries_name_the_widths(results_factory):
 def test_messages_use_the_right_article(aiida_localhost):
     code = orm.InstalledCode(computer=aiida_localhost, filepath_executable="/bin/true", label="article").store()
     with pytest.raises(Exception, match=rf"node<{code.pk}> is an InstalledCode, not a SinglefileData"):
-        _density_node(str(code.pk))
+        density_node(str(code.pk))
     charges = orm.Dict({}).store()
     result = CliRunner().invoke(data_optddap, ["show", str(charges.pk)])
     assert f"node<{charges.pk}> is a Dict, not a ChargesData or a fit" in result.output

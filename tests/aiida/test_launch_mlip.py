@@ -12,7 +12,7 @@ import pytest
 from aiida import orm
 from click.testing import CliRunner
 
-from aiida_optddap.cli.launch import main
+from aiida_optddap.cli.root import main
 from aiida_optddap.workflows.mlip import MlipWorkChain, read_properties
 from aiida_optddap.workflows.protocols import PROTOCOLS
 
@@ -21,10 +21,10 @@ DATA = Path(__file__).resolve().parents[2] / "examples" / "cp2k_rattled" / "data
 
 @pytest.fixture
 def captured_builders(monkeypatch):
-    import aiida_optddap.cli.launch as launch
+    import aiida_optddap.cli.utils.launch as launching
 
     builders = []
-    monkeypatch.setattr(launch, "_launch", lambda builder, daemon, wait, timeout: builders.append(builder))
+    monkeypatch.setattr(launching, "launch_process", lambda builder, daemon, wait, timeout: builders.append(builder))
     return builders
 
 
