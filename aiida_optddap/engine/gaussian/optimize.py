@@ -113,6 +113,115 @@ def starting_points(
     return np.asarray(points, dtype=np.float64)
 
 
+def _loss_and_equations(problem: Problem, loss: str, batch: int, n_gauss: int):
+    """The outer loss and the normal equations (A, b, norm) of ``problem`` for a batch of ``batch`` parameter sets.
+
+    Shell tables and real-space overlaps (see .shells) give the same A, b and density loss as the chunked G
+    sums at a fraction of the cost per step; the chunked sums remain for large cells."""
+    fast_loss = loss == "density" and DensityLoss.fits(problem, batch, n_gauss)
+    loss_terms = DensityLoss(problem) if fast_loss else LossTerms(problem, loss)
+    equations = FitShells(problem).normal_equations if FitShells.fits(problem) else partial(normal_equations, problem)
+    return loss_terms, equations
+
+
+def _full_rank(equations, n_gauss: int, rtol: float, device, point: np.ndarray) -> bool:
+    """Whether A is of full rank at the parameters ``point`` (σ_start, f, g_c)."""
+    theta = torch.as_tensor(point, device=device)[None]
+    with torch.no_grad():
+        a = equations(radii_from(theta[:, 0], theta[:, 1], n_gauss), theta[:, 2])[0]
+    return int(spectrum(a, rtol).rank[0]) == a.shape[-1]
+
+
+class _Starts:
+    """The bookkeeping of a batch of starts: which still run, why each stopped, its trajectory and best point.
+
+    A start stops on a non-finite loss or (unless ``restrained``) a change of rank of A, and then the step that
+    led there is undone; or when its loss changed by less than ``tolerance`` (relative) over ``patience`` steps.
+    """
+
+    def __init__(self, starts: int, patience: int, tolerance: float, restrained: bool):
+        self.patience, self.tolerance, self.restrained = patience, tolerance, restrained
+        self.active = np.ones(starts, dtype=bool)
+        self.reasons = ["max_steps"] * starts
+        self.histories: list[list[dict]] = [[] for _ in range(starts)]
+        self.best = [(math.inf, None, None) for _ in range(starts)]  # (loss, θ, populations)
+        self.initial_rank = None
+
+    def best_loss(self) -> float:
+        return min(b[0] for b in self.best)
+
+    def record(self, step: int, rows: np.ndarray, theta, values, diag, sol, shape: tuple[int, int],
+               unconstrained: torch.Tensor, previous_u: torch.Tensor) -> None:
+        """Enter one step of the starts ``rows`` (θ, loss ``values``, spectrum ``diag``, solution ``sol``;
+        ``shape`` is (atoms, K)); a start that must stop is put back to ``previous_u``."""
+        if self.initial_rank is None:
+            self.initial_rank = diag.rank.copy()
+        finite = torch.isfinite(values).cpu().numpy()
+        theta_np = theta.detach().cpu().numpy()
+        values_np = values.detach().cpu().numpy()
+        populations = sol.q.detach().reshape(len(rows), *shape).sum(-1).cpu().numpy()
+        for r, i in enumerate(rows):
+            if not finite[r] or (diag.rank[r] != self.initial_rank[i] and not self.restrained):
+                # Reject the step that led here: restore the previous parameters and stop.
+                with torch.no_grad():
+                    unconstrained[i] = previous_u[i]
+                self.active[i] = False
+                self.reasons[i] = "non_finite" if not finite[r] else "rank_change"
+                continue
+            self.histories[i].append(
+                {
+                    "step": step,
+                    **{n: float(theta_np[r, j]) for j, n in enumerate(NAMES)},
+                    "loss": float(values_np[r]),
+                    "condition_number": float(diag.condition_number[r]),
+                    "rank": int(diag.rank[r]),
+                    "unconstrained_total": float(sol.unconstrained_total[r].detach()),
+                }
+            )
+            if values_np[r] < self.best[i][0]:
+                self.best[i] = (float(values_np[r]), theta_np[r].copy(), populations[r].copy())
+            if len(self.histories[i]) > self.patience:
+                old = self.histories[i][-1 - self.patience]["loss"]
+                if abs(old - values_np[r]) <= self.tolerance * abs(values_np[r]):
+                    self.active[i] = False
+                    self.reasons[i] = "converged"
+
+    def results(self, points: torch.Tensor, n_gauss: int) -> list[StartResult]:
+        """One :class:`StartResult` per start (``points``: the starting parameters)."""
+        results = []
+        for i, (loss_i, theta_i, pops_i) in enumerate(self.best):
+            if theta_i is None:
+                raise ArithmeticError(f"start {i}: the loss is not finite at the starting parameters {points[i].tolist()}")
+            results.append(
+                StartResult(
+                    initial=Parameters(*points[i, :2].tolist(), n_gauss, float(points[i, 2])),
+                    final=Parameters(float(theta_i[0]), float(theta_i[1]), n_gauss, float(theta_i[2])),
+                    loss=loss_i,
+                    populations=pops_i,
+                    steps=len(self.histories[i]),
+                    stop_reason=self.reasons[i],
+                    history=self.histories[i],
+                )
+            )
+        return results
+
+
+def _adam_step(optimizer, schedule, unconstrained: torch.Tensor, values, active: np.ndarray, rows: np.ndarray,
+               frozen: torch.Tensor) -> torch.Tensor:
+    """One Adam step on the loss of the starts still active (the frozen parameters keep their value); returns
+    the variables before the step."""
+    device = unconstrained.device
+    (values * torch.as_tensor(active[rows], device=device)).sum().backward()
+    unconstrained.grad[:, frozen] = 0.0
+    previous_u = unconstrained.detach().clone()
+    optimizer.step()
+    schedule.step()
+    with torch.no_grad():  # Adam's momentum would move the stopped starts
+        stopped = torch.as_tensor(~active, device=device)
+        unconstrained[stopped] = previous_u[stopped]
+    return previous_u
+
+
 def optimize(
     problem: Problem,
     start: Parameters,
@@ -143,20 +252,9 @@ def optimize(
     ref = None if reference is None else torch.as_tensor(np.asarray(reference, dtype=np.float64), device=problem.device)
     device = problem.device
     n_gauss = start.n_gauss
-    # Shell tables and real-space overlaps (see .shells) give the same A, b and density loss as the
-    # chunked G sums at a fraction of the cost per step; the chunked sums remain for large cells.
-    fast_loss = loss == "density" and DensityLoss.fits(problem, starts, n_gauss)
-    loss_terms = DensityLoss(problem) if fast_loss else LossTerms(problem, loss)
-    equations = FitShells(problem).normal_equations if FitShells.fits(problem) else partial(normal_equations, problem)
+    loss_terms, equations = _loss_and_equations(problem, loss, starts, n_gauss)
     lo, hi = bounds.tensors(device)
-
-    def full_rank(point: np.ndarray) -> bool:
-        theta = torch.as_tensor(point, device=device)[None]
-        with torch.no_grad():
-            a = equations(radii_from(theta[:, 0], theta[:, 1], n_gauss), theta[:, 2])[0]
-        return int(spectrum(a, rtol).rank[0]) == a.shape[-1]
-
-    accept = None if restrained else full_rank
+    accept = None if restrained else partial(_full_rank, equations, n_gauss, rtol, device)
     frozen = np.array([name not in free for name in NAMES])
     points_np = starting_points(start, bounds, starts, seed, accept=accept)
     points_np[:, frozen] = points_np[0, frozen]
@@ -167,88 +265,25 @@ def optimize(
     # Cosine decay to lr/1000 over the step budget: Adam at a constant rate keeps oscillating about a
     # minimum, so the stopping rule could never be met; decaying steps let each start settle.
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=lr / 1000)
-
-    def parameters_of(u: torch.Tensor) -> torch.Tensor:
-        return lo + (hi - lo) * torch.sigmoid(u)
-
-    active = np.ones(starts, dtype=bool)
-    reasons = ["max_steps"] * starts
-    histories: list[list[dict]] = [[] for _ in range(starts)]
-    best = [(math.inf, None, None) for _ in range(starts)]  # (loss, θ, populations)
-    initial_rank = None
+    tracker = _Starts(starts, patience, tolerance, restrained)
     previous_u = unconstrained.detach().clone()
     for step in range(steps):
         optimizer.zero_grad()
-        rows = np.flatnonzero(active)  # stopped starts leave the batch
-        theta = parameters_of(unconstrained[torch.as_tensor(rows, device=device)])
+        rows = np.flatnonzero(tracker.active)  # stopped starts leave the batch
+        theta = lo + (hi - lo) * torch.sigmoid(unconstrained[torch.as_tensor(rows, device=device)])
         radii = radii_from(theta[:, 0], theta[:, 1], n_gauss)
         a, b, norm = equations(radii, theta[:, 2])
         diag = spectrum(a, rtol)
         sol = solve_charges(a, b, norm, problem.n_electrons, n_gauss, solver, rtol, diag, ref, tau,
                             with_diagnostics=False)
-        q, total_u = sol.q, sol.unconstrained_total
-        values = loss_terms(problem, q, radii)
-        if initial_rank is None:
-            initial_rank = diag.rank.copy()
-        finite = torch.isfinite(values).cpu().numpy()
-        theta_np = theta.detach().cpu().numpy()
-        values_np = values.detach().cpu().numpy()
-        populations = q.detach().reshape(len(rows), problem.n_atoms, n_gauss).sum(-1).cpu().numpy()
-        for r, i in enumerate(rows):
-            if not finite[r] or (diag.rank[r] != initial_rank[i] and not restrained):
-                # Reject the step that led here: restore the previous parameters and stop.
-                with torch.no_grad():
-                    unconstrained[i] = previous_u[i]
-                active[i] = False
-                reasons[i] = "non_finite" if not finite[r] else "rank_change"
-                continue
-            histories[i].append(
-                {
-                    "step": step,
-                    **{n: float(theta_np[r, j]) for j, n in enumerate(NAMES)},
-                    "loss": float(values_np[r]),
-                    "condition_number": float(diag.condition_number[r]),
-                    "rank": int(diag.rank[r]),
-                    "unconstrained_total": float(total_u[r].detach()),
-                }
-            )
-            if values_np[r] < best[i][0]:
-                best[i] = (float(values_np[r]), theta_np[r].copy(), populations[r].copy())
-            if len(histories[i]) > patience:
-                old = histories[i][-1 - patience]["loss"]
-                if abs(old - values_np[r]) <= tolerance * abs(values_np[r]):
-                    active[i] = False
-                    reasons[i] = "converged"
+        values = loss_terms(problem, sol.q, radii)
+        tracker.record(step, rows, theta, values, diag, sol, (problem.n_atoms, n_gauss), unconstrained, previous_u)
         if progress is not None:
-            progress(step + 1, steps, min(b[0] for b in best))
-        if not active.any():
+            progress(step + 1, steps, tracker.best_loss())
+        if not tracker.active.any():
             break
-        (values * torch.as_tensor(active[rows], device=device)).sum().backward()
-        unconstrained.grad[:, frozen_t] = 0.0
-        previous_u = unconstrained.detach().clone()
-        optimizer.step()
-        schedule.step()
-        with torch.no_grad():  # Adam's momentum would move the stopped starts
-            stopped = torch.as_tensor(~active, device=device)
-            unconstrained[stopped] = previous_u[stopped]
-
-    results = []
-    for i in range(starts):
-        loss_i, theta_i, pops_i = best[i]
-        if theta_i is None:
-            raise ArithmeticError(f"start {i}: the loss is not finite at the starting parameters {points[i].tolist()}")
-        results.append(
-            StartResult(
-                initial=Parameters(*points[i, :2].tolist(), n_gauss, float(points[i, 2])),
-                final=Parameters(float(theta_i[0]), float(theta_i[1]), n_gauss, float(theta_i[2])),
-                loss=loss_i,
-                populations=pops_i,
-                steps=len(histories[i]),
-                stop_reason=reasons[i],
-                history=histories[i],
-            )
-        )
-    return results
+        previous_u = _adam_step(optimizer, schedule, unconstrained, values, tracker.active, rows, frozen_t)
+    return tracker.results(points, n_gauss)
 
 
 #: Points of the log-spaced σ_start scan that brackets the global minimum before Brent's method.
@@ -280,6 +315,38 @@ def minimise_sigma_start(
                                        references=[reference], tau=tau, progress=progress)
 
 
+def _frame_fits(problems: list[Problem], references: list, loss: str, solver: str, n_gauss: int) -> list[tuple]:
+    """Per frame: (problem, loss, normal equations, reference populations as a tensor or None, the restraint's
+    metric for the ``restrained`` solver or None), for one parameter set at a time."""
+    frames = []
+    for problem, reference in zip(problems, references):
+        like = torch.empty(0, dtype=torch.float64, device=problem.device)
+        frames.append((
+            problem,
+            *_loss_and_equations(problem, loss, 1, n_gauss),
+            None if reference is None else torch.as_tensor(np.asarray(reference, dtype=np.float64), device=problem.device),
+            restraint_metric(problem.n_atoms * n_gauss, n_gauss, like) if solver == "restrained" else None,
+        ))
+    return frames
+
+
+def _scan_then_brent(evaluate: Callable[[float], float], limits: tuple[float, float]) -> bool:
+    """Minimise ``evaluate`` over σ_start in ``limits``: a log-spaced scan of :data:`SCAN_POINTS` values brackets
+    the best point, then Brent's bounded method (scipy) refines it to :data:`SIGMA_XTOL`. Returns whether Brent
+    converged; the caller keeps every evaluation."""
+    from scipy.optimize import minimize_scalar
+
+    grid = np.geomspace(*limits, SCAN_POINTS)
+    values = [evaluate(x) for x in grid]
+    best = int(np.argmin(values))
+    if not math.isfinite(values[best]):
+        raise ArithmeticError("the loss is not finite anywhere on the σ_start scan")
+    left, right = grid[max(best - 1, 0)], grid[min(best + 1, SCAN_POINTS - 1)]
+    result = minimize_scalar(evaluate, bounds=(left, right), method="bounded",
+                             options={"xatol": SIGMA_XTOL, "maxiter": 40})
+    return bool(result.success)
+
+
 def minimise_sigma_start_frames(
     problems: list[Problem],
     start: Parameters,
@@ -301,25 +368,13 @@ def minimise_sigma_start_frames(
     :class:`StartResult` whose ``loss`` is the summed loss and whose ``populations`` are those of the first
     frame; ``history`` rows carry the summed loss and the first frame's κ(A) and rank.
     """
-    from scipy.optimize import minimize_scalar
-
     if not problems:
         raise ValueError("no frames to optimise over")
     n_gauss = start.n_gauss
     references = references if references is not None else [None] * len(problems)
     if len(references) != len(problems):
         raise ValueError("one reference per frame")
-    frames = []
-    for problem, reference in zip(problems, references):
-        fast = loss == "density" and DensityLoss.fits(problem, 1, n_gauss)
-        like = torch.empty(0, dtype=torch.float64, device=problem.device)
-        frames.append((
-            problem,
-            DensityLoss(problem) if fast else LossTerms(problem, loss),
-            FitShells(problem).normal_equations if FitShells.fits(problem) else partial(normal_equations, problem),
-            None if reference is None else torch.as_tensor(np.asarray(reference, dtype=np.float64), device=problem.device),
-            restraint_metric(problem.n_atoms * n_gauss, n_gauss, like) if solver == "restrained" else None,
-        ))
+    frames = _frame_fits(problems, references, loss, solver, n_gauss)
     history: list[dict] = []
     cache: dict[float, tuple[float, np.ndarray]] = {}
     total = SCAN_POINTS + 40
@@ -349,15 +404,7 @@ def minimise_sigma_start_frames(
             progress(min(len(history), total), total, min(v for v, _ in cache.values()))
         return cache[sigma][0]
 
-    lo, hi = bounds.sigma_start
-    grid = np.geomspace(lo, hi, SCAN_POINTS)
-    values = [evaluate(x) for x in grid]
-    best = int(np.argmin(values))
-    if not math.isfinite(values[best]):
-        raise ArithmeticError("the loss is not finite anywhere on the σ_start scan")
-    left, right = grid[max(best - 1, 0)], grid[min(best + 1, SCAN_POINTS - 1)]
-    result = minimize_scalar(evaluate, bounds=(left, right), method="bounded",
-                             options={"xatol": SIGMA_XTOL, "maxiter": 40})
+    converged = _scan_then_brent(evaluate, bounds.sigma_start)
     sigma = min(cache, key=lambda s: cache[s][0])
     return StartResult(
         initial=start,
@@ -365,7 +412,7 @@ def minimise_sigma_start_frames(
         loss=cache[sigma][0],
         populations=cache[sigma][1],
         steps=len(history),
-        stop_reason="converged" if bool(result.success) else "max_steps",
+        stop_reason="converged" if converged else "max_steps",
         history=history,
     )
 
