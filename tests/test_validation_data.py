@@ -85,29 +85,30 @@ def test_vacancy_charges_equal_by_symmetry(vacancy):
     np.testing.assert_allclose(net[3:6], net[3], atol=1e-3)  # Cl next to the vacancy (a/2)
 
 
-def test_analysis_script_end_to_end(tmp_path):
-    """examples/cp2k_validation/analyse.py, the one command behind docs/validation.md, on the 1×1×1 pair
-    (2 starts, 20 steps, no cache): summary, tables and every figure are written, and Δρ holds −9 e."""
-    import importlib.util
-    import json
+def test_analysis_end_to_end(tmp_path):
+    """aiida_optddap.validation.vacancies and .vacancy_report, the study behind docs/validation.md
+    (examples/cp2k_validation/analyse.py), on the 1×1×1 pair (2 starts, 20 steps, no cache): every fit, the
+    tables and every figure, and Δρ holds −9 e."""
+    from aiida_optddap.validation import vacancies, vacancy_report
 
-    script = DATA.parent / "analyse.py"
-    spec = importlib.util.spec_from_file_location("cp2k_validation_analyse", script)
-    analyse = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(analyse)
-    figures = tmp_path / "figures"
-    code = analyse.main(["nacl_1x1x1", "--starts", "2", "--steps", "20", "--no-cache", "--no-loss-study",
-                         "--results", str(tmp_path / "results"), "--figures", str(figures)])
-    assert code == 0
-    summary = json.loads((tmp_path / "results" / "summary.json").read_text())
-    pair = summary["pairs"]["nacl_1x1x1"]
+    study = vacancies.Study(DATA, tmp_path / "runs")
+    backend = vacancies.EngineBackend("cpu")
+    opt = {"definition": "paper", "optimize": True, "starts": 2, "steps": 20, "loss": "density", "seed": 0}
+    pair, full = vacancies.run_pair(study, "nacl_1x1x1", backend, opt, log=lambda message: None)
+    summary = {"backend": backend.name, "pairs": {"nacl_1x1x1": pair},
+               "grid": {"nacl_1x1x1": vacancies.grid_check(study, "nacl_1x1x1", "cpu")},
+               "transferability": vacancies.transferability(study, {"nacl_1x1x1": full}, backend)}
     for key in ("vacancy_classic", "vacancy_opt", "host_classic", "host_opt", "difference_classic", "difference_opt"):
         assert key in pair
+    assert "difference_species" not in pair  # the species model fits absolute densities only
     assert pair["difference_opt"]["total"] == pytest.approx(-9.0, abs=1e-3)
     assert pair["difference_opt"]["expected_total"] == -9.0
     assert pair["vacancy_opt"]["loss"] < pair["vacancy_classic"]["loss"]
     assert len(pair["vacancy_opt"]["starts"]) == 2
-    table = (tmp_path / "results" / "summary.md").read_text()
-    assert "| nacl_1x1x1 opt |" in table and "| Δρ fit |" in table
-    assert {p.name for p in figures.iterdir()} >= {"planar_absolute.png", "planar_difference.png", "trajectories.png",
-                                                   "start_spread.png", "delta_totals.png"}
+    assert pair["host_restrained"]["uncertainty_reported"] and not pair["host_classic"]["uncertainty_reported"]
+    table = vacancy_report.markdown(summary)
+    assert "| nacl_1x1x1 opt |" in table and "| Δρ fit |" in table and "| nacl_1x1x1 host restrained |" in table
+    figures = tmp_path / "figures"
+    written = vacancy_report.figures(summary, {"nacl_1x1x1": full}, figures)
+    assert {p.name for p in figures.iterdir()} == set(written) >= {
+        "planar_absolute.png", "planar_difference.png", "trajectories.png", "start_spread.png", "delta_totals.png"}

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from aiida_optddap.validation import cp2k
+from aiida_optddap.validation.frames import load_record
 
 HERE = Path(__file__).resolve().parent
 
@@ -29,7 +30,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     out = {}
     for name in args.systems:
-        report = cp2k.classic_vs_cp2k(json.loads((HERE / "data" / f"{name}.json").read_text()), HERE / "data")
+        report = cp2k.classic_vs_cp2k(load_record(HERE / "data", name), HERE / "data")
         out[name] = report
         print(f"{name}: core-subtracted fit vs CP2K max |Δq| {report['max_abs_dev_cp2k']:.1e} e; density dipole "
               f"{report['dipole']['density_D']}")

@@ -1,133 +1,49 @@
 #!/usr/bin/env python
 """CP2K densities and electrostatic potentials of molecules in boxes and rock-salt (001) slabs.
 
-Recipe (CP2K 2023.1, Debian): PBE, GTH-PBE pseudopotentials (GTH_POTENTIALS), DZVP-MOLOPT-(SR-)GTH
-(BASIS_MOLOPT), CUTOFF 400 Ry, REL_CUTOFF 50, Γ point, closed shell, OT, PERIODIC XYZ cell and Poisson
-solver; E_DENSITY_CUBE and V_HARTREE_CUBE on CP2K's grid (molecules: every 2nd point) gzipped into data/; CP2K's DDAPC, Mulliken, Hirshfeld charges and dipole into data/<name>.json;
-Bader populations (baderkit) of the density on CP2K's full grid and on the committed cube. Unrelaxed
-geometries: ase.build.molecule (G2) for the molecules, ideal rock salt (experimental a) for the slabs. See README.md.
+PBE, GTH-PBE, DZVP-MOLOPT-(SR-)GTH, 400/50 Ry, Γ; the density and Hartree cubes, CP2K's DDAPC, Mulliken,
+Hirshfeld and dipole, Bader populations: :mod:`aiida_optddap.validation.esp_set` (README.md has the details).
 
 Usage::
 
     python examples/cp2k_esp/generate.py                 # every system not yet in data/
     python examples/cp2k_esp/generate.py nh3 --force     # rerun one
+    python examples/cp2k_esp/generate.py --inputs-only   # write inputs/*.inp only
 
 Runs in ``runs/<name>/`` (git-ignored, full-grid cubes kept there); ``OMP_NUM_THREADS`` default 1.
 """
 
-from __future__ import annotations
-
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from ase.build import molecule
 
-from aiida_optddap.validation import cp2k
+from aiida_optddap.validation import esp_set
 
 HERE = Path(__file__).resolve().parent
-MOLECULES = {"nh3": "NH3", "acetamide": "CH3CONH2", "acetonitrile": "CH3CN", "h2o": "H2O"}
-SLABS = {"mgo_001": ("Mg", "O", 4.21), "lif_001": ("Li", "F", 4.03)}
-BOX, LAYERS, VACUUM = 10.5, 4, 15.0  # Å (CP2K grid 128³ at 400 Ry), layers of the slabs, Å of vacuum
-
-
-def geometry(name: str):
-    """Symbols, cell (Å) and Cartesian positions (Å); molecules centred in a cubic box."""
-    if name in MOLECULES:
-        atoms = molecule(MOLECULES[name])
-        atoms.set_cell(np.eye(3) * BOX)
-        atoms.center()
-        return atoms.get_chemical_symbols(), atoms.cell.array, atoms.positions
-    cation, anion, a = SLABS[name]
-    dz = a / 2
-    cell = np.diag([a, a, (LAYERS - 1) * dz + VACUUM])
-    in_plane = [(0, 0), (0.5, 0.5), (0.5, 0), (0, 0.5)]
-    symbols, positions = [], []
-    for layer in range(LAYERS):
-        z = VACUUM / 2 + layer * dz
-        for k, (x, y) in enumerate(in_plane):
-            symbols.append(cation if (k < 2) == (layer % 2 == 0) else anion)
-            positions.append((x * a, y * a, z))
-    return symbols, cell, np.array(positions)
-
-
-def run(name: str) -> dict:
-    """One CP2K run, committed cubes and the JSON record."""
-    symbols, cell, positions = geometry(name)
-    zval = {s: cp2k.zval_of(cp2k.ESP_KINDS[s][1]) for s in dict.fromkeys(symbols)}
-    kind = "molecule" if name in MOLECULES else "slab"
-    title = f"opt-DDAP ESP set: {name} ({kind}), {len(symbols)} atoms (examples/cp2k_esp/generate.py)"
-    text = cp2k.cp2k_input(name, cell, symbols, positions, cp2k.ESP_KINDS, title=title)
-    (HERE / "inputs").mkdir(exist_ok=True)
-    (HERE / "inputs" / f"{name}.inp").write_text(text)
-    out, wall = cp2k.run_cp2k(HERE / "runs" / name, text)
-    record = {"name": name, "kind": kind, "symbols": symbols, "cell": cell.tolist(), "positions": positions.tolist(),
-              "zval": zval, "kinds": {s: list(cp2k.ESP_KINDS[s]) for s in zval}, "total_charge": 0,
-              "n_valence_electrons": sum(zval[s] for s in symbols), "wall_seconds": round(wall, 1),
-              **cp2k.parse_output(out, len(symbols))}
-    write_cubes(name, record)
-    (HERE / "data" / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
-    return post_process(name)
-
-
-def write_cubes(name: str, record: dict) -> None:
-    """data/<name>_{density,hartree}.cube.gz from CP2K's full-grid cubes: every 2nd point for the molecules
-    (128³ → 64³); the slabs keep CP2K's grid (54 in-plane points: 27 would put the sites at a/2 between grid
-    points and alias the semicore Mg density: a −0.11 D dipole for the symmetric MgO slab, asymmetric fits)."""
-    for label, suffix in (("density", "ELECTRON_DENSITY"), ("hartree", "v_hartree")):
-        full = HERE / "runs" / name / f"{name}-{suffix}-1_0.cube"
-        stride = 2 if name in MOLECULES else 1
-        record[label] = {"cube": f"{name}_{label}.cube.gz",
-                         **cp2k.write_strided_cube(full, HERE / "data" / f"{name}_{label}.cube.gz", stride)}
-
-
-def post_process(name: str) -> dict:
-    """Rewrite the committed cubes, re-read runs/<name>/cp2k.out, add the GTH r_loc (bohr), the density's dipole and the Bader charges of CP2K's full-grid
-    density (runs/<name>/) and of the committed sub-grid cube to data/<name>.json.
-
-    The full grid is the Bader reference: on a 0.16 Å sub-grid the shallow density maximum of a GTH hydrogen
-    can vanish, and the H then gets no basin (H2O: Bader H +1.00 on the committed cube, +0.56 on CP2K's grid).
-    """
-    record = json.loads((HERE / "data" / f"{name}.json").read_text())
-    write_cubes(name, record)
-    for key in ("dipole_debye", "dipole_e_angstrom"):
-        record.pop(key, None)
-    record.update(cp2k.parse_output((HERE / "runs" / name / "cp2k.out").read_text(), len(record["symbols"])))
-    potentials = Path(os.environ.get("CP2K_DATA_DIR", "/usr/share/cp2k")) / "GTH_POTENTIALS"
-    record["r_loc_bohr"] = {s: cp2k.gth_core(potentials, s, record["kinds"][s][1])[1] for s in record["zval"]}
-    full = HERE / "runs" / name / f"{name}-ELECTRON_DENSITY-1_0.cube"
-    record["dipole_debye"] = cp2k.density_dipole_debye(full, record["zval"])
-    zval = [record["zval"][s] for s in record["symbols"]]
-    for key, cube in (("bader", full), ("bader_committed_grid", HERE / "data" / record["density"]["cube"])):
-        bader = cp2k.bader_populations(cube)
-        record[key] = {**bader, "grid": "CP2K's full grid" if key == "bader" else "the committed cube",
-                       "net_charges": [z - p for z, p in zip(zval, bader["populations"])]}
-    (HERE / "data" / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
-    return record
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("systems", nargs="*", default=[*MOLECULES, *SLABS])
+    parser.add_argument("systems", nargs="*", default=[*esp_set.MOLECULES, *esp_set.SLABS])
     parser.add_argument("--force", action="store_true", help="rerun systems already in data/")
     parser.add_argument("--post-only", action="store_true",
                         help="redo the parsing, dipole and Bader charges of finished runs (no CP2K)")
+    parser.add_argument("--inputs-only", action="store_true", help="write inputs/*.inp and stop")
     args = parser.parse_args(argv)
     (HERE / "data").mkdir(exist_ok=True)
     for name in args.systems:
-        if args.post_only:
-            post_process(name)
-            continue
-        if (HERE / "data" / f"{name}.json").is_file() and not args.force:
-            continue
-        print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
-        rec = run(name)
-        print(f"  {rec['wall_seconds']} s, {rec['scf']}, DDAPC {np.round(rec['ddapc_charges'], 3).tolist()}, "
-              f"Bader {np.round(rec['bader']['net_charges'], 3).tolist()}", flush=True)
+        if args.inputs_only:
+            (HERE / "inputs" / f"{name}.inp").write_text(esp_set.cp2k_input(name))
+        elif args.post_only:
+            esp_set.post_process(name, HERE)
+        elif args.force or not (HERE / "data" / f"{name}.json").is_file():
+            print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
+            rec = esp_set.run(name, HERE)
+            print(f"  {rec['wall_seconds']} s, {rec['scf']}, DDAPC {np.round(rec['ddapc_charges'], 3).tolist()}, "
+                  f"Bader {np.round(rec['bader']['net_charges'], 3).tolist()}", flush=True)
     return 0
 
 
