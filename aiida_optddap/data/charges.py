@@ -76,6 +76,113 @@ def _reduced_formula(symbols) -> str:
     return get_formula(list(symbols), mode="hill_compact")
 
 
+def _symbols_and_populations(results: dict) -> tuple[list[str], np.ndarray]:
+    """The atoms' symbols and populations (e) of ``results``; a ValueError when they are missing or disagree."""
+    try:
+        symbols = [str(s) for s in results["symbols"]]
+        populations = np.asarray(results["populations"], dtype=float)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"results lack a usable `symbols`/`populations` entry: {exc}") from exc
+    if populations.shape != (len(symbols),):
+        raise ValueError(f"`populations` has shape {populations.shape}, expected ({len(symbols)},)")
+    return symbols, populations
+
+
+def _result_arrays(results: dict, populations: np.ndarray) -> dict[str, np.ndarray]:
+    """The per-atom and per-Gaussian arrays of ``results`` that it holds, shaped for the node (see
+    :class:`ChargesData`); a ValueError when ``net_charges`` does not have one value per atom."""
+    n_atoms = len(populations)
+    arrays = {"populations": populations}
+    net = results.get("net_charges")
+    if net is not None:
+        net = np.asarray(net, dtype=float)
+        if net.shape != (n_atoms,):
+            raise ValueError(f"`net_charges` has shape {net.shape}, expected ({n_atoms},)")
+        arrays["net_charges"] = net
+    shapes = {"coefficients": (n_atoms, -1), "radii": (-1,), "positions": (n_atoms, 3), "cell": (3, 3)}
+    for name, shape in shapes.items():
+        if results.get(name) is not None:
+            arrays[name] = np.asarray(results[name], dtype=float).reshape(shape)
+    spread = (results.get("start_spread") or {}).get("per_atom")
+    if spread is not None:  # e; max − min of each atom's population over the optimiser's starts
+        arrays["start_spread"] = np.asarray(spread, dtype=float).ravel()
+    uncertainty = (results.get("uncertainty") or {}).get("per_atom")
+    if uncertainty is not None:  # e; ∞ (stored as inf in the array) where the density leaves it free
+        arrays["uncertainty"] = np.array([np.inf if u is None else u for u in uncertainty], dtype=float)
+    moments = (results.get("spin") or {}).get("moments")
+    if moments is not None:  # μB per atom, from the magnetisation of a spin-polarised file
+        arrays["magnetic_moments"] = np.asarray(moments, dtype=float).ravel()
+    return arrays
+
+
+def _element_summary(symbols: list[str], values: np.ndarray) -> dict[str, dict]:
+    """``{element: {count, mean, min, max}}`` of ``values`` (one per atom) over each element's atoms."""
+    elements: dict[str, dict] = {}
+    for element in sorted(set(symbols)):
+        mask = np.array([s == element for s in symbols])
+        vals = values[mask]
+        elements[element] = {
+            "count": int(mask.sum()),
+            "mean": float(vals.mean()),
+            "min": float(vals.min()),
+            "max": float(vals.max()),
+        }
+    return elements
+
+
+def _result_attributes(results: dict, symbols: list[str], populations: np.ndarray, net) -> dict:
+    """The node's queryable attributes (see :class:`ChargesData`), JSON-safe; ``net`` is the net-charge array
+    or None."""
+    params = results.get("parameters") or {}
+    kappa, singular = condition_number_for_db(results_condition_number(results))
+    spin = results.get("spin") or {}
+    uncertainty = results.get("uncertainty") or {}
+    zval = results.get("zval") or {}
+    rank, n_gauss = results.get("rank"), params.get("n_gauss")
+    return {
+        "schema_version": results.get("schema_version"),
+        "mode": results.get("mode"),
+        "n_atoms": len(symbols),
+        "symbols": symbols,
+        "formula": _hill_formula(symbols),
+        "formula_reduced": _reduced_formula(symbols),
+        "n_electrons": finite_or_none(results.get("n_electrons")),
+        "total_population": float(populations.sum()),
+        "solver": results.get("solver"),
+        "rtol": finite_or_none(results.get("rtol")),
+        "loss": finite_or_none(results.get("loss")),
+        "loss_kind": results.get("loss_kind"),
+        "fit_residual": finite_or_none(results.get("fit_residual")),
+        "condition_number": kappa,
+        "singular": singular,
+        "rank": int(rank) if rank is not None else None,
+        "sigma_start": finite_or_none(params.get("sigma_start")),
+        "factor": finite_or_none(params.get("factor")),
+        "gcut": finite_or_none(params.get("gcut")),
+        "n_gauss": int(n_gauss) if n_gauss is not None else None,
+        "optimized": bool(results.get("optimized", False)),
+        "converged": results.get("converged"),
+        "device": results.get("device"),
+        "engine_version": (results.get("program") or {}).get("version"),
+        "has_net_charges": net is not None,
+        "charge_definition": results.get("charge_definition"),
+        "charge_model": results.get("charge_model", results.get("charge_definition")),
+        "uncertainty_max": finite_or_none(uncertainty.get("max")),
+        "determined": uncertainty.get("determined"),
+        "restraint_reference": (results.get("restraint") or {}).get("reference"),
+        "species_widths": results.get("species_widths"),
+        "start_spread_max_abs": finite_or_none((results.get("start_spread") or {}).get("max_abs")),
+        "zval": dict(zval.get("values") or {}) or None,
+        "zval_source": dict(zval.get("source") or {}) or None,
+        "warnings": [str(w) for w in results.get("warnings") or []],
+        "n_warnings": len(results.get("warnings") or []),
+        "summary_of": "net_charges" if net is not None else "populations",
+        "elements": _element_summary(symbols, net if net is not None else populations),
+        "has_magnetic_moments": spin.get("moments") is not None,
+        "total_magnetic_moment": finite_or_none(spin.get("total_moment")),
+    }
+
+
 class ChargesData(ArrayData):
     """Atomic populations and net charges of one opt-DDAP fit.
 
@@ -107,108 +214,12 @@ class ChargesData(ArrayData):
     @classmethod
     def from_results(cls, results: dict, **kwargs) -> ChargesData:
         """Build an (unstored) node from a ``results.json`` dictionary (docs/results-schema.md)."""
-        try:
-            symbols = [str(s) for s in results["symbols"]]
-            populations = np.asarray(results["populations"], dtype=float)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"results lack a usable `symbols`/`populations` entry: {exc}") from exc
-        n_atoms = len(symbols)
-        if populations.shape != (n_atoms,):
-            raise ValueError(f"`populations` has shape {populations.shape}, expected ({n_atoms},)")
-
+        symbols, populations = _symbols_and_populations(results)
+        arrays = _result_arrays(results, populations)
         node = cls(**kwargs)
-        node.set_array("populations", populations)
-
-        net = results.get("net_charges")
-        if net is not None:
-            net = np.asarray(net, dtype=float)
-            if net.shape != (n_atoms,):
-                raise ValueError(f"`net_charges` has shape {net.shape}, expected ({n_atoms},)")
-            node.set_array("net_charges", net)
-
-        if results.get("coefficients") is not None:
-            node.set_array("coefficients", np.asarray(results["coefficients"], dtype=float).reshape(n_atoms, -1))
-        if results.get("radii") is not None:
-            node.set_array("radii", np.asarray(results["radii"], dtype=float).ravel())
-        if results.get("positions") is not None:
-            node.set_array("positions", np.asarray(results["positions"], dtype=float).reshape(n_atoms, 3))
-        if results.get("cell") is not None:
-            node.set_array("cell", np.asarray(results["cell"], dtype=float).reshape(3, 3))
-
-        spread = (results.get("start_spread") or {}).get("per_atom")
-        if spread is not None:  # e; max − min of each atom's population over the optimiser's starts
-            node.set_array("start_spread", np.asarray(spread, dtype=float).ravel())
-
-        uncertainty = (results.get("uncertainty") or {}).get("per_atom")
-        if uncertainty is not None:  # e; ∞ (stored as inf in the array) where the density leaves it free
-            node.set_array("uncertainty", np.array([np.inf if u is None else u for u in uncertainty], dtype=float))
-
-        spin = results.get("spin") or {}
-        if spin.get("moments") is not None:  # μB per atom, from the magnetisation of a spin-polarised file
-            node.set_array("magnetic_moments", np.asarray(spin["moments"], dtype=float).ravel())
-
-        params = results.get("parameters") or {}
-        kappa, singular = condition_number_for_db(results_condition_number(results))
-        summary_of = "net_charges" if net is not None else "populations"
-        values = net if net is not None else populations
-
-        elements: dict[str, dict] = {}
-        for element in sorted(set(symbols)):
-            mask = np.array([s == element for s in symbols])
-            vals = values[mask]
-            elements[element] = {
-                "count": int(mask.sum()),
-                "mean": float(vals.mean()),
-                "min": float(vals.min()),
-                "max": float(vals.max()),
-            }
-
-        program = results.get("program") or {}
-        rank = results.get("rank")
-        n_gauss = params.get("n_gauss")
-        attributes = {
-            "schema_version": results.get("schema_version"),
-            "mode": results.get("mode"),
-            "n_atoms": n_atoms,
-            "symbols": symbols,
-            "formula": _hill_formula(symbols),
-            "formula_reduced": _reduced_formula(symbols),
-            "n_electrons": finite_or_none(results.get("n_electrons")),
-            "total_population": float(populations.sum()),
-            "solver": results.get("solver"),
-            "rtol": finite_or_none(results.get("rtol")),
-            "loss": finite_or_none(results.get("loss")),
-            "loss_kind": results.get("loss_kind"),
-            "fit_residual": finite_or_none(results.get("fit_residual")),
-            "condition_number": kappa,
-            "singular": singular,
-            "rank": int(rank) if rank is not None else None,
-            "sigma_start": finite_or_none(params.get("sigma_start")),
-            "factor": finite_or_none(params.get("factor")),
-            "gcut": finite_or_none(params.get("gcut")),
-            "n_gauss": int(n_gauss) if n_gauss is not None else None,
-            "optimized": bool(results.get("optimized", False)),
-            "converged": results.get("converged"),
-            "device": results.get("device"),
-            "engine_version": program.get("version"),
-            "has_net_charges": net is not None,
-            "charge_definition": results.get("charge_definition"),
-            "charge_model": results.get("charge_model", results.get("charge_definition")),
-            "uncertainty_max": finite_or_none((results.get("uncertainty") or {}).get("max")),
-            "determined": (results.get("uncertainty") or {}).get("determined"),
-            "restraint_reference": (results.get("restraint") or {}).get("reference"),
-            "species_widths": results.get("species_widths"),
-            "start_spread_max_abs": finite_or_none((results.get("start_spread") or {}).get("max_abs")),
-            "zval": dict((results.get("zval") or {}).get("values") or {}) or None,
-            "zval_source": dict((results.get("zval") or {}).get("source") or {}) or None,
-            "warnings": [str(w) for w in results.get("warnings") or []],
-            "n_warnings": len(results.get("warnings") or []),
-            "summary_of": summary_of,
-            "elements": elements,
-            "has_magnetic_moments": spin.get("moments") is not None,
-            "total_magnetic_moment": finite_or_none(spin.get("total_moment")),
-        }
-        for key, value in attributes.items():
+        for name, array in arrays.items():
+            node.set_array(name, array)
+        for key, value in _result_attributes(results, symbols, populations, arrays.get("net_charges")).items():
             node.base.attributes.set(key, value)
         return node
 
