@@ -346,3 +346,58 @@ def test_architecture_page_names_every_engine_module():
     for wing in WINGS:
         assert f"   {wing}/" in section, wing
     assert not missing, missing
+
+
+# ------------------------------------------------------------- examples only call the package (issue 20 item 4)
+
+EXAMPLES = PACKAGE.parent / "examples"
+MAX_EXAMPLE_FUNCTION_LINES = 40
+MAX_EXAMPLE_LINES = 1200
+#: Calls that load a file as a module by its path, or change where imports look.
+PATH_LOADERS = {"spec_from_file_location", "SourceFileLoader", "run_path", "load_source"}
+PATH_CHANGES = {"insert", "append", "extend", "remove"}
+
+
+def _loads_by_path(name: str, text: str) -> list[str]:
+    """``name:line what`` for every call that loads a file by path or changes ``sys.path`` in ``text``."""
+    found = []
+    for node in ast.walk(ast.parse(text, name)):
+        if isinstance(node, ast.Call):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if called in PATH_LOADERS:
+                found.append(f"{name}:{node.lineno} {called}")
+            elif (isinstance(func, ast.Attribute) and called in PATH_CHANGES
+                  and ast.unparse(func.value) == "sys.path"):
+                found.append(f"{name}:{node.lineno} sys.path.{called}")
+        elif isinstance(node, (ast.Assign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(ast.unparse(t).startswith("sys.path") for t in targets):
+                found.append(f"{name}:{node.lineno} sys.path assigned")
+    return sorted(found, key=lambda text: int(text.split(":")[1].split()[0]))
+
+
+def test_examples_only_call_the_package():
+    """examples/ keeps data and thin scripts: every function of its Python files at most 40 lines and at most
+    1.2k lines of Python in all (the studies' logic lives in aiida_optddap.validation and the engine); no test
+    module loads a file by its path or changes sys.path (tests import packages)."""
+    sample = ("import importlib.util, sys, runpy\nspec = importlib.util.spec_from_file_location('m', 'm.py')\n"
+              "sys.path.insert(0, '.')\nsys.path += ['x']\nrunpy.run_path('s.py')\nimport json\njson.loads('1')\n")
+    assert _loads_by_path("t.py", sample) == ["t.py:2 spec_from_file_location", "t.py:3 sys.path.insert",
+                                              "t.py:4 sys.path assigned", "t.py:5 run_path"]
+    scripts = sorted(EXAMPLES.rglob("*.py"))
+    assert scripts, "no Python in examples/"
+    total, long = 0, []
+    for path in scripts:
+        text = path.read_text()
+        total += len(text.splitlines())
+        for node in ast.walk(ast.parse(text, str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
+                    length := node.end_lineno - node.lineno + 1) > MAX_EXAMPLE_FUNCTION_LINES:
+                long.append(f"{path.relative_to(EXAMPLES)}:{node.lineno} {node.name}: {length} lines")
+    assert not long, f"functions over {MAX_EXAMPLE_FUNCTION_LINES} lines in examples/:\n  " + "\n  ".join(long)
+    assert total <= MAX_EXAMPLE_LINES, f"examples/ holds {total} lines of Python > {MAX_EXAMPLE_LINES}"
+    tests = Path(__file__).resolve().parent
+    found = [o for path in sorted(tests.rglob("*.py")) for o in _loads_by_path(str(path.relative_to(tests)),
+                                                                                path.read_text())]
+    assert not found, "test modules that load files by path:\n  " + "\n  ".join(found)

@@ -3,14 +3,9 @@ asserted: speed is checked by the bench itself)."""
 
 from __future__ import annotations
 
-import pathlib
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench import default_cost  # noqa: E402
+from bench import default_cost  # the repository's bench/ package (python -m pytest runs from the root)
 
 
 def test_run_process_reports_the_childs_peak_memory_and_exit(tmp_path):
