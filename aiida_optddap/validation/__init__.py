@@ -1,8 +1,12 @@
-"""Validation of charges against DFT: how well they reproduce the electrostatic potential outside the atoms.
+"""Validation of charges against DFT: the electrostatic potential outside the atoms, and the CP2K studies.
 
-:mod:`.esp` is the entry (``optddap esp``, :mod:`.cli`); :mod:`.potential` reads CP2K ``V_HARTREE_CUBE`` and
+:mod:`.esp` is the entry of ``optddap esp`` (:mod:`.cli`); :mod:`.potential` reads CP2K ``V_HARTREE_CUBE`` and
 VASP ``LOCPOT`` files, :mod:`.sampling` chooses the points, :mod:`.kernel` computes the potential of charges
 with the DFT's periodic boundary conditions, :mod:`.dipole` the dipoles, :mod:`.charges` reads charge sets;
-:mod:`.cp2k` makes the CP2K reference data of the examples. This package imports nothing from AiiDA and, of
-the package, only :mod:`aiida_optddap.engine` (tests/test_architecture.py).
+:mod:`.migration` compares the old and new default. The studies behind examples/ (their scripts only call
+these): :mod:`.frames` is the one loader of their JSON records and cubes, :mod:`.cp2k` writes, runs and parses
+CP2K; :mod:`.vacancy_cells`, :mod:`.vacancies` and :mod:`.vacancy_report` the vacancy validation;
+:mod:`.rattled`, :mod:`.convergence`, :mod:`.smoothness` and :mod:`.baseline_check` the rattled rock salts;
+:mod:`.pairs` the NaCl pairs; :mod:`.esp_set` the ESP set. This package imports nothing from AiiDA and, of the
+package, only :mod:`aiida_optddap.engine` (tests/test_architecture.py).
 """

@@ -128,8 +128,6 @@ def cp2k_input(project: str, cell, symbols, positions, kinds: dict, *, title: st
         Mulliken, Hirshfeld and the dipole (&MOMENTS). ddapc: print CP2K's DDAPC (zero-strength restraint).
         forces: RUN_TYPE ENERGY_FORCE with the forces printed; otherwise ENERGY. eps_scf: OT and outer EPS_SCF.
     """
-    coords = "\n".join(f"      {s:2s} {x:.10f} {y:.10f} {z:.10f}" for s, (x, y, z) in zip(symbols, positions))
-    abc = "\n".join(f"      {k} {v[0]:.10f} {v[1]:.10f} {v[2]:.10f}" for k, v in zip("ABC", np.asarray(cell)))
     kind_text = "\n".join(f"    &KIND {el}\n      BASIS_SET {kinds[el][0]}\n      POTENTIAL {kinds[el][1]}\n"
                           f"    &END KIND" for el in dict.fromkeys(symbols))
     basis = "\n".join(f"    BASIS_SET_FILE_NAME {name}" for name in basis_files)
@@ -163,20 +161,31 @@ def cp2k_input(project: str, cell, symbols, positions, kinds: dict, *, title: st
       POISSON_SOLVER PERIODIC
     &END POISSON
 {SCF_OT.format(eps_scf=f"{eps_scf:.1E}".replace("E-0", "E-"))}
-    &XC
-      &XC_FUNCTIONAL PBE
-      &END XC_FUNCTIONAL
-    &END XC
+{_XC}
     &PRINT
 {prints}    &END PRINT
   &END DFT
-  &SUBSYS
+{_subsys(cell, list(zip(symbols, positions)), kind_text, scaled=False)}"""
+
+
+_XC = """    &XC
+      &XC_FUNCTIONAL PBE
+      &END XC_FUNCTIONAL
+    &END XC"""
+
+
+def _subsys(cell, atoms, kind_text: str, scaled: bool) -> str:
+    """The &SUBSYS section (and the end of &FORCE_EVAL): cell rows (Å), atoms as (element, (x, y, z)) pairs,
+    Cartesian (Å) or, with ``scaled``, fractional."""
+    abc = "\n".join(f"      {label} {v[0]:.10f} {v[1]:.10f} {v[2]:.10f}" for label, v in zip("ABC", np.asarray(cell)))
+    coords = "\n".join(f"      {el:2s} {x:.10f} {y:.10f} {z:.10f}" for el, (x, y, z) in atoms)
+    return f"""  &SUBSYS
     &CELL
 {abc}
       PERIODIC XYZ
     &END CELL
     &COORD
-{coords}
+{"      SCALED" + chr(10) if scaled else ""}{coords}
     &END COORD
 {kind_text}
   &END SUBSYS
@@ -208,8 +217,6 @@ def recipe_input(project: str, cell, atoms, *, title: str, uks: bool = False, ru
         kinds: element → (basis set, potential), written in this order; cutoff, rel_cutoff: &MGRID (Ry).
     """
     symbols = [el for el, _ in atoms]
-    coords = "\n".join(f"      {el:2s} {x:.10f} {y:.10f} {z:.10f}" for el, (x, y, z) in atoms)
-    abc = "\n".join(f"      {label} {v[0]:.10f} {v[1]:.10f} {v[2]:.10f}" for label, v in zip("ABC", cell))
     basis_lines = "\n".join(f"    BASIS_SET_FILE_NAME {name}" for name in basis_files)
     spin = "    UKS\n    MULTIPLICITY 2\n" if uks else ""
     return f"""! {title}
@@ -239,10 +246,7 @@ def recipe_input(project: str, cell, atoms, *, title: str, uks: bool = False, ru
         &END RESTART
       &END PRINT
     &END SCF
-    &XC
-      &XC_FUNCTIONAL PBE
-      &END XC_FUNCTIONAL
-    &END XC
+{_XC}
     &PRINT
       &E_DENSITY_CUBE
         STRIDE 1
@@ -251,19 +255,7 @@ def recipe_input(project: str, cell, atoms, *, title: str, uks: bool = False, ru
       &END MULLIKEN
     &END PRINT
   &END DFT
-  &SUBSYS
-    &CELL
-{abc}
-      PERIODIC XYZ
-    &END CELL
-    &COORD
-      SCALED
-{coords}
-    &END COORD
-{_kinds(kinds, symbols)}
-  &END SUBSYS
-&END FORCE_EVAL
-"""
+{_subsys(cell, atoms, _kinds(kinds, symbols), scaled=True)}"""
 
 
 def finished_output(workdir: Path) -> tuple[str, float]:
