@@ -12,7 +12,7 @@ import numbers
 
 from ..data.results import DEFAULT_MAX_CONDITION_NUMBER_LAGRANGE
 from ..engine import definitions
-from ..engine.options import DEFAULT_DEFINITION, OPTIONS, SOLVERS
+from ..engine.options import BY_NAME, DEFAULT_DEFINITION, OPTIONS, SOLVERS
 
 __all__ = (
     "PARAMETER_SCHEMA",
@@ -60,6 +60,7 @@ class _Spec:
         parts = [{"float": "a number", "int": "an integer", "bool": "a boolean", "str": "a string",
                   "species": "a list of element symbols (or a comma-separated string)",
                   "widths": "a dictionary {element: width in Å > 0}",
+                  "shapes": "a dictionary {element: [shape coefficients summing to 1]}",
                   "names": f"names from {', '.join(self.choices or ())} (a list or a comma-separated string)"}[self.kind]]
         if self.gt is not None:
             parts.append(f"> {self.gt}")
@@ -147,6 +148,15 @@ def _check_value(key: str, value, spec: _Spec) -> str | None:
         if wrong:
             return f"`{key}`: widths must be finite positive numbers (Å), got {wrong!r}"
         return None
+    if kind == "shapes":
+        if not isinstance(value, dict) or not value:
+            return f"`{key}` must be a non-empty dictionary {{element: [coefficients]}}, got {value!r}"
+        bad = [el for el in value if not isinstance(el, str) or el not in _element_symbols()]
+        if bad:
+            return f"`{key}` contains unknown element symbol(s) {bad!r}"
+        problem = BY_NAME[key].problem(tuple((el, tuple(c) if isinstance(c, (list, tuple)) else ()) for el, c in
+                                             value.items()))
+        return f"`{key}`: {problem}, got {value!r}" if problem else None
     if spec.choices is not None and value not in spec.choices:
         return f"`{key}` must be {spec.describe()}, got {value!r}"
     if spec.gt is not None and not value > spec.gt:
@@ -235,6 +245,9 @@ def cli_arguments(parameters: dict, zval: dict | None = None) -> list[str]:
             args.extend([spec.cli, ",".join(_species_list(value))])
         elif spec.kind == "widths":
             args.extend([spec.cli, ",".join(f"{el}={_number(float(w))}" for el, w in sorted(value.items()))])
+        elif spec.kind == "shapes":
+            args.extend([spec.cli, ",".join(f"{el}={'/'.join(_number(float(c)) for c in cs)}"
+                                            for el, cs in sorted(value.items()))])
         elif spec.kind in ("float", "int"):
             args.extend([spec.cli, _number(value)])
         else:
@@ -253,6 +266,8 @@ def engine_options(parameters: dict, zval: dict | None = None) -> dict:
             continue
         if spec.kind == "widths":
             value = {str(el): float(w) for el, w in value.items()}
+        elif spec.kind == "shapes":
+            value = {str(el): [float(c) for c in cs] for el, cs in value.items()}
         options[key] = _species_list(value) if key == "species" else value
     if zval:
         options["zval"] = {str(k): float(v) for k, v in zval.items()}

@@ -144,7 +144,10 @@ def _options_from(kwargs):
         if BY_NAME[name].kind == "names":
             given[name] = tuple(item.strip() for item in value.split(",") if item.strip())
         elif BY_NAME[name].kind == "widths":
-            given[name] = _parse_widths(value)
+            given[name] = _parse_per_element(value, name, "El=Å,El=Å (e.g. Na=0.37,Cl=0.87)", float)
+        elif BY_NAME[name].kind == "shapes":
+            given[name] = _parse_per_element(value, name, "El=c/c/c/c,… (e.g. Na=0.1/0.2/0.6/0.1)",
+                                             lambda text: tuple(float(c) for c in text.split("/")))
     return FitOptions.for_definition(kwargs["definition"], **given)
 
 
@@ -154,20 +157,21 @@ def _definition_text(results: dict) -> str:
     return f"{definition} ({model})" if model and model != definition else definition
 
 
-def _parse_widths(text: str) -> dict[str, float]:
-    """``Na=0.37,Cl=0.87`` → {"Na": 0.37, "Cl": 0.87}; ValueError (naming species_widths) when malformed."""
-    widths = {}
+def _parse_per_element(text: str, name: str, form: str, convert) -> dict:
+    """``Na=0.37,Cl=0.87`` → {"Na": convert("0.37"), "Cl": convert("0.87")}; ValueError naming the option and its
+    ``form`` when malformed."""
+    values = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         element, sep, value = item.partition("=")
         try:
             if not sep or not element.strip():
                 raise ValueError
-            widths[element.strip()] = float(value)
+            values[element.strip()] = convert(value)
         except ValueError:
-            raise ValueError(f"species_widths must read El=Å,El=Å (e.g. Na=0.37,Cl=0.87), got {item!r}") from None
-    if not widths:
-        raise ValueError("species_widths must name at least one element (e.g. Na=0.37,Cl=0.87)")
-    return widths
+            raise ValueError(f"{name} must read {form}, got {item!r}") from None
+    if not values:
+        raise ValueError(f"{name} must name at least one element ({form})")
+    return values
 
 
 def _read(path: Path, kwargs):

@@ -244,7 +244,8 @@ register(Definition(
 register(Definition(
     "shape", "one population per atom, one radial shape per element held near a Gaussian; needs Z_val",
     shape_definition.FIXED, stages=shape_definition.STAGES, solvers=("shape",), needs_zval=True,
-    absolute_only=True, check=shape_definition.check, validate=shape_definition.validate, owns=("species_widths",),
+    absolute_only=True, check=shape_definition.check, validate=shape_definition.validate,
+    owns=("species_widths", "species_shapes"),
     inherits=("device", "rtol", "tau", "shape_prior"), reports=shape_definition.REPORTS,
     verdict=shape_definition.verdict, evidence=shape_definition.evidence,
     spin=shape_definition.fit_spin, joint=shape_definition.fit_joint, joint_mode="shape"))

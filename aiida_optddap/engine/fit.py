@@ -28,6 +28,17 @@ DEFINITIONS = {name: dict(definitions.get(name).fixed) for name in definitions.n
 RESTRAINED = DEFINITIONS["restrained"]
 
 
+def _per_element(value, name: str, what: str, convert=lambda x: x):
+    """A mapping element → value (a dict or pairs) as sorted ``(element, value)`` pairs; None stays None."""
+    if value is None:
+        return None
+    items = value.items() if isinstance(value, dict) else value
+    try:
+        return tuple(sorted((str(element), convert(entry)) for element, entry in items))
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must map element symbols to {what}") from None
+
+
 @declared
 class FitOptions:
     """Everything that controls a fit: one field per option of engine/options.py (type, default, bounds, unit).
@@ -36,17 +47,14 @@ class FitOptions:
     ``definition`` names the charge definition that set ``solver`` and ``starts`` (see engine/definitions.py
     and :meth:`for_definition`); ``reference``, ``reference_charges`` and ``tau`` belong to the restrained
     solver. ``species_widths`` (element → Å, stored as sorted ``(element, width)`` pairs; a dict is accepted)
-    fixes the widths of the ``species`` solver; None optimises them on the density.
+    fixes the widths of the ``species`` and ``shape`` solvers; None optimises them on the density.
+    ``species_shapes`` (element → shape coefficients, stored the same way) fixes the shape model's shapes.
     """
 
     def __post_init__(self):
-        if self.species_widths is not None:
-            items = self.species_widths.items() if isinstance(self.species_widths, dict) else self.species_widths
-            try:
-                pairs = tuple(sorted((str(element), width) for element, width in items))
-            except (TypeError, ValueError):
-                raise ValueError("species_widths must map element symbols to widths (Å)") from None
-            object.__setattr__(self, "species_widths", pairs)
+        object.__setattr__(self, "species_widths", _per_element(self.species_widths, "species_widths", "widths (Å)"))
+        object.__setattr__(self, "species_shapes", _per_element(self.species_shapes, "species_shapes",
+                                                                "lists of shape coefficients", tuple))
         if isinstance(self.free_parameters, list):
             object.__setattr__(self, "free_parameters", tuple(self.free_parameters))
         problems = [problem for option in OPTIONS if (problem := option.problem(getattr(self, option.name)))]

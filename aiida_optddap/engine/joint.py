@@ -70,7 +70,8 @@ def fit_frames_jointly(densities: Sequence[Density], options=None, zvals: Sequen
 def choose_joint_parameters(densities: Sequence[Density], zval: dict, mode: str = "auto", device: str = "cpu") -> dict:
     """One set of fit parameters for all ``densities`` (the frames of a dataset), chosen from the frames only.
 
-    ``mode``: ``shape`` — the shape model with the species widths optimised jointly (each frame its own shapes);
+    ``mode``: ``shape`` — the shape model with the species widths and one shape per element optimised jointly
+    (each frame its own populations);
     ``species`` — the species-width model, widths optimised jointly (:func:`.species.fit_species`);
     ``sigma_start`` — the restrained definition at one joint σ_start (:func:`joint_sigma_start`); ``auto`` —
     the default definition's rule: ``shape`` when no joint width sits on a bound, else ``sigma_start``.

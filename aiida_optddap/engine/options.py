@@ -25,6 +25,8 @@ BOHR_IN_ANGSTROM = 0.529177210903
 DEFAULT_GCUT = math.sqrt(6.0) / BOHR_IN_ANGSTROM
 #: The definition a fit runs when none is named (:func:`aiida_optddap.engine.definitions.default`).
 DEFAULT_DEFINITION = "auto"
+#: How far from 1 the coefficients of one element's shape may sum (``species_shapes``).
+SHAPE_SUM_TOL = 1e-6
 #: What :meth:`FitOptions.for_definition` names options that change what their definition fixes.
 CUSTOM = "custom"
 
@@ -32,8 +34,9 @@ CUSTOM = "custom"
 @dataclass(frozen=True)
 class Option:
     """One fit option. ``kind``: ``float``, ``int``, ``bool``, ``str``, ``names`` (a tuple of names, on the
-    command line comma-separated), ``widths`` (element → Å, stored as sorted pairs), ``charges`` (a tuple
-    of floats). Bounds: ``gt``/``ge``/``lt``/``le``; ``choices`` for a ``str`` (``cli_choices`` where the command
+    command line comma-separated), ``widths`` (element → Å, stored as sorted pairs), ``shapes`` (element → a
+    tuple of coefficients, stored as sorted pairs; on the command line ``El=c/c/…``), ``charges`` (a tuple of
+    floats). Bounds: ``gt``/``ge``/``lt``/``le``; ``choices`` for a ``str`` (``cli_choices`` where the command
     line and the AiiDA schema offer fewer). ``optional``: None is allowed (``unset`` says what None does).
     ``cli``/``schema``: offered there; ``flag``: the command line's name where it is not ``--<name>``."""
 
@@ -90,6 +93,11 @@ class Option:
                 isinstance(w, numbers.Real) and not isinstance(w, bool) and math.isfinite(w) and w > 0
                 for _, w in value)):
             return f"{self.name} must be finite positive widths{self.unit_text}, one per element"
+        if self.kind == "shapes" and not (value and all(
+                coefficients and all(isinstance(c, numbers.Real) and not isinstance(c, bool) and math.isfinite(c)
+                                     for c in coefficients) and abs(sum(coefficients) - 1.0) < SHAPE_SUM_TOL
+                for _, coefficients in value)):
+            return f"{self.name} must be finite coefficients that sum to 1, one list per element"
         if self.kind == "names" and not (value and isinstance(value, tuple) and set(value) <= set(self.choices)):
             return f"{self.name} must name {', '.join(self.choices)} (at least one)"
         return None
@@ -133,6 +141,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("definition", "str", DEFAULT_DEFINITION, "charge definition"),
     Option("species_widths", "widths", None, "fixed widths of the species and shape definitions, element → width, "
            "e.g. Na=0.37,Cl=0.87", "Å", optional=True, unset="optimised"),
+    Option("species_shapes", "shapes", None, "fixed radial shapes of the shape definition (with species_widths), "
+           "element → its coefficients on the ladder of widths, e.g. Na=0.1/0.2/0.6/0.1,Cl=0/0.1/0.8/0.1",
+           optional=True, unset="fitted"),
     Option("shape_prior", "float", 0.2, "shape model: prior width σ_s of a shape coefficient, as a fraction of the "
            "atom's population", gt=0),
 )
@@ -156,7 +167,8 @@ def defaults() -> dict:
 
 
 _ANNOTATIONS = {"float": "float", "int": "int", "bool": "bool", "str": "str", "names": "tuple[str, ...]",
-                "widths": "tuple[tuple[str, float], ...]", "charges": "tuple[float, ...]"}
+                "widths": "tuple[tuple[str, float], ...]",
+                "shapes": "tuple[tuple[str, tuple[float, ...]], ...]", "charges": "tuple[float, ...]"}
 
 
 def declared(cls):

@@ -28,12 +28,13 @@ def ratio_stats(charges, rms) -> dict:
     return {"max": float(ratio.max()), "median": float(np.median(ratio)), "per_frame_max": per_frame.tolist()}
 
 
-def fitted_charges(frames: FrameSet, options) -> tuple[np.ndarray, list[float], list[str]]:
-    """Net charges of every frame by ``run_fit`` with ``options`` (frame by frame), the seconds per fit and the
-    charge model each fit used (results.json ``charge_model``: e.g. ``shape`` or ``restrained`` under ``auto``)."""
+def fitted_charges(frames: FrameSet, options, joint: str | None = None) -> tuple[np.ndarray, list[float], list[str]]:
+    """Net charges of every frame by ``run_fit`` with ``options`` (frame by frame; with ``joint``, a dataset's
+    joint mode, the parameters chosen once from all frames), the seconds per fit and the charge model each fit
+    used (results.json ``charge_model``: e.g. ``shape`` or ``restrained`` under ``auto``)."""
     from aiida_optddap.engine.joint import fit_frames
 
-    out = fit_frames(frames.densities(), frames.zval, joint=None, options=options)
+    out = fit_frames(frames.densities(), frames.zval, joint=joint, options=options)
     models = [r.get("charge_model", options.definition) for r in out["results"]]
     return np.array([r["net_charges"] for r in out["results"]], dtype=float), out["seconds"], models
 
@@ -52,7 +53,7 @@ def species_charges(frames: FrameSet, gcut: float) -> tuple[np.ndarray, list[flo
 
 
 def smoothness(options, systems=("nacl", "mgo"), data=".", skip_suspect: bool = True,
-               species_gcut: float | None = None) -> dict:
+               species_gcut: float | None = None, joint: str | None = None) -> dict:
     """The smoothness ratios of the fit's and Bader's net charges on the rattled frames of ``data``.
 
     Args:
@@ -62,18 +63,21 @@ def smoothness(options, systems=("nacl", "mgo"), data=".", skip_suspect: bool = 
         skip_suspect: leave out frames whose record has a ``suspect`` note (listed under ``"skipped"``).
         species_gcut: g_c (Å⁻¹) of the species-width model, widths joint over the frames
             (:func:`species_charges`); None: ``run_fit`` with ``options``.
+        joint: a joint mode of ``optddap.dataset`` (e.g. ``auto``): the frames fitted as one dataset
+            (:func:`aiida_optddap.engine.joint.fit_frames`); None: each frame alone.
 
     Returns:
-        ``{system: {"n_frames", "fit": {"max", "median", "per_frame_max"}, "bader": {...}, "quotient_max",
-        "quotient_median", "fit_net_charges", "bader_net_charges", "rms", "fit_seconds", "charge_models"
-        (frames per model used), "skipped"}}``; ratios in e/Å.
+        One dictionary per system with the keys ``n_frames``, ``fit`` and ``bader`` (each with ``max``,
+        ``median``, ``per_frame_max``), ``quotient_max``, ``quotient_median``, ``fit_net_charges``,
+        ``bader_net_charges``, ``rms``, ``fit_seconds``, ``charge_models`` (frames per model used) and
+        ``skipped``; ratios in e/Å.
     """
     out = {}
     for system in systems:
         frames = load_frames(data, system, skip_suspect=skip_suspect)
         rms = np.array(frames.column("rms_displacement"))
         bader = np.array(frames.column("bader_net_charges"))
-        fit, seconds, models = (fitted_charges(frames, options) if species_gcut is None
+        fit, seconds, models = (fitted_charges(frames, options, joint) if species_gcut is None
                                 else species_charges(frames, species_gcut))
         fit_stats, bader_stats = ratio_stats(fit, rms), ratio_stats(bader, rms)
         out[system] = {

@@ -10,6 +10,7 @@ Usage::
     python examples/cp2k_rattled/smoothness.py                  # paper solver (pinv), fixed parameters
     python examples/cp2k_rattled/smoothness.py --definition restrained --optimize --systems nacl
     python examples/cp2k_rattled/smoothness.py --species 5.5    # one Gaussian per atom, widths per species
+    python examples/cp2k_rattled/smoothness.py --definition auto --joint auto   # as optddap.dataset fits them
 """
 
 import argparse
@@ -35,12 +36,15 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="also write the full result here")
     parser.add_argument("--species", type=float, metavar="GCUT", default=None,
                         help="the species-width model (widths joint over the frames) at this g_c (Å⁻¹), e.g. 5.5")
+    parser.add_argument("--joint", default=None, help="fit the frames as one dataset with this joint mode (auto, "
+                        "shape, species, sigma_start), as optddap.dataset does")
     args = parser.parse_args(argv)
     options = FitOptions.for_definition(args.definition, device=args.device)
     if options.optimize != args.optimize:
         options = options.with_changes(optimize=args.optimize)
-    result = smoothness(options, tuple(args.systems), args.data, not args.keep_suspect, args.species)
+    result = smoothness(options, tuple(args.systems), args.data, not args.keep_suspect, args.species, args.joint)
     label = (f"species widths joint over the frames, g_c {args.species} Å⁻¹" if args.species is not None
+             else f"dataset, joint={args.joint}" if args.joint
              else f"{options.definition} (optimize={options.optimize}; model per system in the last column)")
     print(f"charge definition: {label}; ratio = |Q - Q_perfect| / rms displacement (e/Å)\n{table(result)}")
     if args.json:

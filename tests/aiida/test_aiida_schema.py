@@ -101,3 +101,30 @@ def test_port_validators_reject_bad_inputs(nacl_chgcar, singlefile, aiida_localh
         run_get_node(OptDdapCalculation, code=code, charge_density=density, zval=orm.Dict({"Xx": 1}))
     with pytest.raises(ValueError, match="charge_density"):
         run_get_node(OptDdapCalculation, code=code, charge_density=orm.Int(3))
+
+
+def test_fixed_shapes_reach_the_engine_unchanged():
+    """A dataset's shape parameters (``species_widths``, ``species_shapes``) through the schema, the command line
+    the CalcJob writes and the engine CLI's parsing: the same FitOptions as the engine's own call, bit for bit."""
+    from aiida_optddap.engine import cli
+    from aiida_optddap.engine.fit import FitOptions
+
+    shapes = {"Cl": [0.1, 0.2, 0.5, 0.2], "Na": [1 / 3, 0.1, 0.6 - 1 / 3, 0.3]}
+    parameters = {"definition": "shape", "species_widths": {"Na": 0.41, "Cl": 0.8 / 3}, "species_shapes": shapes}
+    assert validate_parameters(parameters) is None
+    args = cli_arguments(parameters)
+    assert "--species-shapes" in args
+    context = cli.fit.make_context("fit", [*args, "CHGCAR"])
+    parsed = cli._options_from(context.params)
+    assert parsed == FitOptions.for_definition(**parameters) == FitOptions.for_definition(**engine_options(parameters))
+    assert dict(parsed.species_shapes)["Na"] == tuple(shapes["Na"])
+
+
+@pytest.mark.parametrize("shapes, fragment", [
+    ({"Na": [0.5, 0.6]}, "coefficients that sum to 1"),
+    ({"Qq": [1.0]}, "unknown element symbol(s) ['Qq']"),
+    ([0.5, 0.5], "must be a non-empty dictionary"),
+])
+def test_bad_fixed_shapes_name_the_key(shapes, fragment):
+    message = validate_parameters({"definition": "shape", "species_widths": {"Na": 0.4}, "species_shapes": shapes})
+    assert "`species_shapes`" in message and fragment in message

@@ -13,8 +13,9 @@ import torch
 
 from aiida_optddap.engine.fit import FitOptions, run_fit
 from aiida_optddap.engine.io import read_density
-from aiida_optddap.engine.species.shape import (MULTIPLIERS, ShapeData, _objective, fit_shapes, form_factors,
-                                        reference_shapes)
+from aiida_optddap.engine.joint import fit_frames
+from aiida_optddap.engine.species.shape import (MULTIPLIERS, ShapeData, _fit, _objective, fit_shapes,
+                                                fit_shared_shapes, form_factors, reference_shapes)
 from aiida_optddap.engine.species.widths import SpeciesEquations, fit_species, species_of
 from aiida_optddap.engine.io.zval import ZvalInfo
 
@@ -166,3 +167,105 @@ def test_water_dipole_within_five_percent():
     q, pos = np.array(r["net_charges"]), np.array(density.positions)
     dipole = np.linalg.norm((q[:, None] * (pos - pos.mean(0))).sum(0)) * 4.80320471  # D
     assert dipole == pytest.approx(np.linalg.norm(record["dipole_debye"]), rel=0.05)
+
+
+# ------------------------------------------------------------------ one shape per element for a dataset's frames
+
+def _rattled_frames(seeds=(7, 8)):
+    """Rock salts rattled by 0.1 Å with different seeds, each exactly the shape model's with SHAPES and WIDTHS."""
+    a = 5.64
+    base = np.array([[0, 0, 0], [0, .5, .5], [.5, 0, .5], [.5, .5, 0], [.5, 0, 0], [0, .5, 0], [0, 0, .5], [.5, .5, .5]])
+    symbols = ["Na"] * 4 + ["Cl"] * 4
+    radii = np.concatenate([WIDTHS[e] * np.asarray(MULTIPLIERS) for e in ("Cl", "Na")])
+    frames = []
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        populations = np.concatenate([8.1 + rng.normal(0, 0.05, 4), 7.9 + rng.normal(0, 0.05, 4)])
+        populations += (64.0 - populations.sum()) / 8
+        coefficients = np.zeros((8, len(radii)))
+        for atom, e in enumerate(symbols):
+            j = ("Cl", "Na").index(e) * len(MULTIPLIERS)
+            coefficients[atom, j:j + len(MULTIPLIERS)] = populations[atom] * np.asarray(SHAPES[e])
+        positions = base * a + rng.normal(0, 0.1, (8, 3))
+        frames.append((gaussian_density(np.eye(3) * a, symbols, positions, coefficients, radii, (48, 48, 48)),
+                       populations))
+    return frames
+
+
+def _species_start(density, widths: dict):
+    """ShapeData, the species populations and absolute misfit at ``widths`` (the shape model's starting point)."""
+    data, _, species = _shape_data(density)
+    base = fit_species(density, {"Na": 9.0, "Cl": 7.0}, widths=widths, gcut=12.0)
+    return data, torch.as_tensor(base.frames[0]["populations"]), base.frames[0]["misfit"] * data.norm, species
+
+
+def test_shared_shapes_of_one_frame_are_its_shapes(rattled_salt):
+    """One frame: the dataset's shapes are the frame's own (the prior counted once per frame)."""
+    density, _ = rattled_salt
+    widths = {e: 0.9 * w for e, w in WIDTHS.items()}  # not the generating ones: the prior matters
+    data, p_ref, misfit, species = _species_start(density, widths)
+    w = torch.tensor([widths[e] for e in species], dtype=torch.float64)
+    alone = fit_shapes(data, w, p_ref, misfit, prior=0.2)
+    shared = fit_shared_shapes([data], w, [p_ref], [misfit], prior=0.2)
+    np.testing.assert_allclose(shared.numpy(), alone.shapes.numpy(), atol=1e-12)
+
+
+def test_shared_shapes_recover_the_generating_shapes():
+    """Two frames built from the same shapes: with a weak prior the shared shapes are SHAPES (1e-5), and each frame
+    fitted with them fixed gets its generating populations (1e-7 e)."""
+    frames = _rattled_frames()
+    starts = [_species_start(d, WIDTHS) for d, _ in frames]
+    species = starts[0][3]
+    w = torch.tensor([WIDTHS[e] for e in species], dtype=torch.float64)
+    shapes = fit_shared_shapes([s[0] for s in starts], w, [s[1] for s in starts], [s[2] for s in starts], prior=1e3)
+    for i, element in enumerate(species):
+        np.testing.assert_allclose(shapes[i].numpy(), SHAPES[element], atol=1e-5)
+    for (data, p_ref, misfit, _), (_, populations) in zip(starts, frames):
+        fixed = fit_shapes(data, w, p_ref, misfit, prior=1e3, shapes=shapes)
+        np.testing.assert_allclose(fixed.populations.numpy(), populations, atol=1e-7)
+        torch.testing.assert_close(fixed.shapes, shapes, rtol=0, atol=0)
+
+
+def test_fixed_shared_shapes_give_the_joint_populations():
+    """Frames fitted one by one with the shared shapes fixed get the populations of the joint fit (the dataset's
+    frames are fitted that way), also where the shapes are not the generating ones (widths off by 10 %)."""
+    frames = _rattled_frames()
+    widths = {e: 0.9 * w for e, w in WIDTHS.items()}
+    starts = [_species_start(d, widths) for d, _ in frames]
+    w = torch.tensor([widths[e] for e in starts[0][3]], dtype=torch.float64)
+    args = ([s[0] for s in starts], w, [s[1] for s in starts], [s[2] for s in starts], 0.2)
+    joint_first, shapes = _fit(*args, None)
+    fixed = fit_shapes(starts[0][0], w, starts[0][1], starts[0][2], prior=0.2, shapes=shapes)
+    np.testing.assert_allclose(fixed.populations.numpy(), joint_first.populations.numpy(), atol=1e-10)
+    assert float(fixed.populations.sum()) == pytest.approx(starts[0][0].n_electrons, abs=1e-10)
+
+
+def test_dataset_shape_mode_fits_every_frame_with_one_shape():
+    """fit_frames(joint="shape"): one width and one shape per element in the parameters, every frame's results
+    carry them, and the fit of a frame alone with those options gives the same charges (1e-8 e)."""
+    frames = [d for d, _ in _rattled_frames()]
+    out = fit_frames(frames, {"Na": 9, "Cl": 7}, joint="shape")
+    parameters = out["choice"]["fit_parameters"]
+    assert set(parameters["species_shapes"]) == {"Na", "Cl"}
+    for result in out["results"]:
+        assert result["charge_model"] == "shape"
+        for element, shape in parameters["species_shapes"].items():
+            np.testing.assert_allclose(result["shape_coefficients"][element], shape, atol=1e-12)
+    again = run_fit(frames[1], FitOptions.for_definition(device="cpu", **parameters), zval=zval(Na=9, Cl=7))
+    np.testing.assert_allclose(again["net_charges"], out["results"][1]["net_charges"], atol=1e-8)
+
+
+@pytest.mark.parametrize("widths, shapes, message", [
+    (None, {"Na": (0.25,) * 4, "Cl": (0.25,) * 4}, "species_shapes go with species_widths"),
+    (WIDTHS, {"Na": (0.25,) * 4}, r"must name the same elements \(Cl\)"),
+    (WIDTHS, {"Na": (0.5, 0.5), "Cl": (0.25,) * 4}, "need 4 coefficients per element"),
+])
+def test_fixed_shapes_are_checked_before_the_fit(widths, shapes, message):
+    """A shape without its element's width, for other elements, or off the ladder: one line, before any work."""
+    with pytest.raises(ValueError, match=message):
+        FitOptions.for_definition("shape", species_widths=widths, species_shapes=shapes)
+
+
+def test_fixed_shapes_must_sum_to_one():
+    with pytest.raises(ValueError, match="species_shapes must be finite coefficients that sum to 1"):
+        FitOptions(species_shapes={"Na": (0.3, 0.3, 0.3, 0.3)}, species_widths={"Na": 0.4})

@@ -65,9 +65,11 @@ class ShapeData:
     n_electrons: float
 
     @classmethod
-    def from_table(cls, table, index) -> ShapeData:
+    def from_table(cls, table, index, n_species: int | None = None) -> ShapeData:
+        """From a :class:`.widths.SpeciesEquations`; ``n_species`` where a frame lacks some of a dataset's elements."""
         return cls(table.phase, table.w2, table.wt, table.g2, float(table.norm),
-                   torch.as_tensor(index, device=table.g2.device), int(max(index)) + 1, float(table.n_electrons))
+                   torch.as_tensor(index, device=table.g2.device), n_species or int(max(index)) + 1,
+                   float(table.n_electrons))
 
 
 @dataclass(frozen=True)
@@ -119,56 +121,101 @@ def _objective(data: ShapeData, form, p, s, noise: float, prior: float) -> tuple
     return misfit, penalty
 
 
-def _step(data: ShapeData, form, p, s, p_ref, noise: float, prior: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One Gauss–Newton step (Δp, Δs) with Σp = N and Σ_k s_ek = 1 imposed exactly, the bordered matrix and the
-    data's population block."""
-    n, n_s, k = p.shape[0], data.n_species, len(MULTIPLIERS)
+def _frame_blocks(data: ShapeData, form, p, s, p_ref, scale: float) -> tuple[torch.Tensor, ...]:
+    """One frame's Gauss–Newton blocks, data term times ``scale``: H_pp (n, n) with the ridge, H_ps (n, S·K),
+    H_ss (S·K, S·K), the gradients g_p (n,), g_s (S·K,), and the data's population block (no ridge)."""
     d_p, d_s = jacobian(data, form, p, s)
-    jac = torch.cat([d_p, d_s], dim=1)
     residual = data.wt - data.w2 * (d_p @ p)  # W(C − M)
-    hess = jac.T @ (data.w2[:, None] * jac)
-    grad = jac.T @ residual
-    ridge = RIDGE * float(torch.diagonal(hess)[:n].mean())
-    hess[:n, :n] += ridge * torch.eye(n, dtype=p.dtype, device=p.device)
-    grad[:n] -= ridge * (p - p_ref)
-    weight = p.new_zeros(n_s).index_add_(0, data.index, p**2)
-    lam = (noise / prior**2) * weight.repeat_interleave(k)
-    hess[n:, n:] += torch.diag(lam)
-    grad[n:] -= lam * (s - reference_shapes(n_s, s)).reshape(-1)
-    cons = p.new_zeros(1 + n_s, n + n_s * k)
-    cons[0, :n] = 1.0
-    for e in range(n_s):
-        cons[1 + e, n + e * k:n + (e + 1) * k] = 1.0
-    rhs = torch.cat([p.new_tensor([data.n_electrons - float(p.sum())]), 1.0 - s.sum(-1)])
-    top = torch.cat([hess, cons.T], dim=1)
-    bottom = torch.cat([cons, p.new_zeros(1 + n_s, 1 + n_s)], dim=1)
-    bordered = torch.cat([top, bottom])
+    w_p, w_s = data.w2[:, None] * d_p, data.w2[:, None] * d_s
+    h_pp = scale * (d_p.T @ w_p)
+    ridge = RIDGE * float(torch.diagonal(h_pp).mean())
+    a_p = h_pp.clone()
+    h_pp += ridge * torch.eye(p.shape[0], dtype=p.dtype, device=p.device)
+    g_p = scale * (d_p.T @ residual) - ridge * (p - p_ref)
+    return h_pp, scale * (d_p.T @ w_s), scale * (d_s.T @ w_s), g_p, scale * (d_s.T @ residual), a_p
+
+
+def _step(frames: list[ShapeData], forms, ps, s, p_refs, scales, prior_scale: float, fixed: bool):
+    """One Gauss–Newton step of all frames: (Δp per frame, Δs), the bordered matrix and each frame's data block.
+
+    Unknowns: every frame's populations, then the shapes shared by all frames (none when ``fixed``); Σp = N per
+    frame and Σ_k s_ek = 1 are imposed exactly. The prior's weight ``prior_scale``·Σ_{α∈e} p_α² is taken at the
+    current p (``prior_scale`` = ν/σ_s² in the objective's misfit units).
+    """
+    n_s, k = frames[0].n_species, len(MULTIPLIERS)
+    sizes = [p.shape[0] for p in ps]
+    offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+    m, n_shape = offsets[-1], 0 if fixed else n_s * k
+    like = ps[0]
+    hess, grad = like.new_zeros(m + n_shape, m + n_shape), like.new_zeros(m + n_shape)
+    blocks, weight = [], like.new_zeros(n_s)
+    for data, form, p, p_ref, scale, lo, hi in zip(frames, forms, ps, p_refs, scales, offsets, offsets[1:]):
+        h_pp, h_ps, h_ss, g_p, g_s, a_p = _frame_blocks(data, form, p, s, p_ref, scale)
+        hess[lo:hi, lo:hi], grad[lo:hi] = h_pp, g_p
+        if not fixed:
+            hess[lo:hi, m:], hess[m:, lo:hi] = h_ps, h_ps.T
+            hess[m:, m:] += h_ss
+            grad[m:] += g_s
+        blocks.append(a_p)
+        weight.index_add_(0, data.index, p**2)
+    if not fixed:
+        lam = (prior_scale * weight).repeat_interleave(k)
+        hess[m:, m:] += torch.diag(lam)
+        grad[m:] -= lam * (s - reference_shapes(n_s, s)).reshape(-1)
+    n_cons = len(frames) + (0 if fixed else n_s)
+    cons = like.new_zeros(n_cons, m + n_shape)
+    for i, (lo, hi) in enumerate(zip(offsets, offsets[1:])):
+        cons[i, lo:hi] = 1.0
+    for e in range(0 if fixed else n_s):
+        cons[len(frames) + e, m + e * k:m + (e + 1) * k] = 1.0
+    rhs = like.new_tensor([data.n_electrons - float(p.sum()) for data, p in zip(frames, ps)])
+    rhs = rhs if fixed else torch.cat([rhs, 1.0 - s.sum(-1)])
+    bordered = torch.cat([torch.cat([hess, cons.T], dim=1), torch.cat([cons, like.new_zeros(n_cons, n_cons)], dim=1)])
     step = torch.linalg.solve(bordered, torch.cat([grad, rhs]))
-    return step[:n], step[n:n + n_s * k].reshape(n_s, k), bordered, hess[:n, :n] - ridge * torch.eye(
-        n, dtype=p.dtype, device=p.device)
+    d_ps = [step[lo:hi] for lo, hi in zip(offsets, offsets[1:])]
+    d_s = s.new_zeros(s.shape) if fixed else step[m:m + n_shape].reshape(n_s, k)
+    return d_ps, d_s, bordered, blocks
 
 
 def fit_shapes(data: ShapeData, widths: torch.Tensor, p_ref: torch.Tensor, species_misfit: float,
-               prior: float = SHAPE_PRIOR) -> ShapeFit:
+               prior: float = SHAPE_PRIOR, shapes: torch.Tensor | None = None) -> ShapeFit:
     """The shape model's populations and shapes (module docstring), from the species solution ``p_ref`` (n,) at the
-    species widths ``widths`` (S,), Å, whose absolute misfit is ``species_misfit``."""
-    n_data = data.phase.shape[0]
-    noise = max(species_misfit, 1e-300) / n_data
-    form = form_factors(data.g2, widths)
-    p = p_ref.clone()
-    s = reference_shapes(data.n_species, p)
-    steps = 0
+    species widths ``widths`` (S,), Å, whose absolute misfit is ``species_misfit``; ``shapes`` (S, K) fixes the
+    shapes (then only the populations are fitted: the frames of a dataset, :func:`fit_shared_shapes`)."""
+    return _fit([data], widths, [p_ref], [species_misfit], prior, shapes)[0]
+
+
+def fit_shared_shapes(frames: list[ShapeData], widths: torch.Tensor, p_refs: list[torch.Tensor],
+                      species_misfits: list[float], prior: float = SHAPE_PRIOR) -> torch.Tensor:
+    """One shape per element for all ``frames`` (S, K), each frame with its own populations.
+
+    The objective is Σ_b F_b/ν_b + Σ_b Σ_e (Σ_{α∈e} p_bα²)·‖s_e − s⁰‖²/σ_s²: every frame's data in units of its own
+    noise (ν_b = its species misfit per datum) and the prior once per frame, so that one frame gives
+    :func:`fit_shapes`' shapes. Fitting a frame with the returned shapes fixed gives its populations of this fit."""
+    return _fit(frames, widths, p_refs, species_misfits, prior, None)[1]
+
+
+def _fit(frames, widths, p_refs, species_misfits, prior, shapes):
+    """Gauss–Newton on all frames (:func:`_step`) → (the first frame's :class:`ShapeFit`, the shapes)."""
+    noises = [max(misfit, 1e-300) / data.phase.shape[0] for data, misfit in zip(frames, species_misfits)]
+    scales = [noises[0] / noise for noise in noises]  # objective in units of the first frame's misfit
+    forms = [form_factors(data.g2, widths) for data in frames]
+    ps = [p.clone() for p in p_refs]
+    fixed = shapes is not None
+    s = shapes.clone() if fixed else reference_shapes(frames[0].n_species, ps[0])
     for steps in range(1, MAX_STEPS + 1):
-        d_p, d_s, bordered, a_p = _step(data, form, p, s, p_ref, noise, prior)
-        p, s = p + d_p, s + d_s
-        if max(float(d_p.abs().max()), float(d_s.abs().max())) < STEP_TOL:
+        d_ps, d_s, bordered, blocks = _step(frames, forms, ps, s, p_refs, scales, noises[0] / prior**2, fixed)
+        ps, s = [p + d for p, d in zip(ps, d_ps)], s + d_s
+        if max(max(float(d.abs().max()) for d in d_ps), float(d_s.abs().max())) < STEP_TOL:
             break
     else:
         raise ArithmeticError(f"the shape model did not converge in {MAX_STEPS} Gauss–Newton steps")
-    n = p.shape[0]
+    n = ps[0].shape[0]
     covariance = torch.linalg.inv(bordered)[:n, :n]
-    misfit, penalty = _objective(data, form, p, s, noise, prior)
-    return ShapeFit(p, s, misfit / data.norm, penalty / data.norm, steps, 0.5 * (covariance + covariance.T), a_p)
+    misfit, penalty = _objective(frames[0], forms[0], ps[0], s, noises[0], prior)
+    first = ShapeFit(ps[0], s, misfit / frames[0].norm, 0.0 if fixed else penalty / frames[0].norm, steps,
+                     0.5 * (covariance + covariance.T), blocks[0])
+    return first, s
 
 
 def population_uncertainty(fit: ShapeFit, delta: float) -> torch.Tensor:

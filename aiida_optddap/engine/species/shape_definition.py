@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..options import BY_NAME
 from ..pipeline import FitState, JointFit, reconstruct, uncertainty_excess, uncertainty_summary
 from .definition import WidthBounds, WidthSearch
 from .definition import evidence, fit_spin
@@ -63,8 +64,23 @@ def fixed_widths(state: FitState) -> dict | None:
     return {s: float(given[s]) for s in sorted(dict.fromkeys(state.density.symbols))}
 
 
+def fixed_shapes(state: FitState, species: list[str]):
+    """``species_shapes`` of the elements present as a tensor (S, K), in ``species`` order (None: fit them)."""
+    import torch
+
+    given = state.options.species_shapes
+    if given is None:
+        return None
+    given = dict(given)
+    missing = [e for e in species if e not in given]
+    if missing:
+        raise ValueError(f"species_shapes has no shape for {', '.join(missing)}")
+    return torch.as_tensor([[float(c) for c in given[e]] for e in species], dtype=torch.float64)
+
+
 def fit(state: FitState) -> None:
-    """Widths, then shapes and populations; fills ``parameters``, ``fit``, ``net_charges``, ``uncertainty``."""
+    """Widths, then shapes and populations; fills ``parameters``, ``fit``, ``net_charges``, ``uncertainty``.
+    With ``species_shapes`` (and ``species_widths``) given, only the populations are fitted (a dataset's frames)."""
     import torch
 
     from ..gaussian.ddap import resolve_device
@@ -90,7 +106,9 @@ def fit(state: FitState) -> None:
     data = ShapeData.from_table(table, index)
     widths = torch.as_tensor([base.widths[s] for s in species], dtype=torch.float64, device=table.g2.device)
     p_ref = torch.as_tensor(base.frames[0]["populations"], dtype=torch.float64, device=table.g2.device)
-    shapes = fit_shapes(data, widths, p_ref, base.frames[0]["misfit"] * data.norm, options.shape_prior)
+    given = fixed_shapes(state, species)
+    shapes = fit_shapes(data, widths, p_ref, base.frames[0]["misfit"] * data.norm, options.shape_prior,
+                        None if given is None else given.to(widths))
     _fill(state, table, base, shapes, species, index, gcut, widths_given is None)
     state.lap("fit", clock)
 
@@ -157,8 +175,6 @@ def check(density, options, zval, mode) -> str | None:
 
     if options.reference not in ("auto", "neutral"):
         return f"reference {options.reference!r} (the shape model keeps free populations on the species model's)"
-    from ..options import BY_NAME
-
     given = [name for name in GAUSSIAN_MODEL_FIELDS if getattr(options, name) != BY_NAME[name].default]
     if given:
         return f"options of the three-Gaussian model were given ({', '.join(given)})"
@@ -169,9 +185,23 @@ def check(density, options, zval, mode) -> str | None:
 
 
 def validate(options) -> str | None:
-    """The shape model keeps undetermined populations on the species model's: no other reference."""
+    """The shape model keeps undetermined populations on the species model's: no other reference. Shapes are
+    coefficients on the ladder of their element's width: ``species_shapes`` needs ``species_widths`` for the same
+    elements and one coefficient per rung."""
+    from .shape import MULTIPLIERS
+
     if options.reference not in ("auto", "neutral"):
         return "reference must be auto or neutral for the shape definition (its reference is the species model)"
+    if options.species_shapes is None:
+        return None
+    if options.species_widths is None:
+        return "species_shapes go with species_widths (a shape's coefficients are on its element's ladder of widths)"
+    shaped, widths = {e for e, _ in options.species_shapes}, {e for e, _ in options.species_widths}
+    if shaped != widths:
+        return f"species_shapes and species_widths must name the same elements ({', '.join(sorted(shaped ^ widths))})"
+    wrong = [e for e, c in options.species_shapes if len(c) != len(MULTIPLIERS)]
+    if wrong:
+        return f"species_shapes need {len(MULTIPLIERS)} coefficients per element (the ladder), not for {', '.join(wrong)}"
     return None
 
 
@@ -199,11 +229,29 @@ def _bound_reason(at_bound, widths, bounds) -> str:
 
 def fit_joint(densities, zval: dict, options) -> JointFit:
     """The species widths optimised jointly over the frames at the shape model's g_c (the smallest any frame's
-    grid allows); every frame is then fitted with them (its shapes and populations its own). Not usable where a
-    width sits on a bound (:func:`verdict`)."""
-    from .widths import fit_species
+    grid allows), then one shape per element for all frames (:func:`.shape.fit_shared_shapes`); every frame is then
+    fitted with both fixed (its populations its own), so that a population means the same in every frame. Not
+    usable where a width sits on a bound (:func:`verdict`)."""
+    import torch
+
+    from .shape import ShapeData, fit_shared_shapes
+    from .widths import SpeciesEquations, fit_species
 
     gcut = min(model_gcut(d, options.gcut if options.solver == "shape" else FIXED["gcut"]) for d in densities)
+    prior = options.shape_prior if options.solver == "shape" else BY_NAME["shape_prior"].default
     fit = fit_species(densities, zval, gcut=gcut, device=options.device, full_grid_species=FULL_GRID_SPECIES)
     evidence = {"widths": fit.widths, "misfit": fit.misfit, "at_bound": fit.at_bound, "gcut": gcut}
-    return JointFit(evidence, {"definition": "shape", "species_widths": fit.widths}, not fit.at_bound)
+    if fit.at_bound:
+        return JointFit(evidence, {"definition": "shape", "species_widths": fit.widths}, False)
+    species = sorted(fit.widths)
+    frames, p_refs, misfits = [], [], []
+    for density, frame in zip(densities, fit.frames):
+        table = SpeciesEquations(density, gcut, options.device)
+        frames.append(ShapeData.from_table(table, [species.index(s) for s in density.symbols], len(species)))
+        p_refs.append(torch.as_tensor(frame["populations"], dtype=torch.float64, device=table.g2.device))
+        misfits.append(frame["misfit"] * float(table.norm))
+    widths = torch.as_tensor([fit.widths[s] for s in species], dtype=torch.float64, device=frames[0].g2.device)
+    shapes = fit_shared_shapes(frames, widths, p_refs, misfits, prior).cpu().numpy()
+    by_element = {s: [float(c) for c in shapes[i]] for i, s in enumerate(species)}
+    parameters = {"definition": "shape", "species_widths": fit.widths, "species_shapes": by_element}
+    return JointFit({**evidence, "shapes": by_element}, parameters, True)
