@@ -103,149 +103,144 @@ def step_breakdown(density, device: str, n_steps: int, path: str = "shells") -> 
     }
 
 
-def run(args, device: str | None = None) -> dict:
-    device = device or getattr(args, "device", "cpu")
+def _kept_systems(name: str, wanted: set) -> list[dict]:
+    """A partial re-run (``--systems``): the other systems of the previous results file, each with its own
+    same-run baseline."""
+    if not wanted or not (RESULTS / f"{name}.json").is_file():
+        return []
+
+    def key_of(entry):
+        return entry.get("key") or ("namgf3" if entry.get("system", "").startswith("NaMgF3") else "nacl64")
+
+    return [s for s in json.loads((RESULTS / f"{name}.json").read_text()).get("systems", []) if key_of(s) not in wanted]
+
+
+def _payload(device: str, repeats: int, steps: int, defaults, load_before, load_after, systems: list[dict]) -> dict:
+    """The results file of the part."""
+    return {
+        "part": "optimize",
+        "device": device,
+        "baseline": "one fixed-parameter fit of the same density: run_fit(FitOptions(optimize=False)), setup+fit",
+        "repeats": repeats,
+        "steps": steps,
+        "fit_options_defaults": {"steps": defaults.steps, "starts": defaults.starts, "lr": defaults.lr,
+                                 "loss": defaults.loss, "tolerance": defaults.tolerance},
+        "synthetic": {
+            "a_A": ROCKSALT_A, "radii_A": ROCKSALT_RADII, "populations": ROCKSALT_POPULATIONS,
+            "split": "equal thirds over the three radii", "points_per_conventional_cell": POINTS_PER_CELL,
+        },
+        "load_before": load_before,
+        "load_after": load_after,
+        "systems": sorted(systems, key=lambda s: s.get("atoms", 0)),
+    }
+
+
+def _first_steps_within(history: list[dict]) -> dict:
+    """The first step whose loss is within 1e-2, 1e-3 and 1e-4 (relative) of the trajectory's best."""
+    best = min(h["loss"] for h in history) if history else None
+    within = {}
+    for tol in (1e-2, 1e-3, 1e-4):
+        hit = next((h["step"] for h in history if h["loss"] <= best * (1 + tol)), None) if best else None
+        within[f"{tol:g}"] = hit
+    return within
+
+
+def _optimised_run(density, options, device: str, busy) -> tuple[dict, dict]:
+    """One timed optimising fit: (its results, the run's record: timings, CPU use, steps, outcome)."""
     from aiida_optddap.engine import fit
 
-    con = console()
-    repeats = args.repeats or (1 if args.quick else 3)
-    steps = args.steps or (5 if args.quick else fit.FitOptions().steps)
-    defaults = fit.FitOptions()
-    con.rule(f"[bold]Part 2: full optimisation at default settings (device {device})")
-    con.print(
-        f"FitOptions(): steps {defaults.steps}, starts {defaults.starts}, lr {defaults.lr}, loss {defaults.loss}; "
-        f"this run: steps {steps}, device {device}, torch threads {args.threads}, {repeats} repeats. "
-        "CPU utilisation = process CPU time / wall time (about 2 on two idle cores; less when others compete). "
-        "Baseline: one fixed-parameter fit (run_fit optimize=False, setup+fit) of the same density."
-    )
-    systems = []
-    load_before = loadavg()
-    wanted = set(filter(None, (getattr(args, "systems", None) or "").split(",")))
-    name = result_name(args, "optimize")
-    kept = []
-    if wanted and (RESULTS / f"{name}.json").is_file():
-        # a partial re-run: keep the other systems of the previous run (each keeps its own same-run baseline)
-        def key_of(entry):
-            return entry.get("key") or ("namgf3" if entry.get("system", "").startswith("NaMgF3") else "nacl64")
+    stamps = []
+    sync(device)
+    cpu0 = cpu_seconds()
+    t0 = time.perf_counter()
+    res = fit.run_fit(density, options, progress=lambda *_: stamps.append(time.perf_counter()))
+    wall = time.perf_counter() - t0
+    cpu = cpu_seconds() - cpu0
+    step_times = np.diff(stamps).tolist()
+    return res, {
+        "timings": res["timings"],
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "cpu_utilisation": cpu / wall,
+        "steps_run": len(stamps),
+        "steps_per_start": [s["steps"] for s in res["starts"]],
+        "stop_reasons": [s["stop_reason"] for s in res["starts"]],
+        "median_step_s": median(step_times),
+        "step_times_s": step_times,
+        "winner_loss": res["loss"],
+        "parameters": res["parameters"],
+        "start_spread_max_abs": (res["start_spread"] or {}).get("max_abs"),
+        "winner_first_step_within_rel": _first_steps_within(res["history"]),
+        "rank": res["rank"],
+        "n_coefficients": res["n_coefficients"],
+        "busy_before": busy,
+    }
 
-        kept = [s for s in json.loads((RESULTS / f"{name}.json").read_text()).get("systems", [])
-                if key_of(s) not in wanted]
 
-    def payload(load_after=None):
-        return {
-            "part": "optimize",
-            "device": device,
-            "baseline": "one fixed-parameter fit of the same density: run_fit(FitOptions(optimize=False)), setup+fit",
-            "repeats": repeats,
-            "steps": steps,
-            "fit_options_defaults": {"steps": defaults.steps, "starts": defaults.starts, "lr": defaults.lr,
-                                     "loss": defaults.loss, "tolerance": defaults.tolerance},
-            "synthetic": {
-                "a_A": ROCKSALT_A, "radii_A": ROCKSALT_RADII, "populations": ROCKSALT_POPULATIONS,
-                "split": "equal thirds over the three radii", "points_per_conventional_cell": POINTS_PER_CELL,
-            },
-            "load_before": load_before,
-            "load_after": load_after,
-            "systems": sorted(kept + systems, key=lambda s: s.get("atoms", 0)),
-        }
+def _repeated_runs(con, density, device: str, steps: int, repeats: int) -> tuple[list[dict], list[dict]]:
+    """``repeats`` times: the fixed-parameter baseline fit, then the optimising fit; (baseline timings, runs)."""
+    from aiida_optddap.engine import fit
 
-    for key, label, make in optimize_systems(args.quick):
-        if wanted and key not in wanted:
-            continue
-        t_make, density = timed(make)
-        con.print(f"[bold]{label}[/]: {density.n_atoms} atoms, grid {density.grid.shape}, built in {fmt_s(t_make)}")
-        fixed_options = fit.FitOptions(optimize=False, device=device)
-        opt_options = fit.FitOptions(device=device, steps=steps)
-        fit.run_fit(density, fixed_options)  # warm-up
-        fixed, runs = [], []
-        for rep in range(repeats):
-            gc.collect()
-            busy = wait_for_quiet(con)
-            res = fit.run_fit(density, fixed_options)
-            fixed.append(res["timings"])
-            stamps = []
-            sync(device)
-            cpu0 = cpu_seconds()
-            t0 = time.perf_counter()
-            res = fit.run_fit(density, opt_options, progress=lambda *_: stamps.append(time.perf_counter()))
-            wall = time.perf_counter() - t0
-            cpu = cpu_seconds() - cpu0
-            step_times = np.diff(stamps).tolist()
-            history = res["history"]
-            best = min(h["loss"] for h in history) if history else None
-            within = {}
-            for tol in (1e-2, 1e-3, 1e-4):
-                hit = next((h["step"] for h in history if h["loss"] <= best * (1 + tol)), None) if best else None
-                within[f"{tol:g}"] = hit
-            runs.append(
-                {
-                    "timings": res["timings"],
-                    "wall_s": wall,
-                    "cpu_s": cpu,
-                    "cpu_utilisation": cpu / wall,
-                    "steps_run": len(stamps),
-                    "steps_per_start": [s["steps"] for s in res["starts"]],
-                    "stop_reasons": [s["stop_reason"] for s in res["starts"]],
-                    "median_step_s": median(step_times),
-                    "step_times_s": step_times,
-                    "winner_loss": res["loss"],
-                    "parameters": res["parameters"],
-                    "start_spread_max_abs": (res["start_spread"] or {}).get("max_abs"),
-                    "winner_first_step_within_rel": within,
-                    "rank": res["rank"],
-                    "n_coefficients": res["n_coefficients"],
-                    "busy_before": busy,
-                }
-            )
-            con.print(
-                f"  repeat {rep + 1}: total {fmt_s(res['timings']['total'])} (optimize "
-                f"{fmt_s(res['timings']['optimize'])}, {len(stamps)} steps, median step "
-                f"{fmt_s(runs[-1]['median_step_s'])}); stop {runs[-1]['stop_reasons']}"
-            )
-        fixed_fit = median([t["setup"] + t["fit"] for t in fixed])
-        opt_total = median([r["timings"]["total"] for r in runs])
-        opt_fitpath = median([r["timings"]["setup"] + r["timings"]["optimize"] + r["timings"]["fit"] for r in runs])
-        med_step = median([r["median_step_s"] for r in runs])
-        stage_medians = {k: median([r["timings"].get(k) for r in runs]) for k in ("setup", "optimize", "fit", "reconstruct", "total")}
-        n_break = 2 if args.quick else 5
-        wait_for_quiet(con)
-        breakdown = step_breakdown(density, device, n_break)
-        breakdown_chunked = step_breakdown(density, device, n_break, path="chunked")
-        full_steps = defaults.steps
-        estimate_full = None
-        if steps != full_steps:
-            estimate_full = (
-                stage_medians["setup"] + full_steps * med_step + stage_medians["fit"] + stage_medians["reconstruct"]
-            )
-        systems.append(
-            {
-                "key": key,
-                "system": label,
-                "atoms": density.n_atoms,
-                "grid": list(density.grid.shape),
-                "grid_spacing_A": float(np.max(np.linalg.norm(density.cell, axis=1) / np.asarray(density.grid.shape))),
-                "steps_requested": steps,
-                "fixed_fit_timings": fixed,
-                "median_fixed_fit_s": fixed_fit,
-                "runs": runs,
-                "median_stage_s": stage_medians,
-                "median_total_s": opt_total,
-                "median_setup_optimize_fit_s": opt_fitpath,
-                "median_step_s": med_step,
-                "ratio_optimisation_to_fixed_fit": opt_fitpath / fixed_fit,
-                "ratio_total_to_fixed_fit": opt_total / fixed_fit,
-                "estimated_total_at_default_steps_s": estimate_full,
-                "target_s": TARGET_SECONDS,
-                "meets_target": (estimate_full or opt_total) < TARGET_SECONDS,
-                "step_breakdown": breakdown,
-                "step_breakdown_chunked": breakdown_chunked,
-                "ratio_step_chunked_to_shells": breakdown_chunked["median_s"]["step"] / breakdown["median_s"]["step"],
-            }
+    fixed_options = fit.FitOptions(optimize=False, device=device)
+    opt_options = fit.FitOptions(device=device, steps=steps)
+    fit.run_fit(density, fixed_options)  # warm-up
+    fixed, runs = [], []
+    for rep in range(repeats):
+        gc.collect()
+        busy = wait_for_quiet(con)
+        res = fit.run_fit(density, fixed_options)
+        fixed.append(res["timings"])
+        res, record = _optimised_run(density, opt_options, device, busy)
+        runs.append(record)
+        con.print(
+            f"  repeat {rep + 1}: total {fmt_s(res['timings']['total'])} (optimize "
+            f"{fmt_s(res['timings']['optimize'])}, {record['steps_run']} steps, median step "
+            f"{fmt_s(record['median_step_s'])}); stop {record['stop_reasons']}"
         )
-        save(args, "optimize", payload(), quiet=True)
-    load_after = loadavg()
-    systems = sorted(kept + systems, key=lambda s: s.get("atoms", 0))
-    kept = []
+    return fixed, runs
+
+
+def _system_record(key: str, label: str, density, fixed: list[dict], runs: list[dict], steps: int, full_steps: int,
+                   breakdowns: tuple[dict, dict]) -> dict:
+    """One system's entry of the results: medians, ratios to the fixed fit, the verdict and the step breakdowns."""
+    fixed_fit = median([t["setup"] + t["fit"] for t in fixed])
+    opt_total = median([r["timings"]["total"] for r in runs])
+    opt_fitpath = median([r["timings"]["setup"] + r["timings"]["optimize"] + r["timings"]["fit"] for r in runs])
+    med_step = median([r["median_step_s"] for r in runs])
+    stage_medians = {k: median([r["timings"].get(k) for r in runs]) for k in ("setup", "optimize", "fit", "reconstruct", "total")}
+    estimate_full = None
+    if steps != full_steps:
+        estimate_full = (
+            stage_medians["setup"] + full_steps * med_step + stage_medians["fit"] + stage_medians["reconstruct"]
+        )
+    breakdown, breakdown_chunked = breakdowns
+    return {
+        "key": key,
+        "system": label,
+        "atoms": density.n_atoms,
+        "grid": list(density.grid.shape),
+        "grid_spacing_A": float(np.max(np.linalg.norm(density.cell, axis=1) / np.asarray(density.grid.shape))),
+        "steps_requested": steps,
+        "fixed_fit_timings": fixed,
+        "median_fixed_fit_s": fixed_fit,
+        "runs": runs,
+        "median_stage_s": stage_medians,
+        "median_total_s": opt_total,
+        "median_setup_optimize_fit_s": opt_fitpath,
+        "median_step_s": med_step,
+        "ratio_optimisation_to_fixed_fit": opt_fitpath / fixed_fit,
+        "ratio_total_to_fixed_fit": opt_total / fixed_fit,
+        "estimated_total_at_default_steps_s": estimate_full,
+        "target_s": TARGET_SECONDS,
+        "meets_target": (estimate_full or opt_total) < TARGET_SECONDS,
+        "step_breakdown": breakdown,
+        "step_breakdown_chunked": breakdown_chunked,
+        "ratio_step_chunked_to_shells": breakdown_chunked["median_s"]["step"] / breakdown["median_s"]["step"],
+    }
+
+
+def _print_totals(con, systems: list[dict], repeats: int, starts: int, load_before, load_after) -> None:
+    """The table of total and per-stage times against the target."""
     rows = []
     for s in systems:
         st = s["median_stage_s"]
@@ -266,11 +261,15 @@ def run(args, device: str | None = None) -> dict:
             rows,
             caption=(
                 "opt/fixed = (setup+optimize+fit)/(fixed setup+fit): the optimisation's cost in fixed fits. "
-                f"Per Adam step: median interval between progress callbacks (all {defaults.starts} starts are one "
+                f"Per Adam step: median interval between progress callbacks (all {starts} starts are one "
                 f"batch). Load average (1, 5, 15 min, CPU pressure %) before/after: {load_before} / {load_after}."
             ),
         )
     )
+
+
+def _print_breakdowns(con, systems: list[dict]) -> None:
+    """The table of one Adam step taken apart, chunked sums (the baseline) against the shell tables."""
     rows = []
     for s in systems:
         for key in ("step_breakdown_chunked", "step_breakdown"):
@@ -304,7 +303,44 @@ def run(args, device: str | None = None) -> dict:
             f"({[r['winner_first_step_within_rel']['0.0001'] for r in runs]}); stop reasons "
             f"{runs[0]['stop_reasons']}"
         )
-    return payload(load_after)
+
+
+def run(args, device: str | None = None) -> dict:
+    device = device or getattr(args, "device", "cpu")
+    from aiida_optddap.engine import fit
+
+    con = console()
+    repeats = args.repeats or (1 if args.quick else 3)
+    steps = args.steps or (5 if args.quick else fit.FitOptions().steps)
+    defaults = fit.FitOptions()
+    con.rule(f"[bold]Part 2: full optimisation at default settings (device {device})")
+    con.print(
+        f"FitOptions(): steps {defaults.steps}, starts {defaults.starts}, lr {defaults.lr}, loss {defaults.loss}; "
+        f"this run: steps {steps}, device {device}, torch threads {args.threads}, {repeats} repeats. "
+        "CPU utilisation = process CPU time / wall time (about 2 on two idle cores; less when others compete). "
+        "Baseline: one fixed-parameter fit (run_fit optimize=False, setup+fit) of the same density."
+    )
+    load_before = loadavg()
+    wanted = set(filter(None, (getattr(args, "systems", None) or "").split(",")))
+    kept = _kept_systems(result_name(args, "optimize"), wanted)
+    systems = []
+    for key, label, make in optimize_systems(args.quick):
+        if wanted and key not in wanted:
+            continue
+        t_make, density = timed(make)
+        con.print(f"[bold]{label}[/]: {density.n_atoms} atoms, grid {density.grid.shape}, built in {fmt_s(t_make)}")
+        fixed, runs = _repeated_runs(con, density, device, steps, repeats)
+        n_break = 2 if args.quick else 5
+        wait_for_quiet(con)
+        breakdowns = (step_breakdown(density, device, n_break), step_breakdown(density, device, n_break, path="chunked"))
+        systems.append(_system_record(key, label, density, fixed, runs, steps, defaults.steps, breakdowns))
+        save(args, "optimize", _payload(device, repeats, steps, defaults, load_before, None, kept + systems),
+             quiet=True)
+    load_after = loadavg()
+    systems = sorted(kept + systems, key=lambda s: s.get("atoms", 0))
+    _print_totals(con, systems, repeats, defaults.starts, load_before, load_after)
+    _print_breakdowns(con, systems)
+    return _payload(device, repeats, steps, defaults, load_before, load_after, systems)
 
 
 def add_arguments(p) -> None:

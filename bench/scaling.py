@@ -153,18 +153,103 @@ def measure_gemm_rate(device: str = "cpu") -> float:
     return 2.0 * size**3 / min(times)
 
 
-def scaling_worker(args) -> None:
-    """One size in this process: stages in order, times and memory; JSON to args.worker_out."""
+class FitStages:
+    """The stages of a fixed-parameter fit at the default parameters (:data:`STAGES`), run one by one on
+    ``density``; each keeps what the next needs."""
+
+    def __init__(self, density, device: str):
+        import torch
+
+        from aiida_optddap.engine.gaussian import ddap
+
+        self.density, self.device = density, device
+        self.params = ddap.Parameters()
+        opts = {"dtype": torch.float64, "device": ddap.resolve_device(device)}
+        self.radii = torch.as_tensor(self.params.radii(), **opts)[None]
+        self.gcut = torch.tensor([self.params.gcut], **opts)
+        self.state: dict = {}
+
+    def setup(self):
+        from aiida_optddap.engine.gaussian import ddap
+
+        self.state["problem"] = ddap.problem_for(self.density, self.params, device=self.device)
+
+    def normal_equations(self):
+        import torch
+
+        from aiida_optddap.engine.gaussian import ddap
+
+        with torch.no_grad():
+            self.state["abn"] = ddap.normal_equations(self.state["problem"], self.radii, self.gcut)
+
+    def solve_spectrum(self):
+        """As ddap.fit_coefficients: one eigvalsh for the diagnostics, handed to the solver."""
+        import torch
+
+        from aiida_optddap.engine.gaussian import ddap
+
+        a, b, norm = self.state["abn"]
+        with torch.no_grad():
+            spec = ddap.spectrum(a, ddap.DEFAULT_RTOL)
+            q, total_u = solve_with(ddap, a, b, self.state["problem"].n_electrons, "pinv", ddap.DEFAULT_RTOL, spec)
+            residual = ddap.misfit(a, b, norm, q)
+        self.state["q"] = q
+        self.state["diag"] = {"rank": int(spec.rank[0]), "condition_number": float(spec.condition_number[0]),
+                              "fit_residual": float(residual[0]), "unconstrained_total": float(total_u[0])}
+
+    def reconstruct(self):
+        """As run_fit's "reconstruct" stage: model coefficients on the FFT box, the reported loss, the model
+        grid, planar averages and dipoles."""
+        from aiida_optddap.engine.gaussian import gspace, losses, reconstruct
+
+        density, params = self.density, self.params
+        q = self.state["q"][0].cpu().numpy().reshape(density.n_atoms, params.n_gauss)
+        model_g = reconstruct.model_coefficients(density.cell, density.positions, q, params.radii(),
+                                                 density.grid.shape)
+        self.state["loss"] = losses.loss_on_grid(model_g, gspace.fourier_coefficients(density.grid), density.cell,
+                                                 "density")
+        model = np.fft.ifftn(model_g).real * model_g.size
+        del model_g
+        reconstruct.planar_averages(density.grid, model, density.cell)
+        reconstruct.dipoles(density.grid, density.cell, density.positions, q.sum(axis=1))
+
+
+def _time_stage(name: str, function, sampler: MemorySampler, device: str, out: dict) -> tuple[float, float, int]:
+    """Run one stage, entering its wall time, CPU time and peak memory into ``out["stages"][name]``;
+    returns (wall s, CPU s, peak RSS bytes)."""
     import torch
 
-    from aiida_optddap.engine.gaussian import ddap, gspace, losses, reconstruct
+    cuda = device == "cuda"
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    start_rss = sampler.reset()
+    cpu0 = cpu_seconds()
+    t, _ = timed(function, device)
+    cpu = cpu_seconds() - cpu0
+    peak = sampler.read_peak()
+    rec = out["stages"].setdefault(name, {"times_s": [], "cpu_s": [], "peak_rss": 0, "start_rss": start_rss})
+    rec["times_s"].append(t)
+    rec["cpu_s"].append(cpu)
+    rec["peak_rss"] = max(rec["peak_rss"], peak)
+    rec["peak_rss_increment"] = max(rec.get("peak_rss_increment", 0), peak - start_rss)
+    if cuda:
+        rec["cuda_max_allocated"] = max(rec.get("cuda_max_allocated", 0), torch.cuda.max_memory_allocated())
+    return t, cpu, peak
+
+
+def scaling_worker(args) -> None:
+    """One size in this process: stages in order, times and memory; JSON to args.worker_out."""
+    # torch and the engine are imported before the memory baseline (rss_start), which must not count them
+    import torch  # noqa: F401
+    from aiida_optddap.engine.gaussian import ddap, gspace, losses, reconstruct  # noqa: F401
 
     set_threads(args.threads)
     device = args.device
     skip = set(filter(None, (args.skip or "").split(",")))
     ru_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     sampler = MemorySampler()
-    cuda = device == "cuda"
     out = {"n": args.n, "device": device, "stages": {}, "skipped": sorted(skip), "ru_maxrss_at_start": ru_start,
            "memory_method": "VmHWM reset per stage via /proc/self/clear_refs, and a 2 ms RSS sampler"
            if sampler.can_reset_hwm else "2 ms RSS sampler (clear_refs not writable)"}
@@ -177,78 +262,21 @@ def scaling_worker(args) -> None:
         grid_spacing_A=float(density.cell[0, 0] / density.grid.shape[0]),
         peak_rss_generate=sampler.read_peak(),
     )
-    params = ddap.Parameters()
-    opts = {"dtype": torch.float64, "device": ddap.resolve_device(device)}
-    radii = torch.as_tensor(params.radii(), **opts)[None]
-    gcut = torch.tensor([params.gcut], **opts)
-    state = {}
-
-    def stage_setup():
-        state["problem"] = ddap.problem_for(density, params, device=device)
-
-    def stage_normal():
-        with torch.no_grad():
-            state["abn"] = ddap.normal_equations(state["problem"], radii, gcut)
-
-    def stage_solve():
-        # as ddap.fit_coefficients: one eigvalsh for the diagnostics, handed to the solver
-        a, b, norm = state["abn"]
-        with torch.no_grad():
-            spec = ddap.spectrum(a, ddap.DEFAULT_RTOL)
-            q, total_u = solve_with(ddap, a, b, state["problem"].n_electrons, "pinv", ddap.DEFAULT_RTOL, spec)
-            residual = ddap.misfit(a, b, norm, q)
-        state["q"] = q
-        state["diag"] = {"rank": int(spec.rank[0]), "condition_number": float(spec.condition_number[0]),
-                         "fit_residual": float(residual[0]), "unconstrained_total": float(total_u[0])}
-
-    def stage_reconstruct():
-        # as run_fit's "reconstruct" stage: model coefficients on the FFT box, the reported loss, the model
-        # grid, planar averages and dipoles
-        q = state["q"][0].cpu().numpy().reshape(density.n_atoms, params.n_gauss)
-        if hasattr(reconstruct, "model_coefficients") and hasattr(losses, "loss_on_grid"):
-            model_g = reconstruct.model_coefficients(density.cell, density.positions, q, params.radii(),
-                                                     density.grid.shape)
-            state["loss"] = losses.loss_on_grid(model_g, gspace.fourier_coefficients(density.grid), density.cell,
-                                                "density")
-            model = np.fft.ifftn(model_g).real * model_g.size
-            del model_g
-        else:
-            model = reconstruct.model_grid(density.cell, density.positions, q, params.radii(), density.grid.shape)
-        reconstruct.planar_averages(density.grid, model, density.cell)
-        reconstruct.dipoles(density.grid, density.cell, density.positions, q.sum(axis=1))
-
-    funcs = {"setup": stage_setup, "normal_equations": stage_normal, "solve_spectrum": stage_solve,
-             "reconstruct": stage_reconstruct}
-    repeats = args.repeats_inner
-    for rep in range(repeats):
+    stages = FitStages(density, device)
+    for _ in range(args.repeats_inner):
         for name in STAGES:
             if name in skip:
                 continue
-            gc.collect()
-            if cuda:
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-            start_rss = sampler.reset()
-            cpu0 = cpu_seconds()
-            t, _ = timed(funcs[name], device)
-            cpu = cpu_seconds() - cpu0
-            peak = sampler.read_peak()
-            rec = out["stages"].setdefault(name, {"times_s": [], "cpu_s": [], "peak_rss": 0, "start_rss": start_rss})
-            rec["times_s"].append(t)
-            rec["cpu_s"].append(cpu)
-            rec["peak_rss"] = max(rec["peak_rss"], peak)
-            rec["peak_rss_increment"] = max(rec.get("peak_rss_increment", 0), peak - start_rss)
-            if cuda:
-                rec["cuda_max_allocated"] = max(rec.get("cuda_max_allocated", 0), torch.cuda.max_memory_allocated())
+            t, cpu, peak = _time_stage(name, getattr(stages, name), sampler, device, out)
             print(f"    n={args.n} {name}: {fmt_s(t)} (CPU {fmt_s(cpu)}), peak RSS {fmt_mib(peak)}", flush=True)
     for rec in out["stages"].values():
         rec["median_s"] = median(rec["times_s"])
-    out["diagnostics"] = state.get("diag")
+    out["diagnostics"] = stages.state.get("diag")
     out["git_commit"] = git_commit()
-    out["loss"] = state.get("loss")
+    out["loss"] = stages.state.get("loss")
     out["ru_maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     out["peak_rss"] = max([out["peak_rss_generate"], *[r["peak_rss"] for r in out["stages"].values()]])
-    problem = state.get("problem")
+    problem = stages.state.get("problem")
     if problem is not None:
         out["fit_gvectors_half"] = problem.fit.n
         out["phase_table_cached"] = problem.fit._cos is not None
@@ -266,22 +294,84 @@ def loglog_slope(atoms, values):
     return float(slope), float(intercept)
 
 
+def _report_only(con, args) -> dict:
+    """Re-render (and re-fit) a saved run without measuring anything."""
+    name = args.name or ("scaling-quick" if args.quick else "scaling")
+    old = json.loads((RESULTS / f"{name}.json").read_text())
+    args.threads = old.get("threads", args.threads)
+    args.max_stage_seconds = old.get("max_stage_seconds", args.max_stage_seconds)
+    payload = _scaling_payload(args, old["sizes"], old["estimates"], old["gemm_flops_per_s"],
+                               old.get("load_before"), old.get("load_after"), old.get("device", "cpu"),
+                               partial=old.get("partial", False))
+    for key in ("machine", "command"):
+        if key in old:
+            payload[key] = old[key]
+    print_scaling(con, payload)
+    return payload
+
+
+def _print_estimates(con, estimates: list[dict]) -> None:
+    con.print(
+        table(
+            "Part 3 — estimate before measuring (flops / measured GEMM rate: a lower bound on the time)",
+            ["n", "atoms", "M", "fit G (half)", "grid pts", "A size", "A,b flops", "est. A,b", "solve flops",
+             "est. solve", "est. reconstruct"],
+            [[e["n"], e["atoms"], e["M"], e["fit_gvectors_half"], e["grid_points"], fmt_mib(e["A_bytes"]),
+              f"{e['flops_normal_equations']:.2g}", fmt_s(e["est_normal_equations_s"]),
+              f"{e['flops_solve_spectrum']:.2g}", fmt_s(e["est_solve_spectrum_s"]), fmt_s(e["est_reconstruct_s"])]
+             for e in estimates],
+        )
+    )
+
+
+def _stages_to_skip(con, n: int, results: list[dict], max_stage_seconds: float) -> list[str]:
+    """The stages whose time at size ``n``, extrapolated from the last three measured sizes, exceeds
+    ``max_stage_seconds`` (all of them when the setup does: nothing can run without it)."""
+    skip = []
+    measured = [r for r in results if r.get("stages")]
+    for stage in STAGES:
+        atoms_done = [r["atoms"] for r in measured if stage in r["stages"]]
+        times_done = [r["stages"][stage]["median_s"] for r in measured if stage in r["stages"]]
+        fitted = loglog_slope(atoms_done[-3:], times_done[-3:])
+        if fitted:
+            predicted = math.exp(fitted[1]) * (8 * n**3) ** fitted[0]
+            if predicted > max_stage_seconds:
+                skip.append(stage)
+                con.print(
+                    f"  n={n}: skipping {stage}: predicted {fmt_s(predicted)} > --max-stage-seconds "
+                    f"{max_stage_seconds:.0f} (slope {fitted[0]:.2f} over the last sizes)"
+                )
+    return list(STAGES) if "setup" in skip else skip
+
+
+def _measure_size(con, args, n: int, device: str, skip: list[str]) -> dict:
+    """One size in a fresh worker subprocess (``python -m bench.scaling worker``); its record."""
+    repeats_inner = args.repeats or (1 if (8 * n**3 > 216 or args.quick) else 3)
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
+        worker_out = handle.name
+    cmd = [sys.executable, "-m", "bench.scaling", "worker", "--n", str(n), "--threads",
+           str(args.threads), "--device", device, "--worker-out", worker_out, "--skip", ",".join(skip),
+           "--repeats-inner", str(repeats_inner)]
+    busy = wait_for_quiet(con)
+    con.print(f"[bold]n={n}[/] ({8 * n**3} atoms): running {repeats_inner} repeat(s) in a subprocess…")
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, text=True, capture_output=False, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        con.print(f"[red]n={n}: worker failed with exit code {proc.returncode} (out of memory?)")
+        rec = {"n": n, "atoms": 8 * n**3, "failed": proc.returncode, "wall_s": wall, "skipped": skip}
+    else:
+        rec = json.loads(Path(worker_out).read_text())
+        rec["wall_s"] = wall
+        rec["busy_before"] = busy
+    Path(worker_out).unlink(missing_ok=True)
+    return rec
+
+
 def run(args) -> dict:
     con = console()
     if args.report_only:
-        # re-render (and re-fit) a saved run without measuring anything
-        name = args.name or ("scaling-quick" if args.quick else "scaling")
-        old = json.loads((RESULTS / f"{name}.json").read_text())
-        args.threads = old.get("threads", args.threads)
-        args.max_stage_seconds = old.get("max_stage_seconds", args.max_stage_seconds)
-        payload = _scaling_payload(args, old["sizes"], old["estimates"], old["gemm_flops_per_s"],
-                                   old.get("load_before"), old.get("load_after"), old.get("device", "cpu"),
-                                   partial=old.get("partial", False))
-        for key in ("machine", "command"):
-            if key in old:
-                payload[key] = old[key]
-        print_scaling(con, payload)
-        return payload
+        return _report_only(con, args)
     sizes = [int(s) for s in (args.sizes or ("1,2" if args.quick else "1,2,3,4,5,6")).split(",")]
     device = args.device
     if device == "cuda" and not gpu_available():
@@ -294,17 +384,7 @@ def run(args) -> dict:
         f"subprocess, torch threads {args.threads}. Measured float64 GEMM rate: {gemm / 1e9:.1f} GFLOP/s."
     )
     estimates = [scaling_estimate(n, gemm) for n in sorted(set(sizes) | {8})]
-    con.print(
-        table(
-            "Part 3 — estimate before measuring (flops / measured GEMM rate: a lower bound on the time)",
-            ["n", "atoms", "M", "fit G (half)", "grid pts", "A size", "A,b flops", "est. A,b", "solve flops",
-             "est. solve", "est. reconstruct"],
-            [[e["n"], e["atoms"], e["M"], e["fit_gvectors_half"], e["grid_points"], fmt_mib(e["A_bytes"]),
-              f"{e['flops_normal_equations']:.2g}", fmt_s(e["est_normal_equations_s"]),
-              f"{e['flops_solve_spectrum']:.2g}", fmt_s(e["est_solve_spectrum_s"]), fmt_s(e["est_reconstruct_s"])]
-             for e in estimates],
-        )
-    )
+    _print_estimates(con, estimates)
     previous = []
     if args.merge and (RESULTS / f"{args.merge}.json").is_file():
         previous = json.loads((RESULTS / f"{args.merge}.json").read_text()).get("sizes", [])
@@ -313,42 +393,8 @@ def run(args) -> dict:
     name = args.name or ("scaling-quick" if args.quick else "scaling")
     load_before = loadavg()
     for n in sizes:
-        skip = []
-        measured = [r for r in results if r.get("stages")]
-        for stage in STAGES:
-            atoms_done = [r["atoms"] for r in measured if stage in r["stages"]]
-            times_done = [r["stages"][stage]["median_s"] for r in measured if stage in r["stages"]]
-            fitted = loglog_slope(atoms_done[-3:], times_done[-3:])
-            if fitted:
-                predicted = math.exp(fitted[1]) * (8 * n**3) ** fitted[0]
-                if predicted > args.max_stage_seconds:
-                    skip.append(stage)
-                    con.print(
-                        f"  n={n}: skipping {stage}: predicted {fmt_s(predicted)} > --max-stage-seconds "
-                        f"{args.max_stage_seconds:.0f} (slope {fitted[0]:.2f} over the last sizes)"
-                    )
-        if "setup" in skip:
-            skip = list(STAGES)  # nothing can run without the setup
-        repeats_inner = args.repeats or (1 if (8 * n**3 > 216 or args.quick) else 3)
-        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
-            worker_out = handle.name
-        cmd = [sys.executable, "-m", "bench.scaling", "worker", "--n", str(n), "--threads",
-               str(args.threads), "--device", device, "--worker-out", worker_out, "--skip", ",".join(skip),
-               "--repeats-inner", str(repeats_inner)]
-        busy = wait_for_quiet(con)
-        con.print(f"[bold]n={n}[/] ({8 * n**3} atoms): running {repeats_inner} repeat(s) in a subprocess…")
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, text=True, capture_output=False, cwd=ROOT)
-        wall = time.perf_counter() - t0
-        if proc.returncode != 0:
-            con.print(f"[red]n={n}: worker failed with exit code {proc.returncode} (out of memory?)")
-            rec = {"n": n, "atoms": 8 * n**3, "failed": proc.returncode, "wall_s": wall, "skipped": skip}
-        else:
-            rec = json.loads(Path(worker_out).read_text())
-            rec["wall_s"] = wall
-            rec["busy_before"] = busy
-        Path(worker_out).unlink(missing_ok=True)
-        results.append(rec)
+        skip = _stages_to_skip(con, n, results, args.max_stage_seconds)
+        results.append(_measure_size(con, args, n, device, skip))
         results.sort(key=lambda r: r["atoms"])
         write_json(name, _scaling_payload(args, results, estimates, gemm, load_before, None, device, partial=True))
     load_after = loadavg()
