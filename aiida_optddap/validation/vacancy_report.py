@@ -1,4 +1,4 @@
-"""Tables and figures of the vacancy validation (:mod:`.vacancies`): ``summary.md`` and docs/_static/validation/*.png.
+"""Tables and figures of the vacancy validation (:mod:`.vacancies`): ``summary.md`` and the PNG files of docs/_static/validation.
 
 :func:`markdown` writes the page's tables from the summary, :func:`figures` its seven figures from the summary and
 the full ``results.json`` dictionaries (planar averages, optimisation trajectories, charges and κ, the spread
