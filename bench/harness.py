@@ -166,12 +166,13 @@ def write_json(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=_json_default, allow_nan=False) + "\n")
+    tmp.write_text(json.dumps(payload, indent=1, default=json_default, allow_nan=False) + "\n")
     os.replace(tmp, path)
     return path
 
 
-def _json_default(obj):
+def json_default(obj):
+    """``json.dumps``' ``default`` for the results files: numpy scalars and arrays as Python numbers and lists, paths as strings."""
     if isinstance(obj, (np.integer,)):
         return int(obj)
     if isinstance(obj, (np.floating,)):

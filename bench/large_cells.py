@@ -427,6 +427,6 @@ def add_arguments(p) -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "worker":
         n, old, threads = int(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])
-        print(json.dumps(worker(n, old, threads), default=harness._json_default))
+        print(json.dumps(worker(n, old, threads), default=harness.json_default))
     else:
         harness.part_main("large_cells", sys.modules[__name__])

@@ -23,7 +23,7 @@ import numpy as np
 
 from bench import harness
 from bench.harness import (
-    RESULTS, ROOT, _json_default, console, cpu_seconds, fmt_mib, fmt_s, git_commit, gpu_available, loadavg,
+    RESULTS, ROOT, json_default, console, cpu_seconds, fmt_mib, fmt_s, git_commit, gpu_available, loadavg,
     median, set_threads, solve_with, table, timed, wait_for_quiet, write_json,
 )
 from bench.synthetic import DISPLACEMENT, POINTS_PER_CELL, ROCKSALT_A, rocksalt_density
@@ -281,7 +281,7 @@ def scaling_worker(args) -> None:
         out["fit_gvectors_half"] = problem.fit.n
         out["phase_table_cached"] = problem.fit._cos is not None
     sampler.close()
-    Path(args.worker_out).write_text(json.dumps(out, default=_json_default))
+    Path(args.worker_out).write_text(json.dumps(out, default=json_default))
 
 
 def loglog_slope(atoms, values):

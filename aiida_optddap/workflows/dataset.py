@@ -40,7 +40,7 @@ from .base import OptDdapBaseWorkChain
 from .protocols import ProtocolMixin, base_inputs, density_node
 from .vasp import FIT_EXCLUDE, failure_message, outcar_zval, vasp_outputs
 
-__all__ = ("ChargeDatasetWorkChain", "classify_source", "dataset_sources")
+__all__ = ("ChargeDatasetWorkChain", "classify_source", "dataset_sources", "link_label")
 
 
 def _validate_max_concurrent(value, _ctx):
@@ -111,7 +111,9 @@ def classify_source(node) -> dict:
     return {"kind": "skip", "reason": f"{type(node).__name__}<{node.pk}> is not a density, VASP run or ChargesData"}
 
 
-def _link_label(text: str) -> str:
+def link_label(text: str) -> str:
+    """A valid AiiDA link label from a file name or label: non-word characters become ``_``; a leading digit gets
+    ``d_`` (shared with ``aiida-optddap launch mlip``, which names its densities the same way)."""
     label = re.sub(r"\W", "_", text).strip("_") or "density"
     return f"d_{label}" if label[0].isdigit() else label
 
@@ -127,7 +129,7 @@ def dataset_sources(value) -> dict:
     if isinstance(value, str) and not pathlib.Path(value).is_file():
         return {"group": orm.Str(value)}
     if isinstance(value, dict):
-        return {"densities": {_link_label(str(k)): density_node(v) for k, v in value.items()}}
+        return {"densities": {link_label(str(k)): density_node(v) for k, v in value.items()}}
     if not isinstance(value, (list, tuple)):
         value = [value]
     densities, sources, valence = {}, [], {}
@@ -135,7 +137,7 @@ def dataset_sources(value) -> dict:
         if isinstance(item, orm.SinglefileData) or (isinstance(item, (str, pathlib.Path))
                                                     and pathlib.Path(item).is_file()):
             node = density_node(item)
-            label = _link_label(node.label or node.filename)
+            label = link_label(node.label or node.filename)
             while label in densities:
                 label += "_"
             densities[label] = node
@@ -349,7 +351,7 @@ class ChargeDatasetWorkChain(ProtocolMixin, WorkChain):
                 for element, value in self._frame_zval(item).items():
                     if zval.setdefault(element, float(value)) != float(value):
                         raise ValueError(f"Z_val of {element} differs between frames ({zval[element]:g}, {value:g})")
-                label = _link_label(item["label"])
+                label = link_label(item["label"])
                 while label in densities:
                     label += "_"
                 densities[label] = orm.load_node(item["density"])

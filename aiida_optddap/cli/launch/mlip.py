@@ -44,14 +44,14 @@ def _aliases(label: str, node) -> set[str]:
 
 def _density_label(node, used: set) -> str:
     """A link label for ``node`` from its file's stem, unique among ``used`` (which it joins)."""
-    from ...workflows.dataset import _link_label
+    from ...workflows.dataset import link_label
 
     name = _uncompressed(node.filename or node.label or f"density_{node.pk}")
     stem = name.split(".")[0] if "." in name and not name.startswith(".") else name
-    label = _link_label(stem)
+    label = link_label(stem)
     if label in used:
         parent = pathlib.Path(node.description.rsplit(" ", 1)[-1]).parent.name if node.description else ""
-        label = _link_label(f"{parent}_{stem}") if parent else label
+        label = link_label(f"{parent}_{stem}") if parent else label
     while label in used:
         label += "_"
     used.add(label)
