@@ -2,7 +2,8 @@
 
 Everything here is independent of the engine's fitting code. Synthetic densities are made either
 with :func:`aiida_optddap.engine.gaussian.reconstruct.model_grid` (itself checked against a real-space
-sampling in tests/test_gspace.py) or by sampling Gaussians in real space (:func:`periodic_gaussian`).
+sampling in tests/engine/gaussian/test_gspace.py) or by sampling Gaussians in real space
+(:func:`periodic_gaussian`).
 The reference fit (:func:`reference_fit`) is a plain numpy full-sphere implementation of spec §5.
 """
 
@@ -22,17 +23,23 @@ BOHR = 0.529177210903  # Å
 CP2K_RADII = np.array([0.5, 0.75, 1.125])
 CP2K_GCUT = np.sqrt(6.0) / BOHR
 
+#: The repository's root, and its examples/ and docs/ folders. Test modules sit at several depths under
+#: tests/ (tests/engine/gaussian/, tests/validation/, ...): they reach files through these, not ``__file__``.
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+DOCS = ROOT / "docs"
 #: The shared data set beside the repository (../shared/data); OPTDDAP_SHARED=/nonexistent hides it, to check that
 #: the tests need only the repository's copies (tests/data/README.md).
-SHARED = Path(os.environ.get("OPTDDAP_SHARED") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
-DATA = Path(__file__).resolve().parent / "data"
+SHARED = Path(os.environ.get("OPTDDAP_SHARED") or ROOT.parent / "shared" / "data")
+#: The committed fixtures (tests/data/README.md: origin and licence of each).
+DATA = ROOT / "tests" / "data"
 #: Files of the shared VASP set (``SHARED / "chgcar"``) that the repository holds under another name.
 _VASP_ELSEWHERE = {
     "h2_pydefect/H2_CHGCAR": DATA / "H2_CHGCAR.gz",
     "si_aiidavasp/CHGCAR": DATA / "si_aiidavasp_CHGCAR.gz",
     "no_molecule_sisl/polarized/CHGCAR": DATA / "vasp_mock/nitric_oxide_polarized/out/CHGCAR.gz",
     "no_molecule_sisl/unpolarized/CHGCAR": DATA / "vasp_mock/nitric_oxide_unpolarized/out/CHGCAR.gz",
-    "namgf3_pydefect/NaMgF3_CHG": DATA.parent.parent / "examples" / "NaMgF3_CHG.gz",
+    "namgf3_pydefect/NaMgF3_CHG": EXAMPLES / "NaMgF3_CHG.gz",
 }
 
 

@@ -83,7 +83,8 @@ def test_plugin_import_does_not_import_torch():
 
 
 def test_inline_refuses_a_potential_named_like_a_density(singlefile, tmp_path):
-    """As `optddap fit` does (tests/test_bad_input.py): a LOCPOT-shaped grid in a CHGCAR is not a density."""
+    """As `optddap fit` does (tests/engine/test_bad_input.py): a LOCPOT-shaped grid in a CHGCAR is not a
+    density."""
     import numpy as np
     from helpers import gaussian_density, write_chgcar
 

@@ -15,7 +15,7 @@ pays a full FFT of the grid and a few dozen small tensor operations whose fixed 
    charge constraint on the real coefficients only (a mask u instead of 1: q = A⁺(b − λu)).
 
 The populations equal those of :func:`.ddap.fit_coefficients` (same G set, conventions and solver formulas)
-to ~1e-12 e (tests/test_batch.py checks 1e-10).
+to ~1e-12 e (tests/engine/gaussian/test_batch.py checks 1e-10).
 """
 
 from __future__ import annotations

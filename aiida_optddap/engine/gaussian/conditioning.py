@@ -12,8 +12,8 @@ A failed factorisation, or λ_min at or below the cutoff, means A is (numericall
 entry falls back to ``eigvalsh`` (exact rank, and the pseudo-inverse path of the solvers needs the
 eigenvectors anyway). Small matrices (M ≤ :data:`DENSE_LIMIT`) always use ``eigvalsh``.
 
-Accuracy (tests/test_conditioning.py, SPD matrices with κ = 1e4…1e10, clustered and repeated smallest
-eigenvalues included): the estimates agree with ``eigvalsh`` to 1e-8 relative in λ_max and to
+Accuracy (tests/engine/gaussian/test_conditioning.py, SPD matrices with κ = 1e4…1e10, clustered and repeated
+smallest eigenvalues included): the estimates agree with ``eigvalsh`` to 1e-8 relative in λ_max and to
 1e-8 + 2e-15·κ relative in the three smallest, i.e. within the round-off of ``eigvalsh`` itself (its
 absolute error is ~ε‖A‖, so ~ε·κ relative on λ_min).
 """

@@ -16,7 +16,8 @@ half-space G of weight 2 stands for G and −G; the phase of the basis is e^{−
 one complex one (c_1 + i c_2: the coefficients are even, or Hermitian for b, so both outputs are real).
 
 Accuracy: the NUFFT error is relative to the size of the sums, so the tolerance :data:`EPS` = 1e-14 gives
-A and b equal to the chunked sums to ~1e-13 of max|A|, max|b| (tests/test_nufft.py checks 1e-10).
+A and b equal to the chunked sums to ~1e-13 of max|A|, max|b| (tests/engine/gaussian/test_nufft.py checks
+1e-10).
 
 Backends: ``finufft`` for CPU tensors, ``cufinufft`` for CUDA tensors (optional extra ``cuda``).
 Differentiability: none. The NUFFT path serves fixed-parameter fits (no gradient with respect to σ_start,

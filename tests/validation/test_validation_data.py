@@ -12,16 +12,15 @@ examples/cp2k_validation/generate.py (CP2K 2023.1, PBE, GTH Na q9 / Cl q7, 300 R
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from helpers import EXAMPLES
 
 from aiida_optddap.engine.fit import FitOptions, run_difference_fit, run_fit
 from aiida_optddap.engine.io import read_density
 from aiida_optddap.engine.io.zval import resolve_zval
 
-DATA = Path(__file__).resolve().parents[1] / "examples" / "cp2k_validation" / "data"
+DATA = EXAMPLES / "cp2k_validation" / "data"
 HOST, VACANCY = DATA / "nacl_1x1x1_host.cube.gz", DATA / "nacl_1x1x1_vna.cube.gz"
 CLASSIC = FitOptions.for_definition("paper", optimize=False, device="cpu")  # σ_start 0.5 Å, f 1.5, g_c √6 bohr⁻¹, pinv (paper solver, no optimisation)
 

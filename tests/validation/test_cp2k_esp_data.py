@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import EXAMPLES
 
 from aiida_optddap.validation import cp2k
 
-DATA = Path(__file__).resolve().parents[1] / "examples" / "cp2k_esp" / "data"
+DATA = EXAMPLES / "cp2k_esp" / "data"
 RECORDS = sorted(DATA.glob("*.json"))
 BOHR = cp2k.BOHR_A
 
@@ -105,7 +106,7 @@ def test_dipole_of_the_density(system):
     np.testing.assert_allclose(debye(dipole), record["dipole_debye"], atol=0.01 * np.linalg.norm(record["dipole_debye"]))
 
 
-RATTLED = Path(__file__).resolve().parents[1] / "examples" / "cp2k_rattled" / "data_lif_kcl"
+RATTLED = EXAMPLES / "cp2k_rattled" / "data_lif_kcl"
 RATTLED_RECORDS = sorted(RATTLED.glob("*.json"))
 
 

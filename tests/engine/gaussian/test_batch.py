@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from aiida_optddap.engine.gaussian import batch, ddap, gspace
 from aiida_optddap.engine import io
 from aiida_optddap.engine.gaussian.ddap import Parameters, SingularMatrixError
-from helpers import TRICLINIC, TRICLINIC_FRAC, TRICLINIC_SYMBOLS, gaussian_density, off_basis_density, rocksalt
+from helpers import (EXAMPLES, TRICLINIC, TRICLINIC_FRAC, TRICLINIC_SYMBOLS, gaussian_density, off_basis_density,
+                     rocksalt)
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "NaMgF3_CHG.gz"
+EXAMPLE = EXAMPLES / "NaMgF3_CHG.gz"
 
 
 def _frames():

@@ -4,12 +4,11 @@ uncorrelated with them — the numbers docs/workflows.md quotes. Engine level, ~
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from helpers import EXAMPLES
 
-DATA = Path(__file__).resolve().parents[1] / "examples" / "cp2k_rattled" / "data"
+DATA = EXAMPLES / "cp2k_rattled" / "data"
 
 
 @pytest.fixture(scope="module")

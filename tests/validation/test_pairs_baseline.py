@@ -1,6 +1,6 @@
 """Issue 10 item 2 on real data where the baseline should matter: two NaCl molecules farther apart than the
 MACE cutoff (examples/cp2k_pairs). With the species-width charges (which reproduce the molecules' dipoles,
-tests/test_pairs_data.py):
+tests/validation/test_pairs_data.py):
 
 * the fixed-charge Ewald baseline explains most of the frame-to-frame energy spread (std of REF − E_elec
   below half that of REF);
@@ -12,12 +12,10 @@ tests/test_pairs_data.py):
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from helpers import EXAMPLES
 
-ROOT = Path(__file__).resolve().parents[1] / "examples"
-DATA = ROOT / "cp2k_pairs" / "data"
+DATA = EXAMPLES / "cp2k_pairs" / "data"
 
 
 @pytest.fixture(scope="module")

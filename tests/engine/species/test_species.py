@@ -9,7 +9,6 @@ reason when the rattled data are missing.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,9 +20,8 @@ from aiida_optddap.validation.frames import FrameSet
 from aiida_optddap.engine.species.widths import (SpeciesEquations, constrained_minimum, fit_species, species_misfit,
                                           stack_frames)
 
-from helpers import rocksalt, vasp_file
+from helpers import ROOT, rocksalt, vasp_file
 
-ROOT = Path(__file__).resolve().parents[1]
 RATTLED = ROOT / "examples" / "cp2k_rattled"
 LIH = vasp_file("lih_atomate_pbesol/CHGCAR")  # the repository's copy (tests/data/README.md)
 #: g_c (Å⁻¹) of the smoothness check: MgO's second odd shell (311) lies at 4.95 Å⁻¹, outside CP2K's 4.63.

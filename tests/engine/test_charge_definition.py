@@ -1,6 +1,6 @@
 """The ``restrained`` charge definition (the default ``auto``'s model where the species model cannot place every
 element): unique, restrained where the density is silent, with an uncertainty; the ``paper`` and ``classic``
-definitions stay available (issue 9). The ``auto`` rule itself: tests/test_auto_definition.py."""
+definitions stay available (issue 9). The ``auto`` rule itself: tests/engine/test_auto_definition.py."""
 
 from __future__ import annotations
 

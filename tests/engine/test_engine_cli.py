@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import CP2K_RADII, DATA, gaussian_density, off_basis_density, rocksalt, vasp_rounded, write_chgcar
+from helpers import CP2K_RADII, DATA, DOCS, gaussian_density, off_basis_density, rocksalt, vasp_rounded, write_chgcar
 
 from aiida_optddap.engine.cli import main
 
 H2 = DATA / "H2_CHGCAR.gz"
-SCHEMA = Path(__file__).resolve().parents[1] / "docs" / "results-schema.md"
+SCHEMA = DOCS / "results-schema.md"
 OPTDDAP = Path(sys.executable).parent / "optddap"
 SHAPE = (18, 18, 18)
 

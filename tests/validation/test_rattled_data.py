@@ -22,12 +22,12 @@ Skips with a reason when a data file (or the whole data_soft/ folder) is missing
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import EXAMPLES
 
-ROOT = Path(__file__).resolve().parents[1] / "examples" / "cp2k_rattled"
+ROOT = EXAMPLES / "cp2k_rattled"
 DATA = ROOT / "data"
 DATA_SOFT = ROOT / "data_soft"
 SYSTEMS = {"nacl": ("Na", "Cl", 5.64, {"Na": 9, "Cl": 7}), "mgo": ("Mg", "O", 4.21, {"Mg": 10, "O": 6})}

@@ -8,17 +8,16 @@ when it is missing.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ROOT
 from click.testing import CliRunner
 
 from aiida_optddap.engine.fit import DEFINITIONS, FitOptions, run_difference_fit, run_fit, write_results
 from aiida_optddap.engine.species.widths import SPECIES_GCUT, fit_species
 from aiida_optddap.engine.io.zval import ZvalInfo
 
-ROOT = Path(__file__).resolve().parents[1]
 CUBE = ROOT / "examples" / "cp2k_rattled" / "data" / "nacl_000.cube.gz"
 ZVAL = {"Na": 9.0, "Cl": 7.0}
 

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import off_basis_density, rocksalt, write_chgcar
+from helpers import DOCS, off_basis_density, rocksalt, write_chgcar
 
 from aiida_optddap.engine.cli import main
 
 SHAPE = (18, 18, 18)
-PRODUCTION = Path(__file__).resolve().parents[1] / "docs" / "production.md"
+PRODUCTION = DOCS / "production.md"
 OPTDDAP = Path(sys.executable).parent / "optddap"
 NO_FIT = ("--no-optimize", "--quiet")
 

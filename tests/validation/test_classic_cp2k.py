@@ -20,12 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import EXAMPLES
+from helpers import DATA as TESTS_DATA
 
 from aiida_optddap.engine.fit import FitOptions, run_fit
 from aiida_optddap.engine.io import read_density
 from aiida_optddap.validation import cp2k
 
-DATA = Path(__file__).resolve().parents[2] / "examples" / "cp2k_esp" / "data"
+DATA = EXAMPLES / "cp2k_esp" / "data"
 #: GTH-PBE r_loc (bohr) of GTH_POTENTIALS (CP2K 2023.1), the cores CP2K subtracts.
 R_LOC_BOHR = {"O": 0.24455430, "H": 0.20000000}
 ZVAL = {"O": 6, "H": 1}
@@ -76,7 +78,7 @@ def test_core_subtraction_also_explains_the_bulk_full_density():
     """The same holds in a crystal: on the 7-atom NaCl Cl-vacancy cell (tests/data/cp2k, semicore Na q9,
     r_loc 0.2365 bohr; Cl q7, 0.41 bohr) CP2K prints FULL-density charges Na −0.380/−0.173, Cl +0.300 (signs
     opposite to the valence-only classic fit's +0.26/+0.18, −0.27); the core-subtracted fit gives them to 1e-4 e."""
-    folder = Path(__file__).resolve().parents[1] / "data" / "cp2k"
+    folder = TESTS_DATA / "cp2k"
     density = read_density(folder / "nacl_cl_vacancy_electron_density.cube.gz")
     text = (folder / "nacl_cl_vacancy_ddapc_charges.txt").read_text()
     block = text.split("DDAP FULL DENSITY charges:")[1].split("Total")[0]

@@ -13,14 +13,14 @@ Skips with a reason when the data are missing.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import EXAMPLES
 
 from aiida_optddap.validation import pairs
 
-DATA = Path(__file__).resolve().parents[1] / "examples" / "cp2k_pairs" / "data"
+DATA = EXAMPLES / "cp2k_pairs" / "data"
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import DATA
 
 from aiida_optddap.engine.cli import main as optddap
 from aiida_optddap.engine.fit import FitOptions, run_fit
 from aiida_optddap.engine.io import read_density
 
-DATA = Path(__file__).parent / "data"
 TOLERANCE = 1e-10
 
 #: id -> (files: (fixture under tests/data, name in the run folder), the density first; --zval; --guess-zval;
