@@ -401,3 +401,87 @@ def test_examples_only_call_the_package():
     found = [o for path in sorted(tests.rglob("*.py")) for o in _loads_by_path(str(path.relative_to(tests)),
                                                                                 path.read_text())]
     assert not found, "test modules that load files by path:\n  " + "\n  ".join(found)
+
+
+# ---------------------------------------------------- the test tree mirrors the package (issue 20 items 5, 6)
+
+TESTS = Path(__file__).resolve().parent
+#: The tests of the repository itself: the only test modules directly in tests/ (beside conftest.py and
+#: helpers.py).
+PROJECT_TESTS = {"test_architecture.py", "test_docs.py", "test_examples_readme.py",
+                 "test_no_spec_sections.py"}
+#: Folders of tests/ (with everything under them) that hold fixtures, not test modules.
+FIXTURE_FOLDERS = ("data", "aiida/recorded")
+#: The AiiDA layer, whose tests share tests/aiida/.
+AIIDA_LAYER = ("calculations", "parsers", "data", "workflows", "cli")
+
+
+def _mirrors() -> dict[str, list[Path]]:
+    """Test folder (relative to tests/) -> what its tests test: tests/engine/<wing> each wing of the engine (a
+    subpackage), tests/engine its top-level modules, tests/validation, tests/bench (the top-level bench
+    package), tests/aiida the AiiDA layer and tests/services the production services' set-up."""
+    engine, root = PACKAGE / "engine", PACKAGE.parent
+    mirrors = {"engine": [engine], "validation": [PACKAGE / "validation"], "bench": [root / "bench"],
+               "aiida": [PACKAGE / name for name in AIIDA_LAYER],
+               "services": [root / "scripts" / "services.sh"]}
+    for init in sorted(engine.glob("*/__init__.py")):
+        mirrors[f"engine/{init.parent.name}"] = [init.parent]
+    return mirrors
+
+
+def _test_tree_offenders(modules: list[str], folders: list[str], mirrored: set[str]) -> list[str]:
+    """What breaks the rule, for test ``modules`` and ``folders`` given relative to tests/ (``a/b``): a test
+    module directly in tests/ that is not one of PROJECT_TESTS; a test module in a fixture folder; a folder
+    that is neither ``mirrored`` nor a fixture folder; a ``mirrored`` folder that is missing; two test modules
+    of one name (tests/ has no ``__init__.py``: pytest imports each test module by its name alone)."""
+    def fixture(folder: str) -> bool:
+        return any(folder == name or folder.startswith(f"{name}/") for name in FIXTURE_FOLDERS)
+
+    found, seen = [], {}
+    for module in modules:
+        folder, _, name = module.rpartition("/")
+        if not folder and name not in PROJECT_TESTS:
+            found.append(f"{module}: directly in tests/, not a test of the repository itself")
+        elif fixture(folder):
+            found.append(f"{module}: a test module in a fixture folder")
+        seen.setdefault(name, []).append(module)
+    found += [f"{folder}/: mirrors no package folder" for folder in folders
+              if folder not in mirrored and not fixture(folder)]
+    found += [f"{folder}/: missing" for folder in sorted(mirrored) if folder not in folders]
+    found += [f"{name}: {len(paths)} test modules of this name ({', '.join(paths)})"
+              for name, paths in seen.items() if len(paths) > 1]
+    return found
+
+
+def test_test_tree_mirrors_the_package():
+    """The tests of aiida_optddap/X/Y.py are in tests/X/ (engine wings in tests/engine/<wing>/, the AiiDA
+    layer's in tests/aiida/, bench's in tests/bench/); only the repository's own tests sit directly in
+    tests/."""
+    # the rule itself, on a made-up tree: each kind of offence is found, the right places pass
+    modules = ["test_docs.py", "test_io.py", "engine/test_shape.py", "engine/gaussian/test_ddap.py",
+               "engine/gausian/test_x.py", "validation/test_ddap.py", "data/vasp/test_z.py",
+               "aiida/test_doors.py"]
+    folders = ["engine", "engine/gaussian", "engine/gausian", "validation", "data", "data/vasp", "aiida",
+               "aiida/recorded", "misc"]
+    assert _test_tree_offenders(modules, folders, {"engine", "engine/gaussian", "engine/io", "validation",
+                                                   "aiida"}) == [
+        "test_io.py: directly in tests/, not a test of the repository itself",
+        "data/vasp/test_z.py: a test module in a fixture folder",
+        "engine/gausian/: mirrors no package folder",
+        "misc/: mirrors no package folder",
+        "engine/io/: missing",
+        "test_ddap.py: 2 test modules of this name (engine/gaussian/test_ddap.py, validation/test_ddap.py)"]
+    assert _test_tree_offenders(modules[:4] + modules[5:6] + modules[7:], folders[:2] + folders[3:8],
+                                {"engine", "engine/gaussian", "validation", "aiida"}) == [
+        "test_io.py: directly in tests/, not a test of the repository itself",
+        "test_ddap.py: 2 test modules of this name (engine/gaussian/test_ddap.py, validation/test_ddap.py)"]
+    # the tree: what each test folder mirrors exists, the engine's four wings among them
+    mirrors = _mirrors()
+    assert {"engine/io", "engine/gaussian", "engine/species", "engine/electrostatics"} <= set(mirrors)
+    assert not [str(path) for paths in mirrors.values() for path in paths if not path.exists()]
+    modules = sorted(path.relative_to(TESTS).as_posix() for path in TESTS.rglob("test_*.py"))
+    folders = sorted(path.relative_to(TESTS).as_posix() for path in TESTS.rglob("*")
+                     if path.is_dir() and path.name != "__pycache__" and not path.name.startswith("."))
+    assert {module.rpartition("/")[2] for module in modules} >= PROJECT_TESTS
+    found = _test_tree_offenders(modules, folders, set(mirrors))
+    assert not found, "the test tree does not mirror the package:\n  " + "\n  ".join(found)
