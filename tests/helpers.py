@@ -224,3 +224,14 @@ def zero_pad(raw: np.ndarray, shape) -> np.ndarray:
     fine = np.fft.ifftn(padded) * padded.size
     assert np.abs(fine.imag).max() < 1e-10 * np.abs(fine.real).max()
     return fine.real
+
+
+def fake_potcar(entries):
+    """A POTCAR with just the header keywords pymatgen needs; entries are (label, element, ZVAL)."""
+    return "".join(
+        f"  PAW_PBE {label} 01Jan2000\n {zval:.10f}\n parameters from PSCTR are:\n"
+        f"   VRHFIN ={element}: fake\n   LEXCH  = PE\n   TITEL  = PAW_PBE {label} 01Jan2000\n"
+        f"   POMASS =   10.000; ZVAL   = {zval:8.3f}    mass and valenz\n"
+        " END of PSCTR-controll parameters\n local part\n  1.0 2.0 3.0\n End of Dataset\n"
+        for label, element, zval in entries
+    )

@@ -348,6 +348,44 @@ def test_architecture_page_names_every_engine_module():
     assert not missing, missing
 
 
+# ------------------------------------------------------------------------ sizes (issue 20 item 5)
+
+#: The trees held to the brief's sizes, relative to the repository root.
+SIZE_ROOTS = ("aiida_optddap", "bench", "examples")
+MAX_FUNCTION_LINES = 80  # from the ``def`` line to the function's last line (decorators not counted)
+MAX_MODULE_LINES = 600
+
+
+def _size_offenders(name: str, text: str) -> list[str]:
+    """``name:line function: N lines`` for every function of ``text`` longer than MAX_FUNCTION_LINES (methods
+    and nested functions included), and ``name: module of N lines`` if it is longer than MAX_MODULE_LINES."""
+    found = []
+    if (lines := len(text.splitlines())) > MAX_MODULE_LINES:
+        found.append(f"{name}: module of {lines} lines > {MAX_MODULE_LINES}")
+    for node in ast.walk(ast.parse(text, name)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1
+            if length > MAX_FUNCTION_LINES:
+                found.append(f"{name}:{node.lineno} {node.name}: {length} lines > {MAX_FUNCTION_LINES}")
+    return found
+
+
+def test_functions_and_modules_are_small():
+    """Every function is at most 80 lines and every module at most 600 lines in SIZE_ROOTS."""
+    # the rule itself: an 80-line function passes, an 81-line method and a 601-line module are found
+    ok = "def ok():\n" + "    x = 0\n" * (MAX_FUNCTION_LINES - 1)
+    long = "class A:\n    def long(self):\n" + "        x = 0\n" * MAX_FUNCTION_LINES
+    assert _size_offenders("sample.py", ok + long) == [
+        f"sample.py:{MAX_FUNCTION_LINES + 2} long: {MAX_FUNCTION_LINES + 1} lines > {MAX_FUNCTION_LINES}"]
+    assert _size_offenders("long.py", "x = 1\n" * (MAX_MODULE_LINES + 1)) == [
+        f"long.py: module of {MAX_MODULE_LINES + 1} lines > {MAX_MODULE_LINES}"]
+    root = PACKAGE.parent
+    paths = [path for name in SIZE_ROOTS for path in sorted((root / name).rglob("*.py"))]
+    assert {path.relative_to(root).parts[0] for path in paths} == set(SIZE_ROOTS)
+    found = [o for path in paths for o in _size_offenders(str(path.relative_to(root)), path.read_text())]
+    assert not found, "too long:\n  " + "\n  ".join(found)
+
+
 # ------------------------------------------------------------- examples only call the package (issue 20 item 4)
 
 EXAMPLES = PACKAGE.parent / "examples"
@@ -485,3 +523,41 @@ def test_test_tree_mirrors_the_package():
     assert {module.rpartition("/")[2] for module in modules} >= PROJECT_TESTS
     found = _test_tree_offenders(modules, folders, set(mirrors))
     assert not found, "the test tree does not mirror the package:\n  " + "\n  ".join(found)
+
+
+# ------------------------------------------------------------------ duplications stay resolved (issue 20 item 5)
+
+DUPLICATION_ROOTS = ("aiida_optddap", "bench", "examples")
+
+
+def _private_imports(name: str, text: str) -> list[str]:
+    """``name: from M import _x`` for every private name ``text`` imports from another module."""
+    found = []
+    for node in ast.walk(ast.parse(text, name)):
+        if isinstance(node, ast.ImportFrom):
+            private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+            found += [f"{name}: from {'.' * node.level}{node.module or ''} import {p}" for p in private]
+    return found
+
+
+def _thread_settings(name: str, text: str) -> list[str]:
+    """``name:line`` for every call of ``torch.set_num_threads`` in ``text``."""
+    return [f"{name}:{node.lineno}" for node in ast.walk(ast.parse(text, name))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "set_num_threads"]
+
+
+def test_duplications_stay_resolved():
+    """No module imports another's private name (bench once imported gspace._canonical_half), and the engine's
+    single-thread rule is written once (engine/threads.py; it was written five times)."""
+    assert _private_imports("s.py", "from .a import _b, c\nfrom x import __version__\n") == ["s.py: from .a import _b"]
+    assert _thread_settings("s.py", "import torch\ntorch.set_num_threads(1)\n") == ["s.py:2"]
+    root = PACKAGE.parent
+    paths = [path for name in DUPLICATION_ROOTS for path in sorted((root / name).rglob("*.py"))]
+    private = [o for path in paths for o in _private_imports(str(path.relative_to(root)), path.read_text())]
+    assert not private, "private names imported across modules:\n  " + "\n  ".join(private)
+    engine = PACKAGE / "engine"
+    settings = [o for path in sorted(engine.rglob("*.py"))
+                for o in _thread_settings(str(path.relative_to(engine)), path.read_text())]
+    assert settings and {s.split(":")[0] for s in settings} == {"threads.py"}, settings
+

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import DATA, SHARED, vasp_copy
+from helpers import DATA, SHARED, fake_potcar, vasp_copy
 
 from aiida_optddap.engine.io.density import DensityError
 from aiida_optddap.engine.io import detect_format, read_density, read_outcar_header
@@ -560,17 +560,3 @@ def test_cube_species_must_match(tmp_path):
     path = write(tmp_path, "density.cube", cube_good())
     assert read_density(path, species=["Na", "Cl"]).symbols == ("Na", "Cl")
     assert_density_error(path, "differ from the file's", species=["Na", "Na"])
-
-
-# ------------------------------------------------------------------------------------------- helpers
-
-
-def fake_potcar(entries):
-    """A POTCAR with just the header keywords pymatgen needs; entries are (label, element, ZVAL)."""
-    return "".join(
-        f"  PAW_PBE {label} 01Jan2000\n {zval:.10f}\n parameters from PSCTR are:\n"
-        f"   VRHFIN ={element}: fake\n   LEXCH  = PE\n   TITEL  = PAW_PBE {label} 01Jan2000\n"
-        f"   POMASS =   10.000; ZVAL   = {zval:8.3f}    mass and valenz\n"
-        " END of PSCTR-controll parameters\n local part\n  1.0 2.0 3.0\n End of Dataset\n"
-        for label, element, zval in entries
-    )

@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 import pytest
-from helpers import vasp_file
+from helpers import fake_potcar, vasp_file
 
 from aiida_optddap.engine.io.density import Density
 from aiida_optddap.engine.io import read_density
@@ -26,17 +26,6 @@ def nacl(fmt="chgcar", labels=None, symbols=("Na", "Cl")):
         source="nacl",
         potcar_labels=labels,
         metadata={"format": fmt},
-    )
-
-
-def fake_potcar(entries):
-    """A POTCAR with just the header keywords pymatgen needs; entries are (label, element, ZVAL)."""
-    return "".join(
-        f"  PAW_PBE {label} 01Jan2000\n {zval:.10f}\n parameters from PSCTR are:\n"
-        f"   VRHFIN ={element}: fake\n   LEXCH  = PE\n   TITEL  = PAW_PBE {label} 01Jan2000\n"
-        f"   POMASS =   10.000; ZVAL   = {zval:8.3f}    mass and valenz\n"
-        " END of PSCTR-controll parameters\n local part\n  1.0 2.0 3.0\n End of Dataset\n"
-        for label, element, zval in entries
     )
 
 

@@ -5,7 +5,6 @@ the properties it was chosen for (docs/method.md, "The default charge model").""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,11 +18,10 @@ from aiida_optddap.engine.species.shape import (MULTIPLIERS, ShapeData, _fit, _o
 from aiida_optddap.engine.species.widths import SpeciesEquations, fit_species, species_of
 from aiida_optddap.engine.io.zval import ZvalInfo
 
-from helpers import gaussian_density
+from helpers import EXAMPLES, gaussian_density
 
-ROOT = Path(__file__).resolve().parents[2]
-RATTLED = ROOT / "examples" / "cp2k_rattled" / "data"
-ESP = ROOT / "examples" / "cp2k_esp" / "data"
+RATTLED = EXAMPLES / "cp2k_rattled" / "data"
+ESP = EXAMPLES / "cp2k_esp" / "data"
 WIDTHS = {"Cl": 0.8, "Na": 0.4}
 #: The generating shapes (element → coefficients on MULTIPLIERS × width), away from a single Gaussian.
 SHAPES = {"Cl": (0.1, 0.2, 0.5, 0.2), "Na": (0.3, 0.1, 0.6, 0.0)}
