@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 export PATH="$PWD/.venv/bin:$PATH"   # the AiiDA daemon fixture spawns `verdi`
 set +e
-.venv/bin/python -m pytest -ra "$@"
+.venv/bin/python -m pytest -ra --durations=30 "$@"   # the 30 slowest tests: where CI time goes
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then
