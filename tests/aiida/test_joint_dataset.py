@@ -100,7 +100,7 @@ def test_dataset_rejects_an_unknown_joint_mode(optddap_code, frames):
 
 
 def test_dataset_auto_fits_rock_salt_frames_with_joint_species_widths(optddap_code, frames):
-    """auto on NaCl frames: the shape model places both elements, every frame is fitted with the same widths,
+    """auto on NaCl frames: the shape model places both elements, every frame is fitted with the same widths and shapes,
     the perfect frame is determined with the right sign and the labels pass the default gates."""
     builder = WorkflowFactory("optddap.dataset").get_builder()
     builder.densities = frames
@@ -113,12 +113,16 @@ def test_dataset_auto_fits_rock_salt_frames_with_joint_species_widths(optddap_co
     joint = results["joint_parameters"]
     assert joint["model"] == "shape"
     widths = joint["fit_parameters"]["species_widths"]
+    shapes = joint["fit_parameters"]["species_shapes"]  # one radial shape per element for all frames
+    assert set(shapes) == {"Na", "Cl"} and all(abs(sum(s) - 1) < 1e-9 for s in shapes.values())
     for fit in (n for n in node.called if n.process_label == "OptDdapBaseWorkChain"):
         out = fit.outputs.output_parameters.get_dict()
         assert out["charge_definition"] == "shape"
         assert out["species_widths"] == pytest.approx(widths, abs=1e-12)
+        assert fit.inputs.fit.parameters.get_dict()["species_shapes"] == shapes
     dataset = results["dataset"]
     assert dataset.n_frames == len(FRAMES) and dataset.base.attributes.get("excluded") == []
+    assert dataset.base.attributes.get("shared_parameters")["species_shapes"] == shapes
     perfect = next(f for f in dataset.read(":") if f.info["label"] == "nacl_000")
     charges = perfect.arrays["REF_charges"]
     symbols = np.array(perfect.get_chemical_symbols())
