@@ -100,8 +100,8 @@ def test_dataset_rejects_an_unknown_joint_mode(optddap_code, frames):
 
 
 def test_dataset_auto_fits_rock_salt_frames_with_joint_species_widths(optddap_code, frames):
-    """auto on NaCl frames: the shape model places both elements, every frame is fitted with the same widths and shapes,
-    the perfect frame is determined with the right sign and the labels pass the default gates."""
+    """auto on NaCl frames: the shape model places both elements, every frame is fitted with the same widths and
+    shapes, the perfect frame is determined with the right sign and the labels pass the default gates."""
     builder = WorkflowFactory("optddap.dataset").get_builder()
     builder.densities = frames
     builder.optddap.fit.code = optddap_code
