@@ -98,11 +98,11 @@ def fit(state: FitState) -> None:
                               f"{gcut / 0.95:.4g} Å⁻¹ (a finer grid gives the documented model)")
     species, index = species_of(list(density.symbols))
     zvals = {s: float(state.zval.values[s]) for s in species}
+    table = SpeciesEquations(density, gcut, state.device.type)
     base = fit_species(density, zvals, widths=widths_given, gcut=gcut, tau=options.tau, device=state.device.type,
-                       full_grid_species=FULL_GRID_SPECIES)
+                       full_grid_species=FULL_GRID_SPECIES, tables=[table])
     state.lap("species_widths", clock)
     clock = time.perf_counter()
-    table = SpeciesEquations(density, gcut, state.device.type)
     data = ShapeData.from_table(table, index)
     widths = torch.as_tensor([base.widths[s] for s in species], dtype=torch.float64, device=table.g2.device)
     p_ref = torch.as_tensor(base.frames[0]["populations"], dtype=torch.float64, device=table.g2.device)
@@ -239,14 +239,15 @@ def fit_joint(densities, zval: dict, options) -> JointFit:
 
     gcut = min(model_gcut(d, options.gcut if options.solver == "shape" else FIXED["gcut"]) for d in densities)
     prior = options.shape_prior if options.solver == "shape" else BY_NAME["shape_prior"].default
-    fit = fit_species(densities, zval, gcut=gcut, device=options.device, full_grid_species=FULL_GRID_SPECIES)
+    tables = [SpeciesEquations(d, gcut, options.device) for d in densities]
+    fit = fit_species(densities, zval, gcut=gcut, device=options.device, full_grid_species=FULL_GRID_SPECIES,
+                      tables=tables)
     evidence = {"widths": fit.widths, "misfit": fit.misfit, "at_bound": fit.at_bound, "gcut": gcut}
     if fit.at_bound:
         return JointFit(evidence, {"definition": "shape", "species_widths": fit.widths}, False)
     species = sorted(fit.widths)
     frames, p_refs, misfits = [], [], []
-    for density, frame in zip(densities, fit.frames):
-        table = SpeciesEquations(density, gcut, options.device)
+    for density, frame, table in zip(densities, fit.frames, tables):
         frames.append(ShapeData.from_table(table, [species.index(s) for s in density.symbols], len(species)))
         p_refs.append(torch.as_tensor(frame["populations"], dtype=torch.float64, device=table.g2.device))
         misfits.append(frame["misfit"] * float(table.norm))

@@ -337,7 +337,7 @@ def optimise_widths(stacks: list[FrameStack], n_species: int, bounds: tuple[floa
 
 def fit_species(densities, zvals, *, widths: dict[str, float] | None = None, gcut: float = SPECIES_GCUT,
                 tau: float = DEFAULT_TAU, device: str = "cpu", stacked: bool = True,
-                full_grid_species: int = FULL_GRID_SPECIES) -> SpeciesFit:
+                full_grid_species: int = FULL_GRID_SPECIES, tables: list | None = None) -> SpeciesFit:
     """Species-width DDAP charges of one or many frames with one width per species shared by all of them.
 
     Args:
@@ -350,6 +350,8 @@ def fit_species(densities, zvals, *, widths: dict[str, float] | None = None, gcu
             one by one (same result, the baseline of bench/joint.py).
         full_grid_species: up to this many species the width search starts from the full grid, beyond it from
             coordinate sweeps (:func:`optimise_widths`).
+        tables: the :class:`SpeciesEquations` of ``densities`` at ``gcut`` where the caller has built them (the
+            shape model uses them again); None: built here.
 
     Returns:
         :class:`SpeciesFit`; every frame's dict holds ``populations``, ``net_charges``, ``uncertainty``
@@ -367,7 +369,7 @@ def fit_species(densities, zvals, *, widths: dict[str, float] | None = None, gcu
     missing = [s for s in species if s not in zvals]
     if missing:
         raise ValueError(f"no Z_val for {', '.join(missing)}")
-    tables = [SpeciesEquations(d, gcut, device) for d in densities]
+    tables = tables or [SpeciesEquations(d, gcut, device) for d in densities]
     index = [np.array([species.index(s) for s in d.symbols]) for d in densities]
     refs = [torch.as_tensor([float(zvals[s]) for s in d.symbols], dtype=torch.float64, device=t.g2.device)
             for d, t in zip(densities, tables)]
