@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aiida_optddap.engine.gaussian.ddap import SOLVERS as ENGINE_SOLVERS, Parameters
 from aiida_optddap.engine.io.density import Density
 from aiida_optddap.engine.gaussian.reconstruct import model_grid
 
@@ -22,6 +23,10 @@ BOHR = 0.529177210903  # Å
 #: CP2K's DDAPC defaults (spec §3.2, §4.3): radii in Å, g_c = √6 bohr⁻¹ in Å⁻¹.
 CP2K_RADII = np.array([0.5, 0.75, 1.125])
 CP2K_GCUT = np.sqrt(6.0) / BOHR
+#: The linear solvers of the K-Gaussian fit (the engine's SOLVERS less ``restrained``, which adds a restraint).
+LINEAR_SOLVERS = tuple(s for s in ENGINE_SOLVERS if s != "restrained")
+#: CP2K's DDAPC parameters as a fixed parameter set: σ_start 0.5 Å, f 1.5, three Gaussians, g_c = √6 bohr⁻¹.
+CP2K_PARAMETERS = Parameters(0.5, 1.5, 3, float(CP2K_GCUT))
 
 #: The repository's root, and its examples/ and docs/ folders. Test modules sit at several depths under
 #: tests/ (tests/engine/gaussian/, tests/validation/, ...): they reach files through these, not ``__file__``.

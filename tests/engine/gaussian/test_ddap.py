@@ -12,7 +12,9 @@ import torch
 from helpers import (
     BOHR,
     CP2K_GCUT,
+    CP2K_PARAMETERS,
     CP2K_RADII,
+    LINEAR_SOLVERS,
     TRICLINIC,
     TRICLINIC_FRAC,
     TRICLINIC_Q,
@@ -31,8 +33,8 @@ from aiida_optddap.engine.fit import FitOptions, run_fit
 from aiida_optddap.engine.io import read_density
 from aiida_optddap.engine.io.zval import ZvalInfo
 
-SOLVERS = ("pinv", "lagrange", "scale", "shift", "kkt")
-PARAMS = ddap.Parameters(0.5, 1.5, 3, float(CP2K_GCUT))
+SOLVERS = LINEAR_SOLVERS
+PARAMS = CP2K_PARAMETERS
 TRI_SHAPE = (40, 45, 48)
 NACL_SHAPE = (27, 27, 27)
 

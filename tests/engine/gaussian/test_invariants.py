@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers import (
-    CP2K_GCUT,
+    CP2K_PARAMETERS,
     CP2K_RADII,
+    LINEAR_SOLVERS,
     band_limited_shift,
     gaussian_density,
     off_basis_density,
@@ -19,8 +20,8 @@ from aiida_optddap.engine.gaussian import ddap
 from aiida_optddap.engine.io.density import Density, difference_density
 from aiida_optddap.engine.fit import FitOptions, run_difference_fit, run_fit
 
-SOLVERS = ("pinv", "lagrange", "scale", "shift", "kkt")
-PARAMS = ddap.Parameters(0.5, 1.5, 3, float(CP2K_GCUT))
+SOLVERS = LINEAR_SOLVERS
+PARAMS = CP2K_PARAMETERS
 # a small triclinic cell with four inequivalent atoms (no symmetry), odd grid (no Nyquist plane)
 CELL = np.array([[6.0, 0.0, 0.0], [0.8, 6.5, 0.0], [-0.5, 0.7, 7.0]])
 FRAC = np.array([[0.1, 0.2, 0.3], [0.45, 0.15, 0.6], [0.3, 0.65, 0.4], [0.7, 0.55, 0.85]])
