@@ -69,6 +69,7 @@ def vasp_file(dest: str) -> Path:
             return SHARED / "chgcar" / name
     raise FileNotFoundError(f"{dest}: not in tests/data/vasp nor in {SHARED / 'chgcar'}")
 
+
 #: A triclinic cell (rows, Å), about 10×11×12 Å with tilts.
 TRICLINIC = np.array([[10.0, 0.0, 0.0], [1.3, 11.0, 0.0], [-0.9, 1.1, 12.0]])
 #: Three atoms, no inversion centre, fractional coordinates in TRICLINIC.

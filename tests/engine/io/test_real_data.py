@@ -151,3 +151,18 @@ def test_local_copy_fits(name):
     shared = CHGCAR_SET / info["shared"]
     if shared.is_file():  # the copy is the same density as the shared original
         np.testing.assert_array_equal(results["populations"], _fit(read_density(shared))["populations"])
+
+
+def test_repository_copies_are_the_shared_files():
+    """Every file under tests/data/vasp/ is byte for byte the shared set's file its manifest entry describes
+    (sha256 of the uncompressed bytes; of the .gz itself where the original was gzipped)."""
+    import gzip
+    import hashlib
+
+    entries = {e["dest"].removesuffix(".gz"): e for e in json.loads(MANIFEST.read_text())}
+    copies = sorted(p for p in (DATA / "vasp").rglob("*.gz"))
+    assert len(copies) >= 12
+    for path in copies:
+        entry = entries[path.relative_to(DATA / "vasp").as_posix().removesuffix(".gz")]
+        raw = path.read_bytes() if entry["compression"] == "gzip" else gzip.decompress(path.read_bytes())
+        assert hashlib.sha256(raw).hexdigest() == entry["sha256"], path
