@@ -482,10 +482,10 @@ def cp2k_full_ddapc(density, zval: dict, r_loc: dict, parameters=None) -> dict:
 
 def density_dipole_debye(cube: Path, zval: dict) -> list[float] | None:
     """Dipole (Debye) of a molecule's density cube (electrons −ρ plus point cores Z_val), by
-    :func:`aiida_optddap.validation.dipole.density_dipole`; None unless the cell is a molecule's box."""
+    :func:`aiida_optddap.engine.electrostatics.dipole.density_dipole`; None unless the cell is a molecule's box."""
     from aiida_optddap.engine.io import read_density
 
-    from .dipole import debye, density_dipole, dipole_frame
+    from ..engine.electrostatics.dipole import debye, density_dipole, dipole_frame
 
     density = read_density(cube)
     frame = dipole_frame(density.cell, density.positions)

@@ -31,9 +31,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .dipole import charge_dipole, debye, density_dipole, dipole_frame
+from ..engine.electrostatics.dipole import charge_dipole, debye, density_dipole, dipole_frame
 # the API of the module docstring: compare, esp_optimal, evaluate defined here, the rest re-exported
-from .kernel import charge_potential, potentials, unit_potentials  # noqa: F401
+from ..engine.electrostatics.kernel import charge_potential, potentials, unit_potentials  # noqa: F401
 from .potential import Potential, PotentialError, check_same_atoms, load_potential  # noqa: F401
 from .sampling import SPACING, VDW_SCALE, Sampling, sample_outside
 
@@ -117,7 +117,7 @@ def _dipoles(potential: Potential, density, zval_per_atom) -> dict:
 def _set_report(name, q, sampling, columns, frame, density_d) -> dict:
     row = {"name": name, **compare(sampling, q, columns=columns), "charges": q.tolist(), "dipole_D": None,
            "dipole_ratio": None}
-    dipole = charge_dipole(frame, sampling.potential.positions, q)
+    dipole = charge_dipole(frame, sampling.positions, q)
     if dipole is not None:
         row["dipole_D"] = debye(dipole).tolist()
         if density_d is not None and np.linalg.norm(density_d) >= DIPOLE_RATIO_MIN:

@@ -94,7 +94,7 @@ def test_cp2k_charges_and_scf(system):
 def test_dipole_of_the_density(system):
     """Molecules: the dipole of the density (full grid) is recorded, and the committed cube gives it to 1 %."""
     from aiida_optddap.engine.io import read_density
-    from aiida_optddap.validation.dipole import debye, density_dipole, dipole_frame
+    from aiida_optddap.engine.electrostatics.dipole import debye, density_dipole, dipole_frame
 
     record = system[0]
     if record["kind"] != "molecule":

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from aiida_optddap.engine.cli import main
 from aiida_optddap.validation import esp
-from aiida_optddap.validation.dipole import charge_dipole, dipole_frame
+from aiida_optddap.engine.electrostatics.dipole import charge_dipole, dipole_frame
 from aiida_optddap.validation.potential import Potential, PotentialError
 from aiida_optddap.validation.sampling import Sampling, sample_outside, sub_grid_strides
 
@@ -147,8 +147,9 @@ def test_rock_salt_madelung():
     q = np.array([1.0] * 4 + [-1.0] * 4)
     potential = Potential(cell=np.eye(3) * a, symbols=["Na"] * 4 + ["Cl"] * 4, positions=frac * a,
                           values=np.zeros((24, 24, 24)))
-    sampling = Sampling(potential=potential, stride=(1, 1, 1), shape=(24, 24, 24), flat=np.array([0]),
-                        values=np.zeros(1), radii=np.ones(8), vdw_scale=1.0, outer_scale=None)
+    sampling = Sampling(cell=potential.cell, positions=potential.positions, symbols=potential.symbols,
+                        stride=(1, 1, 1), shape=(24, 24, 24), flat=np.array([0]), radii=np.ones(8), vdw_scale=1.0,
+                        outer_scale=None, potential=potential, values=np.zeros(1))
     phi = esp.charge_potential(sampling, q, widths=w)[0]
     expected = -MADELUNG_ROCKSALT * K / (a / 2) + 2 * K / (math.sqrt(math.pi) * w)
     assert phi == pytest.approx(expected, rel=1e-10)

@@ -12,7 +12,7 @@ Gaussian of width a ≥ w:
 * short range: k q (erf(r/w) − erf(r/a))/r summed over the images within x·a (erfc(x) = 6e-14), for w < a;
 * constant: −k q π (a² − w²)/V, the mean of the short-range part, so that the total has zero mean.
 
-k = e²/(4πε₀) = 14.3996 eV·Å (``engine.coulomb.COULOMB_EV_A``); potentials are in V (eV per e).
+k = e²/(4πε₀) = 14.3996 eV·Å (``.coulomb.COULOMB_EV_A``); potentials are in V (eV per e).
 
 Why not torch-pme: its calculators return the potential at particles, so probes of zero charge would do, but
 the least squares needs one column per atom at 10⁴–10⁶ points. Measured on the CP2K water of examples/cp2k_esp
@@ -27,9 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..engine.electrostatics.coulomb import COULOMB_EV_A
-from .potential import PotentialError
-from .sampling import Sampling, sphere_points
+from .coulomb import COULOMB_EV_A
+from .sampling import GridPoints, sphere_points
 
 #: erfc(x) = 6e-14 and e^{−x²} = 6e-13: the truncation of both halves of the split (the cost of the
 #: short-range part grows as x⁶).
@@ -40,39 +39,38 @@ CHUNK = 8
 MAX_COLUMN_BYTES = 4 * 2**30
 
 
-def split_width(sampling: Sampling) -> float:
+def split_width(sampling: GridPoints) -> float:
     """The Gaussian width a (Å) of the split: 2·SPLIT_X·h_max/π, h_max the largest sub-grid spacing."""
     return 2.0 * SPLIT_X * float(sampling.spacing.max()) / np.pi
 
 
-def _widths(sampling: Sampling, widths) -> np.ndarray:
-    n = len(sampling.potential.symbols)
+def _widths(sampling: GridPoints, widths) -> np.ndarray:
+    n = len(sampling.symbols)
     w = np.zeros(n) if widths is None else np.broadcast_to(np.asarray(widths, dtype=np.float64), (n,)).copy()
     if np.any(w < 0) or not np.all(np.isfinite(w)):
         raise ValueError("Gaussian widths must be finite and ≥ 0 (0: point charge)")
     return w
 
 
-def _g_squared(sampling: Sampling) -> tuple[np.ndarray, list[np.ndarray]]:
+def _g_squared(sampling: GridPoints) -> tuple[np.ndarray, list[np.ndarray]]:
     """|G|² (Å⁻²) on the half spectrum of the sub-grid, and the integer frequencies per axis."""
     m1, m2, m3 = sampling.shape
     freqs = [np.fft.fftfreq(m1) * m1, np.fft.fftfreq(m2) * m2, np.fft.rfftfreq(m3) * m3]
-    recip = 2 * np.pi * np.linalg.inv(sampling.potential.cell).T
+    recip = 2 * np.pi * np.linalg.inv(sampling.cell).T
     g = (freqs[0][:, None, None, None] * recip[0] + freqs[1][None, :, None, None] * recip[1]
          + freqs[2][None, None, :, None] * recip[2])
     return np.einsum("...i,...i->...", g, g), freqs
 
 
-def _long_range(sampling: Sampling, coefficients: np.ndarray, a: np.ndarray) -> np.ndarray:
+def _long_range(sampling: GridPoints, coefficients: np.ndarray, a: np.ndarray) -> np.ndarray:
     """(P, C) long-range potentials (V) of the channels ``coefficients`` (C, n; e), Gaussians of width a."""
     from scipy import fft
 
-    potential = sampling.potential
     g2, freqs = _g_squared(sampling)
     with np.errstate(divide="ignore"):
-        base = np.where(g2 > 0, 4 * np.pi * COULOMB_EV_A / (potential.volume * g2), 0.0)
+        base = np.where(g2 > 0, 4 * np.pi * COULOMB_EV_A / (sampling.volume * g2), 0.0)
     kernels = {value: base * np.exp(-g2 * value**2 / 4) for value in np.unique(a)}
-    frac = np.linalg.solve(potential.cell.T, potential.positions.T).T
+    frac = np.linalg.solve(sampling.cell.T, sampling.positions.T).T
     total = int(np.prod(sampling.shape))
     out = np.empty((sampling.n_points, coefficients.shape[0]))
     for start in range(0, coefficients.shape[0], CHUNK):
@@ -88,15 +86,14 @@ def _long_range(sampling: Sampling, coefficients: np.ndarray, a: np.ndarray) -> 
     return out
 
 
-def _short_range(sampling: Sampling, coefficients: np.ndarray, a: np.ndarray, w: np.ndarray, out: np.ndarray):
+def _short_range(sampling: GridPoints, coefficients: np.ndarray, a: np.ndarray, w: np.ndarray, out: np.ndarray):
     """Add k q (erf(r/w) − erf(r/a))/r of the images within SPLIT_X·a to ``out`` (P, C), in place."""
     from scipy.special import erf, erfc
 
-    potential = sampling.potential
     where = np.full(int(np.prod(sampling.shape)), -1, dtype=np.int64)
     where[sampling.flat] = np.arange(sampling.n_points)
     for i in np.flatnonzero((w < a) & np.any(coefficients != 0, axis=0)):
-        flat, r = sphere_points(potential.cell, sampling.shape, potential.positions[i], SPLIT_X * a[i])
+        flat, r = sphere_points(sampling.cell, sampling.shape, sampling.positions[i], SPLIT_X * a[i])
         row = where[flat]
         row, r = row[row >= 0], r[row >= 0]
         if row.size == 0:
@@ -112,33 +109,33 @@ def _short_range(sampling: Sampling, coefficients: np.ndarray, a: np.ndarray, w:
             out[:, c] += coefficients[c, i] * column
 
 
-def potentials(sampling: Sampling, coefficients, widths=None) -> np.ndarray:
+def potentials(sampling: GridPoints, coefficients, widths=None) -> np.ndarray:
     """(P, C) zero-mean periodic potentials (V) at the sample points of C charge sets (``coefficients``:
     (C, n_atoms), e) of point charges (``widths`` None or 0) or Gaussians of ``widths`` (Å, scalar or per
     atom)."""
     coefficients = np.atleast_2d(np.asarray(coefficients, dtype=np.float64))
-    n = len(sampling.potential.symbols)
+    n = len(sampling.symbols)
     if coefficients.shape[1] != n:
         raise ValueError(f"{coefficients.shape[1]} charges for {n} atoms")
     w = _widths(sampling, widths)
     a = np.maximum(split_width(sampling), w)
     out = _long_range(sampling, coefficients, a)
     _short_range(sampling, coefficients, a, w, out)
-    out -= (coefficients @ (COULOMB_EV_A * np.pi * (a**2 - w**2))) / sampling.potential.volume
+    out -= (coefficients @ (COULOMB_EV_A * np.pi * (a**2 - w**2))) / sampling.volume
     return out
 
 
-def unit_potentials(sampling: Sampling, widths=None) -> np.ndarray:
+def unit_potentials(sampling: GridPoints, widths=None) -> np.ndarray:
     """(P, n_atoms) potential (V per e) of a unit charge on each atom at the sample points (the columns of
-    the least squares); refused (PotentialError) beyond :data:`MAX_COLUMN_BYTES`: raise the spacing."""
-    n = len(sampling.potential.symbols)
+    the least squares); refused (ValueError naming the source) beyond :data:`MAX_COLUMN_BYTES`: raise the spacing."""
+    n = len(sampling.symbols)
     size = sampling.n_points * n * 8
     if size > MAX_COLUMN_BYTES:
-        raise PotentialError(f"{sampling.potential.source}: {sampling.n_points} points × {n} atoms need "
+        raise ValueError(f"{sampling.source}: {sampling.n_points} points × {n} atoms need "
                              f"{size / 2**30:.1f} GiB; sample more coarsely (a larger spacing)")
     return potentials(sampling, np.eye(n), widths)
 
 
-def charge_potential(sampling: Sampling, charges, widths=None) -> np.ndarray:
+def charge_potential(sampling: GridPoints, charges, widths=None) -> np.ndarray:
     """(P,) potential (V) of ``charges`` (e, one per atom) at the sample points: periodic, zero mean."""
     return potentials(sampling, np.asarray(charges, dtype=np.float64)[None, :], widths)[:, 0]
