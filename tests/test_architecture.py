@@ -307,11 +307,12 @@ def test_no_module_compares_definition_names():
 ENGINE = PACKAGE / "engine"
 #: The engine's wings (docs/architecture.md, "The engine's wings") and the wings and top-level modules each may
 #: import: the Gaussian fit needs only the reader and the options; the per-element models build on the Gaussian
-#: fit and return pipeline states; electrostatics starts from charges and needs no other wing.
+#: fit and return pipeline states (the potential model also samples the density's potential with electrostatics);
+#: electrostatics starts from charges and needs no other wing.
 WINGS = {
     "io": {"io", "options"},
     "gaussian": {"gaussian", "io", "options", "threads"},
-    "species": {"species", "gaussian", "io", "options", "threads", "pipeline"},
+    "species": {"species", "gaussian", "io", "options", "threads", "pipeline", "electrostatics"},
     "electrostatics": {"electrostatics", "threads"},
 }
 

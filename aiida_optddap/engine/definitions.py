@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from . import pipeline
-from .species import shape_definition, definition as species_definition
+from .species import potential_definition, shape_definition, definition as species_definition
 from .options import BY_NAME, DEFAULT_DEFINITION, FREE_PARAMETERS, SOLVERS
 from .pipeline import JointFit  # noqa: F401 (public name: what Definition.joint returns)
 
@@ -249,6 +249,13 @@ register(Definition(
     inherits=("device", "rtol", "tau", "shape_prior"), reports=shape_definition.REPORTS,
     verdict=shape_definition.verdict, evidence=shape_definition.evidence,
     spin=shape_definition.fit_spin, joint=shape_definition.fit_joint, joint_mode="shape"))
+register(Definition(
+    "potential", "the shape model's populations moved, within what the density determines, to reproduce its own "
+    "potential outside the atoms and its dipole; needs Z_val", potential_definition.FIXED,
+    stages=potential_definition.STAGES, solvers=("potential",), needs_zval=True, absolute_only=True,
+    check=shape_definition.check, validate=shape_definition.validate, owns=("species_widths", "species_shapes"),
+    inherits=("device", "rtol", "tau", "shape_prior", "esp_weight"), reports=potential_definition.REPORTS,
+    verdict=shape_definition.verdict, evidence=shape_definition.evidence, spin=shape_definition.fit_spin))
 #: ``auto``, the default: the shape model (docs/method.md, "The default charge model") for absolute densities
 #: with Z_val; ``restrained`` where it cannot apply or place every element: a difference density (Δρ keeps its
 #: documented definition), options of the three-Gaussian model given explicitly, a cell whose dense tables would

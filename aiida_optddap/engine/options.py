@@ -146,6 +146,8 @@ OPTIONS: tuple[Option, ...] = (
            optional=True, unset="fitted"),
     Option("shape_prior", "float", 0.2, "shape model: prior width σ_s of a shape coefficient, as a fraction of the "
            "atom's population", gt=0),
+    Option("esp_weight", "float", 1e4, "potential model: weight w of the density's own potential outside the atoms "
+           "(its relative misfit) against one unit of the density fit's confidence δ", gt=0),
 )
 BY_NAME = {option.name: option for option in OPTIONS}
 

@@ -44,12 +44,13 @@ TOY = Definition("toy", "pinv at fixed parameters, plus an atom count", {"solver
 
 
 def test_builtins_are_registered_with_the_default_first():
-    assert definitions.names() == ("auto", "restrained", "paper", "classic", "species", "shape")
+    assert definitions.names() == ("auto", "restrained", "paper", "classic", "species", "shape", "potential")
     assert definitions.default().name == "auto" and definitions.default().candidates == ("shape", "restrained")
     assert tuple(DEFINITIONS) == definitions.names()
     assert definitions.joint_modes() == ("auto", "shape", "sigma_start", "species")
     assert definitions.report_keys() == ("species_widths", "species_usable", "species_at_bound",
-                                         "shape_coefficients", "shape_prior")
+                                         "shape_coefficients", "shape_prior", "outside_potential")
+    assert definitions.get("potential").fixed == {"solver": "potential", "gcut": 15.0}
     assert definitions.get("shape").fixed == {"solver": "shape", "gcut": 15.0}
     assert definitions.get("species").fixed == {"solver": "species", "gcut": 5.5}
     with pytest.raises(ValueError, match="unknown charge definition 'best': use one of auto, restrained"):

@@ -56,8 +56,8 @@ def test_defaults_agree_with_the_engine_constants():
     ({"free_parameters": ()}, "free_parameters must name"),
     ({"chunk_size": 0}, "chunk_size must be >= 1"),
     ({"reference": "user"}, "reference_charges go with reference='user'"),
-    ({"solver": "svd"}, "solver must be one of restrained, pinv, lagrange, scale, shift, kkt, species or shape"),
-    ({"definition": "best"}, "definition must be one of auto, restrained, paper, classic, species, shape or custom"),
+    ({"solver": "svd"}, "solver must be one of restrained, pinv, lagrange, scale, shift, kkt, species, shape or potential"),
+    ({"definition": "best"}, "definition must be one of auto, restrained, paper, classic, species, shape, potential or custom"),
 ])
 def test_fit_options_refuse_what_the_declarations_refuse(changes, message):
     with pytest.raises(ValueError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):

@@ -137,6 +137,8 @@ def _fill(state: FitState, table, base, shapes, species, index, gcut: float, opt
         "unconstrained_total": float(table.n_electrons), "renormalisation": 0.0,
         "n_gvectors": 2 * int(table.g2.shape[0]), "fit_residual": shapes.misfit, "restraint": None,
         "uncertainty_fit": u,
+        # the confidence region of the populations, for a stage that moves them (engine/species/potential_definition.py)
+        "population_covariance": shapes.population_covariance.cpu().numpy(), "population_delta": float(delta),
     }
     state.net_charges = state.zval.per_atom(state.density.symbols) - p
     state.parameters = ShapeParameters(dict(base.widths), gcut, len(radii))
