@@ -293,6 +293,24 @@ def _number(value, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+def _shape_lines(results: dict) -> list[str]:
+    """The shape model's line of the summary, and the potential model's where it ran."""
+    shapes = "   ".join(f"{el} {' '.join(f'{c:+.3f}' for c in s)}" for el, s in results["shape_coefficients"].items())
+    lines = [f"shape model: one population per atom, one shape per element on 0.44/0.67/1/1.5 × its width "
+             f"(prior σ_s {results['shape_prior']:g}): {shapes}; τ {results['uncertainty']['tau']:g}; ± = how "
+             "far a population moves at that objective increase"]
+    outside = results.get("outside_potential")
+    if outside and outside["n_points"]:
+        lines.append(f"potential outside the atoms ({outside['n_points']} points beyond {outside['vdw_scale']:g} × "
+                     f"vdW radii): RRMS {outside['rrms']:.3f} (shape model {outside['rrms_shape']:.3f}, "
+                     f"ESP-optimal {outside['rrms_optimal']:.3f}), weight {outside['esp_weight']:g}, "
+                     f"{outside['dipole_constraints']} dipole component(s) imposed")
+    elif outside:
+        lines.append(f"potential outside the atoms: not used (no point beyond {outside['vdw_scale']:g} × vdW radii, "
+                     "as in a bulk crystal, or one atom): the shape model's charges")
+    return lines
+
+
 def _summary(results: dict, output: Path) -> None:
     from rich.table import Table
 
@@ -350,10 +368,7 @@ def _summary(results: dict, output: Path) -> None:
         lines.append(f"restraint: reference {r['reference']}, τ {r['tau']:g}, strength λ {r['strength']:.3g}; "
                      "± = how far a population moves at that misfit increase (free: not fixed by the density)")
     if results.get("shape_coefficients"):
-        shapes = "   ".join(f"{el} {' '.join(f'{c:+.3f}' for c in s)}" for el, s in results["shape_coefficients"].items())
-        lines.append(f"shape model: one population per atom, one shape per element on 0.44/0.67/1/1.5 × its width "
-                     f"(prior σ_s {results['shape_prior']:g}): {shapes}; τ {results['uncertainty']['tau']:g}; ± = how "
-                     "far a population moves at that objective increase")
+        lines.extend(_shape_lines(results))
     elif widths:
         lines.append(f"species model: one Gaussian per atom, one width per element; τ {results['uncertainty']['tau']:g}; "
                      "± = how far a population moves at that misfit increase (free: not fixed by the density)")

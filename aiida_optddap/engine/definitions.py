@@ -255,11 +255,13 @@ register(Definition(
     stages=potential_definition.STAGES, solvers=("potential",), needs_zval=True, absolute_only=True,
     check=shape_definition.check, validate=shape_definition.validate, owns=("species_widths", "species_shapes"),
     inherits=("device", "rtol", "tau", "shape_prior", "esp_weight"), reports=potential_definition.REPORTS,
-    verdict=shape_definition.verdict, evidence=shape_definition.evidence, spin=shape_definition.fit_spin))
-#: ``auto``, the default: the shape model (docs/method.md, "The default charge model") for absolute densities
-#: with Z_val; ``restrained`` where it cannot apply or place every element: a difference density (Δρ keeps its
-#: documented definition), options of the three-Gaussian model given explicitly, a cell whose dense tables would
-#: not fit in memory, or a width on a bound of its search (``model_choice`` says which and why).
+    verdict=shape_definition.verdict, evidence=shape_definition.evidence, spin=shape_definition.fit_spin,
+    joint=potential_definition.fit_joint, joint_mode="potential"))
+#: ``auto``, the default: the potential model (docs/method.md, "The default charge model": the shape model, moved to
+#: the density's own potential outside the atoms where there is such an outside) for absolute densities with Z_val;
+#: ``restrained`` where it cannot apply or place every element: a difference density (Δρ keeps its documented
+#: definition), options of the three-Gaussian model given explicitly, a cell whose dense tables would not fit in
+#: memory, or a width on a bound of its search (``model_choice`` says which and why).
 register(Definition(
-    DEFAULT_DEFINITION, "the shape model where it applies and places every element, else restrained", RESTRAINED,
-    candidates=("shape", "restrained")))
+    DEFAULT_DEFINITION, "the potential model where it applies and places every element, else restrained", RESTRAINED,
+    candidates=("potential", "restrained")))

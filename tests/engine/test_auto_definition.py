@@ -1,5 +1,6 @@
-"""The default charge definition ``auto`` (issue 18): the shape model where it applies and places every element,
-else the restrained model; the choice, its reason and both models' cost are recorded."""
+"""The default charge definition ``auto`` (issue 18): the potential model (the shape model, moved to the density's
+own potential outside the atoms where there is an outside) where it applies and places every element, else the
+restrained model; the choice, its reason and both models' cost are recorded."""
 
 from __future__ import annotations
 
@@ -40,9 +41,11 @@ def _same_charges(a: dict, b: dict) -> None:
 
 
 def test_perfect_rock_salt_gets_the_shape_model(nacl):
-    """Perfect CP2K NaCl (8 atoms): determined, right sign (Bader +0.887 e), identical to the shape definition."""
+    """Perfect CP2K NaCl (8 atoms): the potential model, which in a bulk crystal (no point outside the atoms) is the
+    shape model: determined, right sign (Bader +0.887 e), identical to the shape definition."""
     auto = run_fit(nacl, FitOptions(device="cpu"), zval=GTH)
-    assert (auto["charge_definition"], auto["charge_model"], auto["solver"]) == ("auto", "shape", "shape")
+    assert (auto["charge_definition"], auto["charge_model"], auto["solver"]) == ("auto", "potential", "potential")
+    assert auto["outside_potential"]["n_points"] == 0
     assert auto["model_choice"]["reason"] == "the shape model places every element"
     assert auto["model_choice"]["at_bound"] == [] and set(auto["model_choice"]["widths"]) == {"Na", "Cl"}
     q = np.array(auto["net_charges"])
@@ -67,10 +70,10 @@ def test_shape_model_that_cannot_place_an_element_falls_back_to_restrained(namgf
     assert (auto["charge_definition"], auto["charge_model"], auto["solver"]) == ("auto", "restrained", "restrained")
     assert auto["model_choice"]["at_bound"] == ["Mg", "Na"]
     assert "width of Mg, Na sits on the upper bound" in auto["model_choice"]["reason"]
-    assert auto["timings"]["shape_attempt"] > 0
-    assert auto["timings"]["total"] >= auto["timings"]["shape_attempt"]
+    assert auto["timings"]["potential_attempt"] > 0
+    assert auto["timings"]["total"] >= auto["timings"]["potential_attempt"]
     read = run_fit(density, FitOptions(device="cpu"), zval=zval, timings={"read": 100.0})["timings"]
-    assert read["shape_attempt"] < 100.0 and read["read"] == 100.0  # the caller's stages are counted once
+    assert read["potential_attempt"] < 100.0 and read["read"] == 100.0  # the caller's stages are counted once
     assert read["total"] == pytest.approx(sum(v for k, v in read.items() if k != "total"))
     _same_charges(auto, run_fit(density, FitOptions.for_definition("restrained", device="cpu"), zval=zval))
     assert auto["uncertainty"]["determined"] and auto["net_charges"][5] == pytest.approx(1.34, abs=0.02)  # Mg
@@ -97,7 +100,7 @@ def test_when_the_shape_model_is_not_tried(nacl):
         species_module.MAX_TABLE_VALUES = saved
     fixed = run_fit(nacl, base.with_changes(optimize=False), zval=GTH)
     assert fixed["charge_model"] == "restrained" and "optimize" in fixed["model_choice"]["reason"]
-    assert fixed["model_choice"]["widths"] is None and "shape_attempt" not in fixed["timings"]
+    assert fixed["model_choice"]["widths"] is None and "potential_attempt" not in fixed["timings"]
     vacancy = read_density(NACL_VNA)
     diff = run_difference_fit(vacancy, nacl, base.with_changes(optimize=False))
     assert diff["charge_model"] == "restrained" and "difference density" in diff["model_choice"]["reason"]
@@ -112,9 +115,9 @@ def test_cli_default_is_auto_and_names_the_model(tmp_path):
     out = tmp_path / "r.json"
     result = CliRunner().invoke(main, ["fit", str(NACL), "--zval", "Na=9,Cl=7", "--device", "cpu", "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert "definition auto (shape)" in result.output
+    assert "definition auto (potential)" in result.output
     data = json.loads(out.read_text())
-    assert data["charge_definition"] == "auto" and data["charge_model"] == "shape"
+    assert data["charge_definition"] == "auto" and data["charge_model"] == "potential"
     fallback = CliRunner().invoke(main, ["fit", str(NAMGF3), "--guess-zval", "--device", "cpu", "-o",
                                           str(tmp_path / "n.json")])
     assert fallback.exit_code == 0, fallback.output
@@ -135,8 +138,8 @@ def test_aiida_default_is_auto_and_the_model_is_queryable(singlefile):
     assert node.is_finished_ok, node.exit_message
     charges = outputs["charges"]
     assert charges.base.attributes.get("charge_definition") == "auto"
-    assert outputs["output_parameters"]["charge_model"] == "shape"
-    found = orm.QueryBuilder().append(ChargesData, filters={"attributes.charge_model": "shape", "id": charges.pk})
+    assert outputs["output_parameters"]["charge_model"] == "potential"
+    found = orm.QueryBuilder().append(ChargesData, filters={"attributes.charge_model": "potential", "id": charges.pk})
     assert found.count() == 1
     assert charges.net_charges[0] == pytest.approx(1.084, abs=0.01)
 
@@ -155,6 +158,6 @@ def test_one_atom_cell_is_fixed_by_the_charge_constraint():
     density = gaussian_density(cell, ["Al"], [[0.0, 0.0, 0.0]], [[1.0, 1.5, 0.5]], (0.4, 0.6, 0.9), (24, 24, 24))
     zval = ZvalInfo(values={"Al": 3.0}, source={"Al": "user"})
     for options in (FitOptions(device="cpu"), *(FitOptions.for_definition(name, device="cpu")
-                                                 for name in ("species", "shape"))):
+                                                 for name in ("species", "shape", "potential"))):
         r = run_fit(density, options, zval=zval)
         assert r["net_charges"][0] == pytest.approx(0.0, abs=1e-8) and r["uncertainty"]["per_atom"] == [0.0]

@@ -45,9 +45,9 @@ TOY = Definition("toy", "pinv at fixed parameters, plus an atom count", {"solver
 
 def test_builtins_are_registered_with_the_default_first():
     assert definitions.names() == ("auto", "restrained", "paper", "classic", "species", "shape", "potential")
-    assert definitions.default().name == "auto" and definitions.default().candidates == ("shape", "restrained")
+    assert definitions.default().name == "auto" and definitions.default().candidates == ("potential", "restrained")
     assert tuple(DEFINITIONS) == definitions.names()
-    assert definitions.joint_modes() == ("auto", "shape", "sigma_start", "species")
+    assert definitions.joint_modes() == ("auto", "potential", "sigma_start", "species", "shape")
     assert definitions.report_keys() == ("species_widths", "species_usable", "species_at_bound",
                                          "shape_coefficients", "shape_prior", "outside_potential")
     assert definitions.get("potential").fixed == {"solver": "potential", "gcut": 15.0}

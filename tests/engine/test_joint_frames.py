@@ -46,7 +46,7 @@ def test_auto_is_the_dataset_rule_then_every_frame(frames):
     choice = choose_joint_parameters(frames, ZVAL, "auto")
     chosen = FitOptions.for_definition(**choice["fit_parameters"], device="cpu")
     loop = [run_fit(d, chosen, zval=_own_zval(d)) for d in frames]
-    assert out["model"] == choice["model"] == "shape"
+    assert out["model"] == choice["model"] == "potential"
     assert out["choice"]["fit_parameters"] == choice["fit_parameters"]
     for got, want in zip(_charges(out["results"]), _charges(loop)):
         np.testing.assert_allclose(got, want, atol=1e-10)

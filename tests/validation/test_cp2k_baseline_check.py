@@ -24,7 +24,7 @@ def test_baseline_on_the_cp2k_frames(check):
 
     frames, seconds, model = check.fitted_frames(DATA)
     assert len(frames) == 39 and len(seconds) == 39  # mgo_008 (suspect) left out
-    assert model == "shape"  # auto: the shape model places every element of the semicore set
+    assert model == "potential"  # auto: the shape model places every element of the semicore set (bulk: no outside)
     frames, summary = add_baseline(frames, charges="per_element")
     per_element = summary["per_element"]
     assert per_element["Na"]["mean"] == pytest.approx(1.086, abs=0.01)

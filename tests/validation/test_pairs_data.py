@@ -75,7 +75,7 @@ def test_joint_choice_on_the_pairs(records):
 
     densities = [read_density(DATA / f["cube"]) for f in records["frames"][:4]]
     auto = choose_joint_parameters(densities, records["zval"])
-    assert auto["model"] == "sigma_start" and auto["shape"]["at_bound"] == ["Na"]
+    assert auto["model"] == "sigma_start" and auto["potential"]["at_bound"] == ["Na"]
     assert auto["fit_parameters"]["definition"] == "restrained" and auto["fit_parameters"]["optimize"] is False
     forced = choose_joint_parameters(densities, records["zval"], "species")
     assert forced["model"] == "species" and forced["fit_parameters"]["species_widths"]["Na"] == pytest.approx(1.5)

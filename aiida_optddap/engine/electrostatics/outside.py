@@ -15,7 +15,9 @@ restraint toward zero). Units: Å, e, V.
 
   with p_ρ, H the density fit's populations and the Hessian of its objective in them (the inverse of its population
   covariance), R(p) = Σ_p (φ_e − K p − c)² at the best c, R* its least-squares minimum (the ESP-optimal populations)
-  and w (``esp_weight``) what the potential's relative misfit weighs against one unit δ. Minimised under Σp = N
+  and w (``esp_weight``) what the potential's relative misfit weighs against one unit δ. Every sum over points
+  is weighted: a point's weight rises smoothly from 0 at the scaled radius of its nearest atom to 1 at
+  (1 + :data:`SWITCH`) × that radius, so that the charges are continuous as atoms move. Minimised under Σp = N
   and, where the cell has a dipole (a molecule in a box: the vector; a slab: its normal component, :mod:`.dipole`),
   the density's own dipole. Directions the points do not determine (buried atoms of a slab; all of a bulk crystal,
   which has no point) stay on p_ρ; directions the density fit leaves loose follow the potential.
@@ -40,6 +42,9 @@ from .sampling import GridPoints, points_outside
 
 #: Smallest R*, relative to the potential's variance at the points (a density its point charges reproduce exactly).
 RSS_FLOOR = 1e-12
+#: The smooth onset of the points' weights, as a fraction of the scaled radius (:func:`.sampling.points_outside`):
+#: a point entering the sample as atoms move does so with weight 0, so the charges are continuous in geometry.
+SWITCH = 0.1
 #: Largest (points × atoms) column matrix :func:`populations_outside` builds, bytes: beyond it the sub-grid is
 #: coarsened (512 MiB: a 1000-atom slab at 0.4 Å with 64 000 points outside).
 MAX_COLUMN_BYTES = 2**29
@@ -103,7 +108,7 @@ def _constraint_space(rows: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, np
 
 def fit_outside(columns: np.ndarray, target: np.ndarray, zval: np.ndarray, p_density: np.ndarray,
                 covariance: np.ndarray, delta: float, n_electrons: float, weight: float,
-                dipole: tuple | None = None) -> OutsideFit:
+                dipole: tuple | None = None, point_weights: np.ndarray | None = None) -> OutsideFit | None:
     """The populations minimising J (module docstring).
 
     Args:
@@ -114,10 +119,19 @@ def fit_outside(columns: np.ndarray, target: np.ndarray, zval: np.ndarray, p_den
         delta: δ, the density fit's confidence rise (its objective's units); ``weight``: w.
         n_electrons: N = Σp.
         dipole: (D, d) of :func:`dipole_rows`, or None.
+        point_weights: (P,) the points' weights (``GridPoints.weights``; None: all 1): every sum over points,
+            the best constant c included, is weighted.
+
+    Returns None where the points carry no information on the populations: one atom (Σp = N fixes it), or a
+    potential that is constant at the points.
     """
     n = len(p_density)
-    kc = columns - columns.mean(axis=0)
-    vc = target - target.mean()
+    if n == 1:
+        return None
+    omega = np.ones(len(target)) if point_weights is None else np.asarray(point_weights, dtype=np.float64)
+    root = np.sqrt(omega / omega.sum())[:, None]
+    kc = root * (columns - omega @ columns / omega.sum())
+    vc = root[:, 0] * (target - omega @ target / omega.sum())
     rows, rhs = np.ones((1, n)), np.array([float(n_electrons)])
     if dipole is not None and len(dipole[1]):
         rows, rhs = np.vstack([rows, dipole[0]]), np.concatenate([rhs, dipole[1]])
@@ -125,6 +139,8 @@ def fit_outside(columns: np.ndarray, target: np.ndarray, zval: np.ndarray, p_den
     charge_only = _constraint_space(np.ones((1, n)), np.array([float(n_electrons)]))
     total = kc @ zval - vc
     variance = float(total @ total)
+    if not variance > 0.0:
+        return None
     best = charge_only[0] + charge_only[1] @ np.linalg.lstsq(kc @ charge_only[1], vc - kc @ charge_only[0],
                                                             rcond=RCOND)[0]
     rss_opt = max(float(np.sum((vc - kc @ best) ** 2)), RSS_FLOOR * variance)
@@ -141,7 +157,7 @@ def fit_outside(columns: np.ndarray, target: np.ndarray, zval: np.ndarray, p_den
     uncertainty = np.sqrt(np.clip(np.einsum("ai,ij,aj->a", null, u_matrix, null), 0.0, None))
 
     def rrms(q):
-        return float(np.sqrt(np.sum((vc - kc @ q - np.mean(vc - kc @ q)) ** 2) / variance))
+        return float(np.sqrt(np.sum((vc - kc @ q) ** 2) / variance))  # centred by the weighted mean already
 
     return OutsideFit(p, uncertainty, int(columns.shape[0]), rrms(p), rrms(p_density), rrms(best),
                       n - 1 - null.shape[1])
@@ -151,7 +167,7 @@ def populations_outside(density, zval_per_atom, p_density, covariance, delta: fl
                         *, vdw_scale: float, spacing: float) -> OutsideFit | None:
     """:func:`fit_outside` on ``density`` (engine Density) at its points outside ``vdw_scale`` × the van der Waals
     radii (sub-grid ``spacing``, Å, coarsened until the columns fit :data:`MAX_COLUMN_BYTES`); None where there is
-    no such point (a bulk crystal)."""
+    no such point (a bulk crystal) or they carry no information (one atom: :func:`fit_outside`)."""
     points = _points(density, vdw_scale, spacing)
     for _ in range(4):
         size = points.n_points * density.n_atoms * 8
@@ -159,16 +175,16 @@ def populations_outside(density, zval_per_atom, p_density, covariance, delta: fl
             break
         spacing *= 1.05 * (size / MAX_COLUMN_BYTES) ** (1 / 3)
         points = _points(density, vdw_scale, spacing)
-    if points.n_points == 0:
+    if points.n_points == 0 or density.n_atoms == 1:
         return None
     columns = unit_potentials(points)
     target = electron_potential(density.grid, density.cell, points)
     zval = np.asarray(zval_per_atom, dtype=np.float64)
     fit = fit_outside(columns, target, zval, np.asarray(p_density, dtype=np.float64), covariance, delta,
-                      float(np.sum(p_density)), weight, dipole_rows(density, zval))
-    return replace(fit, spacing=float(points.spacing.max()))
+                      float(np.sum(p_density)), weight, dipole_rows(density, zval), points.weights)
+    return None if fit is None else replace(fit, spacing=float(points.spacing.max()))
 
 
 def _points(density, vdw_scale: float, spacing: float) -> GridPoints:
     return points_outside(density.cell, density.positions, density.symbols, density.grid.shape, vdw_scale=vdw_scale,
-                          spacing=spacing, source=str(density.source), allow_empty=True)
+                          spacing=spacing, source=str(density.source), allow_empty=True, switch=SWITCH)

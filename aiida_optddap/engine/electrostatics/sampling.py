@@ -83,6 +83,7 @@ class GridPoints:
         flat: (P,) C-order indices of the sampled sub-grid points.
         radii: (n_atoms,) unscaled van der Waals radii, Å; ``radii_source`` element → table.
         vdw_scale, outer_scale: the scales used (``outer_scale`` None: no outer limit).
+        weights: (P,) the points' weights of a smooth onset (:func:`points_outside`'s ``switch``), or None (all 1).
     """
 
     cell: np.ndarray
@@ -96,6 +97,7 @@ class GridPoints:
     outer_scale: float | None
     radii_source: dict = field(default_factory=dict)
     source: str = "<array>"
+    weights: np.ndarray | None = None
 
     @property
     def n_points(self) -> int:
@@ -125,7 +127,7 @@ class GridPoints:
 
 def points_outside(cell, positions, symbols, grid_shape, *, vdw_scale: float = VDW_SCALE,
                    outer_scale: float | None = None, spacing: float = SPACING, radii: dict | None = None,
-                   source: str = "<array>", allow_empty: bool = False) -> GridPoints:
+                   source: str = "<array>", allow_empty: bool = False, switch: float = 0.0) -> GridPoints:
     """The sub-grid points outside ``vdw_scale`` × r_vdW of every atom (periodic images count), and with
     ``outer_scale`` within ``outer_scale`` × r_vdW of some atom.
 
@@ -136,6 +138,9 @@ def points_outside(cell, positions, symbols, grid_shape, *, vdw_scale: float = V
         spacing: sub-grid spacing aimed at, Å (:func:`sub_grid_strides`; stride 1 on a coarser grid).
         radii: element → radius (Å) overriding the tables.
         allow_empty: return no points instead of refusing (a bulk crystal has none).
+        switch: > 0 gives every point a weight (``GridPoints.weights``) that rises smoothly (3t² − 2t³, t =
+            (d/(s·r) − 1)/``switch``) from 0 at ``vdw_scale`` × r to 1 at (1 + ``switch``) × that, multiplied over the
+            atoms and images: a point that enters or leaves the sample as atoms move does so with weight 0.
 
     Raises:
         ValueError: bad scales, an element without radius, or no point left (the message starts with ``source``).
@@ -155,16 +160,21 @@ def points_outside(cell, positions, symbols, grid_shape, *, vdw_scale: float = V
     inside = np.zeros(int(np.prod(shape)), dtype=bool)
     near = np.zeros_like(inside) if outer_scale is not None else None
     atom_radii = np.array([table[el][0] for el in symbols])
+    weight = np.ones(inside.size) if switch > 0 else None
     for centre, radius in zip(np.asarray(positions, dtype=np.float64), atom_radii):
-        reach = radius * max(vdw_scale, outer_scale or 0)
+        reach = radius * max(vdw_scale * (1 + switch), outer_scale or 0)
         flat, distance = sphere_points(cell, shape, centre, reach)
-        inside[flat[distance < radius * vdw_scale]] = True
+        ratio = distance / (radius * vdw_scale)
+        inside[flat[ratio < 1]] = True
         if near is not None:
             near[flat] = True
+        if weight is not None:
+            t = np.clip((ratio - 1) / switch, 0.0, 1.0)
+            np.multiply.at(weight, flat, t * t * (3 - 2 * t))
     flat = np.flatnonzero(~inside if near is None else (~inside & near))
     if flat.size == 0 and not allow_empty:
         raise ValueError(f"{source}: no grid point lies outside {vdw_scale} × the van der Waals radii")
     return GridPoints(cell=cell, positions=np.asarray(positions, dtype=np.float64), symbols=tuple(symbols),
                       stride=stride, shape=shape, flat=flat, radii=atom_radii, vdw_scale=float(vdw_scale),
                       outer_scale=outer_scale, radii_source={el: src for el, (_, src) in table.items()},
-                      source=str(source))
+                      source=str(source), weights=None if weight is None else weight[flat])

@@ -11,6 +11,7 @@ shape model's stage only.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -47,7 +48,7 @@ def move_to_potential(state: FitState) -> None:
     state.lap("outside_potential", clock)
     if result is None:
         state.reported["outside_potential"] = {"n_points": 0, "vdw_scale": VDW_SCALE, "esp_weight": options.esp_weight}
-        return
+        return  # a bulk crystal, or one atom: the shape model's charges
     k = len(MULTIPLIERS)
     species = sorted(state.reported["shape_coefficients"])
     for atom, element in enumerate(density.symbols):
@@ -65,6 +66,14 @@ def move_to_potential(state: FitState) -> None:
         "n_points": result.n_points, "vdw_scale": VDW_SCALE, "spacing_A": result.spacing, "esp_weight": options.esp_weight,
         "rrms": result.rrms, "rrms_shape": result.rrms_density_fit, "rrms_optimal": result.rrms_optimal,
         "dipole_constraints": result.dipole_constraints}
+
+
+def fit_joint(densities, zval: dict, options):
+    """The shape model's joint fit (:func:`.shape_definition.fit_joint`: widths and one shape per element for all
+    frames); every frame is then fitted by this definition with both fixed, its populations then moved to its own
+    potential outside the atoms."""
+    fit = shape_definition.fit_joint(densities, zval, options)
+    return replace(fit, fit_parameters={**fit.fit_parameters, "definition": "potential"})
 
 
 #: The stages of the ``potential`` definition, in order.

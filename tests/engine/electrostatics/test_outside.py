@@ -126,3 +126,22 @@ def test_a_bulk_crystal_has_no_point_outside_and_keeps_the_shape_model():
     shape = run_fit(density, FitOptions.for_definition("shape"), zval=zval)
     assert result["outside_potential"]["n_points"] == 0
     assert np.array_equal(result["net_charges"], shape["net_charges"])
+
+
+def test_points_enter_the_sample_with_zero_weight():
+    """With the smooth onset, moving an atom by 0.01 Å lets points enter or leave the sample with weights of at most
+    3t² ≈ 0.013 (t = 0.01 Å over the 0.154 Å onset of H), not 1 as at a hard radius: the fit is continuous in the
+    positions."""
+    density = _electrons()
+    moved = POSITIONS.copy()
+    moved[1] += [0.008, -0.005, 0.0035]  # |Δ| = 0.01 Å
+    before, after = (points_outside(CELL, pos, density.symbols, density.grid.shape, vdw_scale=1.4, spacing=0.25,
+                                    switch=outside.SWITCH) for pos in (POSITIONS, moved))
+    weight_before = dict(zip(before.flat.tolist(), before.weights))
+    weight_after = dict(zip(after.flat.tolist(), after.weights))
+    changed = set(weight_before) ^ set(weight_after)
+    assert changed  # the step moves points across the radius: a hard cut-off would jump here
+    assert max(weight_before.get(k, 0.0) + weight_after.get(k, 0.0) for k in changed) < 0.02
+    common = set(weight_before) & set(weight_after)
+    assert max(abs(weight_before[k] - weight_after[k]) for k in common) < 0.15  # |dw/dd| ≤ 1.5/0.154 Å⁻¹
+    assert min(before.weights) >= 0.0 and max(before.weights) == 1.0

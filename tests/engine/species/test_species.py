@@ -137,14 +137,14 @@ def test_species_charges_are_smooth_in_geometry(system):
 
 
 def test_smoothness_reports_the_model_each_fit_used():
-    """smoothness.py labels its rows by the model ``run_fit`` chose (``auto``: the shape model where usable), not by the
+    """smoothness.py labels its rows by the model ``run_fit`` chose (``auto``: the potential model where usable), not by the
     requested definition."""
     from aiida_optddap.engine.fit import FitOptions
 
     records, frames, _ = _frames("nacl")
     two = FrameSet(RATTLED / "data", "nacl", records, frames[:2], [])
     _, _, models = smooth.fitted_charges(two, FitOptions(device="cpu"))
-    assert models == ["shape", "shape"]
+    assert models == ["potential", "potential"]
     _, _, models = smooth.fitted_charges(two, FitOptions(optimize=False, device="cpu"))
     assert models == ["restrained", "restrained"]
 
