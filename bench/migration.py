@@ -1,6 +1,6 @@
-"""The migration table of docs/validation.md ("What the new default changes"): the old default (species where
-it places every element, else restrained) against the new one (the shape model) on every shared VASP density
-at hand (the repository's copies, plus ../shared/data/chgcar when present) and the repository's CP2K cubes.
+"""The migration table of docs/validation.md ("What the new default changes"): the previous default (the shape
+model where its verdict keeps it, else restrained) against the new one (the potential model) on every shared VASP
+density at hand (the repository's copies, plus ../shared/data/chgcar when present) and the repository's CP2K cubes.
 
     .venv/bin/python -m bench.migration [--only SUBSTRING]
 

@@ -306,8 +306,8 @@ def _shape_lines(results: dict) -> list[str]:
                      f"ESP-optimal {outside['rrms_optimal']:.3f}), weight {outside['esp_weight']:g}, "
                      f"{outside['dipole_constraints']} dipole component(s) imposed")
     elif outside:
-        lines.append(f"potential outside the atoms: not used (no point beyond {outside['vdw_scale']:g} × vdW radii, "
-                     "as in a bulk crystal, or one atom): the shape model's charges")
+        lines.append("potential outside the atoms: not used (no vacuum, as in a crystal, no point beyond "
+                     f"{outside['vdw_scale']:g} × vdW radii, or one atom): the shape model's charges")
     return lines
 
 

@@ -1,11 +1,13 @@
-"""What the new default changes: the old ``auto`` (species model where it places every element, else
-restrained; commit 843c1f1) against the new one (the shape model, ``FitOptions()``), density by density
+"""What the new default changes: the previous ``auto`` (the shape model where its verdict keeps it, else
+restrained; commit 770c13c) against the new one (the potential model, ``FitOptions()``), density by density
 (docs/validation.md, "What the new default changes (migration)").
 
-The old default is reproduced with today's explicit definitions, which it ran unchanged: ``species``, kept
-where ``species_usable`` is true, else ``restrained`` (also where the species definition refuses the density,
-e.g. without Z_val, as the old chooser then skipped it). Z_val is resolved as the engine does (files beside
-the density), with the fallback table only where a :class:`Case` asks for it (``guess``).
+The previous default is reproduced with today's explicit definitions, which it ran unchanged: ``shape``, kept
+where the shape definition's own verdict keeps it (no width on a bound of its search), else ``restrained`` (also
+where the shape definition refuses the density, e.g. without Z_val, as the old chooser then skipped it). Z_val is
+resolved as the engine does (files beside the density), with the fallback table only where a :class:`Case` asks
+for it (``guess``). The migration before it (species → shape, commit 843c1f1 → b36eecd) is kept in
+bench/results/migration-species-to-shape.md.
 """
 
 from __future__ import annotations
@@ -91,16 +93,22 @@ def cp2k_cases(root: Path) -> list[Case]:
     return cases
 
 
+#: The fitting definition the previous default tried first (then ``restrained``).
+OLD_FIRST = "shape"
+
+
 def old_default(density, zval, device: str = "cpu") -> dict:
-    """The default of commit 843c1f1: the species model where ``species_usable``, else the restrained one."""
+    """The default of commit 770c13c: :data:`OLD_FIRST` where its verdict keeps it, else the restrained model."""
+    from aiida_optddap.engine import definitions
+
     try:
-        species = run_fit(density, FitOptions.for_definition("species", device=device), zval=zval)
+        first = run_fit(density, FitOptions.for_definition(OLD_FIRST, device=device), zval=zval)
+        keep, reason = definitions.get(OLD_FIRST).verdict(first)
     except ValueError as refusal:
-        species = {"species_usable": False, "refusal": str(refusal)}
-    if species["species_usable"]:
-        return {**species, "old_rule": "species_usable"}
+        keep, reason = False, str(refusal)
+    if keep:
+        return {**first, "old_rule": reason}
     restrained = run_fit(density, FitOptions.for_definition("restrained", device=device), zval=zval)
-    reason = species.get("refusal") or f"species width on a bound: {', '.join(species['species_at_bound'])}"
     return {**restrained, "old_rule": reason}
 
 

@@ -1,7 +1,7 @@
-"""aiida_optddap.validation.migration: the old default (species where ``species_usable``, else restrained)
-against the new one (``FitOptions()``, the shape model) on small repository densities: H2 (Z_val guessed, as
-the tests do), the CP2K NaCl cube of examples/cp2k_validation (Z_val from its input) and bcc Fe (no Z_val
-beside it: the species definition refuses it, so the old default ran the restrained model). The old side must
+"""aiida_optddap.validation.migration: the previous default (the shape model where its verdict keeps it, else
+restrained) against the new one (``FitOptions()``, the potential model) on small repository densities: H2 (Z_val
+guessed, as the tests do), the CP2K NaCl cube of examples/cp2k_validation (Z_val from its input) and bcc Fe (no
+Z_val beside it: the shape definition refuses it, so the old default ran the restrained model). The old side must
 equal the explicit species/restrained fit per the rule, the new side the plain default fit, and the row its
 columns."""
 
@@ -37,14 +37,14 @@ def test_row_follows_the_old_rule(case):
     density = read_density(case.path)
     zval = case.zval or resolve_zval(density, path=case.path, guess=case.guess)
     try:
-        species = run_fit(density, FitOptions.for_definition("species", device="cpu"), zval=zval)
-        usable = species["species_usable"]
-    except ValueError:  # no Z_val: the old chooser skipped the species model
-        species, usable = None, False
+        shape = run_fit(density, FitOptions.for_definition("shape", device="cpu"), zval=zval)
+        usable = not shape["species_at_bound"]
+    except ValueError:  # no Z_val: the old chooser skipped the shape model
+        shape, usable = None, False
     restrained = FitOptions.for_definition("restrained", device="cpu")
-    old = species if usable else run_fit(density, restrained, zval=zval)
+    old = shape if usable else run_fit(density, restrained, zval=zval)
     new = run_fit(density, FitOptions(device="cpu"), zval=zval)
-    assert row["old_model"] == ("species" if usable else "restrained")
+    assert row["old_model"] == ("shape" if usable else "restrained")
     assert row["new_model"] == new["charge_model"] and row["new_reason"] == new["model_choice"]["reason"]
     q_old = np.asarray(old["net_charges"]) if zval is not None else -np.asarray(old["populations"])
     q_new = np.asarray(new["net_charges"]) if zval is not None else -np.asarray(new["populations"])

@@ -5,6 +5,9 @@ Fourier components does so only as far as its model carries the density's shape.
 (the REPEAT idea, Campañá et al., J. Chem. Theory Comput. 5, 2866 (2009), with the density fit in the place of RESP's
 restraint toward zero). Units: Å, e, V.
 
+* **Where**: cells with vacuum only (a molecule in a box, a wire, a slab: :func:`.dipole.dipole_frame` finds an open
+  direction). Between the atoms of a crystal, in a vacancy or a pore, the density is not negligible outside the
+  scaled radii and the few points there are fitted only by wild charges (−88 e on the CP2K NaCl vacancy cells).
 * **The potential** of the electrons (counted positive) at the sample points x_p (:mod:`.sampling`), from the density
   itself: φ_e(G) = 4πk n(G)/G² for G ≠ 0 on the density's own grid (one FFT; zero cell mean, as DFT codes and
   :mod:`.kernel` have it). The charges' potential at x_p is Σ_α q_α K_pα with K the :func:`.kernel.unit_potentials`
@@ -166,8 +169,13 @@ def fit_outside(columns: np.ndarray, target: np.ndarray, zval: np.ndarray, p_den
 def populations_outside(density, zval_per_atom, p_density, covariance, delta: float, weight: float,
                         *, vdw_scale: float, spacing: float) -> OutsideFit | None:
     """:func:`fit_outside` on ``density`` (engine Density) at its points outside ``vdw_scale`` × the van der Waals
-    radii (sub-grid ``spacing``, Å, coarsened until the columns fit :data:`MAX_COLUMN_BYTES`); None where there is
-    no such point (a bulk crystal) or they carry no information (one atom: :func:`fit_outside`)."""
+    radii (sub-grid ``spacing``, Å, coarsened until the columns fit :data:`MAX_COLUMN_BYTES`), in a cell with vacuum
+    (a gap of at least :data:`.dipole.VACUUM_GAP` between atomic planes along some lattice direction: a molecule in a
+    box, a wire, a slab). None in a cell without vacuum (a crystal, with or without a vacancy or pore: measured, a few
+    points in the vacancy of the CP2K NaCl cells pulled the populations to −88 e), where there is no point, or where
+    they carry no information (one atom: :func:`fit_outside`)."""
+    if not dipole_frame(density.cell, density.positions).axes:
+        return None  # no vacuum: points between the atoms of a crystal (a vacancy, a pore) are not "outside"
     points = _points(density, vdw_scale, spacing)
     for _ in range(4):
         size = points.n_points * density.n_atoms * 8

@@ -2,7 +2,8 @@
 what the density determines, to reproduce the density's own electrostatic potential outside the atoms and its dipole
 (:mod:`aiida_optddap.engine.electrostatics.outside`) → :func:`.pipeline.reconstruct`.
 
-A bulk crystal has no sample point outside the scaled van der Waals spheres: there it is the shape model. The
+A cell without vacuum (a crystal, also one with a vacancy) is not fitted to points between its atoms: there it is
+the shape model, as for one atom. The
 ``results.json`` key ``outside_potential`` says how many points there were and how well the density's own potential
 is reproduced (RRMS) by these charges, by the shape model's and by the ESP-optimal ones. torch is imported by the
 shape model's stage only.
@@ -48,7 +49,7 @@ def move_to_potential(state: FitState) -> None:
     state.lap("outside_potential", clock)
     if result is None:
         state.reported["outside_potential"] = {"n_points": 0, "vdw_scale": VDW_SCALE, "esp_weight": options.esp_weight}
-        return  # a bulk crystal, or one atom: the shape model's charges
+        return  # no vacuum (a crystal), no point, or one atom: the shape model's charges
     k = len(MULTIPLIERS)
     species = sorted(state.reported["shape_coefficients"])
     for atom, element in enumerate(density.symbols):

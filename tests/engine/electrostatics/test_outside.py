@@ -145,3 +145,17 @@ def test_points_enter_the_sample_with_zero_weight():
     common = set(weight_before) & set(weight_after)
     assert max(abs(weight_before[k] - weight_after[k]) for k in common) < 0.15  # |dw/dd| ≤ 1.5/0.154 Å⁻¹
     assert min(before.weights) >= 0.0 and max(before.weights) == 1.0
+
+
+def test_a_crystal_with_a_vacancy_is_not_outside():
+    """The CP2K NaCl cell without one Na has points beyond 1.4 × the radii in the vacancy, but no vacuum: the
+    potential model keeps the shape model's charges there (fitted to those few points they went to −88 e)."""
+    from aiida_optddap.engine.electrostatics.sampling import points_outside as sample
+
+    density = read_density(EXAMPLES / "cp2k_validation" / "data" / "nacl_1x1x1_vna.cube.gz")
+    assert sample(density.cell, density.positions, density.symbols, density.grid.shape, allow_empty=True).n_points
+    zval = {"Na": 9.0, "Cl": 7.0}
+    result = run_fit(density, FitOptions.for_definition("potential"), zval=zval)
+    shape = run_fit(density, FitOptions.for_definition("shape"), zval=zval)
+    assert result["outside_potential"]["n_points"] == 0
+    assert np.array_equal(result["net_charges"], shape["net_charges"])
