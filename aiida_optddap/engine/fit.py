@@ -138,7 +138,7 @@ def _run_definition(density: Density, options: FitOptions, run: dict) -> dict:
 
 
 def default_inapplicable(density: Density, options: FitOptions, zval, mode: str) -> str | None:
-    """Why the ``auto`` definition cannot try its first candidate (the shape model) on this fit (None: it can)."""
+    """Why the ``auto`` definition cannot try its first candidate (the potential model) on this fit (None: it can)."""
     return definitions.get(definitions.default().candidates[0]).applicable(density, options, zval, mode)
 
 

@@ -1,5 +1,5 @@
-"""The ``shape`` charge definition, the default: :func:`fit` (engine/species/widths.py, then engine/species/shape.py) →
-:func:`.pipeline.reconstruct`.
+"""The ``shape`` charge definition, on which the default (``potential``, :mod:`.potential_definition`) builds:
+:func:`fit` (engine/species/widths.py, then engine/species/shape.py) → :func:`.pipeline.reconstruct`.
 
 :func:`fit` (1) optimises one Gaussian width per element on the density (the species model's width search,
 engine/species/widths.py) at the shape model's g_c, (2) lets every element's radial shape move away from that Gaussian
