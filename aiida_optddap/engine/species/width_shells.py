@@ -7,10 +7,12 @@ through |G|², so the G sums regroup exactly by shells of equal |G|² (the group
     S_k[α, β] = Σ_{G∈k} w_G (cos G·R_α cos G·R_β + sin G·R_α sin G·R_β),   B_k[α] = Σ_{G∈k} w_G t_G phase_α(G),
     A_αβ = Σ_k e_k,s(α) e_k,s(β) S_k[α, β],   b_α = Σ_k e_k,s(α) B_k[α],   e_k,s = exp(−g_k² σ_s²/4).
 
-A trial then costs ~n_shells·n² reads instead of 4·n_G·n² flops; the tables are built once per search (the cost of
-about two dense trials). Measured on the 64-atom synthetic rock salt at g_c 15 Å⁻¹ (docs/benchmarks.md, part 8):
-n_G = 40 896 G in 611 shells. S is stored per species pair (s ≤ t) as (B, n_shells, n_s·n_t), so that A's
-block is one matrix–vector product with e_s·e_t and the gradient's qᵀ(∂A)q one more.
+A trial then costs ~B·n_shells·n²/2 reads instead of 4·B·n_G·n² flops; the tables are built once per search (about
+one dense trial). Measured on one core (docs/benchmarks.md, part 8), rock salt at g_c 15 Å⁻¹: 64 atoms, 40 896 G in
+607 shells, a trial 1.5 ms (2.3 ms with the gradient) instead of 108 ms (114 ms), tables 1.9×10⁶ values built in
+0.1 s; 216 atoms, 137 948 G in 1 361 shells, 22 ms instead of 1.7 s (two cores). S is stored once per unordered
+atom pair, its columns grouped by species pair (s ≤ t), so that A's block of a pair is one matrix–vector product
+with e_s·e_t and the gradient's qᵀ(∂A)q one more.
 """
 
 from __future__ import annotations

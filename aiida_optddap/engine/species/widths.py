@@ -21,9 +21,9 @@ beyond :data:`FULL_GRID_SPECIES` species), then L-BFGS-B in log σ from the best
 gradient of the reduced misfit (:meth:`FrameStack.misfits_and_gradients`: at the constrained minimiser q₀ the
 misfit's derivative in a width is its partial derivative at fixed q₀). A trial rebuilds A and b over the G sphere,
 4·B·n_G·n² flops (B frames, n atoms); where the cell's |G| shells are few (cubic and other symmetric cells,
-:mod:`.width_shells`), the search's trials use shell tables built once instead, ~B·n_shells·n² reads: on the 64-atom
-rock salt at g_c 15 Å⁻¹ (40 896 G in 607 shells) 1.6–2.4 ms against 0.11 s per trial. The populations reported are
-those of the dense route at the widths found.
+:mod:`.width_shells`), the search's trials use shell tables built once instead, ~B·n_shells·n²/2 reads: on the 64-atom
+rock salt at g_c 15 Å⁻¹ (40 896 G in 607 shells) 1.5–2.3 ms against 0.11 s per trial on one core. The populations
+reported are those of the dense route at the widths found.
 
 The charges of each frame are the constrained minimiser q₀ with the directions the density does not fix
 put on the reference (the λ → 0 limit of :mod:`.restraint`; λ is not re-chosen per frame by the
