@@ -30,14 +30,16 @@ def frames(singlefile):
 
 def test_joint_parameters_shape_species_and_sigma_start(frames):
     auto = joint_parameters(parameters=orm.Dict({"mode": "auto"}), zval=orm.Dict(ZVAL), **frames)
-    assert auto["model"] == "shape" and auto["shape"]["at_bound"] == []
+    assert auto["model"] == "potential" and auto["potential"]["at_bound"] == []
     widths = auto["fit_parameters"]["species_widths"]
-    assert auto["fit_parameters"]["definition"] == "shape"
+    assert auto["fit_parameters"]["definition"] == "potential"
     assert set(widths) == {"Na", "Cl"} and widths["Na"] < widths["Cl"]  # compact cation, diffuse anion
     # deterministic: the same frames give the same widths, whatever the order they are given in
-    again = joint_parameters(parameters=orm.Dict({"mode": "shape"}), zval=orm.Dict(ZVAL),
+    again = joint_parameters(parameters=orm.Dict({"mode": "potential"}), zval=orm.Dict(ZVAL),
                              **dict(reversed(list(frames.items()))))
     assert again["fit_parameters"] == auto["fit_parameters"]
+    shape = joint_parameters(parameters=orm.Dict({"mode": "shape"}), zval=orm.Dict(ZVAL), **frames)
+    assert shape["fit_parameters"] == {**auto["fit_parameters"], "definition": "shape"}  # the same joint fit
     species = joint_parameters(parameters=orm.Dict({"mode": "species"}), zval=orm.Dict(ZVAL), **frames)
     assert species["model"] == "species" and species["fit_parameters"]["definition"] == "species"
     assert species["fit_parameters"]["species_widths"]["Na"] < species["fit_parameters"]["species_widths"]["Cl"]
@@ -95,13 +97,14 @@ def test_dataset_rejects_an_unknown_joint_mode(optddap_code, frames):
     builder = WorkflowFactory("optddap.dataset").get_builder()
     builder.densities = frames
     builder.optddap.fit.code = optddap_code
-    with pytest.raises(ValueError, match="joint must be one of auto, shape, sigma_start, species, none"):
+    with pytest.raises(ValueError, match="joint must be one of auto, potential, sigma_start, species, shape, none"):
         builder.joint = orm.Str("everything")
 
 
 def test_dataset_auto_fits_rock_salt_frames_with_joint_species_widths(optddap_code, frames):
-    """auto on NaCl frames: the shape model places both elements, every frame is fitted with the same widths and
-    shapes, the perfect frame is determined with the right sign and the labels pass the default gates."""
+    """auto on NaCl frames: the shape model places both elements, every frame is fitted by the potential model (in
+    these crystals the shape model's charges) with the same widths and shapes, the perfect frame is determined with
+    the right sign and the labels pass the default gates."""
     builder = WorkflowFactory("optddap.dataset").get_builder()
     builder.densities = frames
     builder.optddap.fit.code = optddap_code
@@ -111,13 +114,13 @@ def test_dataset_auto_fits_rock_salt_frames_with_joint_species_widths(optddap_co
     results, node = run_get_node(builder)
     assert node.is_finished_ok, (node.exit_status, node.exit_message)
     joint = results["joint_parameters"]
-    assert joint["model"] == "shape"
+    assert joint["model"] == "potential"
     widths = joint["fit_parameters"]["species_widths"]
     shapes = joint["fit_parameters"]["species_shapes"]  # one radial shape per element for all frames
     assert set(shapes) == {"Na", "Cl"} and all(abs(sum(s) - 1) < 1e-9 for s in shapes.values())
     for fit in (n for n in node.called if n.process_label == "OptDdapBaseWorkChain"):
         out = fit.outputs.output_parameters.get_dict()
-        assert out["charge_definition"] == "shape"
+        assert out["charge_definition"] == "potential" and out["outside_points"] == 0  # crystals: no vacuum
         assert out["species_widths"] == pytest.approx(widths, abs=1e-12)
         assert fit.inputs.fit.parameters.get_dict()["species_shapes"] == shapes
     dataset = results["dataset"]
