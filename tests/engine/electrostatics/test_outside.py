@@ -167,3 +167,25 @@ def test_a_crystal_with_a_vacancy_is_not_outside():
     shape = run_fit(density, FitOptions.for_definition("shape"), zval=zval)
     assert result["outside_potential"]["n_points"] == 0
     assert np.array_equal(result["net_charges"], shape["net_charges"])
+
+
+def test_potential_definition_on_the_cp2k_mgo_slab():
+    """CP2K MgO(001), 4 layers in 15 Å of vacuum: one dipole component (the normal) imposed; against CP2K's
+    V_HARTREE the default is within issue 18's 0.9× Bader RRMS (measured 0.897×, docs/validation.md) where the shape
+    model is 1.30×."""
+    from aiida_optddap.validation.esp import evaluate, load_potential
+
+    record = json.loads((ESP / "mgo_001.json").read_text())
+    zval = record["zval"]
+    density = read_density(ESP / "mgo_001_density.cube.gz")
+    result = run_fit(density, FitOptions(), zval=zval)
+    shape = run_fit(density, FitOptions.for_definition("shape"), zval=zval)
+    bader = np.array([zval[s] for s in record["symbols"]]) - np.array(record["bader"]["populations"])
+    report = evaluate(load_potential(ESP / "mgo_001_hartree.cube.gz"),
+                      {"auto": result["net_charges"], "shape": shape["net_charges"], "bader": bader},
+                      density=density, zval=zval)
+    rrms = {row["name"]: row["rrms"] for row in report["sets"]}
+    assert result["charge_model"] == "potential" and result["outside_potential"]["dipole_constraints"] == 1
+    assert rrms["auto"] <= 0.9 * rrms["bader"] < rrms["shape"]
+    q = np.array(result["net_charges"])
+    assert np.all(q[np.array(record["symbols"]) == "Mg"] > 1.0) and np.all(q[np.array(record["symbols"]) == "O"] < -1.0)
