@@ -244,16 +244,11 @@ class ServiceProfile:
             self.daemon_started = False
 
     def destroy(self) -> None:
-        """Stop the daemon, remove the profile, its database, its queues and its folder (errors ignored)."""
+        """Stop the daemon, drop the database, delete the queues and remove the folder, which holds the
+        profile's configuration and repository (errors ignored). No ``verdi profile delete``: it would only
+        edit the configuration file removed here, after waiting 5 s for the stopped daemon to answer."""
         with contextlib.suppress(Exception):
             self.stop_daemon()
-        with contextlib.suppress(Exception):
-            # --delete-data would need PostgreSQL superuser rights (pgsu); the database is dropped below
-            self.run(
-                [BIN / "verdi", "profile", "delete", "--force", "--keep-data", self.name],
-                check=False,
-                timeout=60,
-            )
         drop_database(self.database)
         if self.uuid:
             delete_rabbitmq_queues(self.uuid)
@@ -372,15 +367,23 @@ def rocksalt_density(path, cation, anion, q_cation, q_anion, a, conventional=Fal
 
 
 def throughput_dataset(directory, n_synthetic: int = 20) -> list[pathlib.Path]:
-    """``n_synthetic`` varied rock-salt densities (primitive cells with two lattice constants per compound,
-    then 8-atom cubic cells) plus the real H2 CHGCAR of tests/data (when present)."""
+    """``n_synthetic`` varied rock-salt densities plus the real H2 CHGCAR of tests/data (when present).
+
+    The variants are primitive cells with two lattice constants per compound (16), then 8-atom cubic cells
+    (8), taken in that order; fewer than 20 are taken evenly spread over the first 20 (5: LiH, MgO, NaF and
+    CaO at the larger lattice constant, cubic NaCl), so that a small set still mixes compounds, lattice
+    constants and both cell kinds."""
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     files = []
     variants = [(c, a_scale, False) for a_scale in (1.0, 1.08) for c in ROCKSALTS]
     variants += [(c, 1.0, True) for c in ROCKSALTS]
+    if n_synthetic < 20:
+        variants = [variants[int(i)] for i in np.linspace(0, 19, max(n_synthetic, 0)).round()]
+    else:
+        variants = variants[:n_synthetic]
     base_a = {"H": 4.0, "F": 4.2, "Cl": 5.6, "O": 4.4, "Br": 6.0}
-    for (cation, anion, qc, qa), scale, conventional in variants[:n_synthetic]:
+    for (cation, anion, qc, qa), scale, conventional in variants:
         a = round(base_a[anion] * scale * (1.0 if cation in ("Li", "Na", "Mg") else 1.05), 3)
         kind = "cubic" if conventional else "prim"
         files.append(

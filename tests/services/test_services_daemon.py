@@ -1,7 +1,8 @@
 """The production set-up (issue 3): a PostgreSQL + RabbitMQ profile with 2 daemon workers runs submitted
 fits, and a dataset of 21 densities goes through it with complete provenance (issue 4, throughput).
 
-Skipped when PostgreSQL or RabbitMQ is not running; ``.ci/run`` starts both (scripts/services.sh).
+The profile is the ``production`` fixture of tests/services/conftest.py. Skipped when PostgreSQL or
+RabbitMQ is not running; ``.ci/run`` starts both (scripts/services.sh).
 """
 
 from __future__ import annotations
@@ -13,18 +14,10 @@ from services_support import (
     report_throughput,
     rocksalt_density,
     run_throughput,
-    service_profile,
     throughput_dataset,
 )
 
 pytestmark = pytest.mark.daemon
-
-
-@pytest.fixture(scope="module")
-def production(tmp_path_factory):
-    """PostgreSQL storage, RabbitMQ broker, 2 daemon workers, ``optddap@localhost`` (core.direct)."""
-    with service_profile(tmp_path_factory, "prod", workers=2) as profile:
-        yield profile
 
 
 def test_profile_is_postgres_rabbitmq_with_two_workers(production):

@@ -1,5 +1,6 @@
 """Scale-out on a real scheduler (issue 4): a ``core.slurm`` computer on localhost (core.local transport)
-in a PostgreSQL + RabbitMQ profile; fits submitted through the daemon run as SLURM jobs.
+in the PostgreSQL + RabbitMQ profile of the service tests (tests/services/conftest.py); fits submitted
+through the daemon run as SLURM jobs.
 
 Skipped when PostgreSQL, RabbitMQ or SLURM (slurmctld + an idle node) is not running; ``.ci/run`` starts
 them (scripts/services.sh: munge, slurmctld, slurmd, one partition ``cpu``).
@@ -17,7 +18,6 @@ from services_support import (
     report_throughput,
     rocksalt_density,
     run_throughput,
-    service_profile,
     setup_slurm_computer,
     skip_unless_running,
     slurm_down_reason,
@@ -29,13 +29,15 @@ pytestmark = pytest.mark.daemon
 JOBCOMP_LOG = pathlib.Path("/var/log/slurm/jobcomp.log")
 
 
-@pytest.fixture(scope="module")
-def slurm_profile(tmp_path_factory):
-    """PostgreSQL + RabbitMQ profile, 2 daemon workers, ``optddap@slurm-local`` on a core.slurm computer."""
+@pytest.fixture
+def slurm_profile(request):
+    """The service tests' PostgreSQL + RabbitMQ profile (2 daemon workers) with ``optddap@slurm-local`` on a
+    core.slurm computer, set up the first time a test asks for it."""
     skip_unless_running(slurm_down_reason)
-    with service_profile(tmp_path_factory, "slurm", workers=2) as profile:
+    profile = request.getfixturevalue("production")
+    if getattr(profile, "slurm_code", None) is None:
         profile.slurm_code = setup_slurm_computer(profile, "slurm-local")
-        yield profile
+    return profile
 
 
 def slurm_job_record(job_id: str) -> dict:
@@ -153,11 +155,14 @@ def test_submitted_fit_runs_as_slurm_job(slurm_profile, tmp_path):
 
 @pytest.mark.slow
 def test_throughput_dataset_through_slurm(slurm_profile, tmp_path, capsys):
-    """The ≥ 20-density dataset through the daemon (2 workers) as SLURM jobs: all finished, provenance
-    complete, one charges node and one distinct, completed SLURM job per density."""
+    """A dataset of 6 densities (5 of the synthetic set, spread over compounds and cell kinds, and H2) through
+    the daemon (2 workers) as SLURM jobs, all submitted at once (on a 2-CPU machine the one-node cluster of
+    scripts/services.sh runs 2 at a time, so the others wait in SLURM's queue): all finished, provenance
+    complete, one charges node and one distinct, completed SLURM job per density. The ≥ 20-density scale is
+    test_services_daemon's; ``OPTDDAP_SLURM_THROUGHPUT_N=20`` runs that set here."""
     if os.environ.get("OPTDDAP_SKIP_SLURM_THROUGHPUT"):
         pytest.skip("OPTDDAP_SKIP_SLURM_THROUGHPUT is set")
-    n_synthetic = int(os.environ.get("OPTDDAP_THROUGHPUT_N", "20"))
+    n_synthetic = int(os.environ.get("OPTDDAP_SLURM_THROUGHPUT_N", "5"))
     files = throughput_dataset(tmp_path / "dataset", n_synthetic=n_synthetic)
     result = run_throughput(
         slurm_profile, files, slurm_profile.slurm_code, "slurm", options={"queue_name": "cpu"}
