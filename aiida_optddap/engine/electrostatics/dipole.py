@@ -100,6 +100,16 @@ def charge_dipole(frame: DipoleFrame, positions, charges) -> np.ndarray | None:
     return frame.moment(_first_moment(frame, frac, np.asarray(charges, dtype=np.float64)))
 
 
+def _continuous_unwrap(frame: DipoleFrame, s: np.ndarray, axis: int, h: float) -> np.ndarray:
+    """:meth:`DipoleFrame.unwrap` of grid planes ``s`` (fractional, spacing ``h``), with the plane within ``h`` below
+    the cut moved linearly to the cut: a plane that the moving cut passes then changes its position continuously
+    instead of jumping by one cell, so the density's dipole is continuous in the atoms' positions."""
+    u = frame.unwrap(s, axis)
+    d = u - frame.cuts[axis]  # in [0, 1)
+    near = d > 1.0 - h
+    return np.where(near, u - (d - (1.0 - h)) / h, u)
+
+
 def density_dipole(frame: DipoleFrame, density, zval_per_atom) -> tuple[np.ndarray | None, float]:
     """``(dipole e·Å, electrons within BOUNDARY Å of a cut)`` of the electrons of ``density`` (engine
     :class:`~aiida_optddap.engine.io.density.Density`, raw n·V) and point cores ``zval_per_atom`` (e)."""
@@ -112,7 +122,7 @@ def density_dipole(frame: DipoleFrame, density, zval_per_atom) -> tuple[np.ndarr
         others = tuple(axis for axis in range(3) if axis != k)
         marginal = electrons.sum(axis=others)  # electrons per plane of the grid along k
         s = np.arange(grid.shape[k]) / grid.shape[k]
-        first[k] = -np.sum(marginal * (frame.unwrap(s, k) - frame.centre[k]))
+        first[k] = -np.sum(marginal * (_continuous_unwrap(frame, s, k, 1.0 / grid.shape[k]) - frame.centre[k]))
         distance = np.abs((s - frame.cuts[k] + 0.5) % 1.0 - 0.5) * spacing[k]
         boundary = max(boundary, float(marginal[distance < BOUNDARY].sum()))
     frac = np.linalg.solve(frame.cell.T, density.positions.T).T
