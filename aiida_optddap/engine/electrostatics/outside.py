@@ -89,10 +89,10 @@ def electron_potential(grid: np.ndarray, cell: np.ndarray, points: GridPoints) -
     return points.on_sub_grid(phi)
 
 
-def dipole_rows(density, zval_per_atom: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def dipole_rows(density, zval_per_atom: np.ndarray, frame) -> tuple[np.ndarray, np.ndarray]:
     """Rows D (k, n) and right side d (k,) of D p = d: the populations' charges Z_val − p carry the density's dipole
-    (k = 3 in a molecule's box, 1 for a slab's normal, 0 where a dipole is not defined)."""
-    frame = dipole_frame(density.cell, density.positions)
+    (k = 3 in a molecule's box, 1 for a slab's normal, 0 where a dipole is not defined); ``frame`` the cell's
+    :func:`.dipole.dipole_frame`."""
     n = density.n_atoms
     if not frame.defined:
         return np.zeros((0, n)), np.zeros(0)
@@ -174,7 +174,8 @@ def populations_outside(density, zval_per_atom, p_density, covariance, delta: fl
     box, a wire, a slab). None in a cell without vacuum (a crystal, with or without a vacancy or pore: measured, a few
     points in the vacancy of the CP2K NaCl cells pulled the populations to −88 e), where there is no point, or where
     they carry no information (one atom: :func:`fit_outside`)."""
-    if not dipole_frame(density.cell, density.positions).axes:
+    frame = dipole_frame(density.cell, density.positions)
+    if not frame.axes:
         return None  # no vacuum: points between the atoms of a crystal (a vacancy, a pore) are not "outside"
     points = _points(density, vdw_scale, spacing)
     for _ in range(4):
@@ -189,7 +190,7 @@ def populations_outside(density, zval_per_atom, p_density, covariance, delta: fl
     target = electron_potential(density.grid, density.cell, points)
     zval = np.asarray(zval_per_atom, dtype=np.float64)
     fit = fit_outside(columns, target, zval, np.asarray(p_density, dtype=np.float64), covariance, delta,
-                      float(np.sum(p_density)), weight, dipole_rows(density, zval), points.weights)
+                      float(np.sum(p_density)), weight, dipole_rows(density, zval, frame), points.weights)
     return None if fit is None else replace(fit, spacing=float(points.spacing.max()))
 
 
