@@ -79,7 +79,7 @@ def write_cubes(name: str, record: dict, folder: Path) -> None:
         full = Path(folder) / "runs" / name / f"{name}-{suffix}-1_0.cube"
         stride = 2 if name in MOLECULES else 1
         record[label] = {"cube": f"{name}_{label}.cube.gz", **cp2k.write_strided_cube(
-            full, Path(folder) / "data" / f"{name}_{label}.cube.gz", stride)}
+            full, Path(folder) / "data" / f"{name}_{label}.cube.gz", stride, cell=record["cell"])}
 
 
 def post_process(name: str, folder: Path) -> dict:
