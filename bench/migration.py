@@ -1,5 +1,6 @@
-"""The migration table of docs/validation.md ("What the new default changes"): the previous default (the shape
-model where its verdict keeps it, else restrained) against the new one (the potential model) on every shared VASP
+"""The migration table of docs/validation.md ("What the new default changes"): the previous default (the potential
+model where Z_val is known and no width sits on a bound, else restrained) against the new one (the potential model on
+every absolute density) on every shared VASP
 density at hand (the repository's copies, plus ../shared/data/chgcar when present) and the repository's CP2K cubes.
 
     .venv/bin/python -m bench.migration [--only SUBSTRING]

@@ -361,7 +361,7 @@ def _summary(results: dict, output: Path) -> None:
         lines.append("Z_val unknown: populations only (give --zval, a POTCAR/OUTCAR or CP2K input beside the file, "
                      "or --guess-zval)")
     if results.get("model_choice"):
-        lines.append(f"{results['charge_definition']}: {results['charge_model']} model because "
+        lines.append(f"{results['charge_definition']}: {results['charge_model']} model; "
                      f"{results['model_choice']['reason']}")
     if results.get("restraint"):
         r = results["restraint"]

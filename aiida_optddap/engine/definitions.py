@@ -242,8 +242,8 @@ register(Definition(
     reports=species_definition.REPORTS, spin=species_definition.fit_spin, joint=species_definition.fit_joint,
     joint_mode="species"))
 register(Definition(
-    "shape", "one population per atom, one radial shape per element held near a Gaussian; needs Z_val",
-    shape_definition.FIXED, stages=shape_definition.STAGES, solvers=("shape",), needs_zval=True,
+    "shape", "one population per atom, one radial shape per element held near a Gaussian",
+    shape_definition.FIXED, stages=shape_definition.STAGES, solvers=("shape",),
     absolute_only=True, check=shape_definition.check, validate=shape_definition.validate,
     owns=("species_widths", "species_shapes"),
     inherits=("device", "rtol", "tau", "shape_prior"), reports=shape_definition.REPORTS,
@@ -251,17 +251,17 @@ register(Definition(
     spin=shape_definition.fit_spin, joint=shape_definition.fit_joint, joint_mode="shape"))
 register(Definition(
     "potential", "the shape model's populations moved, within what the density determines, to reproduce its own "
-    "potential outside the atoms and its dipole; needs Z_val", potential_definition.FIXED,
-    stages=potential_definition.STAGES, solvers=("potential",), needs_zval=True, absolute_only=True,
+    "potential outside the atoms and its dipole", potential_definition.FIXED,
+    stages=potential_definition.STAGES, solvers=("potential",), absolute_only=True,
     check=shape_definition.check, validate=shape_definition.validate, owns=("species_widths", "species_shapes"),
     inherits=("device", "rtol", "tau", "shape_prior", "esp_weight"), reports=potential_definition.REPORTS,
     verdict=shape_definition.verdict, evidence=shape_definition.evidence, spin=shape_definition.fit_spin,
     joint=potential_definition.fit_joint, joint_mode="potential"))
 #: ``auto``, the default: the potential model (docs/method.md, "The default charge model": the shape model, moved to
-#: the density's own potential outside the atoms where there is such an outside) for absolute densities with Z_val;
-#: ``restrained`` where it cannot apply or place every element: a difference density (Δρ keeps its documented
-#: definition), options of the three-Gaussian model given explicitly, a cell whose dense tables would not fit in
-#: memory, or a width on a bound of its search (``model_choice`` says which and why).
+#: the density's own potential outside the atoms where there is such an outside) for every absolute density, with or
+#: without Z_val and with widths on a bound of their search (their share in ±); ``restrained`` where it cannot
+#: apply: a difference density (Δρ keeps its documented definition), options of the three-Gaussian model given
+#: explicitly, or a cell whose dense tables would not fit in memory (``model_choice`` says which and why).
 register(Definition(
-    DEFAULT_DEFINITION, "the potential model where it applies and places every element, else restrained", RESTRAINED,
+    DEFAULT_DEFINITION, "the potential model where it applies (absolute densities), else restrained", RESTRAINED,
     candidates=("potential", "restrained")))

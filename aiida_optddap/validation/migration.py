@@ -1,13 +1,14 @@
-"""What the new default changes: the previous ``auto`` (the shape model where its verdict keeps it, else
-restrained; commit 770c13c) against the new one (the potential model, ``FitOptions()``), density by density
-(docs/validation.md, "What the new default changes (migration)").
+"""What the new default changes: the previous ``auto`` (the potential model where Z_val is known and no width sits
+on a bound of its search, else restrained; commit 648afab) against the new one (the potential model on every
+absolute density, ``FitOptions()``), density by density (docs/validation.md, "What the new default changes
+(migration)").
 
-The previous default is reproduced with today's explicit definitions, which it ran unchanged: ``shape``, kept
-where the shape definition's own verdict keeps it (no width on a bound of its search), else ``restrained`` (also
-where the shape definition refuses the density, e.g. without Z_val, as the old chooser then skipped it). Z_val is
-resolved as the engine does (files beside the density), with the fallback table only where a :class:`Case` asks
-for it (``guess``). The migration before it (species → shape, commit 843c1f1 → b36eecd) is kept in
-bench/results/migration-species-to-shape.md.
+The previous default is reproduced with today's explicit definitions, which it ran unchanged: ``potential`` where
+Z_val is known, kept where no width sits on a bound of its search, else ``restrained`` (also where the potential
+definition refuses the density). Z_val is resolved as the engine does (files beside the density), with the fallback
+table only where a :class:`Case` asks for it (``guess``). The migrations before it (species → shape, commit 843c1f1
+→ b36eecd; shape → potential, 770c13c → 4d01fcc) are kept in bench/results/migration-species-to-shape.md and
+bench/results/migration-shape-to-potential.md.
 """
 
 from __future__ import annotations
@@ -94,20 +95,25 @@ def cp2k_cases(root: Path) -> list[Case]:
 
 
 #: The fitting definition the previous default tried first (then ``restrained``).
-OLD_FIRST = "shape"
+OLD_FIRST = "potential"
 
 
 def old_default(density, zval, device: str = "cpu") -> dict:
-    """The default of commit 770c13c: :data:`OLD_FIRST` where its verdict keeps it, else the restrained model."""
-    from aiida_optddap.engine import definitions
+    """The default of commit 648afab: :data:`OLD_FIRST` where Z_val is known and no width sits on a bound of its
+    search, else the restrained model."""
+    from aiida_optddap.engine.species.shape_definition import bound_reason
 
-    try:
-        first = run_fit(density, FitOptions.for_definition(OLD_FIRST, device=device), zval=zval)
-        keep, reason = definitions.get(OLD_FIRST).verdict(first)
-    except ValueError as refusal:
-        keep, reason = False, str(refusal)
-    if keep:
-        return {**first, "old_rule": reason}
+    reason = "no Z_val (the potential model's neutral reference): give --zval or a POTCAR"
+    if zval is not None:
+        try:
+            first = run_fit(density, FitOptions.for_definition(OLD_FIRST, device=device), zval=zval)
+        except ValueError as refusal:
+            first, reason = None, str(refusal)
+        if first is not None and not first["species_at_bound"]:
+            return {**first, "old_rule": "the shape model places every element"}
+        if first is not None:
+            reason = bound_reason(first["species_at_bound"], first["species_widths"],
+                                   (first.get("bounds") or {}).get("species_width"))
     restrained = run_fit(density, FitOptions.for_definition("restrained", device=device), zval=zval)
     return {**restrained, "old_rule": reason}
 

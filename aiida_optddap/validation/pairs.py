@@ -156,8 +156,9 @@ def _model_row(per_frame, densities, reference) -> dict:
 
 def compare(data, frames: int | None = None) -> dict:
     """Per charge model (``species``: widths joint over the frames; ``sigma_start``: one joint σ_start, the
-    restrained fit; ``auto``: the default, frame by frame), the ratios |μ_charges| / |μ_density| (one per
-    molecule and frame), the largest angle between the two dipoles (degrees) and each frame's charges."""
+    restrained fit; ``auto``: the default, frame by frame; ``auto_dataset``: the default's dataset mode, widths and
+    shapes joint over the frames), the ratios |μ_charges| / |μ_density| (one per molecule and frame), the largest
+    angle between the two dipoles (degrees) and each frame's charges."""
     from aiida_optddap.engine.io.density import DensityError
     from aiida_optddap.engine.joint import fit_frames
     from aiida_optddap.engine.threads import single_thread
@@ -171,9 +172,10 @@ def compare(data, frames: int | None = None) -> dict:
         try:  # the restrained fit gives a q1 Na a population below -0.05 e on some frames: refused (engine/checks.py)
             joint = fit_frames(densities, zval, joint="sigma_start")
             charges["sigma_start"] = [r["net_charges"] for r in joint["results"]]
-            charges["auto"] = [r["net_charges"] for r in fit_frames(densities, zval, joint=None)["results"]]
         except DensityError as error:
             joint, refused["sigma_start"] = None, str(error)
+        charges["auto"] = [r["net_charges"] for r in fit_frames(densities, zval, joint=None)["results"]]
+        charges["auto_dataset"] = [r["net_charges"] for r in fit_frames(densities, zval, joint="auto")["results"]]
     reference = [density_dipoles(d, np.asarray(d.positions, dtype=float), np.array([zval[s] for s in d.symbols]))
                  for d in densities]
     evidence = species["choice"]["species"]

@@ -49,7 +49,7 @@ def test_builtins_are_registered_with_the_default_first():
     assert tuple(DEFINITIONS) == definitions.names()
     assert definitions.joint_modes() == ("auto", "potential", "sigma_start", "species", "shape")
     assert definitions.report_keys() == ("species_widths", "species_usable", "species_at_bound",
-                                         "shape_coefficients", "shape_prior", "outside_potential")
+                                         "species_bound_shift", "shape_coefficients", "shape_prior", "outside_potential")
     assert definitions.get("potential").fixed == {"solver": "potential", "gcut": 15.0}
     assert definitions.get("shape").fixed == {"solver": "shape", "gcut": 15.0}
     assert definitions.get("species").fixed == {"solver": "species", "gcut": 5.5}

@@ -26,8 +26,9 @@ def _labels(results):
 
 
 def test_sigma_start_scan_is_not_called_adam(nacl, tmp_path):
-    """The default (σ_start alone: a log-spaced scan, then Brent's method) is labelled as such, f and g_c fixed."""
-    results = run_fit(nacl, FitOptions(device="cpu"))
+    """The restrained definition's optimisation (σ_start alone: a log-spaced scan, then Brent's method) is labelled
+    as such, f and g_c fixed."""
+    results = run_fit(nacl, FitOptions.for_definition("restrained", device="cpu"))
     assert results["optimized"] and len(results["history"]) > 16  # the 16-point scan, then Brent
     ylabels, xlabel, title = _labels(results)
     assert "Adam" not in xlabel and "scan" in xlabel and "Brent" in xlabel

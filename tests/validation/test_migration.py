@@ -1,9 +1,9 @@
-"""aiida_optddap.validation.migration: the previous default (the shape model where its verdict keeps it, else
-restrained) against the new one (``FitOptions()``, the potential model) on small repository densities: H2 (Z_val
-guessed, as the tests do), the CP2K NaCl cube of examples/cp2k_validation (Z_val from its input) and bcc Fe (no
-Z_val beside it: the shape definition refuses it, so the old default ran the restrained model). The old side must
-equal the explicit species/restrained fit per the rule, the new side the plain default fit, and the row its
-columns."""
+"""aiida_optddap.validation.migration: the previous default (the potential model where Z_val is known and no width
+sits on a bound, else restrained) against the new one (``FitOptions()``, the potential model on every absolute
+density) on small repository densities: H2 (Z_val guessed, as the tests do), the CP2K NaCl cube of
+examples/cp2k_validation (Z_val from its input) and bcc Fe (no Z_val beside it: the old default ran the restrained
+model, the new one the potential model, populations only). The old side must equal the explicit
+potential/restrained fit per the rule, the new side the plain default fit, and the row its columns."""
 
 from __future__ import annotations
 
@@ -36,15 +36,13 @@ def test_row_follows_the_old_rule(case):
     assert not Path(row["file"]).is_absolute() and (ROOT / row["file"]).is_file()
     density = read_density(case.path)
     zval = case.zval or resolve_zval(density, path=case.path, guess=case.guess)
-    try:
-        shape = run_fit(density, FitOptions.for_definition("shape", device="cpu"), zval=zval)
-        usable = not shape["species_at_bound"]
-    except ValueError:  # no Z_val: the old chooser skipped the shape model
-        shape, usable = None, False
+    first = None if zval is None else run_fit(density, FitOptions.for_definition("potential", device="cpu"), zval=zval)
+    usable = first is not None and not first["species_at_bound"]  # no Z_val: the old chooser skipped it
     restrained = FitOptions.for_definition("restrained", device="cpu")
-    old = shape if usable else run_fit(density, restrained, zval=zval)
+    old = first if usable else run_fit(density, restrained, zval=zval)
     new = run_fit(density, FitOptions(device="cpu"), zval=zval)
-    assert row["old_model"] == ("shape" if usable else "restrained")
+    assert row["old_model"] == ("potential" if usable else "restrained")
+    assert new["charge_model"] == "potential"  # every absolute density, with or without Z_val
     assert row["new_model"] == new["charge_model"] and row["new_reason"] == new["model_choice"]["reason"]
     q_old = np.asarray(old["net_charges"]) if zval is not None else -np.asarray(old["populations"])
     q_new = np.asarray(new["net_charges"]) if zval is not None else -np.asarray(new["populations"])

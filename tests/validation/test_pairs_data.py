@@ -63,20 +63,33 @@ def test_species_charges_reproduce_the_molecular_dipoles(records):
     species = result["models"]["species"]
     assert 0.94 <= species["ratio_min"] and species["ratio_max"] <= 1.06, species["ratios"]
     assert species["angle_max_deg"] < 5.0
+    # the default: the potential outside alone (two bonded fragments: the cell's dipole is not imposed)
+    for name in ("auto", "auto_dataset"):
+        default = result["models"][name]
+        assert 0.90 <= default["ratio_min"] and default["ratio_max"] <= 1.02, (name, default["ratios"])
+        assert default["angle_max_deg"] < 5.0
 
 
 def test_joint_choice_on_the_pairs(records):
-    """engine.joint.choose_joint_parameters (the rule of optddap.dataset's ``joint``): ``auto`` rejects the
-    shape model here (the q1 Na width on its bound) and takes one σ_start; ``species`` forces that model; bad
-    input fails before any fit."""
+    """engine.joint.choose_joint_parameters (the rule of optddap.dataset's ``joint``): ``auto`` keeps the potential
+    model here although the q1 Na width sits on its bound (issue 18: no fallback; each frame then carries the
+    bound's share in its ±); ``species`` forces that model; bad input fails before any fit."""
     pytest.importorskip("torch")
     from aiida_optddap.engine.io import read_density
-    from aiida_optddap.engine.joint import choose_joint_parameters
+    from aiida_optddap.engine.joint import choose_joint_parameters, fit_frames
 
     densities = [read_density(DATA / f["cube"]) for f in records["frames"][:4]]
     auto = choose_joint_parameters(densities, records["zval"])
-    assert auto["model"] == "sigma_start" and auto["potential"]["at_bound"] == ["Na"]
-    assert auto["fit_parameters"]["definition"] == "restrained" and auto["fit_parameters"]["optimize"] is False
+    assert auto["model"] == "potential" and auto["potential"]["at_bound"] == ["Na"]
+    assert auto["fit_parameters"]["definition"] == "potential"
+    assert auto["fit_parameters"]["species_widths"]["Na"] == pytest.approx(1.5)
+    frames = fit_frames(densities[:2], records["zval"])  # the joint width on its bound reaches every frame's ±
+    assert frames["model"] == "potential"
+    for result in frames["results"]:
+        shift = result["species_bound_shift"]
+        assert result["charge_model"] == "potential" and shift["widths"] == {"Na": pytest.approx(1.0)}
+        assert np.all(np.array(result["uncertainty"]["per_atom"]) >= np.array(shift["per_atom"]))
+        assert result["outside_potential"]["n_points"] > 0  # molecules in boxes: moved to their potential
     forced = choose_joint_parameters(densities, records["zval"], "species")
     assert forced["model"] == "species" and forced["fit_parameters"]["species_widths"]["Na"] == pytest.approx(1.5)
     with pytest.raises(ValueError, match="joint mode"):

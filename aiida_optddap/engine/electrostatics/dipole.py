@@ -87,6 +87,24 @@ def dipole_frame(cell, positions, gap: float = VACUUM_GAP) -> DipoleFrame:
     return DipoleFrame(cell=cell, axes=tuple(axes), cuts=cuts, centre=centre)
 
 
+#: Atoms closer than this × the sum of their covalent radii (ase's ``natural_cutoffs``) are bonded (:func:`fragments`).
+BOND_SCALE = 1.2
+
+
+def fragments(cell, positions, symbols) -> int:
+    """How many bonded fragments (connected groups, periodic images included) the atoms form: 1 for one molecule or
+    one slab, 2 for two molecules in a box. Å."""
+    from ase import Atoms
+    from ase.neighborlist import NeighborList, natural_cutoffs
+    from scipy.sparse.csgraph import connected_components
+
+    atoms = Atoms(list(symbols), positions=np.asarray(positions, dtype=float), cell=np.asarray(cell, dtype=float),
+                  pbc=True)
+    neighbours = NeighborList(natural_cutoffs(atoms, mult=BOND_SCALE), self_interaction=False, bothways=True)
+    neighbours.update(atoms)
+    return int(connected_components(neighbours.get_connectivity_matrix(sparse=True), directed=False)[0])
+
+
 def _first_moment(frame: DipoleFrame, frac: np.ndarray, weights: np.ndarray) -> np.ndarray:
     first = np.zeros(3)
     for k in frame.axes:

@@ -21,8 +21,8 @@ restraint toward zero). Units: Å, e, V.
   and w (``esp_weight``) what the potential's relative misfit weighs against one unit δ. Every sum over points
   is weighted: a point's weight rises smoothly from 0 at the scaled radius of its nearest atom to 1 at
   (1 + :data:`SWITCH`) × that radius, so that the charges are continuous as atoms move. Minimised under Σp = N
-  and, where the cell has a dipole (a molecule in a box: the vector; a slab: its normal component, :mod:`.dipole`),
-  the density's own dipole. Directions the points do not determine (buried atoms of a slab; all of a bulk crystal,
+  and, where the cell has a dipole and holds one bonded fragment (a molecule in a box: the vector; a slab: its normal
+  component, :mod:`.dipole`), the density's own dipole. Directions the points do not determine (buried atoms of a slab; all of a bulk crystal,
   which has no point) stay on p_ρ; directions the density fit leaves loose follow the potential.
 * **The uncertainty** is how far each population moves while J rises by 1 (one δ), the others re-optimised under
   the constraints: u_α = √([N (NᵀMN)⁻¹ Nᵀ]_αα), M = H/δ + w KᵀK/R*, N a basis of the constraints' null space.
@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .coulomb import COULOMB_EV_A
-from .dipole import charge_dipole, density_dipole, dipole_frame
+from .dipole import charge_dipole, density_dipole, dipole_frame, fragments
 from .kernel import unit_potentials
 from .sampling import GridPoints, points_outside
 
@@ -91,10 +91,12 @@ def electron_potential(grid: np.ndarray, cell: np.ndarray, points: GridPoints) -
 
 def dipole_rows(density, zval_per_atom: np.ndarray, frame) -> tuple[np.ndarray, np.ndarray]:
     """Rows D (k, n) and right side d (k,) of D p = d: the populations' charges Z_val − p carry the density's dipole
-    (k = 3 in a molecule's box, 1 for a slab's normal, 0 where a dipole is not defined); ``frame`` the cell's
-    :func:`.dipole.dipole_frame`."""
+    (k = 3 in a molecule's box, 1 for a slab's normal; 0 where a dipole is not defined, or where the atoms form more
+    than one bonded fragment, :func:`.dipole.fragments`: the cell's dipole is then a sum that leaves each molecule's
+    free, and imposing it moved two NaCl molecules' charges to 0.57 of their own dipoles, measured); ``frame`` the
+    cell's :func:`.dipole.dipole_frame`."""
     n = density.n_atoms
-    if not frame.defined:
+    if not frame.defined or fragments(density.cell, density.positions, density.symbols) > 1:
         return np.zeros((0, n)), np.zeros(0)
     target, _ = density_dipole(frame, density, zval_per_atom)
     rows = np.array([np.atleast_1d(charge_dipole(frame, density.positions, unit)) for unit in np.eye(n)]).T

@@ -43,7 +43,9 @@ def move_to_potential(state: FitState) -> None:
 
     clock = time.perf_counter()
     density, fit, options = state.density, state.fit, state.options
-    zval = state.zval.per_atom(density.symbols)
+    # the cores are the same point charges in the density's potential and the charges': Z_val cancels from the
+    # populations (:func:`.outside.dipole_rows` subtracts it again), and zeros stand in for it where it is unknown
+    zval = np.zeros(density.n_atoms) if state.zval is None else state.zval.per_atom(density.symbols)
     result = populations_outside(density, zval, fit["populations"], fit["population_covariance"],
                                  fit["population_delta"], options.esp_weight, vdw_scale=VDW_SCALE, spacing=SPACING)
     state.lap("outside_potential", clock)
@@ -57,16 +59,21 @@ def move_to_potential(state: FitState) -> None:
         fit["coefficients"][atom, e * k:(e + 1) * k] = result.populations[atom] * np.asarray(
             state.reported["shape_coefficients"][element])
     fit["populations"] = result.populations
-    fit["uncertainty_fit"] = result.uncertainty
-    state.net_charges = zval - result.populations
-    state.uncertainty = uncertainty_summary(
-        result.uncertainty, options.tau, "how far each population can move while the potential model's objective "
-        "(the density fit's rise in units of δ = τ·F plus esp_weight × the relative misfit of the density's own "
-        "potential outside the atoms) rises by one δ, the others re-optimised under Σp = N and the dipole")
+    meaning = ("how far each population can move while the potential model's objective (the density fit's rise in "
+               "units of δ = τ·F plus esp_weight × the relative misfit of the density's own potential outside the "
+               "atoms) rises by one δ, the others re-optimised under Σp = N and the dipole")
+    u = result.uncertainty
+    if shift := state.reported.get("species_bound_shift"):  # a width on a bound: its share (shape_definition.fit)
+        u = np.hypot(u, np.asarray(shift["per_atom"]))
+        meaning += "; in quadrature with the shape model's move when the width on a bound moves one rung inside it"
+    fit["uncertainty_fit"] = u
+    state.net_charges = None if state.zval is None else zval - result.populations
+    state.uncertainty = uncertainty_summary(u, options.tau, meaning)
+    # RRMS is relative to the total potential (cores included): not defined without Z_val
+    rrms = (None, None, None) if state.zval is None else (result.rrms, result.rrms_density_fit, result.rrms_optimal)
     state.reported["outside_potential"] = {
         "n_points": result.n_points, "vdw_scale": VDW_SCALE, "spacing_A": result.spacing, "esp_weight": options.esp_weight,
-        "rrms": result.rrms, "rrms_shape": result.rrms_density_fit, "rrms_optimal": result.rrms_optimal,
-        "dipole_constraints": result.dipole_constraints}
+        "rrms": rrms[0], "rrms_shape": rrms[1], "rrms_optimal": rrms[2], "dipole_constraints": result.dipole_constraints}
 
 
 def fit_joint(densities, zval: dict, options):

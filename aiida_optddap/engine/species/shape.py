@@ -178,11 +178,14 @@ def _step(frames: list[ShapeData], forms, ps, s, p_refs, scales, prior_scale: fl
 
 
 def fit_shapes(data: ShapeData, widths: torch.Tensor, p_ref: torch.Tensor, species_misfit: float,
-               prior: float = SHAPE_PRIOR, shapes: torch.Tensor | None = None) -> ShapeFit:
+               prior: float = SHAPE_PRIOR, shapes: torch.Tensor | None = None,
+               start: ShapeFit | None = None, step_tol: float = STEP_TOL) -> ShapeFit:
     """The shape model's populations and shapes (module docstring), from the species solution ``p_ref`` (n,) at the
     species widths ``widths`` (S,), Å, whose absolute misfit is ``species_misfit``; ``shapes`` (S, K) fixes the
-    shapes (then only the populations are fitted: the frames of a dataset, :func:`fit_shared_shapes`)."""
-    return _fit([data], widths, [p_ref], [species_misfit], prior, shapes)[0]
+    shapes (then only the populations are fitted: the frames of a dataset, :func:`fit_shared_shapes`). Gauss–Newton
+    starts from ``p_ref`` and the single Gaussians, or from ``start``'s populations and shapes (a nearby fit), and
+    stops when no step exceeds ``step_tol``."""
+    return _fit([data], widths, [p_ref], [species_misfit], prior, shapes, start, step_tol)[0]
 
 
 def fit_shared_shapes(frames: list[ShapeData], widths: torch.Tensor, p_refs: list[torch.Tensor],
@@ -195,18 +198,19 @@ def fit_shared_shapes(frames: list[ShapeData], widths: torch.Tensor, p_refs: lis
     return _fit(frames, widths, p_refs, species_misfits, prior, None)[1]
 
 
-def _fit(frames, widths, p_refs, species_misfits, prior, shapes):
+def _fit(frames, widths, p_refs, species_misfits, prior, shapes, start=None, step_tol=STEP_TOL):
     """Gauss–Newton on all frames (:func:`_step`) → (the first frame's :class:`ShapeFit`, the shapes)."""
     noises = [max(misfit, 1e-300) / data.phase.shape[0] for data, misfit in zip(frames, species_misfits)]
     scales = [noises[0] / noise for noise in noises]  # objective in units of the first frame's misfit
     forms = [form_factors(data.g2, widths) for data in frames]
-    ps = [p.clone() for p in p_refs]
+    ps = [p.clone() for p in p_refs] if start is None else [start.populations.clone()]
     fixed = shapes is not None
-    s = shapes.clone() if fixed else reference_shapes(frames[0].n_species, ps[0])
+    s = shapes.clone() if fixed else start.shapes.clone() if start is not None else reference_shapes(
+        frames[0].n_species, ps[0])
     for steps in range(1, MAX_STEPS + 1):
         d_ps, d_s, bordered, blocks = _step(frames, forms, ps, s, p_refs, scales, noises[0] / prior**2, fixed)
         ps, s = [p + d for p, d in zip(ps, d_ps)], s + d_s
-        if max(max(float(d.abs().max()) for d in d_ps), float(d_s.abs().max())) < STEP_TOL:
+        if max(max(float(d.abs().max()) for d in d_ps), float(d_s.abs().max())) < step_tol:
             break
     else:
         raise ArithmeticError(f"the shape model did not converge in {MAX_STEPS} Gauss–Newton steps")

@@ -29,7 +29,13 @@ FIXED = {"solver": "shape", "gcut": 15.0}
 #: (:func:`.species.optimise_widths`): at g_c 15 Å⁻¹ the 10³ grid of a ternary costs 9 s on NaMgF₃.
 FULL_GRID_SPECIES = 2
 #: The ``results.json`` keys it adds (null for the other definitions).
-REPORTS = ("species_widths", "species_at_bound", "shape_coefficients", "shape_prior")
+REPORTS = ("species_widths", "species_at_bound", "species_bound_shift", "shape_coefficients", "shape_prior")
+#: Where a width sits on a bound of its search, the populations are refitted with that width one rung of the shape
+#: ladder (:data:`.shape.MULTIPLIERS`, ratio 1.5) inside the bound (shapes refitted too); how far each moves is
+#: added to its ± (in quadrature): the share of the bound, which the density does not decide.
+BOUND_STEP = 1.5
+#: The Gauss–Newton step tolerance of that refit (e, or shape fraction): it enters only a ±.
+SHIFT_TOL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -80,16 +86,18 @@ def fixed_shapes(state: FitState, species: list[str]):
 
 def fit(state: FitState) -> None:
     """Widths, then shapes and populations; fills ``parameters``, ``fit``, ``net_charges``, ``uncertainty``.
-    With ``species_shapes`` (and ``species_widths``) given, only the populations are fitted (a dataset's frames)."""
+    With ``species_shapes`` (and ``species_widths``) given, only the populations are fitted (a dataset's frames).
+    Without Z_val the populations are fitted all the same (``net_charges`` None; populations the density leaves free
+    stay on N split evenly instead of the neutral atoms)."""
     import torch
 
     from ..gaussian.ddap import resolve_device
-    from .shape import ShapeData, fit_shapes
-    from .widths import SpeciesEquations, fit_species, species_of
+    from ..threads import single_thread, small_on_cpu
+    from .shape import MULTIPLIERS, ShapeData
+    from .widths import SpeciesEquations, fit_species, species_of, width_bounds
 
     clock = time.perf_counter()
     options, density = state.options, state.density
-    state.zval.per_atom(density.symbols)  # ValueError naming an element without Z_val
     widths_given = fixed_widths(state)
     state.device = resolve_device(options.device)
     gcut = model_gcut(density, options.gcut)
@@ -97,24 +105,57 @@ def fit(state: FitState) -> None:
         state.warnings.append(f"g_c lowered from {options.gcut:g} to {gcut:.4g} Å⁻¹: the grid holds no |G| beyond "
                               f"{gcut / 0.95:.4g} Å⁻¹ (a finer grid gives the documented model)")
     species, index = species_of(list(density.symbols))
-    zvals = {s: float(state.zval.values[s]) for s in species}
+    zvals = None if state.zval is None else {s: float(state.zval.values[s]) for s in species}
     table = SpeciesEquations(density, gcut, state.device.type)
-    base = fit_species(density, zvals, widths=widths_given, gcut=gcut, tau=options.tau, device=state.device.type,
-                       full_grid_species=FULL_GRID_SPECIES, tables=[table])
+    search = dict(gcut=gcut, tau=options.tau, device=state.device.type, tables=[table])
+    base = fit_species(density, zvals, widths=widths_given, full_grid_species=FULL_GRID_SPECIES, **search)
     state.lap("species_widths", clock)
     clock = time.perf_counter()
     data = ShapeData.from_table(table, index)
-    widths = torch.as_tensor([base.widths[s] for s in species], dtype=torch.float64, device=table.g2.device)
-    p_ref = torch.as_tensor(base.frames[0]["populations"], dtype=torch.float64, device=table.g2.device)
     given = fixed_shapes(state, species)
-    shapes = fit_shapes(data, widths, p_ref, base.frames[0]["misfit"] * data.norm, options.shape_prior,
-                        None if given is None else given.to(widths))
-    _fill(state, table, base, shapes, species, index, gcut, widths_given is None)
+    inward = widths_inside(base.widths, width_bounds([density]))
+    shift = None
+    with single_thread(small_on_cpu(state.device.type, density.n_atoms * len(MULTIPLIERS))):
+        shapes = _shapes(data, base, species, options.shape_prior, given)
+        if inward:
+            moved = fit_species(density, zvals, widths={**base.widths, **inward}, **search)
+            other = _shapes(data, moved, species, options.shape_prior, given, start=shapes, step_tol=SHIFT_TOL)
+            shift = {"widths": inward, "per_atom": (shapes.populations - other.populations).abs().cpu().numpy().tolist()}
+    _fill(state, table, base, shapes, species, index, gcut, widths_given is None, shift)
     state.lap("fit", clock)
 
 
-def _fill(state: FitState, table, base, shapes, species, index, gcut: float, optimized: bool) -> None:
-    """The state :func:`.pipeline.report` reads, from the species search ``base`` and the shape fit."""
+def _shapes(data, species_fit, species: list[str], prior: float, given, start=None, step_tol=None):
+    """:func:`.shape.fit_shapes` from a species fit (widths, populations, misfit) of the one frame of ``data``
+    (Gauss–Newton from ``start``, a :class:`.shape.ShapeFit`, where given, to ``step_tol``)."""
+    import torch
+
+    from .shape import STEP_TOL, fit_shapes
+
+    device = data.g2.device
+    widths = torch.as_tensor([species_fit.widths[s] for s in species], dtype=torch.float64, device=device)
+    p_ref = torch.as_tensor(species_fit.frames[0]["populations"], dtype=torch.float64, device=device)
+    return fit_shapes(data, widths, p_ref, species_fit.frames[0]["misfit"] * data.norm, prior,
+                      None if given is None else given.to(widths), start, step_tol or STEP_TOL)
+
+
+def widths_inside(widths: dict, bounds: tuple[float, float]) -> dict:
+    """The widths (element → Å) that sit on a bound of the search (:func:`.widths.width_bounds`), moved one rung
+    (:data:`BOUND_STEP`) inside it; empty where none does. Given widths count too: a dataset's joint widths on a
+    bound reach every frame that way."""
+    lo, hi = bounds
+    inward = {}
+    for element, width in widths.items():
+        if width >= hi * (1 - 1e-6):
+            inward[element] = width / BOUND_STEP
+        elif width <= lo * (1 + 1e-6):
+            inward[element] = width * BOUND_STEP
+    return inward
+
+
+def _fill(state: FitState, table, base, shapes, species, index, gcut: float, optimized: bool, shift) -> None:
+    """The state :func:`.pipeline.report` reads, from the species search ``base``, the shape fit and the bound's
+    ``shift`` (:func:`widths_inside`; None)."""
     from ..gaussian.ddap import spectrum
     from .shape import MULTIPLIERS, population_uncertainty
     from .widths import width_bounds
@@ -129,6 +170,8 @@ def _fill(state: FitState, table, base, shapes, species, index, gcut: float, opt
         coefficients[atom, e * k:(e + 1) * k] = p[atom] * s[e]
     delta = state.options.tau * shapes.misfit * table.norm
     u = population_uncertainty(shapes, float(delta)).cpu().numpy()
+    if shift is not None:
+        u = np.hypot(u, np.asarray(shift["per_atom"]))
     state.problem = table  # report reads n_electrons
     state.fit = {
         "coefficients": coefficients, "populations": p, "radii": radii,
@@ -140,27 +183,34 @@ def _fill(state: FitState, table, base, shapes, species, index, gcut: float, opt
         # the confidence region of the populations, for a stage that moves them (engine/species/potential_definition.py)
         "population_covariance": shapes.population_covariance.cpu().numpy(), "population_delta": float(delta),
     }
-    state.net_charges = state.zval.per_atom(state.density.symbols) - p
+    state.net_charges = None if state.zval is None else state.zval.per_atom(state.density.symbols) - p
     state.parameters = ShapeParameters(dict(base.widths), gcut, len(radii))
     if optimized:
         state.bounds = WidthBounds(*width_bounds([state.density]))
         state.chosen = WidthSearch(ShapeParameters({e: None for e in species}, gcut, len(radii)), [])
     state.optimized = optimized
-    state.reported = {"species_widths": dict(base.widths), "species_at_bound": list(base.at_bound),
+    on_bound = list(base.at_bound) if optimized else sorted(shift["widths"]) if shift else []
+    state.reported = {"species_widths": dict(base.widths), "species_at_bound": on_bound, "species_bound_shift": shift,
                       "shape_coefficients": {e: s[i].tolist() for i, e in enumerate(species)},
                       "shape_prior": state.options.shape_prior}
-    _diagnose(state, u, base)
+    _diagnose(state, u, base.widths, on_bound, shift)
 
 
-def _diagnose(state: FitState, u: np.ndarray, base) -> None:
+def _diagnose(state: FitState, u: np.ndarray, widths: dict, on_bound: list, shift) -> None:
     """``uncertainty`` (the format of the other definitions) and the warnings."""
-    state.uncertainty = uncertainty_summary(
-        u, state.options.tau, "how far each population can move while the shape model's objective (misfit plus "
-        "shape prior) rises by δ = τ·F, the shapes and the other populations re-optimised, at the reported widths")
-    if base.at_bound:
-        bounds = (state.bounds.lower, state.bounds.upper) if state.bounds else None
-        state.warnings.append(f"{_bound_reason(base.at_bound, base.widths, bounds)}; that element's population "
-                              "depends on the bound: compare --definition restrained")
+    from .widths import width_bounds
+
+    meaning = ("how far each population can move while the shape model's objective (misfit plus shape prior) rises "
+               "by δ = τ·F, the shapes and the other populations re-optimised, at the reported widths")
+    if shift is not None:
+        meaning += (f"; in quadrature with how far it moves when the width of {', '.join(sorted(shift['widths']))} "
+                    f"(on a bound of its search) moves one rung ({BOUND_STEP:g}×) inside the bound")
+    state.uncertainty = uncertainty_summary(u, state.options.tau, meaning)
+    if on_bound:
+        largest = max(shift["per_atom"]) if shift else 0.0
+        state.warnings.append(f"{bound_reason(on_bound, widths, width_bounds([state.density]))}; the populations "
+                              f"move by up to {largest:.3g} e when that width moves one rung inside the bound "
+                              "(included in ±)")
     if free := uncertainty_excess(u):
         state.warnings.append(f"some populations {free} at nearly equal misfit (τ = {state.options.tau:g})")
 
@@ -208,15 +258,18 @@ def validate(options) -> str | None:
 
 
 def verdict(results: dict) -> tuple[bool, str]:
-    """Keep the shape model unless a width sits on a bound of its search (the density gives that element no width:
-    e.g. VASP's 1- and 2-electron Na and Mg, fully ionised); ``auto`` then runs the restrained model."""
+    """The shape model is kept on every absolute density it can run on (issue 18: one default model, no fallback);
+    the reason says where a width sits on a bound of its search (e.g. VASP's 1- and 2-electron Na and Mg, fully
+    ionised: the density gives that element no width of its own), whose share is then in the ±
+    (``species_bound_shift``)."""
     if not results["species_at_bound"]:
         return True, "the shape model places every element"
-    return False, _bound_reason(results["species_at_bound"], results["species_widths"],
-                                (results.get("bounds") or {}).get("species_width"))
+    bounds = (results.get("bounds") or {}).get("species_width")
+    return True, (f"{bound_reason(results['species_at_bound'], results['species_widths'], bounds)}: its share, "
+                  "the populations' move one rung inside the bound, is in ±")
 
 
-def _bound_reason(at_bound, widths, bounds) -> str:
+def bound_reason(at_bound, widths, bounds) -> str:
     """Why a width sits on a bound: the lower one is two grid spacings (the grid cannot resolve a more compact
     Gaussian), the upper one means the density gives that element no width of its own."""
     low = [e for e in at_bound if bounds and widths[e] <= bounds[0] * (1 + 1e-6)]
@@ -232,8 +285,8 @@ def _bound_reason(at_bound, widths, bounds) -> str:
 def fit_joint(densities, zval: dict, options) -> JointFit:
     """The species widths optimised jointly over the frames at the shape model's g_c (the smallest any frame's
     grid allows), then one shape per element for all frames (:func:`.shape.fit_shared_shapes`); every frame is then
-    fitted with both fixed (its populations its own), so that a population means the same in every frame. Not
-    usable where a width sits on a bound (:func:`verdict`)."""
+    fitted with both fixed (its populations its own), so that a population means the same in every frame. A joint
+    width on a bound is kept: every frame then carries the bound's share in its ± (:func:`widths_inside`)."""
     import torch
 
     from .shape import ShapeData, fit_shared_shapes
@@ -245,8 +298,6 @@ def fit_joint(densities, zval: dict, options) -> JointFit:
     fit = fit_species(densities, zval, gcut=gcut, device=options.device, full_grid_species=FULL_GRID_SPECIES,
                       tables=tables)
     evidence = {"widths": fit.widths, "misfit": fit.misfit, "at_bound": fit.at_bound, "gcut": gcut}
-    if fit.at_bound:
-        return JointFit(evidence, {"definition": "shape", "species_widths": fit.widths}, False)
     species = sorted(fit.widths)
     frames, p_refs, misfits = [], [], []
     for density, frame, table in zip(densities, fit.frames, tables):

@@ -378,7 +378,9 @@ def fit_species(densities, zvals, *, widths: dict[str, float] | None = None, gcu
 
     Args:
         densities: a :class:`.density.Density` or a list of them (the frames of a dataset).
-        zvals: Z_val per element (``{"Na": 9, ...}``, e): the neutral reference and the net charges.
+        zvals: Z_val per element (``{"Na": 9, ...}``, e): the neutral reference and the net charges; None: the
+            reference is N split evenly over a frame's atoms (:func:`.pipeline.reference_populations`' ``uniform``;
+            it decides only populations the density leaves free) and ``net_charges`` are None.
         widths: fixed species widths (Å); None: optimised jointly over the frames (module docstring).
         gcut: g_c, Å⁻¹ (:data:`SPECIES_GCUT`).
         tau: the misfit increase δ = τ·F(q₀) that defines the uncertainty.
@@ -402,12 +404,13 @@ def fit_species(densities, zvals, *, widths: dict[str, float] | None = None, gcu
     if isinstance(densities, Density):
         densities = [densities]
     species = sorted({s for d in densities for s in d.symbols})
-    missing = [s for s in species if s not in zvals]
+    missing = [] if zvals is None else [s for s in species if s not in zvals]
     if missing:
         raise ValueError(f"no Z_val for {', '.join(missing)}")
     tables = tables or [SpeciesEquations(d, gcut, device) for d in densities]
     index = [np.array([species.index(s) for s in d.symbols]) for d in densities]
-    refs = [torch.as_tensor([float(zvals[s]) for s in d.symbols], dtype=torch.float64, device=t.g2.device)
+    refs = [torch.as_tensor([float(zvals[s]) for s in d.symbols] if zvals is not None
+                            else [float(t.n_electrons) / d.n_atoms] * d.n_atoms, dtype=torch.float64, device=t.g2.device)
             for d, t in zip(densities, tables)]
     stacks = stack_frames(tables, index, refs, stacked)
     history: list[dict] = []
@@ -434,7 +437,7 @@ def fit_species(densities, zvals, *, widths: dict[str, float] | None = None, gcu
         populations = q.cpu().numpy()
         out.frames.append({
             "populations": populations,
-            "net_charges": ref.cpu().numpy() - populations,
+            "net_charges": None if zvals is None else ref.cpu().numpy() - populations,
             "uncertainty": u,
             "uncertainty_with_widths": u_widths,
             "misfit": misfit,
