@@ -358,3 +358,25 @@ def test_list_final_results_users_groups_days(runner, results_factory, aiida_loc
     assert foreign.pk not in _listed(result.output)
     result = runner.invoke(data_optddap, ["list", "--formula", "F3Mg", "-A"], catch_exceptions=False)
     assert foreign.pk in _listed(result.output)
+
+
+def test_query_example_lists_the_default_model(nacl_chgcar):
+    """examples/query_charges.py (run by scripts/demo.sh through `verdi run`) on a default fit, whose potential model
+    has no σ_start: the row prints, with the model, as `verdi run` gives it in a fresh process."""
+    import pathlib
+
+    from aiida import get_profile
+
+    from aiida_optddap.engine.fit import FitOptions, run_fit
+    from aiida_optddap.engine.io import read_density
+
+    results = run_fit(read_density(nacl_chgcar), FitOptions(device="cpu"), zval={"Na": 1.0, "Cl": 7.0})
+    assert results["charge_model"] == "potential" and results["parameters"]["sigma_start"] is None
+    node = ChargesData.from_results(results).store()
+    example = pathlib.Path(__file__).resolve().parents[2] / "examples" / "query_charges.py"
+    verdi = pathlib.Path(sys.executable).parent / "verdi"
+    done = subprocess.run([str(verdi), "-p", get_profile().name, "run", str(example)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split() for line in done.stdout.splitlines() if line.split() and line.split()[0] == str(node.pk)]
+    assert rows and rows[0][2] == "potential" and rows[0][-1] == "-"
