@@ -182,6 +182,11 @@ def joint_modes() -> tuple[str, ...]:
     return (default().name, *(d.joint_mode for d in joint_definitions()))
 
 
+#: Options that only some models read (those whose ``inherits`` name them): set away from their default for a
+#: definition that does not read them, they are refused rather than silently ignored.
+MODEL_OPTIONS = ("shape_prior", "esp_weight")
+
+
 def option_problems(options) -> list[str]:
     """What the definitions refuse in ``options`` (FitOptions' checks beyond each option's own)."""
     known = solvers()
@@ -208,6 +213,14 @@ def option_problems(options) -> list[str]:
         if getattr(options, name) is not None and not any(options.solver in d.solvers for d in defs):
             which = " or ".join(f"the {d.name} definition (solver {'/'.join(d.solvers)})" for d in defs)
             problems.append(f"{name} go with {which} only")
+    for name in MODEL_OPTIONS:
+        readers = [d for d in _REGISTRY.values() if name in d.inherits]
+        passed_on = named is not None and named.chooser and any(name in get(c).inherits for c in named.candidates)
+        if getattr(options, name) != BY_NAME[name].default and not passed_on and not any(
+                options.solver in d.solvers for d in readers):
+            which = " or ".join(d.name for d in readers)
+            problems.append(f"{name} is read by the {which} definition (and {DEFAULT_DEFINITION}, which runs it) "
+                            f"only: the {options.definition} definition would ignore it")
     return problems
 
 

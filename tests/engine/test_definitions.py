@@ -8,9 +8,11 @@ import sys
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from helpers import gaussian_density
 
 from aiida_optddap.engine import definitions, pipeline
+from aiida_optddap.engine.cli import main
 from aiida_optddap.engine.definitions import Definition
 from aiida_optddap.engine.fit import DEFINITIONS, FitOptions, run_fit
 from aiida_optddap.engine.io.zval import ZvalInfo
@@ -142,3 +144,19 @@ def test_for_definition_runs_what_it_names(pair):
     # a 16³ grid in a 4 Å cube holds |G| up to π·16/4 = 12.6 Å⁻¹ along an axis: g_c is lowered below 15
     assert results["parameters"]["gcut"] < 15.0
     assert any(warning.startswith("g_c lowered from 15") for warning in results["warnings"])
+
+
+def test_options_of_one_model_are_refused_where_they_would_be_ignored():
+    """esp_weight (potential model) and shape_prior (shape and potential models) set for a definition that does not
+    read them: a clear error, not a silently ignored option; auto passes them on to the potential model it runs."""
+    for name, value in (("esp_weight", 100.0), ("shape_prior", 0.3)):
+        for definition in ("restrained", "species", "classic", "paper"):
+            with pytest.raises(ValueError, match=f"{name} is read by the .*the {definition} definition would ignore"):
+                FitOptions.for_definition(definition, **{name: value})
+        assert getattr(FitOptions(**{name: value}), name) == value  # auto
+        assert getattr(FitOptions.for_definition("potential", **{name: value}), name) == value
+    assert FitOptions.for_definition("shape", shape_prior=0.3).shape_prior == 0.3
+    with pytest.raises(ValueError, match="esp_weight is read by the potential definition"):
+        FitOptions.for_definition("shape", esp_weight=100.0)
+    result = CliRunner().invoke(main, ["fit", "nothing.cube", "--definition", "restrained", "--esp-weight", "100"])
+    assert result.exit_code != 0 and "esp_weight is read by the potential definition" in " ".join(result.output.split())
