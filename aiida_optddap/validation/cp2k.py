@@ -389,10 +389,9 @@ def write_strided_cube(source: Path, target: Path, stride: int, periodic: bool =
     if cell is not None:
         steps = np.asarray(cell, dtype=np.float64) / BOHR_A / np.array(values.shape)[:, None]
     head = list(header)
+    width, digits = (12, 6) if cell is None else (16, 10)
     for i, n in zip((3, 4, 5), sub.shape):
-        vec = steps[i - 3] * stride
-        head[i] = f"{n:5d} {vec[0]:12.6f} {vec[1]:12.6f} {vec[2]:12.6f}" if cell is None else \
-            f"{n:5d} {vec[0]:16.10f} {vec[1]:16.10f} {vec[2]:16.10f}"
+        head[i] = f"{n:5d} " + " ".join(f"{x:{width}.{digits}f}" for x in steps[i - 3] * stride)
     voxel = abs(np.linalg.det(steps))
     with gzip.open(target, "wt", compresslevel=9) as handle:
         handle.write("\n".join(head) + "\n")

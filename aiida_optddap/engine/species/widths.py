@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from ..gaussian.ddap import Problem, bloechl_weight, resolve_device
+from ..pipeline import reference_populations
 from ..io.density import Density
 from ..gaussian.gspace import DEFAULT_GCUT, SPECIES_GCUT
 from ..gaussian.restraint import DEFAULT_TAU, NULL_RTOL, constraint_basis, population_uncertainty
@@ -410,7 +411,8 @@ def fit_species(densities, zvals, *, widths: dict[str, float] | None = None, gcu
     tables = tables or [SpeciesEquations(d, gcut, device) for d in densities]
     index = [np.array([species.index(s) for s in d.symbols]) for d in densities]
     refs = [torch.as_tensor([float(zvals[s]) for s in d.symbols] if zvals is not None
-                            else [float(t.n_electrons) / d.n_atoms] * d.n_atoms, dtype=torch.float64, device=t.g2.device)
+                            else reference_populations(d, None, "absolute", "uniform", None)[0],
+                            dtype=torch.float64, device=t.g2.device)
             for d, t in zip(densities, tables)]
     stacks = stack_frames(tables, index, refs, stacked)
     history: list[dict] = []
