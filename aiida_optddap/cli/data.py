@@ -181,13 +181,24 @@ def data_optddap_list(past_days, groups, all_users, elements, elements_exclusive
     click.echo(f"\ntotal: {len(rows)} node(s)")
 
 
+#: What the per-element-width models put on each atom, for the summaries (``charge_model`` → words).
+WIDTH_MODELS = {"species": "one Gaussian per atom", "shape": "one shape per element",
+                "potential": "the shape model moved to the potential outside"}
+
+
+def widths_label(model: str | None, widths: dict, number) -> str:
+    """``<model> model, <what it fits>, widths El w Å, …`` of a fit with one width per element (``number`` formats)."""
+    model = model if model in WIDTH_MODELS else "species"
+    return f"{model} model, {WIDTH_MODELS[model]}, widths " + ", ".join(
+        f"{el} {number(w)} Å" for el, w in widths.items())
+
+
 def _model_line(attrs) -> str:
-    """The Gaussians of the fit: one width per element (species model), else σ_start, f and K."""
+    """The Gaussians of the fit: one width per element (species, shape, potential models), else σ_start, f and K."""
     number = format_number
     widths = attrs.get("species_widths")
     if widths:
-        model = "species model, one Gaussian per atom, widths " + ", ".join(
-            f"{el} {number(w)} Å" for el, w in widths.items())
+        model = widths_label(attrs.get("charge_model"), widths, number)
     else:
         model = (f"σ_start = {number(attrs.get('sigma_start'))} Å, f = {number(attrs.get('factor'))}, "
                  f"K = {attrs.get('n_gauss')}")

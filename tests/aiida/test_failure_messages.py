@@ -113,6 +113,14 @@ def test_species_summaries_name_the_widths(results_factory):
                             "gcut": 4.6, "condition_number": 12.0, "loss": 1e-3, "device": "cpu"})
     assert line.startswith("species model, one Gaussian per atom, widths Na 0.8125 Å, Cl 1.25 Å; gcut=4.6")
     assert "sigma_start" not in line and "n_gauss" not in line
+    # the default's potential model reports the same per-element widths, under its own name (it was called species)
+    line = parameter_line({"species_widths": {"Na": 1.5}, "charge_model": "potential", "gcut": 15.0,
+                           "condition_number": 735.0, "loss": 1e-3, "device": "cpu"})
+    assert line.startswith("potential model, the shape model moved to the potential outside, widths Na 1.5 Å;")
+    results.update(charge_definition="auto", charge_model="potential")
+    shown = CliRunner().invoke(data_optddap, ["show", str(ChargesData.from_results(results).store().pk)],
+                               catch_exceptions=False).output
+    assert "potential model, the shape model moved" in shown and "species model" not in shown
 
 
 def test_messages_use_the_right_article(aiida_localhost):

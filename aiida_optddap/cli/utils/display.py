@@ -21,12 +21,14 @@ def summary_value(value, digits: int = 4) -> str:
 
 
 def parameter_line(out: dict) -> str:
-    """The fit's parameters: one width per element for the species model, else σ_start, f, g_c and K."""
+    """The fit's parameters: one width per element for the species, shape and potential models, else σ_start, f,
+    g_c and K."""
     widths = out.get("species_widths")
     if widths:
         keys = ("gcut", "condition_number", "loss", "device")
-        model = "species model, one Gaussian per atom, widths " + ", ".join(
-            f"{el} {summary_value(w)} Å" for el, w in widths.items())
+        from ..data import widths_label
+
+        model = widths_label(out.get("charge_model"), widths, summary_value)
     else:
         keys = ("sigma_start", "factor", "gcut", "n_gauss", "condition_number", "loss", "converged", "device")
         model = None
