@@ -49,7 +49,8 @@ class FitState:
     # prepare
     device: object = None
     problem: object = None
-    fit_route: str = "standard"  # "large": the fixed fit of engine.large (NUFFT A, b; Cholesky; no eigendecomposition)
+    fit_route: str = "standard"  # "large": the fixed fit of engine.large (NUFFT A, b; Cholesky; no eigendecomposition);
+    # "kernel": the shape/potential models from kernel tables (engine/species/kernel_tables.py, no phase table)
     reference: np.ndarray | None = None
     reference_kind: str | None = None
     # optimise

@@ -182,32 +182,39 @@ def _coefficients(box: torch.Tensor, backend: _Backend):
     return box.numpy() if box.shape[0] > 1 else box[0].numpy()
 
 
+def pair_sums(miller, values, frac, eps, points_per_chunk=POINTS_PER_CHUNK):
+    """Σ_m c_t(m) e^{i m·x_αβ} for T real arrays ``values`` (T, n_G) given on the half-space Miller indices
+    ``miller`` (n_G, 3) and even in m, at the fractional pair differences of ``frac`` (N, 3) with β ≥ α.
+
+    Yields (i0, i1, sums (T, i1 − i0, N − i0)): row blocks of atoms α ∈ [i0, i1) against β ≥ i0, each at most
+    ``points_per_chunk`` pairs (real: two arrays share one complex transform)."""
+    n_atoms, t = len(frac), values.shape[0]
+    packed = _pack(values)
+    box, n_modes = _full_box(miller, packed, packed)
+    backend = _Backend(frac.device, n_modes, box.shape[0], eps, +1)
+    coefficients = _coefficients(box, backend)
+    del box
+    i0 = 0
+    while i0 < n_atoms:
+        n_cols = n_atoms - i0
+        i1 = i0 + max(1, min(n_cols, points_per_chunk // max(n_cols, 1)))
+        delta = frac[i0:i1, None, :] - frac[None, i0:, :]  # (rows, cols, 3)
+        out = backend(coefficients, _angles(delta.reshape(-1, 3)))
+        yield i0, i1, _unpack(out, t).reshape(t, i1 - i0, n_cols)
+        i0 = i1
+
+
 def _fill_a(a, miller, w, ghat, pairs, frac, eps, points_per_chunk) -> None:
     """A (M, M) in place, row blocks of atoms α ∈ [i0, i1) against β ≥ i0, mirrored into the lower half."""
-    n_atoms = len(frac)
     n_gauss = ghat.shape[1]
     kk = torch.tensor([p[0] for p in pairs], device=w.device)
     ll = torch.tensor([p[1] for p in pairs], device=w.device)
     values = w[None, :] * ghat.T[kk] * ghat.T[ll]  # (P, n): c_kl = W ĝ_k ĝ_l, even in m
-    packed = _pack(values)
-    box, n_modes = _full_box(miller, packed, packed)
-    t = len(pairs)
-    backend = _Backend(frac.device, n_modes, box.shape[0], eps, +1)
-    coefficients = _coefficients(box, backend)
-    del box
-    index_k = torch.tensor([k for k in range(n_gauss) for l in range(n_gauss)], device=w.device)
-    index_l = torch.tensor([l for k in range(n_gauss) for l in range(n_gauss)], device=w.device)
     lookup = {p: j for j, p in enumerate(pairs)}
-    order = torch.tensor([lookup[(min(k, l), max(k, l))] for k, l in zip(index_k.tolist(), index_l.tolist())],
+    order = torch.tensor([lookup[(min(k, l), max(k, l))] for k in range(n_gauss) for l in range(n_gauss)],
                          device=w.device)
-    i0 = 0
-    while i0 < n_atoms:
-        n_cols = n_atoms - i0
-        rows = max(1, min(n_atoms - i0, points_per_chunk // max(n_cols, 1)))
-        i1 = i0 + rows
-        delta = frac[i0:i1, None, :] - frac[None, i0:, :]  # (rows, cols, 3)
-        out = backend(coefficients, _angles(delta.reshape(-1, 3)))
-        kernel = _unpack(out, t)  # (P, rows·cols)
+    for i0, i1, kernel in pair_sums(miller, values, frac, eps, points_per_chunk):
+        rows, n_cols = i1 - i0, kernel.shape[2]
         # (K·K, rows, cols) → (rows, K, cols, K): block[α, k, β, l] = K_kl(R_α − R_β)
         block = kernel[order].reshape(n_gauss, n_gauss, rows, n_cols).permute(2, 0, 3, 1)
         block = block.reshape(rows * n_gauss, n_cols * n_gauss)
@@ -216,5 +223,4 @@ def _fill_a(a, miller, w, ghat, pairs, frac, eps, points_per_chunk) -> None:
         a[r0:, r0:r1] = block.T
         square = a[r0:r1, r0:r1]
         a[r0:r1, r0:r1] = 0.5 * (square + square.T)
-        del out, kernel, block
-        i0 = i1
+        del kernel, block

@@ -65,11 +65,40 @@ class ShapeData:
     n_electrons: float
 
     @classmethod
-    def from_table(cls, table, index, n_species: int | None = None) -> ShapeData:
-        """From a :class:`.widths.SpeciesEquations`; ``n_species`` where a frame lacks some of a dataset's elements."""
+    def from_table(cls, table, index, n_species: int | None = None):
+        """From a :class:`.widths.SpeciesEquations` (or, without phases, the
+        :class:`.kernel_tables.KernelShapeData` of its :class:`.kernel_tables.KernelTables`); ``n_species`` where a
+        frame lacks some of a dataset's elements."""
+        n_species = n_species or int(max(index)) + 1
+        if table.phase is None:
+            from .kernel_tables import KernelShapeData
+
+            return KernelShapeData(table, index, n_species)
         return cls(table.phase, table.w2, table.wt, table.g2, float(table.norm),
-                   torch.as_tensor(index, device=table.g2.device), n_species or int(max(index)) + 1,
-                   float(table.n_electrons))
+                   torch.as_tensor(index, device=table.g2.device), n_species, float(table.n_electrons))
+
+    @property
+    def n_data(self) -> int:
+        """The data the misfit sums (cos and sin rows of the half sphere)."""
+        return self.phase.shape[0]
+
+    def prepare(self, widths: torch.Tensor) -> torch.Tensor:
+        """What a step needs of the widths (S,), Å: the form factors (:func:`form_factors`)."""
+        return form_factors(self.g2, widths)
+
+    def normal_blocks(self, form, p, s) -> tuple[torch.Tensor, ...]:
+        """The data's Gauss–Newton blocks J_pᵀWJ_p (n, n), J_pᵀWJ_s (n, S·K), J_sᵀWJ_s and the gradients
+        J_pᵀW(C − M) (n,), J_sᵀW(C − M) (S·K,) at populations p, shapes s."""
+        d_p, d_s = jacobian(self, form, p, s)
+        residual = self.wt - self.w2 * (d_p @ p)  # W(C − M)
+        w_p, w_s = self.w2[:, None] * d_p, self.w2[:, None] * d_s
+        return d_p.T @ w_p, d_p.T @ w_s, d_s.T @ w_s, d_p.T @ residual, d_s.T @ residual
+
+    def misfit(self, form, p, s) -> float:
+        """F = Σ W|C − M|² at populations p, shapes s."""
+        d_p, _ = jacobian(self, form, p, s)
+        model = d_p @ p
+        return self.norm - 2.0 * float(self.wt @ model) + float((self.w2 * model) @ model)
 
 
 @dataclass(frozen=True)
@@ -111,28 +140,23 @@ def jacobian(data: ShapeData, form: torch.Tensor, p: torch.Tensor, s: torch.Tens
     return d_p, d_s
 
 
-def _objective(data: ShapeData, form, p, s, noise: float, prior: float) -> tuple[float, float]:
+def _objective(data, form, p, s, noise: float, prior: float) -> tuple[float, float]:
     """(F, prior term·ν): the misfit and the shape prior in misfit units."""
-    d_p, _ = jacobian(data, form, p, s)
-    model = d_p @ p
-    misfit = data.norm - 2.0 * float(data.wt @ model) + float((data.w2 * model) @ model)
     weight = p.new_zeros(data.n_species).index_add_(0, data.index, p**2)
     penalty = noise / prior**2 * float((weight[:, None] * (s - reference_shapes(data.n_species, s)) ** 2).sum())
-    return misfit, penalty
+    return data.misfit(form, p, s), penalty
 
 
-def _frame_blocks(data: ShapeData, form, p, s, p_ref, scale: float) -> tuple[torch.Tensor, ...]:
+def _frame_blocks(data, form, p, s, p_ref, scale: float) -> tuple[torch.Tensor, ...]:
     """One frame's Gauss–Newton blocks, data term times ``scale``: H_pp (n, n) with the ridge, H_ps (n, S·K),
     H_ss (S·K, S·K), the gradients g_p (n,), g_s (S·K,), and the data's population block (no ridge)."""
-    d_p, d_s = jacobian(data, form, p, s)
-    residual = data.wt - data.w2 * (d_p @ p)  # W(C − M)
-    w_p, w_s = data.w2[:, None] * d_p, data.w2[:, None] * d_s
-    h_pp = scale * (d_p.T @ w_p)
+    a_p, h_ps, h_ss, g_p, g_s = data.normal_blocks(form, p, s)
+    h_pp = scale * a_p
     ridge = RIDGE * float(torch.diagonal(h_pp).mean())
     a_p = h_pp.clone()
     h_pp += ridge * torch.eye(p.shape[0], dtype=p.dtype, device=p.device)
-    g_p = scale * (d_p.T @ residual) - ridge * (p - p_ref)
-    return h_pp, scale * (d_p.T @ w_s), scale * (d_s.T @ w_s), g_p, scale * (d_s.T @ residual), a_p
+    g_p = scale * g_p - ridge * (p - p_ref)
+    return h_pp, scale * h_ps, scale * h_ss, g_p, scale * g_s, a_p
 
 
 def _step(frames: list[ShapeData], forms, ps, s, p_refs, scales, prior_scale: float, fixed: bool):
@@ -200,9 +224,9 @@ def fit_shared_shapes(frames: list[ShapeData], widths: torch.Tensor, p_refs: lis
 
 def _fit(frames, widths, p_refs, species_misfits, prior, shapes, start=None, step_tol=STEP_TOL):
     """Gauss–Newton on all frames (:func:`_step`) → (the first frame's :class:`ShapeFit`, the shapes)."""
-    noises = [max(misfit, 1e-300) / data.phase.shape[0] for data, misfit in zip(frames, species_misfits)]
+    noises = [max(misfit, 1e-300) / data.n_data for data, misfit in zip(frames, species_misfits)]
     scales = [noises[0] / noise for noise in noises]  # objective in units of the first frame's misfit
-    forms = [form_factors(data.g2, widths) for data in frames]
+    forms = [data.prepare(widths) for data in frames]
     ps = [p.clone() for p in p_refs] if start is None else [start.populations.clone()]
     fixed = shapes is not None
     s = shapes.clone() if fixed else start.shapes.clone() if start is not None else reference_shapes(

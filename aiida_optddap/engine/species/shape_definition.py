@@ -94,7 +94,8 @@ def fit(state: FitState) -> None:
     from ..gaussian.ddap import resolve_device
     from ..threads import single_thread, small_on_cpu
     from .shape import MULTIPLIERS, ShapeData
-    from .widths import SpeciesEquations, fit_species, species_of, width_bounds
+    from .kernel_tables import equations_for
+    from .widths import fit_species, species_of, width_bounds
 
     clock = time.perf_counter()
     options, density = state.options, state.density
@@ -106,7 +107,9 @@ def fit(state: FitState) -> None:
                               f"{gcut / 0.95:.4g} Å⁻¹ (a finer grid gives the documented model)")
     species, index = species_of(list(density.symbols))
     zvals = None if state.zval is None else {s: float(state.zval.values[s]) for s in species}
-    table = SpeciesEquations(density, gcut, state.device.type)
+    table = equations_for(density, gcut, width_bounds([density]), state.device.type, widths_given)
+    if table.phase is None:
+        state.fit_route = "kernel"
     search = dict(gcut=gcut, tau=options.tau, device=state.device.type, tables=[table])
     base = fit_species(density, zvals, widths=widths_given, full_grid_species=FULL_GRID_SPECIES, **search)
     state.lap("species_widths", clock)
@@ -222,6 +225,7 @@ STAGES = (fit, reconstruct)
 def check(density, options, zval, mode) -> str | None:
     """Why ``auto`` cannot run the shape model with these options: three-Gaussian options given, another restraint
     reference, or dense tables beyond :data:`.species.MAX_TABLE_VALUES` at its g_c."""
+    from .kernel_tables import MAX_KERNEL_VALUES, kernel_values
     from .widths import MAX_TABLE_VALUES, table_values
     from .definition import GAUSSIAN_MODEL_FIELDS
 
@@ -230,9 +234,10 @@ def check(density, options, zval, mode) -> str | None:
     given = [name for name in GAUSSIAN_MODEL_FIELDS if getattr(options, name) != BY_NAME[name].default]
     if given:
         return f"options of the three-Gaussian model were given ({', '.join(given)})"
-    if table_values(density, model_gcut(density, FIXED["gcut"])) > MAX_TABLE_VALUES:
-        return (f"the cell is too large for the shape model's dense tables ({density.n_atoms} atoms at g_c "
-                f"{FIXED['gcut']:g} Å⁻¹; --definition shape forces it)")
+    if (table_values(density, model_gcut(density, FIXED["gcut"])) > MAX_TABLE_VALUES
+            and kernel_values(density) > MAX_KERNEL_VALUES):
+        return (f"the cell is too large for the shape model's kernel tables ({density.n_atoms} atoms: "
+                f"~{kernel_values(density):.2g} values; --definition shape forces it)")
     return None
 
 
@@ -289,12 +294,14 @@ def fit_joint(densities, zval: dict, options) -> JointFit:
     width on a bound is kept: every frame then carries the bound's share in its ± (:func:`widths_inside`)."""
     import torch
 
+    from .kernel_tables import equations_for
     from .shape import ShapeData, fit_shared_shapes
-    from .widths import SpeciesEquations, fit_species
+    from .widths import fit_species, width_bounds
 
     gcut = min(model_gcut(d, options.gcut if options.solver == "shape" else FIXED["gcut"]) for d in densities)
     prior = options.shape_prior if options.solver == "shape" else BY_NAME["shape_prior"].default
-    tables = [SpeciesEquations(d, gcut, options.device) for d in densities]
+    bounds = width_bounds(densities)
+    tables = [equations_for(d, gcut, bounds, options.device) for d in densities]
     fit = fit_species(densities, zval, gcut=gcut, device=options.device, full_grid_species=FULL_GRID_SPECIES,
                       tables=tables)
     evidence = {"widths": fit.widths, "misfit": fit.misfit, "at_bound": fit.at_bound, "gcut": gcut}

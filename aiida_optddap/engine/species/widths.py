@@ -134,12 +134,18 @@ class SpeciesEquations:
         species = torch.as_tensor(index, device=f.device)
         j_s = f.new_zeros(f.shape[0], n_species).index_add_(1, species, slope)
         jac = torch.cat([j_q, j_s], dim=1)
-        n = len(q)
-        z = torch.block_diag(constraint_basis(n, f), torch.eye(n_species, dtype=f.dtype, device=f.device))
-        h_inv = torch.linalg.pinv(z.T @ jac.T @ jac @ z, hermitian=True, rtol=1e-12)
-        pz = z[:n]  # population rows
-        variance = torch.einsum("ai,ij,aj->a", pz, h_inv, pz).clamp(min=0.0)
-        return torch.sqrt(delta * variance).cpu().numpy()
+        return uncertainty_from_hessian(jac.T @ jac, len(q), n_species, delta)
+
+
+def uncertainty_from_hessian(hessian: torch.Tensor, n: int, n_species: int, delta: float) -> np.ndarray:
+    """u_α = √(δ·[Z'(Z'ᵀHZ')⁺Z'ᵀ]_αα) (n,), e, from the Gauss–Newton Hessian H (n + S, n + S) of the misfit in
+    (q, log σ_s); Z' = diag(Z, I), Z a basis of Σq = 0."""
+    z = torch.block_diag(constraint_basis(n, hessian),
+                         torch.eye(n_species, dtype=hessian.dtype, device=hessian.device))
+    h_inv = torch.linalg.pinv(z.T @ hessian @ z, hermitian=True, rtol=1e-12)
+    pz = z[:n]  # population rows
+    variance = torch.einsum("ai,ij,aj->a", pz, h_inv, pz).clamp(min=0.0)
+    return torch.sqrt(delta * variance).cpu().numpy()
 
 
 def stacked_equations(g2, w2, phase, wt, widths) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,11 +213,12 @@ class FrameStack:
     frames: list[int]
     shell_ids: torch.Tensor | None = None  # (n_G,) |G| shell of every G
     shells: ShellTables | None = None
+    kernel: object | None = None  # a frame's :class:`.kernel_tables.KernelTables` (then no phase, one frame)
 
     def use_shells(self, n_species: int, cap: int = MAX_SHELL_VALUES) -> bool:
         """Build the shell tables where they pay (:func:`.width_shells.shells_pay`, at most ``cap`` values); whether
         they are in use. Misfits and gradients then come from them (the dense route's to round-off)."""
-        if self.shells is None and self.shell_ids is not None and len(self.shell_ids):
+        if self.kernel is None and self.shells is None and self.shell_ids is not None and len(self.shell_ids):
             n_batch, n_g, n = self.phase.shape[0], len(self.g2), self.phase.shape[2]
             n_shells = len(shell_counts(self.shell_ids))
             values = shell_values(n_batch, n_shells, self.index, n_species)
@@ -222,6 +229,8 @@ class FrameStack:
     def _equations(self, widths: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A (B, n, n), b (B, n) and the species widths as a tensor (S,), from the shells or the dense route."""
         species = torch.as_tensor(np.asarray(widths, dtype=np.float64), device=self.g2.device)
+        if self.kernel is not None:
+            return *self.kernel.trial_equations(species[torch.as_tensor(self.index, device=species.device)]), species
         if self.shells is not None:
             return *self.shells.equations(species), species
         a, b = stacked_equations(self.g2, self.w2, self.phase, self.wt, species[torch.as_tensor(self.index)])
@@ -239,9 +248,12 @@ class FrameStack:
         misfit's derivative in log σ_s is −2/Σ W|C|² · σ_s² Σ_{α∈s} q₀_α f_αᵀ(r ⊙ (−G²/2)): the constraint Σq = N does
         not depend on σ, so q₀'s own change does not enter (the envelope theorem). On the shell route the same
         derivative is that of qᵀAq − 2bᵀq at fixed q₀ (:meth:`.width_shells.ShellTables.gradient`)."""
-        if self.shells is not None:
+        if self.kernel is not None or self.shells is not None:
             a, b, species = self._equations(widths)
             q, misfit = constrained_minima(a, b, self.norm, self.n_electrons, self.reference)
+            if self.kernel is not None:
+                per_atom = species[torch.as_tensor(self.index, device=species.device)]
+                return misfit, self.kernel.gradient(per_atom, q, self.index, len(widths)) / self.norm[:, None]
             return misfit, self.shells.gradient(species, q) / self.norm[:, None]
         widths = np.asarray(widths, dtype=np.float64)
         per_atom = torch.as_tensor(widths[self.index], device=self.g2.device)
@@ -262,7 +274,14 @@ def stack_frames(tables: list[SpeciesEquations], index: list[np.ndarray], refere
 
     ``stacked=False`` gives one stack per frame (the unbatched search, the baseline of bench/joint.py)."""
     groups: list[list[int]] = []
+    kernels = []
     for i, (table, idx) in enumerate(zip(tables, index)):
+        if table.phase is None:  # kernel tables: a stack of its own
+            kernels.append(FrameStack(
+                g2=table.g2, w2=None, phase=None, wt=None, norm=table.norm[None],
+                n_electrons=torch.tensor([float(table.n_electrons)], dtype=torch.float64, device=table.g2.device),
+                reference=references[i].to(table.g2)[None], index=idx, frames=[i], kernel=table))
+            continue
         for group in groups if stacked else ():
             first = tables[group[0]]
             if (np.array_equal(index[group[0]], idx) and first.g2.shape == table.g2.shape
@@ -284,7 +303,7 @@ def stack_frames(tables: list[SpeciesEquations], index: list[np.ndarray], refere
                                      device=phase.device),
             reference=torch.stack([references[i].to(phase) for i in group]), index=index[group[0]], frames=group,
             shell_ids=first.shell_ids))
-    return stacks
+    return stacks + kernels
 
 
 @dataclass
@@ -416,7 +435,8 @@ def fit_species(densities, zvals, *, widths: dict[str, float] | None = None, gcu
             for d, t in zip(densities, tables)]
     stacks = stack_frames(tables, index, refs, stacked)
     history: list[dict] = []
-    with single_thread():  # (2·n_G)×atoms products (engine/threads.py)
+    # (2·n_G)×atoms products on one thread (engine/threads.py); kernel tables' J·atoms² products on all
+    with single_thread(all(table.phase is not None for table in tables)):
         if widths is None:
             w, total, history = optimise_widths(stacks, len(species), width_bounds(densities), full_grid_species)
         else:
