@@ -14,14 +14,37 @@ from .gspace import reciprocal_cell
 CHUNK_ELEMENTS = 1 << 22
 
 
+def shared_weights(q: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, list]]:
+    """The Gaussians (columns of q (atoms, K)) grouped by one structure factor each: (atoms, weights, [(k, factor)])
+    with q[:, k] = factor·weights on those atoms and zero elsewhere. The shape model's coefficients p_α·s_ek are
+    one group per element (its ladder shares the populations), so the model needs S structure factors, not S·K; a
+    column proportional to no earlier one is a group of its own (the three-Gaussian models)."""
+    groups: list[tuple[np.ndarray, np.ndarray, list]] = []
+    for k in range(q.shape[1]):
+        column = q[:, k]
+        atoms = np.flatnonzero(column)
+        if len(atoms) == 0:
+            continue
+        for g_atoms, weights, members in groups:
+            if np.array_equal(g_atoms, atoms):
+                pivot = int(np.argmax(np.abs(weights)))
+                factor = column[atoms[pivot]] / weights[pivot]
+                if np.allclose(column[atoms], factor * weights, rtol=1e-13, atol=1e-15 * np.abs(weights).max()):
+                    members.append((k, factor))
+                    break
+        else:
+            groups.append((atoms, column[atoms], [(k, 1.0)]))
+    return groups
+
+
 def model_coefficients(
     cell: np.ndarray, positions: np.ndarray, coefficients: np.ndarray, radii: np.ndarray, shape
 ) -> np.ndarray:
     """M_G (complex, full FFT box) of atom-centred unit Gaussians with weights q_αk (electrons).
 
-    The phase e^{−2πi m·s} factorises over the three axes, so each Gaussian width's structure
-    factor is one complex matrix product per slab of m₁ (8·n_atoms·N_g flops per width) instead of
-    a complex exponential per atom and grid point.
+    The phase e^{−2πi m·s} factorises over the three axes, so each structure factor is one complex matrix product
+    per slab of m₁ (8·n_atoms·N_g flops) instead of a complex exponential per atom and grid point; Gaussians whose
+    weights are proportional share one (:func:`shared_weights`: the shape model's ladders, 4× fewer products).
     """
     shape = tuple(int(n) for n in shape)
     frac = np.linalg.solve(np.asarray(cell).T, np.asarray(positions).T).T
@@ -34,15 +57,17 @@ def model_coefficients(
     rows = max(1, CHUNK_ELEMENTS // (len(frac) * n2))
     out = np.zeros(shape, dtype=np.complex128)
     g23 = m[1][:, None, None] * recip[1] + m[2][None, :, None] * recip[2]  # (N2, N3, 3)
+    groups = shared_weights(q)
     for start in range(0, n1, rows):
         stop = min(start + rows, n1)
         g = m[0][start:stop, None, None, None] * recip[0] + g23[None]
         g2 = np.einsum("abcd,abcd->abc", g, g)
         slab = phase[0][:, start:stop, None] * phase[1][:, None, :]  # (atoms, c, N2)
-        for k, radius in enumerate(radii):
-            weighted = (slab * q[:, k, None, None]).reshape(len(frac), -1)
-            structure = (weighted.T @ phase[2]).reshape(stop - start, n2, n3)
-            out[start:stop] += np.exp(-0.25 * radius**2 * g2) * structure
+        for atoms, weights, members in groups:
+            structure = ((slab[atoms] * weights[:, None, None]).reshape(len(atoms), -1).T
+                         @ phase[2][atoms]).reshape(stop - start, n2, n3)
+            form = sum(factor * np.exp(-0.25 * radii[k] ** 2 * g2) for k, factor in members)
+            out[start:stop] += form * structure
     return out
 
 

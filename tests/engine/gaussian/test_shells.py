@@ -145,3 +145,26 @@ def test_fast_paths_used_and_bounded(problem):
     assert shells.FitShells.fits(problem)
     assert shells.DensityLoss.fits(problem, 4, 3)
     assert not shells.DensityLoss.fits(problem, 4, 3 * 10**4)  # B·K²·atoms² beyond the table budget
+
+
+def test_shared_structure_factors_equal_one_per_gaussian():
+    """model_coefficients groups Gaussians with proportional weights (the shape model's ladders: q_αk = p_α·s_ek)
+    into one structure factor; the result equals the sum of one model per Gaussian to 1e-13 of max|M|."""
+    from aiida_optddap.engine.gaussian.reconstruct import model_coefficients, shared_weights
+
+    rng = np.random.default_rng(11)
+    cell = np.diag([5.1, 5.6, 6.0])
+    positions = rng.uniform(0, 5, (5, 3))
+    element = np.array([0, 1, 0, 1, 1])
+    shapes = np.array([[0.2, -0.1, 0.8, 0.1], [0.3, 0.0, 0.6, 0.1]])
+    radii = np.concatenate([0.5 * np.array([0.44, 0.67, 1.0, 1.5]), 0.9 * np.array([0.44, 0.67, 1.0, 1.5])])
+    p = rng.uniform(1, 8, 5)
+    q = np.zeros((5, 8))
+    for atom, e in enumerate(element):
+        q[atom, 4 * e:4 * e + 4] = p[atom] * shapes[e]
+    q[0, 1] += 0.3  # one column no longer proportional: a group of its own
+    groups = shared_weights(q)
+    assert sorted(len(members) for _, _, members in groups) == [1, 3, 3]  # element 0: rung 1 apart; element 1: s = 0 skipped
+    together = model_coefficients(cell, positions, q, radii, (20, 22, 24))
+    apart = sum(model_coefficients(cell, positions, q[:, [k]], radii[[k]], (20, 22, 24)) for k in range(8))
+    assert np.abs(together - apart).max() < 1e-13 * np.abs(apart).max()

@@ -59,21 +59,21 @@ def test_basis_spans_the_family_between_its_nodes():
 
 
 def test_equations_equal_the_dense_route(salt, tables):
-    """A, b and Σ W|C|² at per-element widths: to 1e-11 of max|A|, max|b|."""
+    """A, b and Σ W|C|² at per-element widths: to 1e-9 of max|A|, max|b| (NUFFT tolerance 1e-10)."""
     dense, kernel = tables
     per = {"Na": 0.45, "Cl": 0.85, "K": 0.6}
     w = torch.tensor([per[s] for s in salt.symbols], dtype=torch.float64)
     a1, b1, n1 = dense.equations(w)
     a2, b2, n2 = kernel.equations(w)
-    assert float((a1 - a2).abs().max()) < 1e-11 * float(a1.abs().max())
-    assert float((b1 - b2).abs().max()) < 1e-11 * float(b1.abs().max())
+    assert float((a1 - a2).abs().max()) < 1e-9 * float(a1.abs().max())
+    assert float((b1 - b2).abs().max()) < 1e-9 * float(b1.abs().max())
     assert float(n2) == pytest.approx(float(n1), rel=1e-14)
     with pytest.raises(ValueError, match="one width per element"):
         kernel.equations(w * torch.linspace(1.0, 1.1, len(w), dtype=torch.float64))
 
 
 def test_misfits_and_gradients_equal_the_dense_route(salt, tables):
-    """The width search's trials: relative misfits to 1e-11, gradients in log σ to 1e-8 relative."""
+    """The width search's trials: relative misfits to 1e-9, gradients in log σ to 1e-7 relative."""
     species, index = species_of(list(salt.symbols))
     ref = torch.as_tensor([ZVAL[s] for s in salt.symbols], dtype=torch.float64)
     (dense,), (kernel,) = (stack_frames([t], [index], [ref]) for t in tables)
@@ -81,8 +81,8 @@ def test_misfits_and_gradients_equal_the_dense_route(salt, tables):
     for trial in ([0.85, 0.6, 0.45], [0.5, 1.2, 0.4], [1.4, 0.35, 0.9]):
         m1, g1 = dense.misfits_and_gradients(np.array(trial))
         m2, g2 = kernel.misfits_and_gradients(np.array(trial))
-        np.testing.assert_allclose(m2.numpy(), m1.numpy(), rtol=1e-11)
-        np.testing.assert_allclose(g2.numpy(), g1.numpy(), rtol=1e-8, atol=1e-12 * float(g1.abs().max()))
+        np.testing.assert_allclose(m2.numpy(), m1.numpy(), rtol=1e-9)
+        np.testing.assert_allclose(g2.numpy(), g1.numpy(), rtol=1e-7, atol=1e-10 * float(g1.abs().max()))
 
 
 def test_uncertainty_with_widths_equals_the_dense_route(salt, tables):
@@ -93,7 +93,7 @@ def test_uncertainty_with_widths_equals_the_dense_route(salt, tables):
     q = torch.linspace(6.0, 8.0, len(w), dtype=torch.float64)
     u1 = dense.uncertainty_with_widths(w, q, index, len(species), 1e-3)
     u2 = kernel.uncertainty_with_widths(w, q, index, len(species), 1e-3)
-    np.testing.assert_allclose(u2, u1, rtol=1e-8)
+    np.testing.assert_allclose(u2, u1, rtol=1e-7)
 
 
 def test_shape_blocks_equal_the_dense_route(salt, tables):
@@ -112,9 +112,9 @@ def test_shape_blocks_equal_the_dense_route(salt, tables):
         for x, y in zip(d_data.normal_blocks(d_data.prepare(widths), p, s),
                         k_data.normal_blocks(k_data.prepare(widths), p, s)):
             assert x.shape == y.shape
-            assert float((x - y).abs().max()) < 1e-10 * max(float(x.abs().max()), 1e-300)
+            assert float((x - y).abs().max()) < 1e-9 * max(float(x.abs().max()), 1e-300)
         assert k_data.misfit(k_data.prepare(widths), p, s) == pytest.approx(
-            d_data.misfit(d_data.prepare(widths), p, s), rel=1e-9)
+            d_data.misfit(d_data.prepare(widths), p, s), rel=1e-8)
 
 
 def _kernel_route(monkeypatch):

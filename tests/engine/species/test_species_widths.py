@@ -46,3 +46,34 @@ def test_search_ends_where_the_gradient_vanishes(stacks):
     assert np.all((widths > 0.2) & (widths < 1.5))
     assert np.abs(gradient).max() < 1e-8
     assert value <= min(record["misfit"] for record in history)
+
+
+def test_cholesky_route_equals_the_eigendecomposition():
+    """constrained_minima from CHOLESKY_ATOMS atoms: a well-conditioned A gives the eigendecomposition's q₀ to
+    1e-12 e; an A with a direction the data leave free (below NULL_RTOL) is not factorised there but put on the
+    reference, as the eigendecomposition does."""
+    from aiida_optddap.engine.species import widths as module
+
+    n = module.CHOLESKY_ATOMS + 16
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(n, n, generator=generator, dtype=torch.float64)
+    b = torch.randn(1, n, generator=generator, dtype=torch.float64)
+    ref = torch.randn(1, n, generator=generator, dtype=torch.float64)
+    norm, total = torch.tensor([50.0], dtype=torch.float64), torch.tensor([4.0], dtype=torch.float64)
+    free = torch.zeros(n, dtype=torch.float64)
+    free[:2] = torch.tensor([1.0, -1.0]) / 2**0.5  # in Σq = 0: a population transfer the data do not see
+    spd = x @ x.T + n * torch.eye(n, dtype=torch.float64)
+    blind = torch.eye(n, dtype=torch.float64) - torch.outer(free, free)
+    for a in (spd, blind @ spd @ blind):
+        fast = module.constrained_minima(a[None], b, norm, total, ref)
+        reduced = module._householder_reduce(a[None])
+        singular = module._well_conditioned(reduced) is None
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(module, "CHOLESKY_ATOMS", 10**9)  # the eigendecomposition alone
+            slow = module.constrained_minima(a[None], b, norm, total, ref)
+        assert float((fast[0] - slow[0]).abs().max()) < 1e-12
+        assert float(fast[0].sum()) == pytest.approx(4.0, abs=1e-12)
+        spectrum = torch.linalg.eigvalsh(reduced[0])
+        assert singular == bool(float(spectrum[0]) < 1e-8 * float(spectrum[-1]))
+    assert singular  # the second A: its free transfer sits on the reference's
+    assert float(free @ fast[0][0]) == pytest.approx(float(free @ ref[0]), abs=1e-9)
