@@ -274,7 +274,8 @@ register(Definition(
 #: the density's own potential outside the atoms where there is such an outside) for every absolute density, with or
 #: without Z_val and with widths on a bound of their search (their share in ±); ``restrained`` where it cannot
 #: apply: a difference density (Δρ keeps its documented definition), options of the three-Gaussian model given
-#: explicitly, or a cell whose dense tables would not fit in memory (``model_choice`` says which and why).
+#: explicitly, or a cell whose kernel tables (engine/species/kernel_tables.py, beyond the dense ones) would exceed
+#: 2 GiB, ≈ 2400 atoms (``model_choice`` says which and why).
 register(Definition(
     DEFAULT_DEFINITION, "the potential model where it applies (absolute densities), else restrained", RESTRAINED,
     candidates=("potential", "restrained")))

@@ -224,7 +224,8 @@ STAGES = (fit, reconstruct)
 
 def check(density, options, zval, mode) -> str | None:
     """Why ``auto`` cannot run the shape model with these options: three-Gaussian options given, another restraint
-    reference, or dense tables beyond :data:`.species.MAX_TABLE_VALUES` at its g_c."""
+    reference, or a cell beyond both the dense tables (:data:`.widths.MAX_TABLE_VALUES` at its g_c) and the kernel
+    tables (:data:`.kernel_tables.MAX_KERNEL_VALUES`)."""
     from .kernel_tables import MAX_KERNEL_VALUES, kernel_values
     from .widths import MAX_TABLE_VALUES, table_values
     from .definition import GAUSSIAN_MODEL_FIELDS

@@ -148,3 +148,40 @@ def test_auto_keeps_the_potential_model_beyond_the_dense_tables(salt, monkeypatc
     assert shape_definition.check(salt, options, None, "absolute") is None
     monkeypatch.setattr(kernel_tables, "MAX_KERNEL_VALUES", 0)
     assert "too large for the shape model's kernel tables" in shape_definition.check(salt, options, None, "absolute")
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and __import__("aiida_optddap.engine.gaussian.nufft",
+                                                                     fromlist=["available"]).available("cuda")),
+                    reason="no CUDA device with cufinufft on this machine")
+def test_kernel_route_on_cuda_equals_cpu(salt, monkeypatch):
+    """The same code on CUDA tensors (cufinufft builds the tables): the default's charges equal the CPU's to 1e-7."""
+    zval = ZvalInfo(values={"Na": 6.6, "Cl": 7.5, "K": 6.6}, source={k: "user" for k in ("Na", "Cl", "K")})
+    _kernel_route(monkeypatch)
+    runs = {device: run_fit(salt, FitOptions.for_definition("auto", device=device), zval=zval) for device in ("cpu", "cuda")}
+    assert runs["cuda"]["fit_route"] == "kernel" and runs["cuda"]["device"].startswith("cuda")
+    np.testing.assert_allclose(runs["cuda"]["net_charges"], runs["cpu"]["net_charges"], atol=1e-7)
+
+
+def test_dataset_on_the_kernel_route_equals_the_dense_one(salt, monkeypatch):
+    """A dataset (joint="auto": joint widths and shapes, every frame's populations its own) on kernel tables: the
+    same joint widths and charges as the dense route (1e-7)."""
+    from aiida_optddap.engine.joint import fit_frames
+
+    cell, symbols, _ = rocksalt()
+    frames = [salt]
+    for seed in (4, 5):
+        _, _, positions = rocksalt(rattle=0.08, seed=seed)
+        order = [4, 0, 5, 2, 1, 6, 3, 7]
+        q = np.array([[2.0, 3.0, 1.6] if s != "Cl" else [2.5, 2.5, 2.5] for s in salt.symbols])
+        frames.append(gaussian_density(cell, list(salt.symbols), positions[order], q, np.array([0.35, 0.9, 1.6]),
+                                       (40, 40, 40)))
+    dense = fit_frames(frames, ZVAL, joint="auto")
+    _kernel_route(monkeypatch)
+    kernel = fit_frames(frames, ZVAL, joint="auto")
+    d_par, k_par = dense["choice"]["fit_parameters"], kernel["choice"]["fit_parameters"]
+    assert k_par["definition"] == d_par["definition"] == "potential"
+    for element, width in d_par["species_widths"].items():
+        assert k_par["species_widths"][element] == pytest.approx(width, rel=1e-7)
+    for d, k in zip(dense["results"], kernel["results"]):
+        assert k["fit_route"] == "kernel" and d["fit_route"] == "standard"
+        np.testing.assert_allclose(k["net_charges"], d["net_charges"], atol=1e-7)
