@@ -12,9 +12,9 @@ functions at 1e-14 relative):
 with (u_j, v_j) orthonormal in the weighted norm ∫ g² W(g) h(g)² dg on [0, g_c] (:class:`RadialBasis`, an SVD of the
 family and its first two t-derivatives) and c_j(t) the projection of e^{−tg²} onto them, which is exact to the
 truncation wherever it is evaluated. T and B are built once, by type-2 NUFFTs at the pair differences and the atoms
-(:func:`.nufft.pair_sums`, no phase table); then every width trial, shape step and uncertainty costs J·n² and the
-results equal the dense route's to ~1e-10 of max|A| (:data:`TABLE_EPS`) (tests/engine/species/test_kernel_tables.py). Atoms are held
-sorted by element, so that a pair of elements is one contiguous block of every T_j.
+(:func:`.nufft.pair_sums`, no phase table); then every width trial, shape step and uncertainty costs J·n², and the
+results equal the dense route's to ~1e-10 of max|A| (:data:`TABLE_EPS`; tests/engine/species/test_kernel_tables.py).
+Atoms are held sorted by element, so that a pair of elements is one contiguous block of every T_j.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 
 from ..gaussian import nufft
 from ..gaussian.batch import sphere_coefficients
-from ..gaussian.ddap import resolve_device
+from ..gaussian.ddap import bloechl_weight, resolve_device
 
 #: Basis functions kept: singular values above this fraction of the largest (the family's numerical rank).
 RANK_TOL = 1e-14
@@ -39,14 +39,19 @@ N_SAMPLES = 300
 #: in 8.8 s against 12.4 s at the fixed route's 1e-12, with A and b within 4e-11 and 1e-11 of max|A|, max|b| of the
 #: 1e-12 tables (populations to ~1e-9 e).
 TABLE_EPS = 1e-10
+#: The loosest NUFFT tolerance a table is built with (:func:`tolerance_groups`).
+LOOSEST_EPS = 1e-4
+#: Basis functions per NUFFT call: (GROUP_SIZE/2) complex Miller boxes of scratch (the 36 of b in one call took the
+#: 512-atom build from 1.2 to 2.5 GB peak).
+GROUP_SIZE = 8
 #: The largest kernel tables (J·n² float64 values) built: 2**28 = 2 GiB, the cap of the dense route's phase table.
 MAX_KERNEL_VALUES = 2**28
 
 
 def weight(g2: np.ndarray, gcut: float) -> np.ndarray:
-    """Blöchl's W (:func:`.ddap.bloechl_weight`) at |G|² ``g2`` (Å⁻²), numpy."""
-    gc2 = gcut**2
-    return 4.0 * math.pi * (g2 - gc2) ** 2 / (g2 * gc2)
+    """Blöchl's W (:func:`.ddap.bloechl_weight`) at |G|² ``g2`` (Å⁻², 0 < |G| < g_c), numpy."""
+    return bloechl_weight(torch.as_tensor(g2, dtype=torch.float64), torch.tensor([float(gcut)],
+                                                                               dtype=torch.float64))[:, 0].numpy()
 
 
 class RadialBasis:
@@ -96,6 +101,21 @@ class RadialBasis:
                              f"range [{lo:.4g}, {hi:.4g}] Å²")
         values = (-self.g2) ** derivative * np.exp(-t[..., None] * self.g2)
         return (values * self.root) @ self.u
+
+
+def tolerance_groups(singular_values: np.ndarray, eps: float) -> list[tuple[slice, float]]:
+    """The basis functions grouped by the NUFFT tolerance each needs: a factor's coefficient on u_j is at most s_j
+    (the family's singular value, relative to s₀), so T_j may err by eps·s₀/s_j (capped at :data:`LOOSEST_EPS`)
+    and still add at most eps·max|A| to A. Consecutive functions share a tolerance, by two decades (fewer plans),
+    at most :data:`GROUP_SIZE` per transform (its Miller boxes are the build's largest scratch)."""
+    needed = np.minimum(eps * singular_values[0] / singular_values, LOOSEST_EPS)
+    decades = 2.0 * np.floor(np.log10(needed) / 2.0 + 1e-9)
+    groups, start = [], 0
+    for j in range(1, len(decades) + 1):
+        if j == len(decades) or decades[j] != decades[start] or j - start == GROUP_SIZE:
+            groups.append((slice(start, j), float(10.0 ** decades[start])))
+            start = j
+    return groups
 
 
 @functools.lru_cache(maxsize=8)
@@ -164,15 +184,19 @@ class KernelTables:
         n = len(frac)
         self.tables = torch.empty(self.pair_basis.size, n, n, dtype=torch.float64, device=dev)
         values = torch.as_tensor(w[None] * self.pair_basis.functions(g2).T, device=dev)
-        for i0, i1, sums in nufft.pair_sums(miller, values, frac, eps):
-            self.tables[:, i0:i1, i0:] = sums
-            self.tables[:, i0:, i0:i1] = sums.transpose(1, 2)
-            square = self.tables[:, i0:i1, i0:i1]
-            self.tables[:, i0:i1, i0:i1] = 0.5 * (square + square.transpose(1, 2))
+        for functions, tolerance in tolerance_groups(self.pair_basis.s, eps):
+            for i0, i1, sums in nufft.pair_sums(miller, values[functions], frac, tolerance):
+                block = self.tables[functions]
+                block[:, i0:i1, i0:] = sums
+                block[:, i0:, i0:i1] = sums.transpose(1, 2)
+                square = block[:, i0:i1, i0:i1]
+                block[:, i0:i1, i0:i1] = 0.5 * (square + square.transpose(1, 2))
         basis = torch.as_tensor(self.atom_basis.functions(g2), device=dev)
-        c_t = torch.as_tensor(c, device=dev)
-        b = nufft._b_vector(miller, torch.as_tensor(w, device=dev), basis, c_t, frac, eps)
-        self.atoms = b.reshape(n, -1).T.contiguous()  # (J', n)
+        c_t, w_t = torch.as_tensor(c, device=dev), torch.as_tensor(w, device=dev)
+        self.atoms = basis.new_empty(self.atom_basis.size, n)  # (J', n)
+        for functions, tolerance in tolerance_groups(self.atom_basis.s, eps):
+            b = nufft._b_vector(miller, w_t, basis[:, functions], c_t, frac, tolerance)
+            self.atoms[functions] = b.reshape(n, -1).T
 
     # ---- helpers in sorted order -------------------------------------------------------------------------------
     def _pair_coefficients(self, t: np.ndarray, derivative: int = 0) -> torch.Tensor:
