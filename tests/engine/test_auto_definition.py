@@ -111,9 +111,9 @@ def test_a_width_on_the_lower_bound_keeps_the_potential_model(tmp_path):
     np.testing.assert_allclose(coarse["net_charges"], full["net_charges"], atol=0.05)
 
 
-def test_when_the_shape_model_is_not_tried(nacl):
+def test_when_the_shape_model_is_not_tried(nacl, monkeypatch):
     """A difference density, another reference, options of the three-Gaussian model or a cell too large for the
-    dense tables: restrained."""
+    kernel tables: restrained. A cell only beyond the dense tables keeps the shape model (kernel route)."""
     base = FitOptions(device="cpu")
     assert default_inapplicable(nacl, base, GTH, "absolute") is None
     assert default_inapplicable(nacl, base, None, "absolute") is None  # populations only (test_without_zval)
@@ -121,16 +121,16 @@ def test_when_the_shape_model_is_not_tried(nacl):
     assert "reference 'uniform'" in default_inapplicable(nacl, base.with_changes(reference="uniform"), GTH, "absolute")
     given = default_inapplicable(nacl, base.with_changes(gcut=5.0, optimize=False), GTH, "absolute")
     assert given == "options of the three-Gaussian model were given (gcut, optimize)"
+    import aiida_optddap.engine.species.kernel_tables as kernel_module
     import aiida_optddap.engine.species.widths as species_module
 
     values = species_module.table_values(nacl, 15.0)
     assert species_module.SpeciesEquations(nacl, 15.0).phase.numel() == pytest.approx(values, rel=0.1)  # estimate
-    saved = species_module.MAX_TABLE_VALUES
-    species_module.MAX_TABLE_VALUES = values - 1
-    try:
-        assert "too large" in default_inapplicable(nacl, base, GTH, "absolute")
-    finally:
-        species_module.MAX_TABLE_VALUES = saved
+    monkeypatch.setattr(species_module, "MAX_TABLE_VALUES", values - 1)
+    assert default_inapplicable(nacl, base, GTH, "absolute") is None
+    monkeypatch.setattr(kernel_module, "MAX_KERNEL_VALUES", kernel_module.kernel_values(nacl) - 1)
+    assert "too large for the shape model's kernel tables" in default_inapplicable(nacl, base, GTH, "absolute")
+    monkeypatch.undo()
     fixed = run_fit(nacl, base.with_changes(optimize=False), zval=GTH)
     assert fixed["charge_model"] == "restrained" and "optimize" in fixed["model_choice"]["reason"]
     assert fixed["model_choice"]["widths"] is None and "potential_attempt" not in fixed["timings"]

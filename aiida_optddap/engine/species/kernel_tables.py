@@ -14,7 +14,9 @@ family and its first two t-derivatives) and c_j(t) the projection of e^{−tg²}
 truncation wherever it is evaluated. T and B are built once, by type-2 NUFFTs at the pair differences and the atoms
 (:func:`.nufft.pair_sums`, no phase table); then every width trial, shape step and uncertainty costs J·n², and the
 results equal the dense route's to ~1e-10 of max|A| (:data:`TABLE_EPS`; tests/engine/species/test_kernel_tables.py).
-Atoms are held sorted by element, so that a pair of elements is one contiguous block of every T_j.
+Atoms are held sorted by element and T is held per pair of elements e ≤ f, one contiguous (J, n_e, n_f) array each
+(T_fe = T_efᵀ): a trial's Σ_j c_j T_j reads each block once, in place (slices of one (J, n, n) array were copied per
+trial: 7× slower at 1000 atoms, measured), from ¾ of the values for two equal elements.
 """
 
 from __future__ import annotations
@@ -156,7 +158,8 @@ class Blocks:
 
 
 class KernelTables:
-    """T_j (J, n, n) and B_j (J', n) of one density at g_c (module docstring), atoms sorted by element; the
+    """T_j (per element pair, :meth:`pair_block`) and B_j (J', n) of one density at g_c (module docstring), atoms
+    sorted by element; the
     interface of :class:`.widths.SpeciesEquations` (``equations``, ``uncertainty_with_widths``, ``g2``, ``norm``,
     ``n_electrons``, ``n_data``) with ``phase`` None, and the trial tables of a width search (:meth:`trial_equations`,
     :meth:`gradient`, as :class:`.width_shells.ShellTables`).
@@ -182,15 +185,13 @@ class KernelTables:
         self.pair_basis = radial_basis(t_range[0], t_range[1], self.gcut)
         self.atom_basis = radial_basis(0.5 * t_range[0], 0.5 * t_range[1], self.gcut)
         n = len(frac)
-        self.tables = torch.empty(self.pair_basis.size, n, n, dtype=torch.float64, device=dev)
+        spans = self.blocks.spans
+        self.pairs = {(e, f): torch.empty(self.pair_basis.size, a1 - a0, b1 - b0, dtype=torch.float64, device=dev)
+                      for e, (a0, a1) in enumerate(spans) for f, (b0, b1) in enumerate(spans) if e <= f}
         values = torch.as_tensor(w[None] * self.pair_basis.functions(g2).T, device=dev)
         for functions, tolerance in tolerance_groups(self.pair_basis.s, eps):
             for i0, i1, sums in nufft.pair_sums(miller, values[functions], frac, tolerance):
-                block = self.tables[functions]
-                block[:, i0:i1, i0:] = sums
-                block[:, i0:, i0:i1] = sums.transpose(1, 2)
-                square = block[:, i0:i1, i0:i1]
-                block[:, i0:i1, i0:i1] = 0.5 * (square + square.transpose(1, 2))
+                self._store_rows(functions, i0, i1, sums)
         basis = torch.as_tensor(self.atom_basis.functions(g2), device=dev)
         c_t, w_t = torch.as_tensor(c, device=dev), torch.as_tensor(w, device=dev)
         self.atoms = basis.new_empty(self.atom_basis.size, n)  # (J', n)
@@ -199,20 +200,47 @@ class KernelTables:
             self.atoms[functions] = b.reshape(n, -1).T
 
     # ---- helpers in sorted order -------------------------------------------------------------------------------
-    def _pair_coefficients(self, t: np.ndarray, derivative: int = 0) -> torch.Tensor:
-        return torch.as_tensor(self.pair_basis.coefficients(t, derivative), device=self.tables.device)
-
-    def _atom_coefficients(self, t: np.ndarray, derivative: int = 0) -> torch.Tensor:
-        return torch.as_tensor(self.atom_basis.coefficients(t, derivative), device=self.tables.device)
-
-    def kernel(self, coefficients: torch.Tensor) -> torch.Tensor:
-        """Σ_j coefficients[j, e, f] T_j over every element block (e, f), (n, n) in sorted order."""
-        n = self.tables.shape[1]
-        out = self.tables.new_empty(n, n)
+    def _store_rows(self, functions: slice, i0: int, i1: int, sums: torch.Tensor) -> None:
+        """Rows α ∈ [i0, i1) of T_j against β ≥ i0 (``sums`` (J_group, i1 − i0, n − i0), from :func:`.nufft.pair_sums`)
+        into the element-pair blocks; a diagonal block gets the mirror of its rows too (its β < i0 came earlier)."""
         spans = self.blocks.spans
         for e, (a0, a1) in enumerate(spans):
-            for f, (b0, b1) in enumerate(spans):
-                out[a0:a1, b0:b1] = torch.tensordot(coefficients[:, e, f], self.tables[:, a0:a1, b0:b1], dims=1)
+            r0, r1 = max(i0, a0), min(i1, a1)
+            if r0 >= r1:
+                continue
+            for f in range(e, len(spans)):
+                b0, b1 = spans[f]
+                c0 = max(b0, i0)  # = b0 for f > e
+                part = sums[:, r0 - i0:r1 - i0, c0 - i0:b1 - i0]
+                block = self.pairs[e, f][functions]
+                block[:, r0 - a0:r1 - a0, c0 - b0:] = part
+                if f == e:
+                    block[:, c0 - a0:, r0 - a0:r1 - a0] = part.transpose(1, 2)
+                    square = block[:, r0 - a0:r1 - a0, r0 - a0:r1 - a0]
+                    block[:, r0 - a0:r1 - a0, r0 - a0:r1 - a0] = 0.5 * (square + square.transpose(1, 2))
+
+    def pair_block(self, e: int, f: int) -> torch.Tensor:
+        """T_j[α ∈ e, β ∈ f] (J, n_e, n_f): the stored block, or the transpose of (f, e) (a view)."""
+        return self.pairs[e, f] if e <= f else self.pairs[f, e].transpose(1, 2)
+
+    def _pair_coefficients(self, t: np.ndarray, derivative: int = 0) -> torch.Tensor:
+        return torch.as_tensor(self.pair_basis.coefficients(t, derivative), device=self.atoms.device)
+
+    def _atom_coefficients(self, t: np.ndarray, derivative: int = 0) -> torch.Tensor:
+        return torch.as_tensor(self.atom_basis.coefficients(t, derivative), device=self.atoms.device)
+
+    def kernel(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """Σ_j coefficients[j, e, f] T_j over every element block (e, f), (n, n) in sorted order; ``coefficients``
+        (J, E, E) symmetric in (e, f), as every factor of A is (t_ef = t_fe)."""
+        n = self.atoms.shape[1]
+        out = self.atoms.new_empty(n, n)
+        spans = self.blocks.spans
+        for (e, f), table in self.pairs.items():
+            (a0, a1), (b0, b1) = spans[e], spans[f]
+            block = torch.tensordot(coefficients[:, e, f], table, dims=1)
+            out[a0:a1, b0:b1] = block
+            if e != f:
+                out[b0:b1, a0:a1] = block.T
         return out
 
     def atom_vector(self, coefficients: torch.Tensor) -> torch.Tensor:
@@ -275,11 +303,12 @@ class KernelTables:
         first = self._pair_coefficients(t, 1)  # (E, E, J)
         atom_first = self._atom_coefficients(0.25 * widths**2, 1)  # (E, J')
         grad = q.new_zeros(len(spans))
+        for (e, f), table in self.pairs.items():  # e < f stands for (e, f) and (f, e): each adds half of σ²·value
+            (a0, a1), (b0, b1) = spans[e], spans[f]
+            value = qs[a0:a1] @ torch.tensordot(first[e, f], table, dims=1) @ qs[b0:b1]
+            grad[e] += (0.5 if e == f else 1.0) * widths[e] ** 2 * value
+            grad[f] += (0.5 if e == f else 1.0) * widths[f] ** 2 * value
         for e, (a0, a1) in enumerate(spans):
-            for f, (b0, b1) in enumerate(spans):
-                value = qs[a0:a1] @ torch.tensordot(first[e, f], self.tables[:, a0:a1, b0:b1], dims=1) @ qs[b0:b1]
-                grad[e] += 0.5 * widths[e] ** 2 * value
-                grad[f] += 0.5 * widths[f] ** 2 * value
             grad[e] -= widths[e] ** 2 * (qs[a0:a1] @ (atom_first[e] @ self.atoms[:, a0:a1]))
         out = q.new_zeros(1, n_species)
         out[0, self._block_species(index)] = grad
@@ -288,7 +317,7 @@ class KernelTables:
     def _block_species(self, index) -> torch.Tensor:
         """The caller's species id of every element block (a dataset may number more species than this frame has)."""
         first = self.blocks.order[[lo for lo, _ in self.blocks.spans]].cpu().numpy()
-        return torch.as_tensor(np.asarray(index)[first], device=self.tables.device)
+        return torch.as_tensor(np.asarray(index)[first], device=self.atoms.device)
 
 
 def t_range(bounds: tuple[float, float], multipliers=(1.0,)) -> tuple[float, float]:
@@ -307,18 +336,17 @@ def kernel_values(density) -> int:
     return TYPICAL_FUNCTIONS * density.n_atoms**2
 
 
-def equations_for(density, gcut: float, bounds: tuple[float, float], device: str = "cpu", widths=None):
+def equations_for(density, gcut: float, bounds: tuple[float, float], multipliers, device: str = "cpu", widths=None):
     """The tables of the species and shape models for ``density`` at g_c: the dense :class:`.widths.SpeciesEquations`
     while its phase table holds at most :data:`.widths.MAX_TABLE_VALUES` values, else :class:`KernelTables` for widths
-    within ``bounds`` (Å; and the given ``widths``, element → Å) on the shape model's ladder."""
-    from .shape import MULTIPLIERS
+    within ``bounds`` (Å; and the given ``widths``, element → Å) times the shape model's ``multipliers``."""
     from .widths import MAX_TABLE_VALUES, SpeciesEquations, table_values
 
     if table_values(density, gcut) <= MAX_TABLE_VALUES:
         return SpeciesEquations(density, gcut, device)
     given = list((widths or {}).values())
     span = (min([bounds[0], *given]), max([bounds[1], *given]))
-    return KernelTables(density, gcut, t_range(span, MULTIPLIERS), device)
+    return KernelTables(density, gcut, t_range(span, multipliers), device)
 
 
 class KernelShapeData:
@@ -329,8 +357,9 @@ class KernelShapeData:
     H_pp = Σ_j (Σ_kl s_ek s_fl C) T_j, H_ps[α, (f, l)] = Σ_j (Σ_k s_ek C) V_j[α, f], H_ss = Σ_j C · pₑᵀT_j p_f,
     J_pᵀWC = Σ_k s_ek b(τ_ek), J_sᵀWC[(f, l)] = Σ_{β∈f} p_β b_β(τ_fl) — the dense route's J_pᵀWJ_p … J_sᵀW(C − M)."""
 
-    def __init__(self, tables: KernelTables, index, n_species: int):
+    def __init__(self, tables: KernelTables, index, n_species: int, multipliers):
         self.tables = tables
+        self.multipliers = np.asarray(multipliers, dtype=np.float64)  # the shape model's ladder (.shape.MULTIPLIERS)
         self.g2 = tables.g2
         self.norm = float(tables.norm)
         self.index = torch.as_tensor(index, device=tables.g2.device)
@@ -341,9 +370,7 @@ class KernelShapeData:
 
     def prepare(self, widths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """C (E, K, E, K, J) and D (E, K, J'): the coefficients of the blocks' ladders at the widths (S,), Å."""
-        from .shape import MULTIPLIERS
-
-        sigma = widths.cpu().numpy()[self.block_species][:, None] * np.asarray(MULTIPLIERS)[None]  # (E, K)
+        sigma = widths.cpu().numpy()[self.block_species][:, None] * self.multipliers[None]  # (E, K)
         tau = 0.25 * sigma**2
         pair = self.tables._pair_coefficients(tau[:, :, None, None] + tau[None, None])
         return pair, self.tables._atom_coefficients(tau)
@@ -361,12 +388,11 @@ class KernelShapeData:
 
     def normal_blocks(self, prepared, p, s) -> tuple[torch.Tensor, ...]:
         """As :meth:`.shape.ShapeData.normal_blocks` (original atom order, columns (species, rung))."""
-        from .shape import MULTIPLIERS
-
         pair, s_b, ps, h_pp, b_tau, b_phi = self._terms(prepared, p, s)
         tables, spans = self.tables, self.tables.blocks.spans
-        k, n, n_blocks = len(MULTIPLIERS), len(p), len(spans)
-        v = torch.stack([tables.tables[:, :, b0:b1] @ ps[b0:b1] for b0, b1 in spans], dim=-1)  # (J, n, E)
+        k, n, n_blocks = len(self.multipliers), len(p), len(spans)
+        v = torch.stack([torch.cat([tables.pair_block(e, f) @ ps[b0:b1] for e in range(n_blocks)], dim=1)
+                         for f, (b0, b1) in enumerate(spans)], dim=-1)  # (J, n, E): V_j[α, f] = Σ_{β∈f} T_j[α, β] p_β
         c_ps = torch.einsum("ek,ekflj->jefl", s_b, pair)
         h_ps = p.new_zeros(n, self.n_species, k)
         u = p.new_empty(v.shape[0], n_blocks, n_blocks)

@@ -73,7 +73,7 @@ class ShapeData:
         if table.phase is None:
             from .kernel_tables import KernelShapeData
 
-            return KernelShapeData(table, index, n_species)
+            return KernelShapeData(table, index, n_species, MULTIPLIERS)
         return cls(table.phase, table.w2, table.wt, table.g2, float(table.norm),
                    torch.as_tensor(index, device=table.g2.device), n_species, float(table.n_electrons))
 

@@ -107,7 +107,7 @@ def fit(state: FitState) -> None:
                               f"{gcut / 0.95:.4g} Å⁻¹ (a finer grid gives the documented model)")
     species, index = species_of(list(density.symbols))
     zvals = None if state.zval is None else {s: float(state.zval.values[s]) for s in species}
-    table = equations_for(density, gcut, width_bounds([density]), state.device.type, widths_given)
+    table = equations_for(density, gcut, width_bounds([density]), MULTIPLIERS, state.device.type, widths_given)
     if table.phase is None:
         state.fit_route = "kernel"
     search = dict(gcut=gcut, tau=options.tau, device=state.device.type, tables=[table])
@@ -296,13 +296,13 @@ def fit_joint(densities, zval: dict, options) -> JointFit:
     import torch
 
     from .kernel_tables import equations_for
-    from .shape import ShapeData, fit_shared_shapes
+    from .shape import MULTIPLIERS, ShapeData, fit_shared_shapes
     from .widths import fit_species, width_bounds
 
     gcut = min(model_gcut(d, options.gcut if options.solver == "shape" else FIXED["gcut"]) for d in densities)
     prior = options.shape_prior if options.solver == "shape" else BY_NAME["shape_prior"].default
     bounds = width_bounds(densities)
-    tables = [equations_for(d, gcut, bounds, options.device) for d in densities]
+    tables = [equations_for(d, gcut, bounds, MULTIPLIERS, options.device) for d in densities]
     fit = fit_species(densities, zval, gcut=gcut, device=options.device, full_grid_species=FULL_GRID_SPECIES,
                       tables=tables)
     evidence = {"widths": fit.widths, "misfit": fit.misfit, "at_bound": fit.at_bound, "gcut": gcut}

@@ -72,6 +72,24 @@ def test_equations_equal_the_dense_route(salt, tables):
         kernel.equations(w * torch.linspace(1.0, 1.1, len(w), dtype=torch.float64))
 
 
+def test_pair_blocks_filled_alike_in_row_chunks(salt, tables, monkeypatch):
+    """The element-pair blocks are filled from pair_sums' row chunks (β ≥ α, mirrored): with 5 pairs per chunk, so
+    that chunks cross element boundaries, every block equals the one-chunk build's, the diagonal blocks are
+    symmetric and pair_block(f, e) is the transpose of (e, f)."""
+    from aiida_optddap.engine.gaussian import nufft
+
+    _, whole = tables
+    pair_sums = nufft.pair_sums
+    monkeypatch.setattr(nufft, "pair_sums", lambda *args: pair_sums(*args, points_per_chunk=5))
+    chunked = KernelTables(salt, GCUT, t_range(width_bounds([salt]), MULTIPLIERS))
+    assert sorted(chunked.pairs) == [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)]
+    for key, table in whole.pairs.items():
+        assert float((chunked.pairs[key] - table).abs().max()) < 1e-13 * float(table.abs().max())
+        if key[0] == key[1]:
+            assert torch.equal(table, table.transpose(1, 2))
+    assert torch.equal(whole.pair_block(2, 0), whole.pairs[0, 2].transpose(1, 2))
+
+
 def test_misfits_and_gradients_equal_the_dense_route(salt, tables):
     """The width search's trials: relative misfits to 1e-9, gradients in log σ to 1e-7 relative."""
     species, index = species_of(list(salt.symbols))
