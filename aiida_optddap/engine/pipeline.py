@@ -323,19 +323,20 @@ def reconstruct(state: FitState) -> None:
     """The model density, the outer loss at the final parameters, planar averages and dipoles."""
     from .gaussian.gspace import fourier_coefficients
     from .gaussian.losses import loss_on_grid
-    from .gaussian.reconstruct import dipoles, model_coefficients, planar_averages
-    from .gaussian.shells import power_outside_box
+    from .gaussian.reconstruct import dipoles, model_terms, planar_averages
+    from .gaussian.shells import narrow_gaussians, power_outside_box
 
     clock = time.perf_counter()
     density, fit, options = state.density, state.fit, state.options
-    model_g = model_coefficients(density.cell, density.positions, fit["coefficients"], fit["radii"], density.grid.shape)
+    shape = density.grid.shape
+    separate = narrow_gaussians(density.cell, fit["radii"], shape) if options.loss == "density" else []
+    model_g, terms = model_terms(density.cell, density.positions, fit["coefficients"], fit["radii"], shape, separate)
     outside = 0.0
     if options.loss == "density":
-        outside = power_outside_box(density.cell, density.positions, fit["coefficients"], fit["radii"],
-                                    density.grid.shape)
+        outside = power_outside_box(density.cell, density.positions, fit["coefficients"], fit["radii"], shape, terms)
+    del terms
     state.loss = loss_on_grid(model_g, fourier_coefficients(density.grid), density.cell, options.loss, outside)
-    model = np.fft.ifftn(model_g).real * model_g.size
-    state.planar_averages = planar_averages(density.grid, model, density.cell)
+    state.planar_averages = planar_averages(density.grid, model_g, density.cell)
     state.dipole = dipoles(density.grid, density.cell, density.positions, fit["populations"])
     state.lap("reconstruct", clock)
 

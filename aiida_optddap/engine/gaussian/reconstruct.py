@@ -40,7 +40,16 @@ def shared_weights(q: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, list]]:
 def model_coefficients(
     cell: np.ndarray, positions: np.ndarray, coefficients: np.ndarray, radii: np.ndarray, shape
 ) -> np.ndarray:
-    """M_G (complex, full FFT box) of atom-centred unit Gaussians with weights q_αk (electrons).
+    """M_G (complex, full FFT box) of atom-centred unit Gaussians with weights q_αk (electrons): :func:`model_terms`
+    without separate terms."""
+    return model_terms(cell, positions, coefficients, radii, shape)[0]
+
+
+def model_terms(
+    cell: np.ndarray, positions: np.ndarray, coefficients: np.ndarray, radii: np.ndarray, shape, separate=()
+) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """M_G (complex, full FFT box) of atom-centred unit Gaussians with weights q_αk (electrons), and the term M_k of
+    each Gaussian k in ``separate`` on its own (full box), from the same structure factors.
 
     The phase e^{−2πi m·s} factorises over the three axes, so each structure factor is one complex matrix product
     per slab of m₁ (8·n_atoms·N_g flops) instead of a complex exponential per atom and grid point; Gaussians whose
@@ -56,6 +65,7 @@ def model_coefficients(
     n1, n2, n3 = shape
     rows = max(1, CHUNK_ELEMENTS // (len(frac) * n2))
     out = np.zeros(shape, dtype=np.complex128)
+    parts = {k: np.zeros(shape, dtype=np.complex128) for k in separate}
     g23 = m[1][:, None, None] * recip[1] + m[2][None, :, None] * recip[2]  # (N2, N3, 3)
     groups = shared_weights(q)
     for start in range(0, n1, rows):
@@ -66,9 +76,11 @@ def model_coefficients(
         for atoms, weights, members in groups:
             structure = ((slab[atoms] * weights[:, None, None]).reshape(len(atoms), -1).T
                          @ phase[2][atoms]).reshape(stop - start, n2, n3)
-            form = sum(factor * np.exp(-0.25 * radii[k] ** 2 * g2) for k, factor in members)
-            out[start:stop] += form * structure
-    return out
+            forms = {k: factor * np.exp(-0.25 * radii[k] ** 2 * g2) for k, factor in members}
+            out[start:stop] += sum(forms.values()) * structure
+            for k in parts.keys() & forms.keys():
+                parts[k][start:stop] = forms[k] * structure
+    return out, parts
 
 
 def model_grid(cell, positions, coefficients, radii, shape) -> np.ndarray:
@@ -84,19 +96,31 @@ def planar_average(grid: np.ndarray, cell: np.ndarray, axis: int) -> tuple[np.nd
     divided by the interplanar height V/|a_i × a_j| along the normal, so it integrates to N over
     that height.
     """
-    others = tuple(d for d in range(3) if d != axis)
-    height = abs(np.linalg.det(cell)) / np.linalg.norm(np.cross(cell[others[0]], cell[others[1]]))
-    profile = grid.mean(axis=others) / height
+    profile = grid.mean(axis=tuple(d for d in range(3) if d != axis)) / _height(cell, axis)
     return np.arange(grid.shape[axis]) / grid.shape[axis], profile
 
 
-def planar_averages(dft_grid: np.ndarray, model: np.ndarray, cell: np.ndarray) -> dict:
-    """``{"a1": {"s", "dft", "model"}, …}`` for the three lattice axes (lists, e/Å)."""
+def planar_average_of_coefficients(coefficients: np.ndarray, cell: np.ndarray, axis: int) -> np.ndarray:
+    """:func:`planar_average` of the raw grid N_g·Re ifftn(M) from M itself (e/Å): the plane average keeps only the
+    line m_b = 0 (b ≠ axis), one 1-D transform instead of the 3-D one."""
+    line = coefficients[tuple(slice(None) if d == axis else 0 for d in range(3))]
+    return np.fft.ifft(line).real * len(line) / _height(cell, axis)
+
+
+def _height(cell: np.ndarray, axis: int) -> float:
+    """The interplanar height V/|a_i × a_j| along lattice axis ``axis`` (i, j the other two), Å."""
+    others = [d for d in range(3) if d != axis]
+    return abs(np.linalg.det(cell)) / np.linalg.norm(np.cross(cell[others[0]], cell[others[1]]))
+
+
+def planar_averages(dft_grid: np.ndarray, model_coefficients: np.ndarray, cell: np.ndarray) -> dict:
+    """``{"a1": {"s", "dft", "model"}, …}`` for the three lattice axes (lists, e/Å): the DFT grid's and the model's,
+    the latter from its coefficients M_G (:func:`planar_average_of_coefficients`)."""
     out = {}
     for axis in range(3):
         s, dft = planar_average(dft_grid, cell, axis)
-        _, mod = planar_average(model, cell, axis)
-        out[f"a{axis + 1}"] = {"s": s.tolist(), "dft": dft.tolist(), "model": mod.tolist()}
+        model = planar_average_of_coefficients(model_coefficients, cell, axis)
+        out[f"a{axis + 1}"] = {"s": s.tolist(), "dft": dft.tolist(), "model": model.tolist()}
     return out
 
 

@@ -183,24 +183,32 @@ class DensityLoss:
         return (model_power - 2.0 * cross + self.norm) / self.norm
 
 
+def narrow_gaussians(cell: np.ndarray, radii: np.ndarray, shape) -> list[int]:
+    """The Gaussians k (widths ``radii``, Å) whose own products reach the FFT box's edge: σ_k²·G_box²/2 < EXP_CUT."""
+    g_box = box_gmax(cell, shape)
+    return [k for k in range(len(radii)) if 0.5 * float(radii[k]) ** 2 * g_box**2 < EXP_CUT]
+
+
 def power_outside_box(cell: np.ndarray, positions: np.ndarray, coefficients: np.ndarray, radii: np.ndarray,
-                      shape) -> float:
+                      shape, terms: dict[int, np.ndarray] | None = None) -> float:
     """Σ|M_G|² (electrons²) of the Gaussian model over the G outside the FFT box or on its Nyquist planes.
 
     For each pair of widths (k, l) with s = (σ_k² + σ_l²)/4 narrow enough to reach the box edge
-    (s·G_box² < EXP_CUT), the all-G sum from real-space overlaps minus G = 0 minus the in-box sum
-    of Re(M_k M_l*); wider pairs contribute below e^{−EXP_CUT} and are skipped.
+    (:func:`narrow_gaussians`), the all-G sum from real-space overlaps minus G = 0 minus the in-box sum
+    of Re(M_k M_l*); wider pairs contribute below e^{−EXP_CUT} and are skipped. ``terms``: the M_k of those
+    Gaussians on the full box, where the caller has them (:func:`.reconstruct.model_terms`); else they are summed.
     """
-    from .reconstruct import model_coefficients
+    from .reconstruct import model_terms
 
     radii = np.asarray(radii, dtype=np.float64)
     q = np.asarray(coefficients, dtype=np.float64).reshape(len(positions), len(radii))
-    g_box = box_gmax(cell, shape)
-    narrow = [k for k in range(len(radii)) if 0.5 * radii[k] ** 2 * g_box**2 < EXP_CUT]
+    narrow = narrow_gaussians(cell, radii, shape)
     if not narrow:
         return 0.0
+    if terms is None:
+        terms = model_terms(cell, positions, q, radii, shape, separate=narrow)[1]
     inside = inner_box_mask(shape)
-    parts = {k: model_coefficients(cell, positions, q[:, [k]], radii[[k]], shape)[inside] for k in narrow}
+    parts = {k: terms[k][inside] for k in narrow}
     volume = abs(float(np.linalg.det(cell)))
     widest = 0.5 * max(radii[k] ** 2 for k in narrow)
     i, j, d = primitive_neighbor_list("ijd", (True, True, True), cell, positions, math.sqrt(4.0 * widest * EXP_CUT),

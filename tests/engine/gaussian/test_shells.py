@@ -150,7 +150,7 @@ def test_fast_paths_used_and_bounded(problem):
 def test_shared_structure_factors_equal_one_per_gaussian():
     """model_coefficients groups Gaussians with proportional weights (the shape model's ladders: q_αk = p_α·s_ek)
     into one structure factor; the result equals the sum of one model per Gaussian to 1e-13 of max|M|."""
-    from aiida_optddap.engine.gaussian.reconstruct import model_coefficients, shared_weights
+    from aiida_optddap.engine.gaussian.reconstruct import model_coefficients, model_terms, shared_weights
 
     rng = np.random.default_rng(11)
     cell = np.diag([5.1, 5.6, 6.0])
@@ -166,5 +166,12 @@ def test_shared_structure_factors_equal_one_per_gaussian():
     groups = shared_weights(q)
     assert sorted(len(members) for _, _, members in groups) == [1, 3, 3]  # element 0: rung 1 apart; element 1: s = 0 skipped
     together = model_coefficients(cell, positions, q, radii, (20, 22, 24))
-    apart = sum(model_coefficients(cell, positions, q[:, [k]], radii[[k]], (20, 22, 24)) for k in range(8))
+    one_by_one = {k: model_coefficients(cell, positions, q[:, [k]], radii[[k]], (20, 22, 24)) for k in range(8)}
+    apart = sum(one_by_one.values())
     assert np.abs(together - apart).max() < 1e-13 * np.abs(apart).max()
+    # the terms kept apart from the same structure factors (reconstruct's power outside the box reads them)
+    total, terms = model_terms(cell, positions, q, radii, (20, 22, 24), separate=[0, 1, 5])
+    assert np.array_equal(total, together) and sorted(terms) == [0, 1, 5]
+    for k, term in terms.items():
+        assert np.abs(term - one_by_one[k]).max() <= 1e-13 * np.abs(apart).max()
+    assert not terms[5].any() and np.abs(terms[0]).max() > 0.1  # column 5 is empty (s = 0), column 0 is not
