@@ -37,9 +37,11 @@ from ..gaussian.ddap import bloechl_weight, resolve_device
 #: 512-atom rock salt against 1e-14 (J 41 → 32, J' 36 → 28): net charges equal to 1e-10 e, widths to 3e-11
 #: relative, the fit 12.5 → 10.1 s.
 RANK_TOL = 1e-10
-#: Gauss–Legendre nodes over [0, g_c] and log-spaced t samples of the family (per derivative order).
+#: Gauss–Legendre nodes over [0, g_c] and log-spaced t samples of the family (per derivative order). 150 samples
+#: span the family as 300 did (largest error of e^{−tg²} and its two t-derivatives at 157 t between the samples,
+#: relative, 8e-10 against 1e-9, J = 32 both, at the 512-atom rock salt's range) in 0.18 s per basis instead of 0.42 s.
 N_NODES = 1200
-N_SAMPLES = 300
+N_SAMPLES = 150
 #: The NUFFT tolerance of the tables: 1e-10 (finufft's request, relative to the sums) builds the 512-atom rock salt's
 #: in 8.8 s against 12.4 s at the fixed route's 1e-12, with A and b within 4e-11 and 1e-11 of max|A|, max|b| of the
 #: 1e-12 tables (populations to ~1e-9 e).
