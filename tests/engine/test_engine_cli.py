@@ -362,3 +362,20 @@ def test_cpu_and_cuda_agree_in_the_optimisation():
         np.testing.assert_allclose([h[key] for h in runs["cuda"]["history"]], [h[key] for h in runs["cpu"]["history"]],
                                    rtol=1e-8)
     np.testing.assert_allclose(runs["cuda"]["populations"], runs["cpu"]["populations"], atol=1e-8)
+
+
+def test_console_script_freezes_before_exit(monkeypatch):
+    """``optddap`` is :func:`~aiida_optddap.engine.cli.run`: main, then gc.freeze() however main ends (it exits
+    through SystemExit), so that the interpreter's final collections skip torch's objects."""
+    from importlib.metadata import entry_points
+
+    from aiida_optddap.engine import cli
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "optddap"]
+    assert script.value == "aiida_optddap.engine.cli:run"
+    frozen = []
+    monkeypatch.setattr(cli.gc, "freeze", lambda: frozen.append(True))
+    monkeypatch.setattr(sys, "argv", ["optddap", "--version"])
+    with pytest.raises(SystemExit) as info:
+        cli.run()
+    assert info.value.code == 0 and frozen == [True]

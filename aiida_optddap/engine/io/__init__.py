@@ -4,7 +4,7 @@ One module per format, each with ``FORMAT``, ``DESCRIPTION``, ``sniff(rows)``, `
 ``read(path, compression, species)``, registered in :data:`READERS`:
 
 * :mod:`.vasp`: VASP volumetric files (CHGCAR, CHG, AECCAR*, PARCHG), plain or gzip/bzip2/xz compressed
-  (found from the magic bytes, whatever the name). The grid is parsed by pymatgen; block 1 (the total
+  (found from the magic bytes, whatever the name). The grid values are parsed by pymatgen's C parser; block 1 (the total
   density) is the density, block 2 of a spin-polarised file its ``magnetisation`` (noncollinear files: the
   total only). Values stay VASP's raw n·V (mean = N).
 * :mod:`.cube`: Gaussian cube files (CP2K, Quantum ESPRESSO pp.x, Gaussian), parsed by ASE. Cube values

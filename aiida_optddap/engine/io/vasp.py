@@ -1,7 +1,7 @@
 """VASP volumetric files (CHGCAR, CHG, AECCAR*, PARCHG), plain or gzip/bzip2/xz compressed.
 
-The grid is parsed by pymatgen. Block 1 is the total density; a spin-polarised (ISPIN = 2) file's second
-block, the magnetisation ρ↑ − ρ↓, becomes ``Density.magnetisation`` (fitted with the same Gaussians, see
+The grid values are parsed by pymatgen's C parser. Block 1 is the total density; a spin-polarised (ISPIN = 2)
+file's second block, the magnetisation ρ↑ − ρ↓, becomes ``Density.magnetisation`` (fitted with the same Gaussians, see
 docs/results-schema.md, ``spin``); the three magnetisation blocks of a noncollinear file are not kept. Values
 stay VASP's raw n·V (mean = N; for the magnetisation, mean = the net moment in μB). The species come from the file, the ``species`` argument or
 a POTCAR beside the file; ``nelect`` from an OUTCAR beside it.
@@ -9,8 +9,11 @@ a POTCAR beside the file; ``nelect`` from an OUTCAR beside it.
 
 from __future__ import annotations
 
+import gzip
+import bz2
+import io
+import lzma
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +22,7 @@ import numpy as np
 from .density import Density, DensityError
 from .common import (
     READ_ERRORS, elements_of, error, find_beside, is_float, is_int, open_text, species_differ, species_tokens,
-    split_species_label, zopen_path,
+    split_species_label,
 )
 from .outcar import nelect_beside, read_potcar
 
@@ -50,18 +53,18 @@ class _VaspHeader:
     title: str
     species: list[str] | None  # tokens of the species line; None for a VASP 4 header
     counts: list[int]
+    lattice: np.ndarray  # (3, 3) lattice vectors as rows, scale factor applied (Å)
+    positions: np.ndarray  # (n, 3) Cartesian positions (Å)
     grid_shape: tuple[int, int, int]
     grid_line: int  # 1-based line number of the grid dimensions
 
 
-# The header is scanned here although pymatgen parses it again (VolumetricData.parse_file): the scan names
-# the broken line of a damaged header, keeps the raw species tokens (POTCAR labels such as ``Na_pv/1a2b``,
-# which pymatgen reduces to elements) and reads VASP 4 headers. Measured (time.perf_counter, median of 7,
-# 2 shared cores; issue 13): scan 0.15 ms vs parse_file 9.0 ms on examples/NaMgF3_CHG.gz,
-# 0.11 vs 3.1 ms on tests/data/H2_CHGCAR.gz, 0.11 vs 10.2 ms on tests/data/si_aiidavasp_CHGCAR.gz:
-# 1-3 % of read_density. The grid itself is pymatgen's.
+# The header (POSCAR part) is read here, not by pymatgen's Poscar: this scan names the broken line of a damaged
+# header, keeps the raw species tokens (POTCAR labels such as ``Na_pv/1a2b``, which pymatgen reduces to
+# elements) and reads VASP 4 headers, and it spares the import of pymatgen.io.vasp (see :func:`_read_blocks`).
+# tests/engine/io/test_io.py checks cell and positions against pymatgen's VolumetricData.parse_file.
 def _scan_vasp_header(handle, path: Path) -> _VaspHeader:
-    """Check the POSCAR-style header and the grid line, which pymatgen does not all check."""
+    """Read and check the POSCAR part of the header and the grid line, naming the first broken line."""
     number = 0
 
     def line() -> str:
@@ -79,10 +82,12 @@ def _scan_vasp_header(handle, path: Path) -> _VaspHeader:
     scale = line().split()
     if len(scale) != 1 or not is_float(scale[0]) or float(scale[0]) == 0:
         raise bad(f"expected one non-zero scale factor, got {' '.join(scale)!r}")
+    vectors = []
     for _ in range(3):
         row = line().split()
         if len(row) != 3 or not all(map(is_float, row)):
             raise bad(f"expected a lattice vector (3 numbers), got {' '.join(row)!r}")
+        vectors.append([float(token) for token in row])
     row = line().split()
     species: list[str] | None = None
     if row and not is_int(row[0]):
@@ -108,9 +113,12 @@ def _scan_vasp_header(handle, path: Path) -> _VaspHeader:
         mode = line().strip()
     if mode[:1] not in ("d", "D", "c", "C", "k", "K"):
         raise bad(f"expected 'Direct' or 'Cartesian', got {mode!r}")
-    n_positions = 0
-    while (text := line()).strip():
-        n_positions += 1
+    coordinates = []
+    while (row := line().split()):
+        if len(row) < 3 or not all(map(is_float, row[:3])):
+            raise bad(f"expected an atom position (3 numbers), got {' '.join(row)!r}")
+        coordinates.append([float(token) for token in row[:3]])
+    n_positions = len(coordinates)
     if n_positions != sum(counts):
         raise error(
             path,
@@ -124,7 +132,19 @@ def _scan_vasp_header(handle, path: Path) -> _VaspHeader:
         raise error(
             path, f"line {number}: grid dimensions must be three positive integers, got {text.strip()!r}"
         )
-    return _VaspHeader(title, species, counts, tuple(int(token) for token in dims), number)
+    lattice, positions = _cartesian(float(scale[0]), np.array(vectors), np.array(coordinates), mode)
+    return _VaspHeader(title, species, counts, lattice, positions, tuple(int(token) for token in dims), number)
+
+
+def _cartesian(scale: float, vectors: np.ndarray, coordinates: np.ndarray, mode: str) -> tuple[np.ndarray, ...]:
+    """Lattice (3, 3) and Cartesian positions (n, 3) in Å from the POSCAR part: a negative scale factor is the
+    cell volume (Å³); Cartesian coordinates ('C'/'K' mode) are scaled like the lattice, Direct ones are fractional."""
+    if scale < 0:
+        scale = (-scale / abs(np.linalg.det(vectors))) ** (1.0 / 3.0)
+    lattice = scale * vectors
+    if mode[:1] in ("c", "C", "k", "K"):
+        return lattice, scale * coordinates
+    return lattice, coordinates @ lattice
 
 
 def _pick_species(path: Path, header: _VaspHeader, species) -> tuple[list[str], list[str] | None]:
@@ -185,7 +205,7 @@ def _grid_values_present(text: str, grid_line: int, expected: int) -> int:
 
 
 def _diagnose_vasp_data(path: Path, compression: str, header: _VaspHeader, exc: Exception) -> DensityError:
-    """Name the problem behind a pymatgen parse failure (only run when parsing failed)."""
+    """Name the problem behind a failure of :func:`_read_blocks` (only run when reading failed)."""
     try:
         with open_text(path, compression) as handle:
             text = handle.read()
@@ -197,7 +217,6 @@ def _diagnose_vasp_data(path: Path, compression: str, header: _VaspHeader, exc: 
     grid = "x".join(map(str, shape))
     expected = int(np.prod(shape))
     if (found := _grid_values_present(text, header.grid_line, expected)) < expected:
-        # counted here, not taken from pymatgen's message, whose wording and type change between versions
         return error(path, f"truncated file: the grid block holds {found} of its {grid} = {expected} values")
     match = re.fullmatch(r"Expected (\d+) values, got (\d+)", str(exc))
     if match and int(match[1]) == expected:
@@ -208,13 +227,54 @@ def _diagnose_vasp_data(path: Path, compression: str, header: _VaspHeader, exc: 
         return error(
             path, f"truncated file: an augmentation section holds {match[2]} of its {match[1]} values"
         )
-    return error(path, f"pymatgen cannot read the file ({type(exc).__name__}: {exc})")
+    return error(path, f"cannot read the grid data ({exc})")
+
+
+_BINARY_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
+# The values are parsed by pymatgen's C parser (pymatgen.optimization.fast_parser.parse_n_doubles, the parser of
+# VolumetricData.parse_file) and the loop follows parse_file's; parse_file itself is not called because importing
+# pymatgen.io.vasp costs 1.2-1.4 s (it imports scipy.signal through pymatgen.electronic_structure.dos): 40 % of
+# `optddap fit examples/NaMgF3_CHG.gz` (3.35 s whole process on 2 cores), while fast_parser imports in 1 ms.
+# tests/engine/io/test_io.py checks every block of every fixture against parse_file.
+def _read_blocks(path: Path, compression: str, header: _VaspHeader) -> list[np.ndarray]:
+    """The grid blocks (each of the header's shape, x fastest in the file) of a VASP volumetric file; the
+    augmentation occupancies and the per-atom moment lines between blocks are skipped.
+
+    Raises ValueError ("Expected N values, got M", as parse_file) or OSError/EOFError for a damaged file."""
+    from pymatgen.optimization.fast_parser import parse_n_doubles
+
+    if compression:  # parse_n_doubles seeks back after every block: held in memory, not re-decompressed
+        with _BINARY_OPENERS[compression](path, "rb") as packed:
+            handle = io.BytesIO(packed.read())
+    else:
+        handle = open(path, "rb")
+    blocks: list[np.ndarray] = []
+    with handle:
+        for _ in range(header.grid_line - 1):
+            handle.readline()
+        while line := handle.readline():
+            line = line.strip()
+            if not line or line.startswith(b"augmentation occupancies") or b"." in line:
+                if line.startswith(b"augmentation occupancies"):
+                    n = int(line.rsplit(maxsplit=1)[-1])
+                    if (parsed := parse_n_doubles(handle, np.empty(n), n)) != n:
+                        raise ValueError(f"Expected {n} values, got {parsed}")
+                continue
+            shape = tuple(int(token) for token in line.split())
+            if len(shape) != 3:
+                raise ValueError(f"expected three grid dimensions or an augmentation line, got {line.decode()!r}")
+            n = int(np.prod(shape))
+            values = np.empty(n)
+            if (parsed := parse_n_doubles(handle, values, n)) != n:
+                raise ValueError(f"Expected {n} values, got {parsed}")
+            blocks.append(values.reshape(shape, order="F").copy(order="C"))
+    return blocks
 
 
 def read(path: Path, compression: str, species) -> Density:
     """The density of a VASP volumetric file (see :func:`aiida_optddap.engine.io.read_density`)."""
-    from pymatgen.io.vasp.outputs import VolumetricData
-
     if any(kind in path.name.upper() for kind in _NOT_DENSITIES):
         raise error(path, "a LOCPOT/ELFCAR holds a potential or ELF, not a charge density")
     try:
@@ -224,33 +284,27 @@ def read(path: Path, compression: str, species) -> Density:
         raise error(path, f"cannot read the header ({exc})") from None
     elements, labels = _pick_species(path, header, species)
     try:
-        with zopen_path(path, compression) as readable, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            poscar, data, _ = VolumetricData.parse_file(readable)
-    except Exception as exc:  # pymatgen raises many types; each becomes one named DensityError
+        blocks = _read_blocks(path, compression, header)
+    except (*READ_ERRORS, ValueError) as exc:
         raise _diagnose_vasp_data(path, compression, header, exc) from None
-    grid = data["total"]
-    # pymatgen: {"total", "diff"} for ISPIN = 2; {"total", "diff_x", "diff_y", "diff_z", "diff"} for noncollinear
-    magnetisation = data["diff"] if set(data) == {"total", "diff"} else None
+    grid = blocks[0]
+    magnetisation = blocks[1] if len(blocks) == 2 else None  # ISPIN = 2; noncollinear files have 4 blocks
     if grid.shape != header.grid_shape:
         raise error(path, f"grid {grid.shape} read, header says {header.grid_shape}")
-    structure = poscar.structure
     symbols = [element for element, count in zip(elements, header.counts, strict=True) for _ in range(count)]
-    if len(structure) != len(symbols):
-        raise error(path, f"{len(structure)} positions read for {len(symbols)} atoms")
     atom_labels = None
     if labels is not None:
         atom_labels = tuple(
             label for label, count in zip(labels, header.counts, strict=True) for _ in range(count)
         )
     return Density(
-        cell=structure.lattice.matrix,
+        cell=header.lattice,
         symbols=tuple(symbols),
-        positions=structure.cart_coords,
+        positions=header.positions,
         grid=grid,
         source=str(path),
         potcar_labels=atom_labels,
         nelect=nelect_beside(path),
-        metadata={"format": "chgcar", "title": header.title, "n_blocks": 4 if len(data) == 5 else len(data)},
+        metadata={"format": "chgcar", "title": header.title, "n_blocks": len(blocks)},
         magnetisation=magnetisation,
     )

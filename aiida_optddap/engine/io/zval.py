@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import bz2
 import functools
+import importlib.util
 import json
 import math
+import os
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,12 +125,52 @@ def parse_zval_option(text: str) -> dict[str, float]:
     return values
 
 
+def potcar_stats_path() -> Path:
+    """pymatgen's POTCAR summary file (``pymatgen.io.vasp.inputs.POTCAR_STATS_PATH``), found without importing
+    pymatgen.io.vasp, whose import costs 1.2-1.4 s (see :func:`.vasp._read_blocks`)."""
+    spec = importlib.util.find_spec("pymatgen")
+    return Path(spec.submodule_search_locations[0]) / "io" / "vasp" / "potcar-summary-stats.json.bz2"
+
+
+#: Where :func:`_summary_zvals` keeps its label → ZVAL table (under ``$XDG_CACHE_HOME``, default ``~/.cache``).
+CACHE_FOLDER = "aiida-optddap"
+
+
 @functools.cache
 def _summary_zvals() -> dict[str, float]:
-    """POTCAR label → ZVAL from pymatgen's potcar-summary-stats.json.bz2 (first set in _FUNCTIONAL_ORDER)."""
-    from pymatgen.io.vasp.inputs import POTCAR_STATS_PATH
+    """POTCAR label → ZVAL from pymatgen's potcar-summary-stats.json.bz2 (first set in _FUNCTIONAL_ORDER).
 
-    with bz2.open(POTCAR_STATS_PATH, "rt", encoding="utf-8") as handle:
+    Kept after the first read as a small JSON file in the user's cache folder, named by the summary's size and
+    modification time (another pymatgen gives another file): decompressing and parsing the summary costs 0.23 s,
+    40 % of the in-process time of ``optddap fit examples/NaMgF3_CHG.gz --guess-zval``; the cached table loads
+    in < 1 ms. A cache that cannot be read or written is ignored."""
+    source = potcar_stats_path()
+    stat = source.stat()
+    cache = _cache_folder() / f"potcar-zvals-{stat.st_size}-{stat.st_mtime_ns}.json"
+    try:
+        return {str(label): float(zval) for label, zval in json.loads(cache.read_text(encoding="utf-8")).items()}
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass
+    zvals = _zvals_of_summary(source)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=cache.parent, suffix=".tmp", delete=False,
+                                         encoding="utf-8") as handle:
+            json.dump(zvals, handle)
+        os.replace(handle.name, cache)  # atomic: a concurrent reader sees the whole table or none
+    except OSError:
+        pass
+    return zvals
+
+
+def _cache_folder() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / CACHE_FOLDER
+
+
+def _zvals_of_summary(source: Path) -> dict[str, float]:
+    """POTCAR label → ZVAL read from the summary file itself (first set in _FUNCTIONAL_ORDER)."""
+    with bz2.open(source, "rt", encoding="utf-8") as handle:
         stats = json.load(handle)
     order = [*_FUNCTIONAL_ORDER, *(name for name in stats if name not in _FUNCTIONAL_ORDER)]
     zvals: dict[str, float] = {}

@@ -560,3 +560,104 @@ def test_cube_species_must_match(tmp_path):
     path = write(tmp_path, "density.cube", cube_good())
     assert read_density(path, species=["Na", "Cl"]).symbols == ("Na", "Cl")
     assert_density_error(path, "differ from the file's", species=["Na", "Na"])
+
+
+def _parse_file_blocks(path):
+    """Cell, Cartesian positions and grid blocks of ``path`` by pymatgen's VolumetricData.parse_file, the parser
+    whose layout loop and C number parser :func:`aiida_optddap.engine.io.vasp._read_blocks` reuses."""
+    import warnings
+
+    from pymatgen.io.vasp.outputs import VolumetricData
+
+    from aiida_optddap.engine.io.common import compression, zopen_path
+
+    with zopen_path(path, compression(path)) as readable, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        poscar, data, _ = VolumetricData.parse_file(readable)
+    keys = ["total", "diff"] if len(data) == 2 else ["total", "diff_x", "diff_y", "diff_z"][: len(data) - 1 or 1]
+    return poscar.structure.lattice.matrix, poscar.structure.cart_coords, [data[key] for key in keys]
+
+
+@pytest.mark.parametrize(("name", "n_blocks"), [(m[0], m[4]) for m in AT_HAND], ids=[m[0] for m in AT_HAND])
+def test_blocks_equal_pymatgen_parse_file(name, n_blocks):
+    """Every fixture (the repository's copies, and ../shared's where present): the same cell, positions and every
+    grid block, bit for bit, as pymatgen's parse_file; the magnetisation is block 2 of a two-block file."""
+    from aiida_optddap.engine.io.common import compression
+    from aiida_optddap.engine.io.vasp import _read_blocks, _scan_vasp_header
+    from aiida_optddap.engine.io.common import open_text
+
+    path = shared_path(name)
+    kind = compression(path)
+    with open_text(path, kind) as handle:
+        header = _scan_vasp_header(handle, path)
+    blocks = _read_blocks(path, kind, header)
+    cell, positions, expected = _parse_file_blocks(path)
+    assert len(blocks) == len(expected) == n_blocks
+    for block, reference in zip(blocks, expected, strict=True):
+        np.testing.assert_array_equal(block, reference)
+    density = read_density(path)
+    np.testing.assert_allclose(density.cell, cell, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(density.positions, positions, rtol=0, atol=1e-11)
+    if n_blocks == 2:
+        np.testing.assert_array_equal(density.magnetisation, expected[1])
+
+
+def _header_variant(text: str, scale: str | None = None, cartesian: bool = False, selective: bool = False) -> str:
+    """:func:`vasp_good` with another scale line, Cartesian coordinates (Å, divided by the scale) or a Selective
+    dynamics line with T/F flags after the coordinates. A negative scale must be −det(CELL) (the volume, Å³):
+    the vectors are then written halved."""
+    lines = text.split("\n")
+    factor = 1.0
+    if scale is not None:
+        lines[1] = f"   {scale}"
+        value = float(scale)
+        factor = 2.0 if value < 0 else value
+        lines[2:5] = ["".join(f"{v / factor:20.14f}" for v in row) for row in CELL]
+    if cartesian:
+        lines[7] = "Cartesian"
+        lines[8:8 + len(FRAC)] = ["  " + "  ".join(f"{v:.14f}" for v in row) for row in FRAC @ CELL / factor]
+    if selective:
+        lines[8:8 + len(FRAC)] = [f"{row}   T   F   T" for row in lines[8:8 + len(FRAC)]]
+        lines.insert(7, "Selective dynamics")
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize(("scale", "cartesian", "selective"), [
+    ("2.0", False, False), ("-95.612", False, False), ("-95.612", True, False),
+    ("1.0", True, False), ("1.7", True, True), (None, False, True),
+])
+@pytest.mark.parametrize("compress", [None, ".gz", ".bz2", ".xz"])
+def test_header_variants_equal_pymatgen(tmp_path, scale, cartesian, selective, compress):
+    """Scale factors (a negative one is the volume), Cartesian and Selective-dynamics headers, plain and
+    compressed: the cell and positions of pymatgen's parse_file, and the cell, positions and grid the synthetic
+    file was written from. pymatgen 2026.10 multiplies Cartesian positions by a negative scale factor itself
+    (not by the scale the volume implies, as VASP does): there only the written positions are the reference."""
+    text = _header_variant(vasp_good(), scale, cartesian, selective)
+    path = write(tmp_path, "CHGCAR" + (compress or ""), text, compress)
+    density = read_density(path)
+    cell, positions, (grid,) = _parse_file_blocks(path)
+    np.testing.assert_allclose(density.cell, cell, rtol=0, atol=1e-12)
+    if not (cartesian and float(scale) < 0):
+        np.testing.assert_allclose(density.positions, positions, rtol=0, atol=1e-11)
+    np.testing.assert_array_equal(density.grid, grid)
+    np.testing.assert_allclose(density.cell, CELL, rtol=0, atol=1e-11)
+    np.testing.assert_allclose(density.positions, FRAC @ CELL, rtol=0, atol=1e-11)
+
+
+def test_bad_position_line_named(tmp_path):
+    path = write(tmp_path, "CHGCAR", replace_line(vasp_good(), 9, "  0.5  x  0.5"))
+    message = assert_density_error(path, "line 10")
+    assert "atom position" in message
+
+
+def test_reading_a_chgcar_spares_pymatgen_io_vasp():
+    """The reason for :func:`aiida_optddap.engine.io.vasp._read_blocks`: reading a CHGCAR does not import
+    pymatgen.io.vasp (1.2-1.4 s of imports, scipy.signal among them), checked in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from aiida_optddap.engine.io import read_density; "
+            f"read_density({str(DATA / 'H2_CHGCAR.gz')!r}); "
+            "print(sorted(m for m in sys.modules if m.startswith(('pymatgen.io', 'scipy.signal'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

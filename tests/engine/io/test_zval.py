@@ -4,8 +4,10 @@ with guess=True), the range 0 < Z_val <= Z, the valence count against N and the 
 from __future__ import annotations
 
 import gzip
+import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -338,3 +340,40 @@ def test_guessed_zval_is_recorded_in_the_results():
     assert results["zval"]["guessed"] == ["Na", "Cl"]
     assert results["zval"]["source"]["Na"] == "pymatgen POTCAR summary (Na)"
     assert results["total_charge"] == {"value": 0.0, "source": "neutral"}
+
+
+def test_potcar_stats_path_is_pymatgens():
+    """The summary file found without importing pymatgen.io.vasp is the one pymatgen names."""
+    from pymatgen.io.vasp.inputs import POTCAR_STATS_PATH
+
+    from aiida_optddap.engine.io.zval import potcar_stats_path
+
+    assert potcar_stats_path() == Path(POTCAR_STATS_PATH) and potcar_stats_path().is_file()
+
+
+def test_summary_cache(tmp_path, monkeypatch):
+    """The label → ZVAL table is cached under $XDG_CACHE_HOME after the first read; the cache is what later
+    reads use; a damaged cache is rebuilt from the summary, and an unwritable cache folder only costs time."""
+    from aiida_optddap.engine.io import zval
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    direct = zval._zvals_of_summary(zval.potcar_stats_path())
+    assert direct["Na_pv"] == 7.0 and direct["Mg"] == 2.0 and direct["F"] == 7.0
+    zval._summary_zvals.cache_clear()
+    try:
+        assert zval._summary_zvals() == direct
+        (cache,) = (tmp_path / zval.CACHE_FOLDER).glob("potcar-zvals-*.json")
+        cache.write_text('{"Na_pv": 3.5}', encoding="utf-8")
+        zval._summary_zvals.cache_clear()
+        assert zval._summary_zvals() == {"Na_pv": 3.5}
+        cache.write_text('{"Na_pv": ', encoding="utf-8")
+        zval._summary_zvals.cache_clear()
+        assert zval._summary_zvals() == direct
+        assert json.loads(cache.read_text(encoding="utf-8")) == direct
+        blocked = tmp_path / "a-file"
+        blocked.write_text("")
+        monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+        zval._summary_zvals.cache_clear()
+        assert zval._summary_zvals() == direct
+    finally:
+        zval._summary_zvals.cache_clear()
