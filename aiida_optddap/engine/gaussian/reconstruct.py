@@ -113,13 +113,13 @@ def _height(cell: np.ndarray, axis: int) -> float:
     return abs(np.linalg.det(cell)) / np.linalg.norm(np.cross(cell[others[0]], cell[others[1]]))
 
 
-def planar_averages(dft_grid: np.ndarray, model_coefficients: np.ndarray, cell: np.ndarray) -> dict:
+def planar_averages(dft_grid: np.ndarray, model_g: np.ndarray, cell: np.ndarray) -> dict:
     """``{"a1": {"s", "dft", "model"}, …}`` for the three lattice axes (lists, e/Å): the DFT grid's and the model's,
     the latter from its coefficients M_G (:func:`planar_average_of_coefficients`)."""
     out = {}
     for axis in range(3):
         s, dft = planar_average(dft_grid, cell, axis)
-        model = planar_average_of_coefficients(model_coefficients, cell, axis)
+        model = planar_average_of_coefficients(model_g, cell, axis)
         out[f"a{axis + 1}"] = {"s": s.tolist(), "dft": dft.tolist(), "model": model.tolist()}
     return out
 

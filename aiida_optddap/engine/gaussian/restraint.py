@@ -55,10 +55,16 @@ class RestrainedSolution:
     unconstrained_total: torch.Tensor
 
 
-def constraint_basis(m: int, like: torch.Tensor) -> torch.Tensor:
-    """(M, M−1) orthonormal basis Z of {v : 1ᵀv = 0} (a Householder reflection of the identity)."""
+def householder_vector(m: int, like: torch.Tensor) -> torch.Tensor:
+    """v = 1 + √M e₀ (M,): H = I − 2vvᵀ/vᵀv maps 1 onto −√M e₀, so H's last M−1 columns span {v : 1ᵀv = 0}."""
     v = like.new_ones(m)
     v[0] += math.sqrt(m)
+    return v
+
+
+def constraint_basis(m: int, like: torch.Tensor) -> torch.Tensor:
+    """(M, M−1) orthonormal basis Z of {v : 1ᵀv = 0} (a Householder reflection of the identity)."""
+    v = householder_vector(m, like)
     h = torch.eye(m, dtype=like.dtype, device=like.device) - 2.0 * torch.outer(v, v) / (v @ v)
     return h[:, 1:]
 

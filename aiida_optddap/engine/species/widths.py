@@ -44,7 +44,9 @@ from ..gaussian.ddap import Problem, bloechl_weight, resolve_device
 from ..pipeline import reference_populations
 from ..io.density import Density
 from ..gaussian.gspace import DEFAULT_GCUT, SPECIES_GCUT
-from ..gaussian.restraint import DEFAULT_TAU, NULL_RTOL, constraint_basis, population_uncertainty
+from ..gaussian.restraint import (
+    DEFAULT_TAU, NULL_RTOL, constraint_basis, householder_vector, population_uncertainty,
+)
 from ..threads import single_thread
 from .width_shells import MAX_SHELL_VALUES, ShellTables, shell_counts, shells_pay, table_values as shell_values
 
@@ -172,8 +174,8 @@ def constrained_minima(a, b, norm, n_electrons, reference) -> tuple[torch.Tensor
     constraint subspace q = N/n + Z y (Z the Householder basis of :func:`.restraint.constraint_basis`); directions
     with eigenvalue ≤ NULL_RTOL·max of ZᵀAZ (the density does not fix them) are put on the reference, which is the
     λ → 0 limit of :func:`.restraint.restrained_solve` with n_gauss = 1. From :data:`CHOLESKY_ATOMS` atoms a
-    Cholesky solve replaces the eigendecomposition where ZᵀAZ is provably far from that cutoff
-    (:func:`_well_conditioned`): the same q₀ to round-off. One atom: q = N (ZᵀAZ is 0×0).
+    Cholesky solve replaces the eigendecomposition where ZᵀAZ's estimated condition number is 10⁴× below that
+    cutoff's (:func:`_well_conditioned`; an estimate, not a bound): the same q₀ to round-off. One atom: q = N (ZᵀAZ is 0×0).
     """
     n = b.shape[-1]
     q_part = (n_electrons / n)[:, None].expand(-1, n)
@@ -207,17 +209,13 @@ CHOLESKY_MARGIN = 1e-4
 def _householder_apply(x: torch.Tensor) -> torch.Tensor:
     """H x for (B, n) x, H = I − 2vvᵀ/vᵀv with v = 1 + √n e₀ (:func:`.restraint.constraint_basis` is H's last n−1
     columns, so Zᵀx = (Hx)[1:] and Zy = H[0; y])."""
-    n = x.shape[-1]
-    v = x.new_ones(n)
-    v[0] += math.sqrt(n)
+    v = householder_vector(x.shape[-1], x)
     return x - (2.0 / float(v @ v)) * (x @ v)[:, None] * v[None]
 
 
 def _householder_reduce(a: torch.Tensor) -> torch.Tensor:
     """ZᵀAZ (B, n−1, n−1) = (HAH)[1:, 1:] in O(n²)."""
-    n = a.shape[-1]
-    v = a.new_ones(n)
-    v[0] += math.sqrt(n)
+    v = householder_vector(a.shape[-1], a)
     c = 2.0 / float(v @ v)
     av = a @ v  # (B, n)
     vav = av @ v  # (B,)
@@ -228,8 +226,10 @@ def _householder_reduce(a: torch.Tensor) -> torch.Tensor:
 
 def _well_conditioned(reduced: torch.Tensor) -> torch.Tensor | None:
     """The Cholesky factor of ZᵀAZ (B, n−1, n−1) where every frame's κ estimate (Gershgorin's bound on λ_max over
-    λ_min from above by :data:`INVERSE_ITERATIONS` inverse iterations) is below CHOLESKY_MARGIN/NULL_RTOL — then
-    no eigenvalue can fall under the NULL_RTOL cutoff; None otherwise (the eigendecomposition decides)."""
+    the Rayleigh quotient of :data:`INVERSE_ITERATIONS` inverse iterations, which approaches λ_min from above) is
+    below CHOLESKY_MARGIN/NULL_RTOL; None otherwise (the eigendecomposition decides). An estimate, not a bound:
+    the inverse iterations could stop above a λ_min under the NULL_RTOL cutoff only if the random start held a
+    tiny share of its eigenvector, and the margin (10⁴×) leaves room for that."""
     factor, info = torch.linalg.cholesky_ex(reduced)
     if bool((info != 0).any()):
         return None
