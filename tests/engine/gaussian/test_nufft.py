@@ -77,6 +77,30 @@ def test_tolerance_is_what_sets_the_accuracy():
     assert loose > 1e-8 and tight < 1e-12 * 100
 
 
+def test_upsampling_rule():
+    """σ = 1.25 for few points per mode (from eps 1e-10) or a loose request; σ = 2 for many points or below 1e-10."""
+    modes = (135, 135, 135)
+    assert nufft.upsampling(1000, modes, 1e-10) == 1.25
+    assert nufft.upsampling(10**6, modes, 1e-10) == 2.0
+    assert nufft.upsampling(10**6, modes, 1e-4) == 1.25
+    assert nufft.upsampling(1000, modes, 1e-12) == 2.0
+
+
+@pytest.mark.parametrize("eps", [1e-10, 2e-9])
+def test_wide_kernel_plans_meet_their_tolerance(eps, recwarn):
+    """A (σ = 2 here: 2080 pair differences for 17³ modes) and b (σ = 1.25: 64 atoms; planned at 3e-10 from 1e-10,
+    finufft's widest kernel) at eps against the chunked sums: within eps of max|A|, max|b|, and no warning from
+    finufft's Python layer."""
+    problem = ddap.problem_for(SYSTEMS["rocksalt-64-rattled"], ddap.Parameters())
+    radii, gcut = _inputs(problem, [CP2K_GCUT], [[0.5, 0.75, 1.125]])
+    n_modes = tuple(int(2 * e + 1) for e in problem.fit.miller.abs().amax(dim=0).round().long().tolist())
+    assert nufft.upsampling(64, n_modes, eps) == 1.25 and nufft.upsampling(64 * 65 // 2, n_modes, eps) == 2.0
+    a_ref, b_ref, _ = ddap.normal_equations(problem, radii, gcut)
+    a, b, _ = nufft.normal_equations_nufft(problem, radii, gcut, eps=eps)
+    assert _relative(a, a_ref) < eps and _relative(b, b_ref) < eps
+    assert not [w for w in recwarn if "FINUFFT" in str(w.message)]
+
+
 def test_small_point_chunks_give_the_same_matrix():
     problem = ddap.problem_for(SYSTEMS["rocksalt-64-rattled"], ddap.Parameters())
     radii, gcut = _inputs(problem, [CP2K_GCUT], [[0.5, 0.75, 1.125]])
