@@ -113,12 +113,13 @@ def sphere_gset(cell: np.ndarray, coefficients: np.ndarray, gmax: float) -> GSet
 
 def inner_box_mask(shape) -> np.ndarray:
     """Boolean array over the full FFT box (numpy order): True for G ≠ 0 off the Nyquist planes."""
-    m = np.meshgrid(*[np.fft.fftfreq(n, 1.0 / n) for n in shape], indexing="ij")
     mask = np.ones(tuple(shape), dtype=bool)
     mask.flat[0] = False
     for d, n in enumerate(shape):
         if n % 2 == 0:
-            mask &= m[d] != -(n // 2)
+            index = [slice(None)] * len(shape)
+            index[d] = n // 2  # fftfreq's −n/2 sits at position n/2
+            mask[tuple(index)] = False
     return mask
 
 

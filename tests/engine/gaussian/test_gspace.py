@@ -148,3 +148,16 @@ def test_planar_average_of_the_model_from_its_coefficients():
         assert np.abs(got - expected).max() < 1e-12 * np.abs(expected).max()
         assert np.ptp(expected) > 0.01 * np.abs(expected).max()  # a profile, not a constant
 
+
+
+@pytest.mark.parametrize("shape", [(10, 12, 14), (9, 12, 15), (11, 13, 7), (1, 4, 5), (2, 2, 3)])
+def test_inner_box_mask_drops_g0_and_the_nyquist_planes(shape):
+    """Against its definition on the fftfreq indices: G = 0 and every m_d = −n_d/2 (n_d even) are False."""
+    from aiida_optddap.engine.gaussian.gspace import inner_box_mask
+
+    m = np.meshgrid(*[np.fft.fftfreq(n, 1.0 / n) for n in shape], indexing="ij")
+    expected = ~((m[0] == 0) & (m[1] == 0) & (m[2] == 0))
+    for d, n in enumerate(shape):
+        if n % 2 == 0:
+            expected &= m[d] != -(n // 2)
+    np.testing.assert_array_equal(inner_box_mask(shape), expected)
