@@ -81,8 +81,8 @@ def loss_on_grid(model: np.ndarray, density: np.ndarray, cell: np.ndarray, kind:
     if kind not in LOSSES:
         raise ValueError(f"unknown loss {kind!r}: use one of {', '.join(LOSSES)}")
     shape = density.shape
-    m = np.meshgrid(*[np.fft.fftfreq(n, 1.0 / n) for n in shape], indexing="ij")
     keep = inner_box_mask(shape)
+    m = None if kind == "density" else np.meshgrid(*[np.fft.fftfreq(n, 1.0 / n) for n in shape], indexing="ij")
     if kind == "planar":
         keep &= sum((md != 0).astype(int) for md in m) == 1
     kernel = keep.astype(np.float64)

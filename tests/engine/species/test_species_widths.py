@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -77,3 +79,26 @@ def test_cholesky_route_equals_the_eigendecomposition():
         assert singular == bool(float(spectrum[0]) < 1e-8 * float(spectrum[-1]))
     assert singular  # the second A: its free transfer sits on the reference's
     assert float(free @ fast[0][0]) == pytest.approx(float(free @ ref[0]), abs=1e-9)
+
+
+@pytest.mark.parametrize("spectrum", ["spread", "clustered", "one small"])
+def test_well_conditioned_decides_by_the_condition_number(spectrum):
+    """_well_conditioned on SPD matrices of known spectrum (random eigenvectors, n = 300): factorised at κ = 1e6,
+    refused at κ = 1e10 (the threshold CHOLESKY_MARGIN/NULL_RTOL is 1e8), for eigenvalues spread log-uniformly,
+    clustered at the small end, or one small eigenvalue under a cluster: the inverse-iteration estimate of λ_min
+    is good to the margin's factor whatever the spectrum."""
+    from aiida_optddap.engine.species import widths as module
+
+    n = 300
+    generator = torch.Generator().manual_seed(11)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=generator, dtype=torch.float64))
+    for kappa, accepted in ((1e6, True), (1e10, False)):
+        if spectrum == "spread":
+            values = torch.logspace(0, math.log10(kappa), n, dtype=torch.float64)
+        elif spectrum == "clustered":
+            values = torch.cat([torch.full((n // 2,), 1.0), torch.logspace(0, math.log10(kappa), n - n // 2)])
+        else:
+            values = torch.cat([torch.tensor([1.0]), torch.full((n - 1,), kappa)]).to(torch.float64)
+        a = (q * values) @ q.T
+        a = 0.5 * (a + a.T)
+        assert (module._well_conditioned(a[None]) is not None) == accepted, (spectrum, kappa)
