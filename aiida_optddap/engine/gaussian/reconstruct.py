@@ -53,34 +53,66 @@ def model_terms(
 
     The phase e^{−2πi m·s} factorises over the three axes, so each structure factor is one complex matrix product
     per slab of m₁ (8·n_atoms·N_g flops) instead of a complex exponential per atom and grid point; Gaussians whose
-    weights are proportional share one (:func:`shared_weights`: the shape model's ladders, 4× fewer products).
+    weights are proportional share one (:func:`shared_weights`: the shape model's ladders, 4× fewer products). The
+    model density is real, so only m₃ ≥ 0 (and an even n₃'s Nyquist plane) is summed and M(−m) = M(m)* fills the
+    rest, except on the Nyquist planes of m₁ and m₂, whose −m is not on the grid: those are summed too.
     """
     shape = tuple(int(n) for n in shape)
     frac = np.linalg.solve(np.asarray(cell).T, np.asarray(positions).T).T
-    recip = reciprocal_cell(cell)
-    radii = np.asarray(radii, dtype=np.float64)
     q = np.asarray(coefficients, dtype=np.float64).reshape(len(frac), len(radii))
+    terms = _Terms(frac, reciprocal_cell(cell), np.asarray(radii, dtype=np.float64), shared_weights(q))
     m = [np.fft.fftfreq(n, 1.0 / n) for n in shape]
-    phase = [np.exp(-2j * np.pi * np.remainder(np.outer(frac[:, d], m[d]), 1.0)) for d in range(3)]
-    n1, n2, n3 = shape
-    rows = max(1, CHUNK_ELEMENTS // (len(frac) * n2))
+    half = shape[2] // 2 + 1  # box columns m₃ = 0 … ⌈n₃/2⌉ − 1, and m₃ = −n₃/2 for even n₃
     out = np.zeros(shape, dtype=np.complex128)
     parts = {k: np.zeros(shape, dtype=np.complex128) for k in separate}
-    g23 = m[1][:, None, None] * recip[1] + m[2][None, :, None] * recip[2]  # (N2, N3, 3)
-    groups = shared_weights(q)
-    for start in range(0, n1, rows):
-        stop = min(start + rows, n1)
-        g = m[0][start:stop, None, None, None] * recip[0] + g23[None]
-        g2 = np.einsum("abcd,abcd->abc", g, g)
-        slab = phase[0][:, start:stop, None] * phase[1][:, None, :]  # (atoms, c, N2)
-        for atoms, weights, members in groups:
-            structure = ((slab[atoms] * weights[:, None, None]).reshape(len(atoms), -1).T
-                         @ phase[2][atoms]).reshape(stop - start, n2, n3)
-            forms = {k: factor * np.exp(-0.25 * radii[k] ** 2 * g2) for k, factor in members}
-            out[start:stop] += sum(forms.values()) * structure
-            for k in parts.keys() & forms.keys():
-                parts[k][start:stop] = forms[k] * structure
+    terms.add(out, parts, m, (slice(None), slice(None), slice(0, half)))
+    for array in (out, *parts.values()):
+        _mirror_negative_m3(array, half)
+    for axis in (0, 1):
+        if shape[axis] % 2 == 0:  # the Nyquist plane m_axis = −n/2 at m₃ < 0, summed (its mirror is off the grid)
+            block = [slice(None), slice(None), slice(half, None)]
+            block[axis] = slice(shape[axis] // 2, shape[axis] // 2 + 1)
+            out[tuple(block)] = 0.0
+            terms.add(out, parts, m, tuple(block))
     return out, parts
+
+
+class _Terms:
+    """The sums of :func:`model_terms` on product blocks of box indices, written into the full-box arrays."""
+
+    def __init__(self, frac: np.ndarray, recip: np.ndarray, radii: np.ndarray, groups: list):
+        self.frac, self.recip, self.radii, self.groups = frac, recip, radii, groups
+
+    def add(self, out: np.ndarray, parts: dict, m: list, block: tuple[slice, slice, slice]) -> None:
+        """M (and the separate M_k) on the box block ``block`` (three slices), by slabs of its first axis."""
+        m1, m2, m3 = (m[d][b] for d, b in enumerate(block))
+        phase = [np.exp(-2j * np.pi * np.remainder(np.outer(self.frac[:, d], md), 1.0))
+                 for d, md in enumerate((m1, m2, m3))]
+        g23 = m2[:, None, None] * self.recip[1] + m3[None, :, None] * self.recip[2]  # (n2, n3, 3)
+        first = block[0].indices(len(m[0]))[0]
+        rows = max(1, CHUNK_ELEMENTS // (len(self.frac) * len(m2)))
+        for start in range(0, len(m1), rows):
+            stop = min(start + rows, len(m1))
+            g = m1[start:stop, None, None, None] * self.recip[0] + g23[None]
+            g2 = np.einsum("abcd,abcd->abc", g, g)
+            slab = phase[0][:, start:stop, None] * phase[1][:, None, :]  # (atoms, c, n2)
+            target = (slice(first + start, first + stop), block[1], block[2])
+            for atoms, weights, members in self.groups:
+                structure = ((slab[atoms] * weights[:, None, None]).reshape(len(atoms), -1).T
+                             @ phase[2][atoms]).reshape(stop - start, len(m2), len(m3))
+                forms = {k: factor * np.exp(-0.25 * self.radii[k] ** 2 * g2) for k, factor in members}
+                out[target] += sum(forms.values()) * structure
+                for k in parts.keys() & forms.keys():
+                    parts[k][target] = forms[k] * structure
+
+
+def _mirror_negative_m3(array: np.ndarray, half: int) -> None:
+    """Fill m₃ < 0 (box columns ``half`` …) in place from M(−m) = M(m)* of the columns below ``half`` (exact off
+    the Nyquist planes of m₁ and m₂, which :func:`model_terms` sums afterwards)."""
+    n1, n2, n3 = array.shape
+    minus1, minus2 = (-np.arange(n1)) % n1, (-np.arange(n2)) % n2
+    source = n3 - np.arange(half, n3)  # column of −m₃
+    array[:, :, half:] = np.conj(array[np.ix_(minus1, minus2, source)])
 
 
 def model_grid(cell, positions, coefficients, radii, shape) -> np.ndarray:
