@@ -43,9 +43,14 @@ def compression(path: Path) -> str:
     return next((suffix for magic, suffix in _MAGIC if head.startswith(magic)), "")
 
 
+def open_binary(path: Path, compression: str):
+    """A binary stream of the (decompressed) file."""
+    return _OPENERS[compression](path, "rb")
+
+
 def open_text(path: Path, compression: str):
     """A text stream of the (decompressed) file; undecodable bytes become U+FFFD."""
-    return io.TextIOWrapper(_OPENERS[compression](path, "rb"), encoding="utf-8", errors="replace")
+    return io.TextIOWrapper(open_binary(path, compression), encoding="utf-8", errors="replace")
 
 
 def is_float(token: str) -> bool:

@@ -9,10 +9,7 @@ a POTCAR beside the file; ``nelect`` from an OUTCAR beside it.
 
 from __future__ import annotations
 
-import gzip
-import bz2
 import io
-import lzma
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +18,8 @@ import numpy as np
 
 from .density import Density, DensityError
 from .common import (
-    READ_ERRORS, elements_of, error, find_beside, is_float, is_int, open_text, species_differ, species_tokens,
-    split_species_label,
+    READ_ERRORS, elements_of, error, find_beside, is_float, is_int, open_binary, open_text, species_differ,
+    species_tokens, split_species_label,
 )
 from .outcar import nelect_beside, read_potcar
 
@@ -230,9 +227,6 @@ def _diagnose_vasp_data(path: Path, compression: str, header: _VaspHeader, exc: 
     return error(path, f"cannot read the grid data ({exc})")
 
 
-_BINARY_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
-
-
 # The values are parsed by pymatgen's C parser (pymatgen.optimization.fast_parser.parse_n_doubles, the parser of
 # VolumetricData.parse_file) and the loop follows parse_file's; parse_file itself is not called because importing
 # pymatgen.io.vasp costs 1.2-1.4 s (it imports scipy.signal through pymatgen.electronic_structure.dos): 40 % of
@@ -245,22 +239,22 @@ def _read_blocks(path: Path, compression: str, header: _VaspHeader) -> list[np.n
     Raises ValueError ("Expected N values, got M", as parse_file) or OSError/EOFError for a damaged file."""
     from pymatgen.optimization.fast_parser import parse_n_doubles
 
+    handle = open_binary(path, compression)
     if compression:  # parse_n_doubles seeks back after every block: held in memory, not re-decompressed
-        with _BINARY_OPENERS[compression](path, "rb") as packed:
-            handle = io.BytesIO(packed.read())
-    else:
-        handle = open(path, "rb")
+        with handle:
+            handle = io.BytesIO(handle.read())
     blocks: list[np.ndarray] = []
     with handle:
         for _ in range(header.grid_line - 1):
             handle.readline()
         while line := handle.readline():
             line = line.strip()
-            if not line or line.startswith(b"augmentation occupancies") or b"." in line:
-                if line.startswith(b"augmentation occupancies"):
-                    n = int(line.rsplit(maxsplit=1)[-1])
-                    if (parsed := parse_n_doubles(handle, np.empty(n), n)) != n:
-                        raise ValueError(f"Expected {n} values, got {parsed}")
+            if line.startswith(b"augmentation occupancies"):  # real or imaginary part: skipped
+                n = int(line.rsplit(maxsplit=1)[-1])
+                if (parsed := parse_n_doubles(handle, np.empty(n), n)) != n:
+                    raise ValueError(f"Expected {n} values, got {parsed}")
+                continue
+            if not line or b"." in line:  # blank, or the per-atom moments before a spin block
                 continue
             shape = tuple(int(token) for token in line.split())
             if len(shape) != 3:
